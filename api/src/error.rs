@@ -1,0 +1,89 @@
+//! `ApiError` and the one place where errors become HTTP responses.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use mirrorkv_storage::StorageError;
+
+/// Everything a request can fail with. The message is safe to show a client; internals go to
+/// the log only.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("key not found")]
+    NotFound,
+    #[error("precondition failed")]
+    PreconditionFailed { mod_index: Option<u64> },
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    StaleRead(String),
+    /// A read (or anything without side effects) ran out of time; retrying is safe.
+    #[error("{0}")]
+    Timeout(String),
+    /// A write ran out of time or lost its leader after it may have been appended: it may or may
+    /// not have been applied.
+    #[error("{0}")]
+    OutcomeUnknown(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_S: &str = "1";
+
+impl ApiError {
+    fn status_code_retryable(&self) -> (StatusCode, &'static str, bool) {
+        match self {
+            ApiError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument", false),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found", false),
+            ApiError::PreconditionFailed { .. } => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                false,
+            ),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", false),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", true),
+            ApiError::StaleRead(_) => (StatusCode::SERVICE_UNAVAILABLE, "stale_read", true),
+            ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout", true),
+            // Retrying blindly could apply the write twice: not retryable without an
+            // idempotency key or a read to check.
+            ApiError::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout", false),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, retryable) = self.status_code_retryable();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let mut body = json!({
+            "error": { "code": code, "message": self.to_string(), "retryable": retryable }
+        });
+        match &self {
+            ApiError::PreconditionFailed { mod_index } => body["mod_index"] = json!(mod_index),
+            ApiError::OutcomeUnknown(_) => body["outcome"] = json!("unknown"),
+            _ => {}
+        }
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static(RETRY_AFTER_S));
+        }
+        response
+    }
+}

@@ -1,0 +1,454 @@
+//! Single-key routes: `PUT`, `GET`, `DELETE /v1/kv/{key}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{OriginalUri, Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use mirrorkv_storage::{Command, CommandResult, Precondition};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::level::ReadLevel;
+use crate::read::{self, ReadRequest};
+use crate::state::NodeState;
+use crate::values;
+use crate::write;
+
+/// The level reported on write responses: writes always go through the log.
+pub const WRITE_LEVEL: &str = "strong";
+
+pub type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+pub fn params(query: Params) -> Result<HashMap<String, String>, ApiError> {
+    query
+        .map(|Query(map)| map)
+        .map_err(|e| ApiError::InvalidArgument(format!("malformed query string: {e}")))
+}
+
+fn parse_u64(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    params
+        .get(name)
+        .map(|value| {
+            value.parse::<u64>().map_err(|_| {
+                ApiError::InvalidArgument(format!(
+                    "{name} must be a non-negative integer, got {value:?}"
+                ))
+            })
+        })
+        .transpose()
+}
+
+fn parse_bool(params: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match params.get(name).map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(other) => Err(ApiError::InvalidArgument(format!(
+            "{name} must be true or false, got {other:?}"
+        ))),
+    }
+}
+
+/// The read parameters of a request (`consistency`, `min_index`, `max_staleness_ms`).
+pub fn read_request(params: &HashMap<String, String>) -> Result<ReadRequest, ApiError> {
+    let level = match params.get("consistency") {
+        Some(value) => value
+            .parse::<ReadLevel>()
+            .map_err(ApiError::InvalidArgument)?,
+        None => ReadLevel::default(),
+    };
+    Ok(ReadRequest {
+        level,
+        min_index: parse_u64(params, "min_index")?,
+        max_staleness_ms: parse_u64(params, "max_staleness_ms")?,
+    })
+}
+
+/// Check a key from a path or a body against the limits.
+pub fn check_key(state: &NodeState, key: &str) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::InvalidArgument(
+            "the key must not be empty".into(),
+        ));
+    }
+    if key.len() > state.config.max_key_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "key of {} bytes exceeds max_key_bytes={}",
+            key.len(),
+            state.config.max_key_bytes
+        )));
+    }
+    Ok(())
+}
+
+fn path_key(
+    state: &NodeState,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<String, ApiError> {
+    let Path(key) = path.map_err(|e| ApiError::InvalidArgument(format!("bad key in path: {e}")))?;
+    check_key(state, &key)?;
+    Ok(key)
+}
+
+fn header_value(value: impl ToString) -> HeaderValue {
+    HeaderValue::from_str(&value.to_string())
+        .expect("numbers and level names are valid header values")
+}
+
+/// Add the `X-Mirrorkv-*` headers every KV response carries.
+pub fn add_kv_headers(state: &NodeState, response: &mut Response, level: &str, index: Option<u64>) {
+    let index = match index {
+        Some(index) => index,
+        None => state.reader.applied_index().unwrap_or(0),
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        HeaderName::from_static("x-mirrorkv-index"),
+        header_value(index),
+    );
+    headers.insert(
+        HeaderName::from_static("x-mirrorkv-consistency"),
+        header_value(level),
+    );
+    headers.insert(
+        HeaderName::from_static("x-mirrorkv-node"),
+        header_value(state.id),
+    );
+    if let Some(leader) = state.leader() {
+        headers.insert(
+            HeaderName::from_static("x-mirrorkv-leader"),
+            header_value(leader),
+        );
+    }
+    if let Some(ms) = state.last_contact_ms() {
+        headers.insert(
+            HeaderName::from_static("x-mirrorkv-last-contact-ms"),
+            header_value(ms),
+        );
+    }
+}
+
+/// Turn a handler result into a response carrying the KV headers.
+pub fn finish(
+    state: &NodeState,
+    level: &str,
+    result: Result<(Option<u64>, Response), ApiError>,
+) -> Response {
+    let (index, mut response) = match result {
+        Ok((index, response)) => (index, response),
+        Err(e) => (None, e.into_response()),
+    };
+    add_kv_headers(state, &mut response, level, index);
+    response
+}
+
+pub async fn get_key(
+    State(state): State<Arc<NodeState>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Params,
+) -> Response {
+    let parsed = params(query).and_then(|p| read_request(&p));
+    let level = parsed.as_ref().map(|r| r.level).unwrap_or_default();
+    let result = async {
+        let key = path_key(&state, path)?;
+        let request = parsed?;
+        let deadline = Instant::now() + state.config.request_timeout();
+        read::prepare(&state, request, deadline).await?;
+        let read = state.reader.get(&key)?;
+        let Some(record) = read.value else {
+            let mut response = ApiError::NotFound.into_response();
+            add_kv_headers(&state, &mut response, level.as_str(), Some(read.index));
+            return Ok((Some(read.index), response));
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "content-type",
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.insert("etag", header_value(format!("\"{}\"", record.mod_index)));
+        headers.insert(
+            HeaderName::from_static("x-mirrorkv-create-index"),
+            header_value(record.create_index),
+        );
+        Ok((
+            Some(read.index),
+            (StatusCode::OK, headers, record.value).into_response(),
+        ))
+    }
+    .await;
+    finish(&state, level.as_str(), result)
+}
+
+/// The precondition of a conditional write, from `If-Match` / `If-None-Match`.
+fn precondition(headers: &HeaderMap, allow_absent: bool) -> Result<Precondition, ApiError> {
+    let text = |name: &str| -> Result<Option<String>, ApiError> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .map(|s| s.trim().to_string())
+                    .map_err(|_| ApiError::InvalidArgument(format!("{name} is not valid text")))
+            })
+            .transpose()
+    };
+    match (text("if-match")?, text("if-none-match")?) {
+        (Some(_), Some(_)) => Err(ApiError::InvalidArgument(
+            "use If-Match or If-None-Match, not both".into(),
+        )),
+        (Some(tag), None) => {
+            let digits = tag.trim_start_matches("W/").trim_matches('"');
+            digits
+                .parse::<u64>()
+                .map(Precondition::ModIndex)
+                .map_err(|_| {
+                    ApiError::InvalidArgument(format!(
+                        "If-Match must be a mod_index such as \"42\", got {tag}"
+                    ))
+                })
+        }
+        (None, Some(tag)) if tag == "*" && allow_absent => Ok(Precondition::Absent),
+        (None, Some(tag)) => Err(ApiError::InvalidArgument(format!(
+            "If-None-Match supports only * on PUT, got {tag}"
+        ))),
+        (None, None) => Ok(Precondition::None),
+    }
+}
+
+/// `?redirect=true` on a non-leader: answer 307 to the leader's API address.
+fn redirect(
+    state: &NodeState,
+    params: &HashMap<String, String>,
+    uri: &OriginalUri,
+) -> Result<Option<Response>, ApiError> {
+    if !parse_bool(params, "redirect")? || state.is_leader() {
+        return Ok(None);
+    }
+    let leader = state
+        .leader()
+        .and_then(|id| state.member(id))
+        .ok_or_else(|| ApiError::Unavailable("no leader is known to redirect to".into()))?;
+    let location = format!("http://{}{}", leader.api_addr, uri.0);
+    let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+    response.headers_mut().insert(
+        "location",
+        HeaderValue::from_str(&location).map_err(|e| ApiError::Internal(e.to_string()))?,
+    );
+    Ok(Some(response))
+}
+
+/// Wrap `command` with the request's `Idempotency-Key`, if it has one.
+pub fn with_idempotency(
+    state: &NodeState,
+    headers: &HeaderMap,
+    command: Command,
+) -> Result<Command, ApiError> {
+    let Some(key) = headers.get("idempotency-key") else {
+        return Ok(command);
+    };
+    let key = key
+        .to_str()
+        .map_err(|_| ApiError::InvalidArgument("Idempotency-Key is not valid text".into()))?;
+    if key.is_empty() || key.len() > state.config.max_idempotency_key_bytes {
+        return Err(ApiError::InvalidArgument(format!(
+            "Idempotency-Key must have 1 to {} bytes",
+            state.config.max_idempotency_key_bytes
+        )));
+    }
+    let issued_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(Command::Idempotent {
+        key: key.to_string(),
+        issued_at_ms,
+        window_ms: state.config.idempotency_window_s.saturating_mul(1000),
+        command: Box::new(command),
+    })
+}
+
+async fn run_write(
+    state: &NodeState,
+    command: Command,
+) -> Result<(Option<u64>, Response), ApiError> {
+    let deadline = Instant::now() + state.config.request_timeout();
+    let response = write::write(state, command, deadline).await?;
+    let body = match response.result {
+        CommandResult::Put { prev_mod_index } => {
+            json!({"index": response.index, "prev_mod_index": prev_mod_index})
+        }
+        CommandResult::Delete { deleted } => json!({"index": response.index, "deleted": deleted}),
+        CommandResult::PreconditionFailed { mod_index } => {
+            return Ok((
+                Some(response.index),
+                ApiError::PreconditionFailed { mod_index }.into_response(),
+            ))
+        }
+        other => {
+            return Err(ApiError::Internal(format!(
+                "a single-key write applied as {other:?}"
+            )))
+        }
+    };
+    Ok((Some(response.index), Json(body).into_response()))
+}
+
+pub async fn put_key(
+    State(state): State<Arc<NodeState>>,
+    uri: OriginalUri,
+    path: Result<Path<String>, PathRejection>,
+    query: Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let key = path_key(&state, path)?;
+        let params = params(query)?;
+        if let Some(response) = redirect(&state, &params, &uri)? {
+            return Ok((None, response));
+        }
+        let value = body.map_err(|e| body_error(&state, e))?;
+        if value.len() > state.config.max_value_bytes {
+            return Err(ApiError::TooLarge(format!(
+                "value of {} bytes exceeds max_value_bytes={}",
+                value.len(),
+                state.config.max_value_bytes
+            )));
+        }
+        let precondition = precondition(&headers, true)?;
+        let command = with_idempotency(
+            &state,
+            &headers,
+            Command::Put {
+                key,
+                value: value.to_vec(),
+                precondition,
+            },
+        )?;
+        run_write(&state, command).await
+    }
+    .await;
+    finish(&state, WRITE_LEVEL, result)
+}
+
+pub async fn delete_key(
+    State(state): State<Arc<NodeState>>,
+    uri: OriginalUri,
+    path: Result<Path<String>, PathRejection>,
+    query: Params,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let key = path_key(&state, path)?;
+        let params = params(query)?;
+        if let Some(response) = redirect(&state, &params, &uri)? {
+            return Ok((None, response));
+        }
+        let precondition = precondition(&headers, false)?;
+        let command = with_idempotency(&state, &headers, Command::Delete { key, precondition })?;
+        run_write(&state, command).await
+    }
+    .await;
+    finish(&state, WRITE_LEVEL, result)
+}
+
+/// `/v1/kv/` with nothing after it: the key is empty.
+pub async fn empty_key(State(state): State<Arc<NodeState>>) -> Response {
+    finish(
+        &state,
+        WRITE_LEVEL,
+        Err(ApiError::InvalidArgument(
+            "the key must not be empty".into(),
+        )),
+    )
+}
+
+/// Map a body that could not be read: over the limit is 413, anything else 400.
+pub fn body_error(state: &NodeState, rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge(format!(
+            "request body exceeds max_body_bytes={}",
+            state.config.max_body_bytes
+        ))
+    } else {
+        ApiError::InvalidArgument(format!("could not read the request body: {rejection}"))
+    }
+}
+
+/// The smallest byte string greater than every string that starts with `prefix`, if any.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// `GET /v1/kv?prefix=P` or `?start=A&end=B`, with `limit`, `keys_only`, and the read levels.
+pub async fn range(State(state): State<Arc<NodeState>>, query: Params) -> Response {
+    let params = params(query);
+    let parsed = params
+        .as_ref()
+        .map_err(|e| ApiError::InvalidArgument(e.to_string()))
+        .and_then(read_request);
+    let level = parsed.as_ref().map(|r| r.level).unwrap_or_default();
+    let result = async {
+        let params = params?;
+        let request = parsed?;
+        let prefix = params.get("prefix");
+        let (start, end): (Vec<u8>, Option<Vec<u8>>) =
+            match (prefix, params.get("start"), params.get("end")) {
+                (Some(_), _, Some(_)) => {
+                    return Err(ApiError::InvalidArgument(
+                        "use prefix (with an optional start) or start/end, not both".into(),
+                    ))
+                }
+                (Some(prefix), start, None) => {
+                    let start = match start {
+                        Some(start) if start.as_bytes() > prefix.as_bytes() => {
+                            start.as_bytes().to_vec()
+                        }
+                        _ => prefix.as_bytes().to_vec(),
+                    };
+                    (start, prefix_end(prefix.as_bytes()))
+                }
+                (None, start, end) => (
+                    start.map(|s| s.as_bytes().to_vec()).unwrap_or_default(),
+                    end.map(|e| e.as_bytes().to_vec()),
+                ),
+            };
+        let limit = match parse_u64(&params, "limit")? {
+            None => state.config.default_range_limit,
+            Some(limit) if limit >= 1 && limit as usize <= state.config.max_range_limit => {
+                limit as usize
+            }
+            Some(limit) => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "limit must be 1 to {}, got {limit}",
+                    state.config.max_range_limit
+                )))
+            }
+        };
+        let keys_only = parse_bool(&params, "keys_only")?;
+        let deadline = Instant::now() + state.config.request_timeout();
+        read::prepare(&state, request, deadline).await?;
+        // The whole page comes from one point-in-time view of the state machine.
+        let read = state.reader.range(&start, end.as_deref(), limit)?;
+        let items: Vec<serde_json::Value> = read
+            .value
+            .items
+            .iter()
+            .map(|(key, record)| values::item(key, record, keys_only))
+            .collect();
+        let body = json!({"index": read.index, "items": items, "next": read.value.next});
+        Ok((Some(read.index), Json(body).into_response()))
+    }
+    .await;
+    finish(&state, level.as_str(), result)
+}

@@ -1,0 +1,75 @@
+//! The HTTP API of mirrorkv (axum), as `shared/API.md` specifies it.
+//!
+//! Modules, one job each:
+//! - [`state`]: `NodeState` (Raft handle, reader, peer pool) and `ApiConfig` (limits).
+//! - [`level`]: `ReadLevel`, parsed from `?consistency=`.
+//! - [`read`]: bringing the local mirror to the point a read level demands.
+//! - [`read_index`]: batched leadership confirmations and the leader's read lease.
+//! - [`write`]: applying a command through the leader, from any node.
+//! - [`peer`]: what this node answers other nodes over raft-net (forwarded writes, read indexes).
+//! - [`kv`]: single-key and range routes, idempotency keys, the `X-Mirrorkv-*` headers.
+//! - [`txn`]: `POST /v1/txn`.
+//! - [`values`]: values in JSON (`value` / `value_base64`).
+//! - [`cluster`]: `/v1/cluster`, `/health`, `/ready`.
+//! - [`error`]: `ApiError`, and the one mapping of errors to HTTP.
+//!
+//! Why: `api/DESIGN.md`.
+
+pub mod cluster;
+pub mod error;
+pub mod kv;
+pub mod level;
+pub mod peer;
+pub mod read;
+pub mod read_index;
+pub mod state;
+pub mod txn;
+pub mod values;
+pub mod write;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+
+pub use error::ApiError;
+pub use state::{ApiConfig, NodeState};
+
+/// The router of the whole API.
+pub fn router(state: Arc<NodeState>) -> Router {
+    let max_body_bytes = state.config.max_body_bytes;
+    Router::new()
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
+        )
+        .route(
+            "/v1/kv/",
+            get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key),
+        )
+        .route("/v1/kv", get(kv::range))
+        .route("/v1/txn", axum::routing::post(txn::txn))
+        .route("/v1/cluster", get(cluster::cluster))
+        .route("/health", get(cluster::health))
+        .route("/ready", get(cluster::ready))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Serve the API on `listener` until `shutdown` resolves; in-flight requests finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<NodeState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on an API connection");
+        }
+    });
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,48 @@
+//! `PeerService`: what this node answers other nodes over raft-net (forwarded writes, read
+//! indexes). Raft's own RPCs are served by raft-net directly.
+
+use std::sync::Arc;
+
+use mirrorkv_raft_net::{AppHandler, ForwardError};
+use mirrorkv_storage::{Command, Response};
+use tokio::time::Instant;
+
+use crate::state::NodeState;
+use crate::write;
+
+pub struct PeerService {
+    pub state: Arc<NodeState>,
+}
+
+impl AppHandler for PeerService {
+    async fn client_write(&self, command: Command) -> Result<Response, ForwardError> {
+        write::apply_as_leader(&self.state, command).await
+    }
+
+    async fn read_index(&self, lease: bool) -> Result<u64, ForwardError> {
+        let state = &self.state;
+        if !state.is_leader() {
+            return Err(ForwardError::NotLeader {
+                leader: state.leader(),
+            });
+        }
+        let applied = state
+            .reader
+            .applied_index()
+            .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
+        if lease {
+            // Under the lease no other leader exists: every write acknowledged so far was
+            // applied here, so our applied index (and the lease's read index) covers them.
+            if let Some(index) = state.lease.valid(state.term()) {
+                return Ok(index.max(applied));
+            }
+        }
+        let deadline = Instant::now() + state.config.request_timeout();
+        let index = state
+            .read_index
+            .read_index(state, deadline)
+            .await
+            .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
+        Ok(if lease { index.max(applied) } else { index })
+    }
+}

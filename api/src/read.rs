@@ -1,0 +1,136 @@
+//! The read path: bring the local state machine to the point the read level demands, then read
+//! locally. Every level ends in a local read, so any node can serve any level.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mirrorkv_storage::Command;
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::level::ReadLevel;
+use crate::read_index;
+use crate::state::NodeState;
+use crate::write;
+
+/// Between retries, wait at most this long for the leader to change.
+const RETRY_WAIT_MS: u64 = 50;
+
+/// The parameters of a read that decide when it may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadRequest {
+    pub level: ReadLevel,
+    pub min_index: Option<u64>,
+    pub max_staleness_ms: Option<u64>,
+}
+
+/// Wait until this node may serve `request` locally, before `deadline`.
+pub async fn prepare(
+    state: &Arc<NodeState>,
+    request: ReadRequest,
+    deadline: Instant,
+) -> Result<(), ApiError> {
+    let wait_for = match request.level {
+        // The read is ordered in the log: append a barrier through the leader and read once it
+        // is applied here.
+        ReadLevel::Strong => Some(write::write(state, Command::Barrier, deadline).await?.index),
+        ReadLevel::Linearizable => Some(state.read_index.read_index(state, deadline).await?),
+        ReadLevel::Lease => Some(lease_index(state, deadline).await?),
+        ReadLevel::Leader => {
+            if !state.is_leader() {
+                return Err(ApiError::Unavailable(format!(
+                    "node {} is not the leader (leader: {}); `leader` reads are served by the leader",
+                    state.id,
+                    state.leader().map_or("unknown".to_string(), |l| l.to_string())
+                )));
+            }
+            None
+        }
+        ReadLevel::Stale => None,
+    };
+    if let Some(max_staleness_ms) = request.max_staleness_ms {
+        check_staleness(state, max_staleness_ms)?;
+    }
+    if let Some(target) = wait_for.max(request.min_index) {
+        wait_applied(state, target, deadline).await?;
+    }
+    Ok(())
+}
+
+/// `max_staleness_ms`: this node heard from a leader within the bound and has applied what that
+/// leader had committed then.
+fn check_staleness(state: &NodeState, max_staleness_ms: u64) -> Result<(), ApiError> {
+    if state.is_leader() {
+        return Ok(());
+    }
+    let Some(contact) = state.contact.last() else {
+        return Err(ApiError::StaleRead(
+            "this node has not heard from a leader".into(),
+        ));
+    };
+    let since_ms = contact.at.elapsed().as_millis() as u64;
+    if since_ms > max_staleness_ms {
+        return Err(ApiError::StaleRead(format!(
+            "last contact with the leader was {since_ms} ms ago, over max_staleness_ms={max_staleness_ms}"
+        )));
+    }
+    let applied = state.reader.applied_index()?;
+    if applied < contact.leader_commit_index {
+        return Err(ApiError::StaleRead(format!(
+            "applied index {applied} is behind the leader's commit index {} at last contact",
+            contact.leader_commit_index
+        )));
+    }
+    Ok(())
+}
+
+/// The index a `lease` read waits for: on the leader, its lease's (or a fresh confirmation
+/// that renews the lease); elsewhere, the leader's answer under its lease.
+async fn lease_index(state: &Arc<NodeState>, deadline: Instant) -> Result<u64, ApiError> {
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(ApiError::Timeout(
+                "no leader answered a lease read in time".into(),
+            ));
+        }
+        match state.leader() {
+            Some(leader) if leader == state.id => {
+                return match state.lease.valid(state.term()) {
+                    Some(index) => Ok(index),
+                    None => state.read_index.read_index(state, deadline).await,
+                };
+            }
+            Some(leader) => {
+                if let Some(index) = read_index::ask_leader(state, leader, true, remaining).await {
+                    return Ok(index);
+                }
+            }
+            None => {}
+        }
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(RETRY_WAIT_MS));
+        state.wait_for_change(wait).await;
+    }
+}
+
+/// Wait until the local state machine has applied `index`.
+async fn wait_applied(state: &NodeState, index: u64, deadline: Instant) -> Result<(), ApiError> {
+    if state.reader.applied_index()? >= index {
+        return Ok(());
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    state
+        .raft
+        .wait(Some(remaining))
+        .applied_index_at_least(Some(index), "read")
+        .await
+        .map_err(|_| {
+            ApiError::Timeout(format!(
+                "this node did not apply index {index} within {} ms",
+                remaining.as_millis()
+            ))
+        })?;
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! `NodeState`: what every handler needs — the Raft handle, the local reader, the peer pool —
+//! and small views of the node's Raft state.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mirrorkv_raft_net::{LeaderContact, PeerPool};
+use mirrorkv_storage::{KvReader, NodeId, NodeInfo, Raft};
+
+use crate::read_index::{Lease, ReadIndexBatcher};
+
+/// Limits and timeouts of the HTTP API, each with its unit.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Largest request body accepted on any route.
+    pub max_body_bytes: usize,
+    /// Deadline of a request that needs the cluster (a write, a linearizable read).
+    pub request_timeout_ms: u64,
+    /// How long a write's `Idempotency-Key` is remembered.
+    pub idempotency_window_s: u64,
+    /// Longest `Idempotency-Key`.
+    pub max_idempotency_key_bytes: usize,
+    /// Most operations (compares included) in one transaction.
+    pub max_txn_ops: usize,
+    /// Default and largest `limit` of a range read.
+    pub default_range_limit: usize,
+    pub max_range_limit: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 4096,
+            max_value_bytes: 1024 * 1024,
+            max_body_bytes: 2 * 1024 * 1024,
+            request_timeout_ms: 5000,
+            idempotency_window_s: 600,
+            max_idempotency_key_bytes: 128,
+            max_txn_ops: 128,
+            default_range_limit: 1000,
+            max_range_limit: 10_000,
+        }
+    }
+}
+
+impl ApiConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Shared state of the HTTP API of one node.
+pub struct NodeState {
+    pub id: NodeId,
+    pub cluster_id: String,
+    pub raft: Raft,
+    pub reader: KvReader,
+    pub pool: Arc<PeerPool>,
+    pub contact: Arc<LeaderContact>,
+    /// Committed index as this node knows it (kept by the log store).
+    pub committed_index: Arc<AtomicU64>,
+    pub config: ApiConfig,
+    /// Batches the leadership confirmations of linearizable reads.
+    pub read_index: ReadIndexBatcher,
+    /// The read lease, while this node leads.
+    pub lease: Lease,
+}
+
+impl NodeState {
+    /// The current Raft term as this node knows it.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// The leader this node currently believes in.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.id)
+    }
+
+    /// Where member `id` can be reached, from the current membership.
+    pub fn member(&self, id: NodeId) -> Option<NodeInfo> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+    }
+
+    pub fn committed_index(&self) -> u64 {
+        self.committed_index.load(Ordering::Acquire)
+    }
+
+    /// Milliseconds since this node last heard from a leader; 0 on the leader, `None` if never.
+    pub fn last_contact_ms(&self) -> Option<u64> {
+        if self.is_leader() {
+            return Some(0);
+        }
+        self.contact
+            .last()
+            .map(|contact| contact.at.elapsed().as_millis() as u64)
+    }
+
+    /// Wait until the metrics change or `timeout` passes (a bounded wait used between retries).
+    pub async fn wait_for_change(&self, timeout: Duration) {
+        let mut metrics = self.raft.metrics();
+        let _ = tokio::time::timeout(timeout, metrics.changed()).await;
+    }
+}

@@ -1,0 +1,321 @@
+//! Node configuration: command-line flags, `MIRRORKV_*` environment variables and an optional
+//! TOML file (`--config`), in that order of precedence, then built-in defaults.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use mirrorkv_storage::{NodeId, NodeInfo};
+use serde::Deserialize;
+
+/// Flags of `mirrorkv`. Every field is optional here so the TOML file can fill it in.
+#[derive(Debug, Default, Parser, Deserialize)]
+#[command(
+    name = "mirrorkv",
+    version,
+    about = "A replicated key-value store: every node a full mirror."
+)]
+#[serde(deny_unknown_fields)]
+pub struct Flags {
+    /// TOML file with any of these settings (keys as the long flags, with underscores).
+    #[arg(long, env = "MIRRORKV_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long, env = "MIRRORKV_ID")]
+    pub id: Option<NodeId>,
+    /// Directory of this node's data; created if missing.
+    #[arg(long, env = "MIRRORKV_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address the HTTP API listens on and advertises (HOST:PORT).
+    #[arg(long, env = "MIRRORKV_API_ADDR")]
+    pub api_addr: Option<String>,
+    /// Address the node-to-node transport listens on and advertises (HOST:PORT).
+    #[arg(long, env = "MIRRORKV_RAFT_ADDR")]
+    pub raft_addr: Option<String>,
+    /// Initial members: `1=RAFT_ADDR/API_ADDR,2=...`. A fresh cluster forms once a quorum is up.
+    #[arg(long, env = "MIRRORKV_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Dial peer ID at HOST:PORT instead of its advertised raft address (repeatable), e.g. to
+    /// route a link through a proxy: `--peer 2=127.0.0.1:7002`.
+    #[arg(long = "peer", env = "MIRRORKV_PEERS", value_delimiter = ',')]
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// `text` or `json`. Filter with RUST_LOG (default `info,openraft=warn`).
+    #[arg(long, env = "MIRRORKV_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    #[arg(long, env = "MIRRORKV_MAX_KEY_BYTES")]
+    pub max_key_bytes: Option<usize>,
+    #[arg(long, env = "MIRRORKV_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
+    #[arg(long, env = "MIRRORKV_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Deadline of a write or a linearizable read.
+    #[arg(long, env = "MIRRORKV_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    #[arg(long, env = "MIRRORKV_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    #[arg(long, env = "MIRRORKV_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    #[arg(long, env = "MIRRORKV_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Subtracted from the leader's read lease (the maximum election timeout) for clock drift
+    /// between nodes; `lease` reads are linearizable while drift stays below it.
+    #[arg(long, env = "MIRRORKV_LEASE_MARGIN_MS")]
+    pub lease_margin_ms: Option<u64>,
+    /// How long a write's Idempotency-Key is remembered.
+    #[arg(long, env = "MIRRORKV_IDEMPOTENCY_WINDOW_S")]
+    pub idempotency_window_s: Option<u64>,
+    /// Build a snapshot (and purge the log behind it) every this many applied entries.
+    #[arg(long, env = "MIRRORKV_SNAPSHOT_THRESHOLD_ENTRIES")]
+    pub snapshot_threshold_entries: Option<u64>,
+    /// Size of one snapshot chunk on the wire.
+    #[arg(long, env = "MIRRORKV_SNAPSHOT_CHUNK_BYTES")]
+    pub snapshot_chunk_bytes: Option<u64>,
+    /// Largest node-to-node frame.
+    #[arg(long, env = "MIRRORKV_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<u32>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The resolved configuration of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub data_dir: PathBuf,
+    pub api_addr: String,
+    pub raft_addr: String,
+    /// Members of the initial cluster, by id.
+    pub initial_cluster: BTreeMap<NodeId, NodeInfo>,
+    pub peer_overrides: HashMap<NodeId, String>,
+    pub log_format: LogFormat,
+    pub api: mirrorkv_api::ApiConfig,
+    pub net: mirrorkv_raft_net::NetConfig,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub lease_margin_ms: u64,
+    pub snapshot_threshold_entries: u64,
+    pub snapshot_chunk_bytes: u64,
+}
+
+impl Flags {
+    /// Fill every unset field from `file` (lower precedence).
+    fn or(self, file: Flags) -> Flags {
+        Flags {
+            config: self.config,
+            id: self.id.or(file.id),
+            data_dir: self.data_dir.or(file.data_dir),
+            api_addr: self.api_addr.or(file.api_addr),
+            raft_addr: self.raft_addr.or(file.raft_addr),
+            initial_cluster: self.initial_cluster.or(file.initial_cluster),
+            peers: if self.peers.is_empty() {
+                file.peers
+            } else {
+                self.peers
+            },
+            log_format: self.log_format.or(file.log_format),
+            max_key_bytes: self.max_key_bytes.or(file.max_key_bytes),
+            max_value_bytes: self.max_value_bytes.or(file.max_value_bytes),
+            max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
+            request_timeout_ms: self.request_timeout_ms.or(file.request_timeout_ms),
+            heartbeat_interval_ms: self.heartbeat_interval_ms.or(file.heartbeat_interval_ms),
+            election_timeout_min_ms: self
+                .election_timeout_min_ms
+                .or(file.election_timeout_min_ms),
+            election_timeout_max_ms: self
+                .election_timeout_max_ms
+                .or(file.election_timeout_max_ms),
+            lease_margin_ms: self.lease_margin_ms.or(file.lease_margin_ms),
+            idempotency_window_s: self.idempotency_window_s.or(file.idempotency_window_s),
+            snapshot_threshold_entries: self
+                .snapshot_threshold_entries
+                .or(file.snapshot_threshold_entries),
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes.or(file.snapshot_chunk_bytes),
+            max_frame_bytes: self.max_frame_bytes.or(file.max_frame_bytes),
+        }
+    }
+
+    /// Read the TOML file if one is named, merge, validate, and apply defaults.
+    pub fn resolve(self) -> anyhow::Result<NodeConfig> {
+        let flags = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                let file: Flags = toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?;
+                self.or(file)
+            }
+            None => self,
+        };
+        let id = flags.id.context("--id is required")?;
+        if id == 0 {
+            bail!("--id must be a positive integer");
+        }
+        let data_dir = flags.data_dir.context("--data-dir is required")?;
+        let api_addr = flags.api_addr.context("--api-addr is required")?;
+        let raft_addr = flags.raft_addr.context("--raft-addr is required")?;
+        let initial_cluster = match &flags.initial_cluster {
+            Some(spec) => parse_initial_cluster(spec)?,
+            None => BTreeMap::new(),
+        };
+        if !initial_cluster.is_empty() && !initial_cluster.contains_key(&id) {
+            bail!("--initial-cluster does not list this node's id {id}");
+        }
+        let mut peer_overrides = HashMap::new();
+        for peer in &flags.peers {
+            let (peer_id, addr) = peer
+                .split_once('=')
+                .with_context(|| format!("--peer {peer:?}: expected ID=HOST:PORT"))?;
+            let peer_id: NodeId = peer_id
+                .trim()
+                .parse()
+                .with_context(|| format!("--peer {peer:?}: bad id"))?;
+            peer_overrides.insert(peer_id, addr.trim().to_string());
+        }
+        let log_format = match flags.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => bail!("--log-format must be text or json, got {other:?}"),
+        };
+        let api_defaults = mirrorkv_api::ApiConfig::default();
+        let api = mirrorkv_api::ApiConfig {
+            max_key_bytes: flags.max_key_bytes.unwrap_or(api_defaults.max_key_bytes),
+            max_value_bytes: flags
+                .max_value_bytes
+                .unwrap_or(api_defaults.max_value_bytes),
+            max_body_bytes: flags.max_body_bytes.unwrap_or(api_defaults.max_body_bytes),
+            request_timeout_ms: flags
+                .request_timeout_ms
+                .unwrap_or(api_defaults.request_timeout_ms),
+            idempotency_window_s: flags
+                .idempotency_window_s
+                .unwrap_or(api_defaults.idempotency_window_s),
+            ..api_defaults
+        };
+        let mut net = mirrorkv_raft_net::NetConfig::default();
+        if let Some(max_frame_bytes) = flags.max_frame_bytes {
+            net.max_frame_bytes = max_frame_bytes;
+        }
+        let heartbeat_interval_ms = flags.heartbeat_interval_ms.unwrap_or(100);
+        let election_timeout_min_ms = flags.election_timeout_min_ms.unwrap_or(500);
+        let election_timeout_max_ms = flags.election_timeout_max_ms.unwrap_or(1000);
+        if !(heartbeat_interval_ms < election_timeout_min_ms
+            && election_timeout_min_ms < election_timeout_max_ms)
+        {
+            bail!("need heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms");
+        }
+        let lease_margin_ms = flags.lease_margin_ms.unwrap_or(election_timeout_max_ms / 4);
+        if lease_margin_ms >= election_timeout_max_ms {
+            bail!("lease_margin_ms must be below election_timeout_max_ms");
+        }
+        let snapshot_chunk_bytes = flags.snapshot_chunk_bytes.unwrap_or(1024 * 1024);
+        if snapshot_chunk_bytes + 64 * 1024 > u64::from(net.max_frame_bytes) {
+            bail!("snapshot_chunk_bytes must be at least 64 KiB below max_frame_bytes");
+        }
+        Ok(NodeConfig {
+            id,
+            data_dir,
+            api_addr,
+            raft_addr,
+            initial_cluster,
+            peer_overrides,
+            log_format,
+            api,
+            net,
+            heartbeat_interval_ms,
+            election_timeout_min_ms,
+            election_timeout_max_ms,
+            lease_margin_ms,
+            snapshot_threshold_entries: flags.snapshot_threshold_entries.unwrap_or(10_000),
+            snapshot_chunk_bytes,
+        })
+    }
+}
+
+/// Parse `1=RAFT_ADDR/API_ADDR,2=...`.
+pub fn parse_initial_cluster(spec: &str) -> anyhow::Result<BTreeMap<NodeId, NodeInfo>> {
+    let mut members = BTreeMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addrs) = part.split_once('=').with_context(|| {
+            format!("initial cluster member {part:?}: expected ID=RAFT_ADDR/API_ADDR")
+        })?;
+        let (raft_addr, api_addr) = addrs.split_once('/').with_context(|| {
+            format!("initial cluster member {part:?}: expected ID=RAFT_ADDR/API_ADDR")
+        })?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .with_context(|| format!("initial cluster member {part:?}: bad id"))?;
+        if id == 0 {
+            bail!("initial cluster member {part:?}: ids are positive");
+        }
+        let node = NodeInfo {
+            raft_addr: raft_addr.trim().to_string(),
+            api_addr: api_addr.trim().to_string(),
+        };
+        if members.insert(id, node).is_some() {
+            bail!("initial cluster lists id {id} twice");
+        }
+    }
+    Ok(members)
+}
+
+/// A stable id of the cluster: a hash of its initial membership, the same on every member.
+pub fn cluster_id(members: &BTreeMap<NodeId, NodeInfo>) -> String {
+    // FNV-1a, 64 bit: stable across builds and platforms, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (id, node) in members {
+        for byte in format!("{id}={}/{};", node.raft_addr, node.api_addr).bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_initial_cluster_and_rejects_bad_specs() {
+        let members = parse_initial_cluster("1=127.0.0.1:7001/127.0.0.1:8001, 2=h:2/h:3").unwrap();
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[&1].raft_addr, "127.0.0.1:7001");
+        assert_eq!(members[&2].api_addr, "h:3");
+        assert!(parse_initial_cluster("1=a").is_err());
+        assert!(parse_initial_cluster("x=a/b").is_err());
+        assert!(parse_initial_cluster("1=a/b,1=c/d").is_err());
+        assert!(parse_initial_cluster("0=a/b").is_err());
+    }
+
+    #[test]
+    fn flags_take_precedence_over_the_file() {
+        let file: Flags = toml::from_str("id = 3\ndata_dir = \"/d\"\napi_addr = \"a:1\"\nraft_addr = \"r:1\"\nrequest_timeout_ms = 900").unwrap();
+        let flags = Flags {
+            id: Some(7),
+            ..Flags::default()
+        };
+        let config = flags.or(file).resolve().unwrap();
+        assert_eq!(config.id, 7);
+        assert_eq!(config.api.request_timeout_ms, 900);
+        assert!(toml::from_str::<Flags>("no_such_setting = 1").is_err());
+    }
+
+    #[test]
+    fn cluster_id_is_stable_and_depends_on_members() {
+        let a = parse_initial_cluster("1=a/b,2=c/d").unwrap();
+        let b = parse_initial_cluster("2=c/d,1=a/b").unwrap();
+        let c = parse_initial_cluster("1=a/b").unwrap();
+        assert_eq!(cluster_id(&a), cluster_id(&b));
+        assert_ne!(cluster_id(&a), cluster_id(&c));
+    }
+}

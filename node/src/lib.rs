@@ -1,0 +1,191 @@
+//! The mirrorkv node: wires storage, raft-net and the API together and runs them until shutdown.
+//!
+//! Modules:
+//! - [`config`]: flags, `MIRRORKV_*` environment and TOML into one `NodeConfig`.
+//! - this file: [`run`], the whole node as one function of (config, listeners, shutdown), so a
+//!   test can run a node on its own port-0 listeners.
+//!
+//! Why: `node/DESIGN.md`.
+
+pub mod config;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use mirrorkv_api::peer::PeerService;
+use mirrorkv_api::read_index::{Lease, LeaseConfig, ReadIndexBatcher};
+use mirrorkv_api::NodeState;
+use mirrorkv_raft_net::{LeaderContact, NetworkFactory, PeerPool};
+use mirrorkv_storage::Raft;
+use openraft::error::{InitializeError, RaftError};
+use openraft::SnapshotPolicy;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::{Flags, LogFormat, NodeConfig};
+
+/// The two sockets a node serves.
+pub struct Listeners {
+    pub api: TcpListener,
+    pub raft: TcpListener,
+}
+
+impl Listeners {
+    /// Bind both addresses of `config`.
+    pub async fn bind(config: &NodeConfig) -> anyhow::Result<Self> {
+        let api = TcpListener::bind(&config.api_addr)
+            .await
+            .with_context(|| format!("binding the API address {}", config.api_addr))?;
+        let raft = TcpListener::bind(&config.raft_addr)
+            .await
+            .with_context(|| format!("binding the raft address {}", config.raft_addr))?;
+        Ok(Self { api, raft })
+    }
+}
+
+fn raft_config(config: &NodeConfig, cluster_id: &str) -> anyhow::Result<openraft::Config> {
+    let raft_config = openraft::Config {
+        cluster_name: cluster_id.to_string(),
+        heartbeat_interval: config.heartbeat_interval_ms,
+        election_timeout_min: config.election_timeout_min_ms,
+        election_timeout_max: config.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_threshold_entries),
+        snapshot_max_chunk_size: config.snapshot_chunk_bytes,
+        // Keep a little log behind each snapshot so a briefly lagging follower catches up by
+        // log instead of by a whole snapshot.
+        max_in_snapshot_log_to_keep: (config.snapshot_threshold_entries / 10).min(1000),
+        // Bounded so that an AppendEntries of full-size values stays well under max_frame_bytes.
+        max_payload_entries: 32,
+        ..Default::default()
+    };
+    Ok(raft_config.validate()?)
+}
+
+/// Run a node until `shutdown` resolves, then stop serving and shut Raft down.
+pub async fn run(
+    config: NodeConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+    let (log_store, state_machine) = mirrorkv_storage::open(&config.data_dir.join("db"))
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let reader = state_machine.reader();
+    let committed_index = log_store.committed_index();
+    let cluster_id = config::cluster_id(&config.initial_cluster);
+
+    let pool = Arc::new(PeerPool::new(
+        config.net.clone(),
+        config.peer_overrides.clone(),
+    ));
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config(&config, &cluster_id)?),
+        NetworkFactory::new(pool.clone()),
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("starting raft")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let contact = Arc::new(LeaderContact::default());
+    let raft_addr = listeners.raft.local_addr()?;
+    let api_addr = listeners.api.local_addr()?;
+    let restarted = raft.is_initialized().await?;
+    if !restarted {
+        initialize_if_fresh(&raft, &config).await?;
+    }
+
+    let state = Arc::new(NodeState {
+        id: config.id,
+        cluster_id,
+        raft: raft.clone(),
+        reader,
+        pool,
+        contact: contact.clone(),
+        committed_index,
+        config: config.api.clone(),
+        read_index: ReadIndexBatcher::default(),
+        lease: Lease::new(LeaseConfig {
+            leader_lease_ms: config.election_timeout_max_ms,
+            lease_margin_ms: config.lease_margin_ms,
+        }),
+    });
+    // A restarted node may have acknowledged a leader just before it went down; it keeps
+    // raft-net closed for one leader lease so that it cannot vote a new leader in while that
+    // leader's read lease still holds (node/DESIGN.md).
+    let quiet_ms = if restarted {
+        config.election_timeout_max_ms
+    } else {
+        0
+    };
+    let net_server = tokio::spawn({
+        let raft = raft.clone();
+        let peer_service = Arc::new(PeerService {
+            state: state.clone(),
+        });
+        let net_config = config.net.clone();
+        let stop_rx = stop_rx.clone();
+        async move {
+            let quiet = tokio::time::sleep(std::time::Duration::from_millis(quiet_ms));
+            tokio::select! {
+                _ = quiet => {}
+                _ = stopped(stop_rx.clone()) => return,
+            }
+            mirrorkv_raft_net::server::serve(
+                listeners.raft,
+                raft,
+                peer_service,
+                contact,
+                net_config,
+                stopped(stop_rx),
+            )
+            .await
+        }
+    });
+    tracing::info!(node = config.id, %api_addr, %raft_addr, "mirrorkv node serving");
+    let api_server = tokio::spawn(mirrorkv_api::serve(listeners.api, state, stopped(stop_rx)));
+
+    shutdown.await;
+    tracing::info!(node = config.id, "shutting down");
+    let _ = stop_tx.send(true);
+    let api_result = api_server.await;
+    let _ = net_server.await;
+    raft.shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+    api_result.context("API task")?.context("API server")?;
+    tracing::info!(node = config.id, "stopped");
+    Ok(())
+}
+
+/// A node whose store is empty (not initialized) and that is listed in `--initial-cluster` writes the initial
+/// membership. Every initial member does the same with the same membership, which openraft
+/// allows; an election then needs a quorum of them, so the cluster forms once a quorum is up.
+async fn initialize_if_fresh(raft: &Raft, config: &NodeConfig) -> anyhow::Result<()> {
+    if config.initial_cluster.is_empty() {
+        return Ok(());
+    }
+    match raft.initialize(config.initial_cluster.clone()).await {
+        Ok(()) => {
+            tracing::info!(
+                node = config.id,
+                members = config.initial_cluster.len(),
+                "initialized a fresh cluster"
+            );
+            Ok(())
+        }
+        // Already has a log or a vote: it joined the cluster through a peer first.
+        Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+            tracing::info!(node = config.id, reason = %e, "not initializing");
+            Ok(())
+        }
+        Err(e) => Err(e).context("initializing the cluster"),
+    }
+}

@@ -1,0 +1,428 @@
+//! A real 3-node cluster: writes through any node, reads from every node, and no acknowledged
+//! write lost through `kill -9` of the leader, of all nodes, or of a follower that must then
+//! catch up through a snapshot.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{wait_for, Cluster, WriteOutcome, DEADLINE};
+
+/// Read every key through node `id` at `consistency` and compare with `expected`.
+async fn assert_all_readable(
+    cluster: &Cluster,
+    id: u64,
+    consistency: &str,
+    expected: &BTreeMap<String, Vec<u8>>,
+) {
+    for (key, value) in expected {
+        let got = cluster.get(id, key, consistency).await;
+        assert_eq!(
+            got,
+            Ok(Some(value.clone())),
+            "key {key} through node {id} at {consistency}"
+        );
+    }
+}
+
+/// Wait until node `id` has applied at least `index` (as its `/v1/cluster` reports).
+async fn wait_applied(cluster: &Cluster, id: u64, index: u64) {
+    wait_for(
+        &format!("node {id} to apply index {index}"),
+        DEADLINE,
+        || async {
+            let view = cluster.node_view(id).await?;
+            (view["applied_index"].as_u64()? >= index).then_some(())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t31_write_through_each_node_read_back_through_every_node() {
+    let cluster = Cluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let mut expected = BTreeMap::new();
+    let mut last_index = 0;
+    for id in cluster.running() {
+        for i in 0..10 {
+            let key = format!("from-{id}/key {i}/ü");
+            let value = format!("value {i} written through node {id}").into_bytes();
+            match cluster.put(id, &key, &value).await {
+                WriteOutcome::Ok { index } => {
+                    assert!(index > last_index, "indexes of sequential writes grow");
+                    last_index = index;
+                }
+                other => panic!("write through node {id} failed: {other:?}"),
+            }
+            expected.insert(key, value);
+        }
+    }
+    for id in cluster.running() {
+        // Linearizable reads from every node, followers included, see every write at once.
+        assert_all_readable(&cluster, id, "linearizable", &expected).await;
+    }
+    for id in cluster.running() {
+        wait_applied(&cluster, id, last_index).await;
+        assert_all_readable(&cluster, id, "stale", &expected).await;
+    }
+}
+
+/// Writers that keep writing unique keys through every node, recording what was acknowledged.
+struct Writers {
+    acked: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// `writers` tasks, each writing up to `max_writes_each` keys round-robin through all nodes.
+    /// They hold no lock on the cluster, so nodes can be killed while writes are in flight.
+    fn start(cluster: &Cluster, writers: usize, max_writes_each: usize) -> Writers {
+        let acked = Arc::new(Mutex::new(BTreeMap::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let apis: Vec<String> = cluster.nodes.keys().map(|&id| cluster.api(id)).collect();
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let apis = apis.clone();
+            let http = cluster.http.clone();
+            let acked = acked.clone();
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..max_writes_each {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = format!("w{w}/{i}");
+                    let value = format!("writer {w} write {i}").into_bytes();
+                    let api = &apis[(i + w) % apis.len()];
+                    if let WriteOutcome::Ok { .. } = common::put(&http, api, &key, &value).await {
+                        acked.lock().unwrap().insert(key, value);
+                    }
+                }
+            }));
+        }
+        Writers { acked, stop, tasks }
+    }
+
+    fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn wait_acked(&self, at_least: usize) {
+        wait_for(
+            &format!("{at_least} acknowledged writes"),
+            DEADLINE,
+            || async { (self.acked_count() >= at_least).then_some(()) },
+        )
+        .await
+    }
+
+    async fn stop(self) -> BTreeMap<String, Vec<u8>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t32_leader_killed_during_writes_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let old_leader = cluster.wait_for_leader().await;
+    let writers = Writers::start(&cluster, 4, 5_000);
+    writers.wait_acked(100).await;
+
+    let killed_at = Instant::now();
+    cluster.kill(old_leader);
+    let new_leader = cluster.wait_for_leader().await;
+    let election_ms = killed_at.elapsed().as_millis();
+    assert_ne!(new_leader, old_leader);
+    println!("t32: leader {old_leader} killed; node {new_leader} leads after {election_ms} ms");
+
+    let acked_at_election = writers.acked_count();
+    writers.wait_acked(acked_at_election + 100).await;
+    let acked = writers.stop().await;
+
+    for id in cluster.running() {
+        assert_all_readable(&cluster, id, "linearizable", &acked).await;
+    }
+    // The killed node comes back and catches up with everything.
+    cluster.restart(old_leader).await;
+    cluster.wait_ready(old_leader).await;
+    let leader = cluster.wait_for_leader().await;
+    let commit = cluster.cluster_info(leader).await.unwrap()["commit_index"]
+        .as_u64()
+        .unwrap();
+    wait_applied(&cluster, old_leader, commit).await;
+    assert_all_readable(&cluster, old_leader, "stale", &acked).await;
+    println!(
+        "t32: {} acknowledged writes all present on every node",
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t33_kill_all_nodes_at_once_and_restart_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let writers = Writers::start(&cluster, 4, 5_000);
+    writers.wait_acked(200).await;
+    // Kill every node while writes are in flight.
+    for id in cluster.running() {
+        cluster.kill(id);
+    }
+    let acked = writers.stop().await;
+    for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+        cluster.restart(id).await;
+    }
+    cluster.wait_for_leader().await;
+    for id in cluster.running() {
+        assert_all_readable(&cluster, id, "linearizable", &acked).await;
+    }
+    println!(
+        "t33: {} acknowledged writes survived kill -9 of all nodes",
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t34_follower_behind_the_snapshot_catches_up_through_a_snapshot() {
+    let threshold_entries = 50;
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "--snapshot-threshold-entries",
+            &threshold_entries.to_string(),
+        ],
+    )
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = *cluster.running().iter().find(|&&id| id != leader).unwrap();
+    let mut expected = BTreeMap::new();
+    for i in 0..10 {
+        let key = format!("before/{i}");
+        assert!(matches!(
+            cluster.put(leader, &key, b"v0").await,
+            WriteOutcome::Ok { .. }
+        ));
+        expected.insert(key, b"v0".to_vec());
+    }
+    wait_applied(
+        &cluster,
+        follower,
+        cluster.cluster_info(leader).await.unwrap()["commit_index"]
+            .as_u64()
+            .unwrap(),
+    )
+    .await;
+    let follower_last_log = cluster.node_view(follower).await.unwrap()["last_log_index"]
+        .as_u64()
+        .unwrap();
+    cluster.kill(follower);
+
+    // Far more than the threshold, so the leader snapshots and purges past the follower's log.
+    let writes = threshold_entries * 6;
+    for i in 0..writes {
+        let key = format!("while-down/{i}");
+        let value = format!("value {i}").into_bytes();
+        let leader = cluster.wait_for_leader().await;
+        match cluster.put(leader, &key, &value).await {
+            WriteOutcome::Ok { .. } => {}
+            other => panic!("write {i} failed: {other:?}"),
+        }
+        expected.insert(key, value);
+    }
+    let leader = cluster.wait_for_leader().await;
+    let purged = wait_for("the leader to purge its log", DEADLINE, || async {
+        let purged = cluster.node_view(leader).await?["purged_index"].as_u64()?;
+        (purged > follower_last_log).then_some(purged)
+    })
+    .await;
+    println!("t34: follower {follower} stopped at log index {follower_last_log}; leader purged up to {purged}");
+
+    cluster.restart(follower).await;
+    let commit = cluster.cluster_info(leader).await.unwrap()["commit_index"]
+        .as_u64()
+        .unwrap();
+    wait_applied(&cluster, follower, commit).await;
+    let view = cluster.node_view(follower).await.unwrap();
+    let snapshot_index = view["snapshot_index"]
+        .as_u64()
+        .expect("follower holds a snapshot");
+    assert!(
+        snapshot_index > follower_last_log,
+        "the follower's snapshot {snapshot_index} covers entries it never had in its log"
+    );
+    let log = std::fs::read_to_string(&cluster.nodes[&follower].log_path).unwrap();
+    assert!(
+        log.contains("installed snapshot"),
+        "the follower installed a snapshot from the leader"
+    );
+    assert_all_readable(&cluster, follower, "stale", &expected).await;
+    assert_all_readable(&cluster, follower, "linearizable", &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t35_bad_input_gets_clear_errors_and_the_node_keeps_serving() {
+    use tokio::io::AsyncWriteExt;
+
+    let cluster = Cluster::start(3, &["--max-value-bytes", "1024"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let node = *cluster.running().iter().find(|&&id| id != leader).unwrap();
+    let api = cluster.api(node);
+    let error_code = |body: &str| -> (String, bool) {
+        let json: serde_json::Value = serde_json::from_str(body).expect("error body is JSON");
+        (
+            json["error"]["code"].as_str().unwrap().to_string(),
+            json["error"]["retryable"].as_bool().unwrap(),
+        )
+    };
+
+    // Oversized value: 413 too_large.
+    let response = cluster
+        .http
+        .put(format!("{api}/v1/kv/big"))
+        .body(vec![b'x'; 1025])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        error_code(&response.text().await.unwrap()),
+        ("too_large".into(), false)
+    );
+    // Oversized body (over max_body_bytes too): 413.
+    let response = cluster
+        .http
+        .put(format!("{api}/v1/kv/huge"))
+        .body(vec![b'x'; 3 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    // Oversized key: 413.
+    let long_key = "k".repeat(4097);
+    let response = cluster
+        .http
+        .put(format!("{api}/v1/kv/{long_key}"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    // Empty key: 400 invalid_argument.
+    for method in [
+        reqwest::Method::PUT,
+        reqwest::Method::GET,
+        reqwest::Method::DELETE,
+    ] {
+        let response = cluster
+            .http
+            .request(method.clone(), format!("{api}/v1/kv/"))
+            .body("v")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{method} of an empty key");
+        assert_eq!(
+            error_code(&response.text().await.unwrap()).0,
+            "invalid_argument"
+        );
+    }
+    // Unknown consistency level and malformed numbers: 400.
+    let response = cluster
+        .http
+        .get(format!("{api}/v1/kv/a?consistency=eventual"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.headers()["x-mirrorkv-node"],
+        node.to_string().as_str()
+    );
+    let response = cluster
+        .http
+        .get(format!("{api}/v1/kv/a?min_index=-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    // Bad If-Match: 400.
+    let response = cluster
+        .http
+        .put(format!("{api}/v1/kv/a"))
+        .header("if-match", "abc")
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    // Garbage on the raft port: random bytes, an HTTP request, a frame claiming 4 GiB, a frame
+    // with an unknown version, a well-framed undecodable payload. Each closes its connection.
+    let raft_addr = cluster.nodes[&node].raft_addr.clone();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let random: Vec<u8> = (0..4096)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    let mut bad_version = Vec::new();
+    bad_version.extend_from_slice(&20u32.to_be_bytes());
+    bad_version.push(200);
+    bad_version.extend_from_slice(&[0u8; 19]);
+    let mut undecodable = Vec::new();
+    undecodable.extend_from_slice(&19u32.to_be_bytes());
+    undecodable.push(1);
+    undecodable.extend_from_slice(&[0xffu8; 18]);
+    let inputs: Vec<Vec<u8>> = vec![
+        random,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        u32::MAX.to_be_bytes().to_vec(),
+        bad_version,
+        undecodable,
+    ];
+    for input in inputs {
+        let mut stream = tokio::net::TcpStream::connect(&raft_addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let _ = stream.write_all(&input).await;
+        // The node must close the connection: a read sees EOF or a reset within the deadline.
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            use tokio::io::AsyncReadExt;
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the node closed a connection that sent garbage"
+        );
+    }
+    // Still serving, writes forwarded through it included.
+    assert!(matches!(
+        cluster.put(node, "after-garbage", b"ok").await,
+        WriteOutcome::Ok { .. }
+    ));
+    assert_eq!(
+        cluster.get(node, "after-garbage", "linearizable").await,
+        Ok(Some(b"ok".to_vec()))
+    );
+    let log = std::fs::read_to_string(&cluster.nodes[&node].log_path).unwrap();
+    assert!(
+        log.contains("closed raft-net connection"),
+        "the node logged why it closed the connections"
+    );
+}

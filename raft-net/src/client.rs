@@ -1,0 +1,272 @@
+//! The dialing side: one reused, multiplexed TCP connection per peer address, re-established
+//! with exponential backoff, every call bounded by a deadline.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mirrorkv_storage::{codec, NodeId, NodeInfo};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::NetError;
+use crate::frame;
+use crate::message::{RpcRequest, RpcResponse};
+use crate::NetConfig;
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>>;
+
+/// A live connection: a writer task fed by `outbox`, a reader task that completes `pending`.
+struct Connection {
+    outbox: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
+}
+
+impl Connection {
+    fn is_closed(&self) -> bool {
+        self.outbox.is_closed()
+    }
+}
+
+#[derive(Default)]
+struct DialState {
+    connection: Option<Arc<Connection>>,
+    consecutive_failures: u32,
+    next_attempt: Option<Instant>,
+}
+
+/// A client for one peer address.
+pub struct PeerClient {
+    addr: String,
+    config: NetConfig,
+    next_request_id: AtomicU64,
+    state: tokio::sync::Mutex<DialState>,
+}
+
+impl PeerClient {
+    fn new(addr: String, config: NetConfig) -> Self {
+        Self {
+            addr,
+            config,
+            next_request_id: AtomicU64::new(1),
+            state: tokio::sync::Mutex::new(DialState::default()),
+        }
+    }
+
+    /// The address this client dials.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Send `request` and wait for its answer, for at most `timeout`.
+    pub async fn call(
+        &self,
+        request: &RpcRequest,
+        timeout: Duration,
+    ) -> Result<RpcResponse, NetError> {
+        let timeout_ms = timeout.as_millis() as u64;
+        let work = async {
+            let connection = self.connection().await?;
+            if connection.pending.lock().expect("pending lock").len() >= self.config.max_in_flight {
+                return Err(NetError::Overloaded {
+                    addr: self.addr.clone(),
+                    max_in_flight: self.config.max_in_flight,
+                });
+            }
+            let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+            let payload = codec::encode(request)?;
+            let bytes = frame::encode(request_id, &payload, self.config.max_frame_bytes)?;
+            let (tx, rx) = oneshot::channel();
+            connection
+                .pending
+                .lock()
+                .expect("pending lock")
+                .insert(request_id, tx);
+            let _unregister = Unregister {
+                pending: &connection.pending,
+                request_id,
+            };
+            if connection.outbox.send(bytes).await.is_err() {
+                return Err(NetError::ConnectionClosed {
+                    addr: self.addr.clone(),
+                });
+            }
+            let reply = rx.await.map_err(|_| NetError::ConnectionClosed {
+                addr: self.addr.clone(),
+            })?;
+            Ok(codec::decode::<RpcResponse>(&reply)?)
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(NetError::Timeout { timeout_ms }),
+        }
+    }
+
+    /// The current connection, dialing a new one unless the backoff says to wait.
+    async fn connection(&self) -> Result<Arc<Connection>, NetError> {
+        let mut state = self.state.lock().await;
+        if let Some(connection) = &state.connection {
+            if !connection.is_closed() {
+                return Ok(connection.clone());
+            }
+            state.connection = None;
+        }
+        if let Some(next) = state.next_attempt {
+            let now = Instant::now();
+            if now < next {
+                return Err(NetError::BackingOff {
+                    addr: self.addr.clone(),
+                    retry_in_ms: (next - now).as_millis() as u64,
+                });
+            }
+        }
+        let dial = tokio::time::timeout(
+            Duration::from_millis(self.config.connect_timeout_ms),
+            TcpStream::connect(&self.addr),
+        )
+        .await;
+        let stream = match dial {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(self.dial_failed(&mut state, e.into())),
+            Err(_) => {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "connect timed out after {} ms",
+                        self.config.connect_timeout_ms
+                    ),
+                );
+                return Err(self.dial_failed(&mut state, e.into()));
+            }
+        };
+        stream.set_nodelay(true)?;
+        let connection = Arc::new(spawn_connection(
+            stream,
+            self.addr.clone(),
+            self.config.clone(),
+        ));
+        state.connection = Some(connection.clone());
+        state.consecutive_failures = 0;
+        state.next_attempt = None;
+        Ok(connection)
+    }
+
+    fn dial_failed(&self, state: &mut DialState, error: NetError) -> NetError {
+        state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+        let backoff_ms = self
+            .config
+            .min_backoff_ms
+            .saturating_mul(1u64 << state.consecutive_failures.min(16))
+            .min(self.config.max_backoff_ms);
+        state.next_attempt = Some(Instant::now() + Duration::from_millis(backoff_ms));
+        tracing::debug!(addr = %self.addr, %error, backoff_ms, "dial failed");
+        error
+    }
+}
+
+/// Removes a request from the pending table however the call ends (answer, timeout, drop).
+struct Unregister<'a> {
+    pending: &'a Pending,
+    request_id: u64,
+}
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .remove(&self.request_id);
+    }
+}
+
+fn spawn_connection(stream: TcpStream, addr: String, config: NetConfig) -> Connection {
+    let (mut read_half, mut write_half) = stream.into_split();
+    let (outbox, mut inbox) = mpsc::channel::<Vec<u8>>(config.max_in_flight);
+    let pending: Pending = Arc::default();
+    let (closed_tx, mut closed_rx) = oneshot::channel::<()>();
+    // Writer: ends when every sender is gone or the reader saw the connection end.
+    tokio::spawn({
+        let addr = addr.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    bytes = inbox.recv() => {
+                        let Some(bytes) = bytes else { break };
+                        if let Err(e) = frame::write(&mut write_half, &bytes).await {
+                            tracing::debug!(%addr, error = %e, "write to peer failed");
+                            break;
+                        }
+                    }
+                    _ = &mut closed_rx => break,
+                }
+            }
+            // Dropping `inbox` marks the connection closed for the next caller.
+        }
+    });
+    // Reader: hands each answer to its caller; on any error the connection is dropped and every
+    // caller still waiting gets `ConnectionClosed`.
+    tokio::spawn({
+        let pending = pending.clone();
+        async move {
+            loop {
+                match frame::read(&mut read_half, config.max_frame_bytes).await {
+                    Ok(Some(frame)) => {
+                        let waiter = pending
+                            .lock()
+                            .expect("pending lock")
+                            .remove(&frame.request_id);
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(frame.payload);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "closing connection to peer");
+                        break;
+                    }
+                }
+            }
+            let _ = closed_tx.send(());
+            pending.lock().expect("pending lock").clear();
+        }
+    });
+    Connection { outbox, pending }
+}
+
+/// All peer clients of a node, keyed by the address they dial, plus the `--peer` overrides.
+pub struct PeerPool {
+    config: NetConfig,
+    overrides: HashMap<NodeId, String>,
+    clients: Mutex<HashMap<String, Arc<PeerClient>>>,
+}
+
+impl PeerPool {
+    /// `overrides` maps a node id to the address to dial instead of its advertised raft address.
+    pub fn new(config: NetConfig, overrides: HashMap<NodeId, String>) -> Self {
+        Self {
+            config,
+            overrides,
+            clients: Mutex::default(),
+        }
+    }
+
+    /// The client for node `id` advertised as `node`.
+    pub fn client(&self, id: NodeId, node: &NodeInfo) -> Arc<PeerClient> {
+        let addr = self
+            .overrides
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| node.raft_addr.clone());
+        let mut clients = self.clients.lock().expect("clients lock");
+        clients
+            .entry(addr.clone())
+            .or_insert_with(|| Arc::new(PeerClient::new(addr, self.config.clone())))
+            .clone()
+    }
+
+    /// The transport limits.
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+}

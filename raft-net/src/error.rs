@@ -1,0 +1,43 @@
+//! `NetError`: everything that can go wrong on the node-to-node transport.
+
+/// An error of the transport. All of them are retryable from the caller's point of view except
+/// `Codec` on a request we built ourselves (a bug).
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Codec(#[from] mirrorkv_storage::codec::CodecError),
+    #[error("frame of {frame_bytes} bytes exceeds the limit of {max_frame_bytes} bytes")]
+    FrameTooLarge {
+        frame_bytes: u64,
+        max_frame_bytes: u64,
+    },
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("no answer within {timeout_ms} ms")]
+    Timeout { timeout_ms: u64 },
+    #[error("connection to {addr} closed")]
+    ConnectionClosed { addr: String },
+    #[error("{addr} unreachable, next attempt in {retry_in_ms} ms")]
+    BackingOff { addr: String, retry_in_ms: u64 },
+    #[error("too many requests in flight to {addr} (limit {max_in_flight})")]
+    Overloaded { addr: String, max_in_flight: usize },
+    #[error("peer could not serve the request: {0}")]
+    Remote(String),
+}
+
+impl NetError {
+    /// True when the request certainly never reached the peer, so retrying it cannot apply it
+    /// twice.
+    pub fn not_delivered(&self) -> bool {
+        matches!(
+            self,
+            NetError::BackingOff { .. }
+                | NetError::Io(_)
+                | NetError::Overloaded { .. }
+                | NetError::FrameTooLarge { .. }
+                | NetError::Codec(_)
+        )
+    }
+}

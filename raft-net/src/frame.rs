@@ -1,0 +1,146 @@
+//! Frame layout of raft-net, pure and unit-tested.
+//!
+//! ```text
+//! +----------------+-----------+----------------+------------------+
+//! | length: u32 BE | version u8| request id u64 | payload (postcard)|
+//! +----------------+-----------+----------------+------------------+
+//! ```
+//! `length` counts everything after itself. A frame whose length is below the header size or
+//! above the configured limit, or whose version is unknown, closes the connection.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::NetError;
+
+/// The wire version this build speaks.
+pub const FRAME_VERSION: u8 = 1;
+/// Bytes after the length prefix that are not payload: version and request id.
+pub const HEADER_BYTES: u32 = 1 + 8;
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub request_id: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Check a length prefix against the limits.
+pub fn check_length(length: u32, max_frame_bytes: u32) -> Result<(), NetError> {
+    if length < HEADER_BYTES {
+        return Err(NetError::Malformed(format!(
+            "frame length {length} is below the header size {HEADER_BYTES}"
+        )));
+    }
+    if length > max_frame_bytes {
+        return Err(NetError::FrameTooLarge {
+            frame_bytes: u64::from(length),
+            max_frame_bytes: u64::from(max_frame_bytes),
+        });
+    }
+    Ok(())
+}
+
+/// Encode a frame into bytes ready to write, refusing payloads over the limit.
+pub fn encode(request_id: u64, payload: &[u8], max_frame_bytes: u32) -> Result<Vec<u8>, NetError> {
+    let length = u64::try_from(payload.len()).unwrap_or(u64::MAX) + u64::from(HEADER_BYTES);
+    if length > u64::from(max_frame_bytes) {
+        return Err(NetError::FrameTooLarge {
+            frame_bytes: length,
+            max_frame_bytes: u64::from(max_frame_bytes),
+        });
+    }
+    let mut out = Vec::with_capacity(4 + length as usize);
+    out.extend_from_slice(&(length as u32).to_be_bytes());
+    out.push(FRAME_VERSION);
+    out.extend_from_slice(&request_id.to_be_bytes());
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
+/// Read one frame. `Ok(None)` is a clean end of stream between frames.
+pub async fn read<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_frame_bytes: u32,
+) -> Result<Option<Frame>, NetError> {
+    let mut length_bytes = [0u8; 4];
+    match reader.read_exact(&mut length_bytes).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let length = u32::from_be_bytes(length_bytes);
+    check_length(length, max_frame_bytes)?;
+    let mut header = [0u8; HEADER_BYTES as usize];
+    reader.read_exact(&mut header).await?;
+    if header[0] != FRAME_VERSION {
+        return Err(NetError::Malformed(format!(
+            "frame version {} is not the supported version {FRAME_VERSION}",
+            header[0]
+        )));
+    }
+    let request_id = u64::from_be_bytes(header[1..9].try_into().expect("8 bytes"));
+    let mut payload = vec![0u8; (length - HEADER_BYTES) as usize];
+    reader.read_exact(&mut payload).await?;
+    Ok(Some(Frame {
+        request_id,
+        payload,
+    }))
+}
+
+/// Write already-encoded frame bytes and flush them.
+pub async fn write<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Result<(), NetError> {
+    writer.write_all(bytes).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn round_trip() {
+        let bytes = encode(7, b"hello", 1024).unwrap();
+        let mut reader = &bytes[..];
+        let frame = read(&mut reader, 1024).await.unwrap().unwrap();
+        assert_eq!(
+            frame,
+            Frame {
+                request_id: 7,
+                payload: b"hello".to_vec()
+            }
+        );
+        assert!(read(&mut reader, 1024).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn rejects_oversized_short_and_unknown_version() {
+        assert!(matches!(
+            encode(1, &[0u8; 100], 50),
+            Err(NetError::FrameTooLarge { .. })
+        ));
+        let mut big = &(1_000_000u32).to_be_bytes()[..];
+        assert!(matches!(
+            read(&mut big, 1024).await,
+            Err(NetError::FrameTooLarge { .. })
+        ));
+        let mut short = &(3u32).to_be_bytes()[..];
+        assert!(matches!(
+            read(&mut short, 1024).await,
+            Err(NetError::Malformed(_))
+        ));
+        let mut bytes = encode(1, b"x", 1024).unwrap();
+        bytes[4] = 99;
+        assert!(matches!(
+            read(&mut &bytes[..], 1024).await,
+            Err(NetError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_is_an_error_not_a_clean_end() {
+        let bytes = encode(1, b"hello", 1024).unwrap();
+        let mut truncated = &bytes[..bytes.len() - 2];
+        assert!(read(&mut truncated, 1024).await.is_err());
+    }
+}

@@ -1,0 +1,127 @@
+//! raft-net: the node-to-node transport of mirrorkv. Every byte between two nodes — Raft RPCs,
+//! snapshot chunks, forwarded client writes, read-index requests — goes through it, so cutting
+//! one link (e.g. with a proxy given to `--peer`) cuts all traffic on that link.
+//!
+//! Modules, one job each:
+//! - [`frame`]: the wire frame (length, version, request id, postcard payload), pure.
+//! - [`message`]: `RpcRequest` / `RpcResponse`, the messages carried.
+//! - [`client`]: `PeerPool` / `PeerClient`: reused multiplexed connections, backoff, deadlines.
+//! - [`server`]: accepts peer connections and serves requests against the local Raft node.
+//! - [`network`]: openraft's `RaftNetworkFactory` on top of the pool.
+//! - [`error`]: `NetError`.
+//!
+//! Why it is shaped this way: `raft-net/DESIGN.md`.
+
+pub mod client;
+pub mod error;
+pub mod frame;
+pub mod message;
+pub mod network;
+pub mod server;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use client::{PeerClient, PeerPool};
+pub use error::NetError;
+pub use message::{ForwardError, RpcRequest, RpcResponse};
+pub use network::NetworkFactory;
+pub use server::AppHandler;
+
+use mirrorkv_storage::{Command, NodeId, Response};
+
+/// Limits and timings of the transport. Every one has a unit in its name.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Largest frame accepted or sent, header included.
+    pub max_frame_bytes: u32,
+    /// Requests in flight on one connection, in each direction.
+    pub max_in_flight: usize,
+    /// Inbound peer connections served at once.
+    pub max_connections: usize,
+    /// Deadline for establishing a TCP connection.
+    pub connect_timeout_ms: u64,
+    /// Backoff after a failed dial: doubles from min to max.
+    pub min_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Longest time the server spends on one request before answering `Failed`.
+    pub serve_timeout_ms: u64,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 * 1024 * 1024,
+            max_in_flight: 1024,
+            max_connections: 256,
+            connect_timeout_ms: 1000,
+            min_backoff_ms: 20,
+            max_backoff_ms: 1000,
+            serve_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// When this node last heard from a leader it accepted, and what that leader had committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Contact {
+    pub at: Instant,
+    pub leader_id: NodeId,
+    pub leader_commit_index: u64,
+}
+
+/// Shared record of the last leader contact, written by the server on every accepted
+/// AppendEntries (heartbeats included) and read by the API for staleness bounds.
+#[derive(Debug, Default)]
+pub struct LeaderContact {
+    last: Mutex<Option<Contact>>,
+}
+
+impl LeaderContact {
+    pub fn record(&self, leader_id: NodeId, leader_commit_index: u64) {
+        *self.last.lock().expect("contact lock") = Some(Contact {
+            at: Instant::now(),
+            leader_id,
+            leader_commit_index,
+        });
+    }
+
+    pub fn last(&self) -> Option<Contact> {
+        *self.last.lock().expect("contact lock")
+    }
+}
+
+impl PeerClient {
+    /// Forward a client write to this peer (which should be the leader).
+    pub async fn client_write(
+        &self,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<Result<Response, ForwardError>, NetError> {
+        match self
+            .call(&RpcRequest::ClientWrite(command), timeout)
+            .await?
+        {
+            RpcResponse::ClientWrite(result) => Ok(result),
+            RpcResponse::Failed(message) => Err(NetError::Remote(message)),
+            other => Err(NetError::Malformed(format!(
+                "answer of the wrong kind: {other:?}"
+            ))),
+        }
+    }
+
+    /// Ask this peer (which should be the leader) for a read index (`lease`: under its lease).
+    pub async fn read_index(
+        &self,
+        lease: bool,
+        timeout: Duration,
+    ) -> Result<Result<u64, ForwardError>, NetError> {
+        match self.call(&RpcRequest::ReadIndex { lease }, timeout).await? {
+            RpcResponse::ReadIndex(result) => Ok(result),
+            RpcResponse::Failed(message) => Err(NetError::Remote(message)),
+            other => Err(NetError::Malformed(format!(
+                "answer of the wrong kind: {other:?}"
+            ))),
+        }
+    }
+}

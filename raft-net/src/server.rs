@@ -1,0 +1,172 @@
+//! The listening side: accepts peer connections, decodes requests, hands them to the local Raft
+//! node, and writes the answers back on the same connection (answers may come out of order; the
+//! request id pairs them).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mirrorkv_storage::{codec, Command, Raft, Response};
+use openraft::raft::AppendEntriesResponse;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::error::NetError;
+use crate::frame;
+use crate::message::{ForwardError, RpcRequest, RpcResponse};
+use crate::{LeaderContact, NetConfig};
+
+/// The application side of raft-net: serves the requests that are not Raft's own.
+pub trait AppHandler: Send + Sync + 'static {
+    /// Apply a write forwarded by another node (this node should be the leader).
+    fn client_write(
+        &self,
+        command: Command,
+    ) -> impl std::future::Future<Output = Result<Response, ForwardError>> + Send;
+    /// Answer a read index (this node should be the leader).
+    fn read_index(
+        &self,
+        lease: bool,
+    ) -> impl std::future::Future<Output = Result<u64, ForwardError>> + Send;
+}
+
+/// Serve raft-net on `listener` until `shutdown` resolves.
+pub async fn serve<H: AppHandler>(
+    listener: TcpListener,
+    raft: Raft,
+    app: Arc<H>,
+    contact: Arc<LeaderContact>,
+    config: NetConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let connections = Arc::new(Semaphore::new(config.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "raft-net accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max_connections = config.max_connections, "refusing raft-net connection: limit reached");
+            continue;
+        };
+        let raft = raft.clone();
+        let app = app.clone();
+        let contact = contact.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_connection(stream, raft, app, contact, config).await {
+                tracing::warn!(%peer, error = %e, "closed raft-net connection");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection<H: AppHandler>(
+    stream: TcpStream,
+    raft: Raft,
+    app: Arc<H>,
+    contact: Arc<LeaderContact>,
+    config: NetConfig,
+) -> Result<(), NetError> {
+    stream.set_nodelay(true)?;
+    let (mut read_half, mut write_half) = stream.into_split();
+    let (answers_tx, mut answers_rx) = mpsc::channel::<Vec<u8>>(config.max_in_flight);
+    let writer = tokio::spawn(async move {
+        while let Some(bytes) = answers_rx.recv().await {
+            if frame::write(&mut write_half, &bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Bounds the requests of this connection being served at once; reading stops while full.
+    let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
+    let result = loop {
+        let frame = match frame::read(&mut read_half, config.max_frame_bytes).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        let request: RpcRequest = match codec::decode(&frame.payload) {
+            Ok(request) => request,
+            Err(e) => break Err(NetError::Malformed(format!("undecodable request: {e}"))),
+        };
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
+        let raft = raft.clone();
+        let app = app.clone();
+        let contact = contact.clone();
+        let answers_tx = answers_tx.clone();
+        let max_frame_bytes = config.max_frame_bytes;
+        let serve_timeout = Duration::from_millis(config.serve_timeout_ms);
+        tokio::spawn(async move {
+            let response = match tokio::time::timeout(
+                serve_timeout,
+                handle(&raft, app.as_ref(), &contact, request),
+            )
+            .await
+            {
+                Ok(response) => response,
+                Err(_) => RpcResponse::Failed(format!(
+                    "not served within {} ms",
+                    serve_timeout.as_millis()
+                )),
+            };
+            let bytes = codec::encode(&response)
+                .map_err(NetError::from)
+                .and_then(|payload| frame::encode(frame.request_id, &payload, max_frame_bytes));
+            match bytes {
+                Ok(bytes) => {
+                    let _ = answers_tx.send(bytes).await;
+                }
+                Err(e) => tracing::error!(error = %e, "could not encode a raft-net answer"),
+            }
+            drop(permit);
+        });
+    };
+    drop(answers_tx);
+    // Answers still being computed keep the writer alive until they are sent.
+    let _ = writer.await;
+    result
+}
+
+async fn handle<H: AppHandler>(
+    raft: &Raft,
+    app: &H,
+    contact: &LeaderContact,
+    request: RpcRequest,
+) -> RpcResponse {
+    match request {
+        RpcRequest::AppendEntries(request) => {
+            let leader_id = request.vote.leader_id().voted_for();
+            let leader_commit = request.leader_commit.map_or(0, |id| id.index);
+            let response = raft.append_entries(request).await;
+            if let (Ok(answer), Some(leader_id)) = (&response, leader_id) {
+                // Any answer but HigherVote means we accept this leader's term: it is contact.
+                if !matches!(answer, AppendEntriesResponse::HigherVote(_)) {
+                    contact.record(leader_id, leader_commit);
+                }
+            }
+            RpcResponse::AppendEntries(response)
+        }
+        RpcRequest::Vote(request) => RpcResponse::Vote(raft.vote(request).await),
+        RpcRequest::InstallSnapshot(request) => {
+            RpcResponse::InstallSnapshot(raft.install_snapshot(request).await)
+        }
+        RpcRequest::ClientWrite(command) => {
+            RpcResponse::ClientWrite(app.client_write(command).await)
+        }
+        RpcRequest::ReadIndex { lease } => RpcResponse::ReadIndex(app.read_index(lease).await),
+    }
+}

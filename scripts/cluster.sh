@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Start, inspect and stop a local mirrorkv cluster on 127.0.0.1.
+#
+#   scripts/cluster.sh up [3|4|5]   build if needed, start N nodes, wait for a leader
+#   scripts/cluster.sh status       one line per node
+#   scripts/cluster.sh down         stop every node (SIGTERM, then SIGKILL after 10 s)
+#
+# Everything lives in one run folder: $MIRRORKV_RUN_DIR, default ./run/cluster. Ports are asked
+# of the OS on the first `up` and kept in the folder, so `up` again on the same folder restarts
+# the same cluster with its data.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+run_dir=${MIRRORKV_RUN_DIR:-$repo/run/cluster}
+target_dir=${CARGO_TARGET_DIR:-$HOME/.cache/mirrorkv-target}
+bin=$target_dir/release/mirrorkv
+ready_timeout_s=${MIRRORKV_READY_TIMEOUT_S:-60}
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+api_of() { sed -n "s/^api_$1=//p" "$run_dir/cluster.env"; }
+pid_of() { cat "$run_dir/node$1.pid" 2>/dev/null || true; }
+alive() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+nodes() { sed -n 's/^nodes=//p' "$run_dir/cluster.env"; }
+
+up() {
+  local n=${1:-3}
+  case "$n" in 3|4|5) ;; *) die "a cluster has 3, 4 or 5 nodes, not '$n'";; esac
+  command -v curl >/dev/null || die "curl is required"
+  command -v python3 >/dev/null || die "python3 is required"
+  local started_at; started_at=$(date +%s.%N)
+  mkdir -p "$run_dir"
+  if [ -f "$run_dir/cluster.env" ]; then
+    [ "$(nodes)" = "$n" ] || die "$run_dir holds a $(nodes)-node cluster; use that size or another MIRRORKV_RUN_DIR"
+  else
+    {
+      echo "nodes=$n"
+      for id in $(seq 1 "$n"); do echo "api_$id=127.0.0.1:$(free_port)"; echo "raft_$id=127.0.0.1:$(free_port)"; done
+    } > "$run_dir/cluster.env"
+  fi
+  "$repo/scripts/deps.sh"
+  (cd "$repo" && CARGO_TARGET_DIR=$target_dir cargo build --release --quiet -p mirrorkv-node) || die "build failed"
+  local spec=""
+  for id in $(seq 1 "$n"); do
+    spec+="${spec:+,}$id=$(sed -n "s/^raft_$id=//p" "$run_dir/cluster.env")/$(api_of "$id")"
+  done
+  for id in $(seq 1 "$n"); do
+    if alive "$id"; then echo "node $id already running (pid $(pid_of "$id"))"; continue; fi
+    nohup "$bin" --id "$id" --data-dir "$run_dir/node$id" \
+      --api-addr "$(api_of "$id")" --raft-addr "$(sed -n "s/^raft_$id=//p" "$run_dir/cluster.env")" \
+      --initial-cluster "$spec" >> "$run_dir/node$id.log" 2>&1 &
+    echo $! > "$run_dir/node$id.pid"
+  done
+  # Ready: every node answers /ready (it knows the leader and has applied what it committed).
+  local deadline=$(( $(date +%s) + ready_timeout_s ))
+  for id in $(seq 1 "$n"); do
+    until curl -fsS "http://$(api_of "$id")/ready" >/dev/null 2>&1; do
+      alive "$id" || die "node $id exited; see $run_dir/node$id.log"
+      [ "$(date +%s)" -lt "$deadline" ] || die "node $id not ready after ${ready_timeout_s}s; see $run_dir/node$id.log"
+      sleep 0.05
+    done
+  done
+  local took; took=$(python3 -c "import time; print(f'{time.time() - $started_at:.2f}')")
+  echo "mirrorkv: $n nodes ready in ${took}s (run folder: $run_dir)"
+  for id in $(seq 1 "$n"); do echo "  node $id  http://$(api_of "$id")"; done
+  local api; api=$(api_of 1)
+  cat <<EXAMPLE
+Try:
+  curl -X PUT --data-binary 'hello' http://$api/v1/kv/greeting
+  curl http://$(api_of "$n")/v1/kv/greeting
+  curl http://$api/v1/cluster
+EXAMPLE
+}
+
+status() {
+  [ -f "$run_dir/cluster.env" ] || die "no cluster in $run_dir"
+  for id in $(seq 1 "$(nodes)"); do
+    if alive "$id"; then
+      local info; info=$(curl -fsS --max-time 2 "http://$(api_of "$id")/v1/cluster" 2>/dev/null || echo '{}')
+      python3 - "$id" "$(api_of "$id")" "$info" <<'PY'
+import json, sys
+node_id, api, raw = sys.argv[1], sys.argv[2], sys.argv[3]
+info = json.loads(raw or "{}")
+node = info.get("node", {})
+print(f"node {node_id}  http://{api}  up  state={node.get('state', '?')} leader={info.get('leader')} "
+      f"term={info.get('term')} applied={node.get('applied_index')} commit={info.get('commit_index')}")
+PY
+    else
+      echo "node $id  http://$(api_of "$id")  down"
+    fi
+  done
+}
+
+down() {
+  [ -f "$run_dir/cluster.env" ] || die "no cluster in $run_dir"
+  for id in $(seq 1 "$(nodes)"); do alive "$id" && kill -TERM "$(pid_of "$id")"; done
+  local deadline=$(( $(date +%s) + 10 ))
+  for id in $(seq 1 "$(nodes)"); do
+    while alive "$id"; do
+      if [ "$(date +%s)" -ge "$deadline" ]; then kill -KILL "$(pid_of "$id")" 2>/dev/null || true; break; fi
+      sleep 0.05
+    done
+    rm -f "$run_dir/node$id.pid"
+  done
+  echo "mirrorkv: stopped (data kept in $run_dir; 'rm -rf $run_dir' to start afresh)"
+}
+
+case "${1:-}" in
+  up) shift; up "$@" ;;
+  status) status ;;
+  down) down ;;
+  *) echo "usage: scripts/cluster.sh up [3|4|5] | status | down" >&2; exit 2 ;;
+esac

@@ -1,0 +1,18 @@
+//! `StorageError`: everything that can go wrong below openraft.
+
+use crate::codec::CodecError;
+
+/// An error of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The data on disk breaks an invariant of `storage/DESIGN.md`; the node must not start.
+    #[error("storage invariant violated: {0}")]
+    Invariant(String),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -1,0 +1,53 @@
+//! Durable storage of one mirrorkv node: openraft's log store and state machine over a single
+//! RocksDB instance.
+//!
+//! Modules, one job each:
+//! - [`codec`]: the only place values become bytes (postcard), for disk and for the wire.
+//! - [`types`]: the replicated data model (`Command`, `Response`, `KeyRecord`, `NodeInfo`) and
+//!   openraft's `TypeConfig`.
+//! - `db`: opening RocksDB, column families, key layout, fsync write options.
+//! - [`log_store`]: `LogStore`, the Raft log plus vote / committed / purged.
+//! - [`state_machine`]: `StateMachine` (apply, snapshots) and `KvReader` (reads for the API).
+//! - [`error`]: `StorageError`.
+//!
+//! Why it is shaped this way, and every durability rule, is in `storage/DESIGN.md`.
+
+pub mod codec;
+mod db;
+pub mod error;
+pub mod log_store;
+pub mod state_machine;
+pub mod types;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use error::StorageError;
+pub use log_store::LogStore;
+pub use state_machine::{KvReader, RangePage, ReadAt, StateMachine};
+pub use types::*;
+
+/// Open the node's store at `path` (created if missing) and check the log-pointer invariant
+/// `purged ≤ snapshot ≤ applied` on what is on disk.
+pub fn open(path: &Path) -> Result<(LogStore, StateMachine), StorageError> {
+    let db = Arc::new(db::open(path)?);
+    let log_store = LogStore::new(db.clone())?;
+    let state_machine = StateMachine::open(db)?;
+    let purged = log_store.purged()?;
+    let snapshot = state_machine.snapshot_log_id()?;
+    let applied = state_machine.applied();
+    // Invariant (storage/DESIGN.md): purged ≤ snapshot ≤ applied. A log is only purged behind a
+    // durable snapshot, and a snapshot is only built or installed from applied state.
+    if purged.is_some() && purged > snapshot {
+        return Err(StorageError::Invariant(format!(
+            "purged {purged:?} is ahead of the snapshot {snapshot:?}"
+        )));
+    }
+    if snapshot > applied {
+        return Err(StorageError::Invariant(format!(
+            "snapshot {snapshot:?} is ahead of applied {applied:?}"
+        )));
+    }
+    tracing::info!(?purged, ?snapshot, ?applied, "opened store");
+    Ok((log_store, state_machine))
+}

@@ -1,0 +1,236 @@
+//! `LogStore`: openraft's `RaftLogStorage` over the `log` and `raft_meta` column families.
+//!
+//! Durability rules (see `storage/DESIGN.md`): the vote is fsynced before `save_vote` returns;
+//! `append` calls its callback only after the batch is fsynced; purge records the purged log id
+//! (fsynced) before it deletes the entries.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader, StorageIOError, Vote};
+use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
+
+use crate::codec;
+use crate::db::{self, CF_LOG, CF_RAFT_META, KEY_COMMITTED, KEY_PURGED, KEY_VOTE};
+use crate::types::{Entry, LogId, NodeId, RaftStorageError, TypeConfig};
+
+/// The Raft log and the Raft metadata (vote, committed, purged) of one node.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    /// The latest committed index openraft told us about (0 if none); shared with the API for
+    /// `/ready` and `GET /v1/cluster`.
+    committed_index: Arc<AtomicU64>,
+}
+
+impl LogStore {
+    pub(crate) fn new(db: Arc<DB>) -> Result<Self, crate::StorageError> {
+        let store = Self {
+            db,
+            committed_index: Arc::default(),
+        };
+        let committed = store.committed()?.map_or(0, |id| id.index);
+        store.committed_index.store(committed, Ordering::Release);
+        Ok(store)
+    }
+
+    /// A live view of the committed index as this node knows it.
+    pub fn committed_index(&self) -> Arc<AtomicU64> {
+        self.committed_index.clone()
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, crate::StorageError> {
+        let cf = db::cf(&self.db, CF_RAFT_META);
+        match self.db.get_pinned_cf(cf, key)? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The last purged log id, as recorded on disk.
+    pub(crate) fn purged(&self) -> Result<Option<LogId>, crate::StorageError> {
+        self.get_meta(KEY_PURGED)
+    }
+
+    /// The last log id present in the log, if any entry is present.
+    pub(crate) fn last_entry_log_id(&self) -> Result<Option<LogId>, crate::StorageError> {
+        let cf = db::cf(&self.db, CF_LOG);
+        let mut iter = self.db.iterator_cf(cf, IteratorMode::End);
+        match iter.next() {
+            Some(item) => {
+                let (_, value) = item?;
+                let entry: Entry = codec::decode(&value)?;
+                Ok(Some(entry.log_id))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The saved committed log id.
+    pub(crate) fn committed(&self) -> Result<Option<LogId>, crate::StorageError> {
+        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> RaftStorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> RaftStorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let cf = db::cf(&self.db, CF_LOG);
+        let iter = self.db.iterator_cf(
+            cf,
+            IteratorMode::From(&db::log_key(start), Direction::Forward),
+        );
+        let mut entries = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(read_err)?;
+            let index = db::log_index(&key).ok_or_else(|| {
+                read_err(crate::StorageError::Invariant("malformed log key".into()))
+            })?;
+            if !range.contains(&index) {
+                break;
+            }
+            let entry: Entry = codec::decode(&value).map_err(read_err)?;
+            // Invariant: the entry stored under index i has log id index i, without holes.
+            assert_eq!(
+                entry.log_id.index, index,
+                "log entry stored under a wrong index"
+            );
+            if let Some(prev) = entries.last() {
+                let prev: &Entry = prev;
+                assert_eq!(prev.log_id.index + 1, index, "hole in the log");
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
+        let last_purged_log_id = self.purged().map_err(read_err)?;
+        let last_log_id = self
+            .last_entry_log_id()
+            .map_err(read_err)?
+            .or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), RaftStorageError> {
+        let bytes = codec::encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        let cf = db::cf(&self.db, CF_RAFT_META);
+        // The vote is fsynced before we return: a node must never vote twice in a term.
+        self.db
+            .put_cf_opt(cf, KEY_VOTE, bytes, &db::synced())
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, RaftStorageError> {
+        self.get_meta(KEY_VOTE)
+            .map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
+        // Not fsynced: the committed id is an optimisation for re-applying after restart; losing
+        // the latest value only means fewer entries are applied before the first heartbeat.
+        let bytes = codec::encode(&committed).map_err(write_err)?;
+        let cf = db::cf(&self.db, CF_RAFT_META);
+        self.db
+            .put_cf(cf, KEY_COMMITTED, bytes)
+            .map_err(write_err)?;
+        self.committed_index
+            .store(committed.map_or(0, |id| id.index), Ordering::Release);
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
+        self.committed().map_err(read_err)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let cf = db::cf(&self.db, CF_LOG);
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            let bytes = codec::encode(&entry).map_err(write_err)?;
+            batch.put_cf(cf, db::log_key(entry.log_id.index), bytes);
+        }
+        // One fsync for the whole batch; the callback fires only once the WAL is on disk, which
+        // is what lets openraft count this node towards a commit quorum.
+        match self.db.write_opt(batch, &db::synced()) {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(write_err(e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        let cf = db::cf(&self.db, CF_LOG);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, db::log_key(log_id.index), db::log_key(u64::MAX));
+        batch.delete_cf(cf, db::log_key(u64::MAX));
+        self.db.write_opt(batch, &db::synced()).map_err(write_err)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        if let Some(previous) = self.purged().map_err(read_err)? {
+            assert!(
+                previous <= log_id,
+                "purged log id must not go back: {previous} > {log_id}"
+            );
+        }
+        // The purged id and the deletion go in one atomic, fsynced batch: no crash leaves a hole
+        // between `purged` and the first entry.
+        let meta = db::cf(&self.db, CF_RAFT_META);
+        let bytes = codec::encode(&log_id).map_err(write_err)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(meta, KEY_PURGED, bytes);
+        let log = db::cf(&self.db, CF_LOG);
+        batch.delete_range_cf(log, db::log_key(0), db::log_key(log_id.index + 1));
+        self.db.write_opt(batch, &db::synced()).map_err(write_err)?;
+        Ok(())
+    }
+}

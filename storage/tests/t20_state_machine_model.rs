@@ -1,0 +1,434 @@
+//! Model-based property test: the RocksDB state machine and a `BTreeMap` model receive the same
+//! random puts, deletes, conditional writes, snapshots, restores into a fresh store and re-opens,
+//! and must always hold the same keys with the same values and indexes.
+//!
+//! The seed is printed; set `PROPTEST_RNG_SEED=<seed>` to replay a run exactly.
+
+use std::collections::BTreeMap;
+
+use std::collections::HashMap;
+
+use mirrorkv_storage::{
+    Command, CommandResult, Compare, CompareTarget, Entry, KeyRecord, LogId, LogStore,
+    Precondition, Response, StateMachine, Txn, TxnOp, TxnOpResult,
+};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{CommittedLeaderId, EntryPayload};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed, TestRunner};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put {
+        key: u8,
+        value: Vec<u8>,
+    },
+    PutIfAbsent {
+        key: u8,
+        value: Vec<u8>,
+    },
+    PutIfModIndex {
+        key: u8,
+        guess_current: bool,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: u8,
+    },
+    DeleteIfModIndex {
+        key: u8,
+        guess_current: bool,
+    },
+    /// Compare `key`'s mod_index (right or wrong guess); success puts `put_key`, failure gets it.
+    Txn {
+        key: u8,
+        guess_current: bool,
+        put_key: u8,
+        value: Vec<u8>,
+    },
+    /// A put under idempotency key `idem` (of a few), `advance_ms` after the previous one.
+    IdempotentPut {
+        idem: u8,
+        advance_ms: u64,
+        key: u8,
+        value: Vec<u8>,
+    },
+    Snapshot,
+    RestoreSnapshotIntoFreshStore,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let key = 0u8..12;
+    let value = proptest::collection::vec(any::<u8>(), 0..16);
+    prop_oneof![
+        6 => (key.clone(), value.clone()).prop_map(|(key, value)| Op::Put { key, value }),
+        2 => (key.clone(), value.clone()).prop_map(|(key, value)| Op::PutIfAbsent { key, value }),
+        2 => (key.clone(), any::<bool>(), value).prop_map(|(key, guess_current, value)| Op::PutIfModIndex { key, guess_current, value }),
+        3 => key.clone().prop_map(|key| Op::Delete { key }),
+        1 => (key.clone(), any::<bool>()).prop_map(|(key, guess_current)| Op::DeleteIfModIndex { key, guess_current }),
+        2 => (key.clone(), any::<bool>(), key.clone(), proptest::collection::vec(any::<u8>(), 0..8))
+            .prop_map(|(key, guess_current, put_key, value)| Op::Txn { key, guess_current, put_key, value }),
+        2 => (0u8..3, 0u64..60, key, proptest::collection::vec(any::<u8>(), 0..8))
+            .prop_map(|(idem, advance_ms, key, value)| Op::IdempotentPut { idem, advance_ms, key, value }),
+        1 => Just(Op::Snapshot),
+        1 => Just(Op::RestoreSnapshotIntoFreshStore),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn key_name(key: u8) -> String {
+    // Include a '/' and non-ASCII text so that key encoding is exercised.
+    format!("k/{key:02}/é")
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    _log: LogStore,
+    sm: StateMachine,
+    model: BTreeMap<String, KeyRecord>,
+    /// Idempotency key → (issued_at_ms, first response).
+    idempotency: HashMap<String, (u64, Response)>,
+    now_ms: u64,
+    next_index: u64,
+}
+
+/// The idempotency window the test uses.
+const WINDOW_MS: u64 = 100;
+
+impl Harness {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, sm) = mirrorkv_storage::open(dir.path()).unwrap();
+        Self {
+            dir,
+            _log: log,
+            sm,
+            model: BTreeMap::new(),
+            idempotency: HashMap::new(),
+            now_ms: 1_000,
+            next_index: 1,
+        }
+    }
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// What the model says applying `command` at `index` answers, updating the model.
+    fn model_apply(&mut self, index: u64, command: &Command) -> Response {
+        let result = match command {
+            Command::Put {
+                key,
+                value,
+                precondition,
+            } => match self.model_check(key, *precondition) {
+                Some(failed) => failed,
+                None => CommandResult::Put {
+                    prev_mod_index: self.model_put(index, key, value),
+                },
+            },
+            Command::Delete { key, precondition } => match self.model_check(key, *precondition) {
+                Some(failed) => failed,
+                None => CommandResult::Delete {
+                    deleted: self.model.remove(key).is_some(),
+                },
+            },
+            Command::Txn(txn) => {
+                let succeeded = txn.compare.iter().all(|c| {
+                    let current = self.model.get(&c.key);
+                    match &c.target {
+                        CompareTarget::ModIndex(m) => current.map_or(0, |r| r.mod_index) == *m,
+                        CompareTarget::Value(v) => current.is_some_and(|r| &r.value == v),
+                        CompareTarget::Exists(e) => current.is_some() == *e,
+                    }
+                });
+                let ops = if succeeded {
+                    &txn.success
+                } else {
+                    &txn.failure
+                };
+                let results = ops
+                    .iter()
+                    .map(|op| match op {
+                        TxnOp::Put { key, value } => TxnOpResult::Put {
+                            prev_mod_index: self.model_put(index, key, value),
+                        },
+                        TxnOp::Delete { key } => TxnOpResult::Delete {
+                            deleted: self.model.remove(key).is_some(),
+                        },
+                        TxnOp::Get { key } => TxnOpResult::Get {
+                            key: key.clone(),
+                            record: self.model.get(key).cloned(),
+                        },
+                    })
+                    .collect();
+                CommandResult::Txn { succeeded, results }
+            }
+            Command::Barrier => CommandResult::Nothing,
+            Command::Idempotent {
+                key,
+                issued_at_ms,
+                window_ms,
+                command,
+            } => {
+                if let Some((first_at, response)) = self.idempotency.get(key) {
+                    if first_at + window_ms >= *issued_at_ms {
+                        return response.clone();
+                    }
+                }
+                let response = self.model_apply(index, command);
+                self.idempotency
+                    .insert(key.clone(), (*issued_at_ms, response.clone()));
+                return response;
+            }
+        };
+        Response { index, result }
+    }
+
+    fn model_check(&self, key: &str, precondition: Precondition) -> Option<CommandResult> {
+        let current = self.model.get(key);
+        let holds = match precondition {
+            Precondition::None => true,
+            Precondition::Absent => current.is_none(),
+            Precondition::ModIndex(m) => current.is_some_and(|r| r.mod_index == m),
+        };
+        (!holds).then(|| CommandResult::PreconditionFailed {
+            mod_index: current.map(|r| r.mod_index),
+        })
+    }
+
+    fn model_put(&mut self, index: u64, key: &str, value: &[u8]) -> Option<u64> {
+        let current = self.model.get(key).cloned();
+        let create_index = current.as_ref().map_or(index, |r| r.create_index);
+        self.model.insert(
+            key.to_string(),
+            KeyRecord {
+                value: value.to_vec(),
+                mod_index: index,
+                create_index,
+            },
+        );
+        current.map(|r| r.mod_index)
+    }
+
+    fn mod_index_guess(&self, key: &str, guess_current: bool) -> u64 {
+        match (guess_current, self.model.get(key)) {
+            (true, Some(record)) => record.mod_index,
+            _ => self.next_index + 1000,
+        }
+    }
+
+    async fn run(&mut self, op: Op) {
+        let command = match op {
+            Op::Put { key, value } => Command::Put {
+                key: key_name(key),
+                value,
+                precondition: Precondition::None,
+            },
+            Op::PutIfAbsent { key, value } => Command::Put {
+                key: key_name(key),
+                value,
+                precondition: Precondition::Absent,
+            },
+            Op::PutIfModIndex {
+                key,
+                guess_current,
+                value,
+            } => {
+                let m = self.mod_index_guess(&key_name(key), guess_current);
+                Command::Put {
+                    key: key_name(key),
+                    value,
+                    precondition: Precondition::ModIndex(m),
+                }
+            }
+            Op::Delete { key } => Command::Delete {
+                key: key_name(key),
+                precondition: Precondition::None,
+            },
+            Op::DeleteIfModIndex { key, guess_current } => {
+                let m = self.mod_index_guess(&key_name(key), guess_current);
+                Command::Delete {
+                    key: key_name(key),
+                    precondition: Precondition::ModIndex(m),
+                }
+            }
+            Op::Txn {
+                key,
+                guess_current,
+                put_key,
+                value,
+            } => {
+                let m = match (guess_current, self.model.get(&key_name(key))) {
+                    (true, Some(record)) => record.mod_index,
+                    (true, None) => 0,
+                    (false, _) => self.next_index + 1000,
+                };
+                Command::Txn(Txn {
+                    compare: vec![Compare {
+                        key: key_name(key),
+                        target: CompareTarget::ModIndex(m),
+                    }],
+                    success: vec![
+                        TxnOp::Put {
+                            key: key_name(put_key),
+                            value,
+                        },
+                        TxnOp::Get {
+                            key: key_name(put_key),
+                        },
+                    ],
+                    failure: vec![TxnOp::Get {
+                        key: key_name(put_key),
+                    }],
+                })
+            }
+            Op::IdempotentPut {
+                idem,
+                advance_ms,
+                key,
+                value,
+            } => {
+                self.now_ms += advance_ms;
+                Command::Idempotent {
+                    key: format!("idem-{idem}"),
+                    issued_at_ms: self.now_ms,
+                    window_ms: WINDOW_MS,
+                    command: Box::new(Command::Put {
+                        key: key_name(key),
+                        value,
+                        precondition: Precondition::None,
+                    }),
+                }
+            }
+            Op::Snapshot => {
+                let mut builder = self.sm.get_snapshot_builder().await;
+                let snapshot = builder.build_snapshot().await.unwrap();
+                assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), self.applied());
+                return;
+            }
+            Op::RestoreSnapshotIntoFreshStore => {
+                let mut builder = self.sm.get_snapshot_builder().await;
+                let snapshot = builder.build_snapshot().await.unwrap();
+                let dir = tempfile::tempdir().unwrap();
+                let (log, mut sm) = mirrorkv_storage::open(dir.path()).unwrap();
+                let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
+                receiving
+                    .get_mut()
+                    .extend_from_slice(snapshot.snapshot.get_ref());
+                sm.install_snapshot(&snapshot.meta, receiving)
+                    .await
+                    .unwrap();
+                let current = sm
+                    .get_current_snapshot()
+                    .await
+                    .unwrap()
+                    .expect("installed snapshot is current");
+                assert_eq!(current.meta, snapshot.meta);
+                self.dir = dir;
+                self._log = log;
+                self.sm = sm;
+                return;
+            }
+            Op::Reopen => {
+                let path = self.dir.path().to_path_buf();
+                // Drop the open handles before re-opening the same directory.
+                let placeholder = tempfile::tempdir().unwrap();
+                let (log, sm) = mirrorkv_storage::open(placeholder.path()).unwrap();
+                drop(std::mem::replace(&mut self._log, log));
+                drop(std::mem::replace(&mut self.sm, sm));
+                let (log, sm) = mirrorkv_storage::open(&path).unwrap();
+                self._log = log;
+                self.sm = sm;
+                return;
+            }
+        };
+        let index = self.next_index;
+        self.next_index += 1;
+        let expected = self.model_apply(index, &command);
+        let entry = Entry {
+            log_id: Self::log_id(index),
+            payload: EntryPayload::Normal(command),
+        };
+        let responses = self.sm.apply([entry]).await.unwrap();
+        assert_eq!(
+            responses,
+            vec![expected],
+            "apply result differs from the model at index {index}"
+        );
+    }
+
+    fn applied(&self) -> Option<u64> {
+        let index = self.sm.reader().applied_index().unwrap();
+        (index > 0).then_some(index)
+    }
+
+    fn check_equal(&self) {
+        let reader = self.sm.reader();
+        let all = reader.range(b"", None, 10_000).unwrap();
+        assert_eq!(all.value.next, None);
+        let stored: BTreeMap<String, KeyRecord> = all.value.items.into_iter().collect();
+        assert_eq!(stored, self.model, "state machine differs from the model");
+        for key in 0..12 {
+            let name = key_name(key);
+            assert_eq!(
+                reader.get(&name).unwrap().value,
+                self.model.get(&name).cloned()
+            );
+        }
+        assert_eq!(all.index, self.next_index - 1, "applied index");
+        // Pages of 3 walk the same keys in order.
+        let mut paged = Vec::new();
+        let mut start = Vec::new();
+        loop {
+            let page = reader.range(&start, None, 3).unwrap().value;
+            paged.extend(page.items.into_iter().map(|(k, _)| k));
+            match page.next {
+                Some(next) => start = next.into_bytes(),
+                None => break,
+            }
+        }
+        assert_eq!(paged, self.model.keys().cloned().collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn t20_state_machine_matches_btreemap_model() {
+    let seed: u64 = match std::env::var("PROPTEST_RNG_SEED") {
+        Ok(value) => value.parse().expect("PROPTEST_RNG_SEED is a u64"),
+        Err(_) => rand_seed(),
+    };
+    println!("t20 seed: {seed} (replay with PROPTEST_RNG_SEED={seed})");
+    let config = Config {
+        cases: 48,
+        rng_seed: RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new(config);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runner
+        .run(&proptest::collection::vec(op(), 1..80), |ops| {
+            runtime.block_on(async {
+                let mut harness = Harness::new();
+                for op in ops {
+                    harness.run(op).await;
+                    harness.check_equal();
+                }
+            });
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+}
+
+fn rand_seed() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
+}
