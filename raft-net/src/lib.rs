@@ -8,7 +8,7 @@
 //! - [`client`]: `PeerPool` / `PeerClient`: reused multiplexed connections, backoff, deadlines.
 //! - [`server`]: accepts peer connections and serves requests against the local Raft node.
 //! - [`network`]: openraft's `RaftNetworkFactory` on top of the pool.
-//! - [`error`]: `NetError`.
+//! - [`error`]: `NetError`, the error of this layer.
 //!
 //! Why it is shaped this way: `raft-net/DESIGN.md`.
 

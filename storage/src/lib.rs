@@ -8,7 +8,7 @@
 //! - `db`: opening RocksDB, column families, key layout, fsync write options.
 //! - [`log_store`]: `LogStore`, the Raft log plus vote / committed / purged.
 //! - [`state_machine`]: `StateMachine` (apply, snapshots) and `KvReader` (reads for the API).
-//! - [`error`]: `StorageError`.
+//! - [`error`]: `StorageError`, the error of this layer.
 //!
 //! Why it is shaped this way, and every durability rule, is in `storage/DESIGN.md`.
 
