@@ -43,7 +43,7 @@ up() {
     } > "$run_dir/cluster.env"
   fi
   "$repo/scripts/deps.sh"
-  (cd "$repo" && CARGO_TARGET_DIR=$target_dir cargo build --release --quiet -p mirrorkv-node) || die "build failed"
+  (cd "$repo" && CARGO_TARGET_DIR=$target_dir cargo build --release --quiet --workspace) || die "build failed"
   local spec=""
   for id in $(seq 1 "$n"); do
     spec+="${spec:+,}$id=$(sed -n "s/^raft_$id=//p" "$run_dir/cluster.env")/$(api_of "$id")"

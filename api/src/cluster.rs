@@ -71,22 +71,31 @@ pub async fn health() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-/// Ready once the node knows a leader and has applied everything it knows to be committed
-/// (for a follower: what the leader had committed when it last heard from it).
+/// Ready once the node knows a leader it has actually heard from (a leader: it leads; a
+/// follower: an accepted AppendEntries within one leader lease — a restarted node remembers
+/// its last leader but has not heard from it) and has applied everything that leader had
+/// committed when it last heard.
 pub async fn ready(State(state): State<Arc<NodeState>>) -> Response {
-    let Some(leader) = state.leader() else {
-        return ApiError::Unavailable("no leader known".into()).into_response();
-    };
     let applied = match state.reader.applied_index() {
         Ok(applied) => applied,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let mut committed = state.committed_index();
-    if let Some(contact) = state.contact.last() {
-        if !state.is_leader() {
-            committed = committed.max(contact.leader_commit_index);
+    let (leader, committed) = if state.is_leader() {
+        (state.id, state.committed_index())
+    } else {
+        let fresh_ms = state.lease.leader_lease_ms();
+        match state.contact.last() {
+            Some(contact) if contact.at.elapsed().as_millis() as u64 <= fresh_ms => {
+                (contact.leader_id, contact.leader_commit_index)
+            }
+            _ => {
+                return ApiError::Unavailable(format!(
+                    "no contact with a leader in the last {fresh_ms} ms"
+                ))
+                .into_response()
+            }
         }
-    }
+    };
     if applied < committed {
         return ApiError::Unavailable(format!(
             "applied index {applied} is behind commit index {committed}"

@@ -201,6 +201,11 @@ impl Lease {
         }
     }
 
+    /// How long followers refuse to vote after hearing from a leader.
+    pub fn leader_lease_ms(&self) -> u64 {
+        self.config.leader_lease_ms
+    }
+
     /// Record a confirmation in `term` that started at `started` and answered `read_index`.
     pub fn extend(&self, started: std::time::Instant, term: u64, read_index: u64) {
         let valid_ms = self
