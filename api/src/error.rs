@@ -18,6 +18,9 @@ pub enum ApiError {
     PreconditionFailed { mod_index: Option<u64> },
     #[error("{0}")]
     TooLarge(String),
+    /// Load shed: too many requests in flight.
+    #[error("{0}")]
+    Overloaded(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -39,7 +42,7 @@ impl From<StorageError> for ApiError {
     }
 }
 
-/// Seconds a client should wait before retrying a 503.
+/// Seconds a client should wait before retrying a 503 or 429.
 const RETRY_AFTER_S: &str = "1";
 
 impl ApiError {
@@ -53,6 +56,7 @@ impl ApiError {
                 false,
             ),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", false),
+            ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "overloaded", true),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", true),
             ApiError::StaleRead(_) => (StatusCode::SERVICE_UNAVAILABLE, "stale_read", true),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout", true),
@@ -79,7 +83,7 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let mut response = (status, axum::Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             response
                 .headers_mut()
                 .insert("retry-after", HeaderValue::from_static(RETRY_AFTER_S));

@@ -11,6 +11,7 @@
 //! - [`txn`]: `POST /v1/txn`.
 //! - [`values`]: values in JSON (`value` / `value_base64`).
 //! - [`cluster`]: `/v1/cluster`, `/health`, `/ready`.
+//! - [`limits`]: bounded connections and requests in flight (429 past the limit).
 //! - [`error`]: `ApiError`, and the one mapping of errors to HTTP.
 //!
 //! Why: `api/DESIGN.md`.
@@ -19,6 +20,7 @@ pub mod cluster;
 pub mod error;
 pub mod kv;
 pub mod level;
+pub mod limits;
 pub mod peer;
 pub mod read;
 pub mod read_index;
@@ -39,6 +41,7 @@ pub use state::{ApiConfig, NodeState};
 /// The router of the whole API.
 pub fn router(state: Arc<NodeState>) -> Router {
     let max_body_bytes = state.config.max_body_bytes;
+    let in_flight = limits::InFlight::new(state.config.max_in_flight_requests);
     Router::new()
         .route(
             "/v1/kv/{*key}",
@@ -54,6 +57,10 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            in_flight,
+            limits::shed_load,
+        ))
         .with_state(state)
 }
 
@@ -63,12 +70,7 @@ pub async fn serve(
     state: Arc<NodeState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY on an API connection");
-        }
-    });
+    let listener = limits::LimitedListener::new(listener, state.config.max_connections);
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await

@@ -17,6 +17,10 @@ pub struct ApiConfig {
     pub max_value_bytes: usize,
     /// Largest request body accepted on any route.
     pub max_body_bytes: usize,
+    /// HTTP connections served at once; past it the node stops accepting.
+    pub max_connections: usize,
+    /// Requests in flight at once; past it a request is answered 429 at once.
+    pub max_in_flight_requests: usize,
     /// Deadline of a request that needs the cluster (a write, a linearizable read).
     pub request_timeout_ms: u64,
     /// How long a write's `Idempotency-Key` is remembered.
@@ -36,6 +40,8 @@ impl Default for ApiConfig {
             max_key_bytes: 4096,
             max_value_bytes: 1024 * 1024,
             max_body_bytes: 2 * 1024 * 1024,
+            max_connections: 1024,
+            max_in_flight_requests: 4096,
             request_timeout_ms: 5000,
             idempotency_window_s: 600,
             max_idempotency_key_bytes: 128,

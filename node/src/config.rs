@@ -51,6 +51,12 @@ pub struct Flags {
     pub max_value_bytes: Option<usize>,
     #[arg(long, env = "MIRRORKV_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// HTTP connections served at once.
+    #[arg(long, env = "MIRRORKV_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// HTTP requests in flight at once; more are answered 429.
+    #[arg(long, env = "MIRRORKV_MAX_IN_FLIGHT_REQUESTS")]
+    pub max_in_flight_requests: Option<usize>,
     /// Deadline of a write or a linearizable read.
     #[arg(long, env = "MIRRORKV_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
@@ -125,6 +131,8 @@ impl Flags {
             max_key_bytes: self.max_key_bytes.or(file.max_key_bytes),
             max_value_bytes: self.max_value_bytes.or(file.max_value_bytes),
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
+            max_connections: self.max_connections.or(file.max_connections),
+            max_in_flight_requests: self.max_in_flight_requests.or(file.max_in_flight_requests),
             request_timeout_ms: self.request_timeout_ms.or(file.request_timeout_ms),
             heartbeat_interval_ms: self.heartbeat_interval_ms.or(file.heartbeat_interval_ms),
             election_timeout_min_ms: self
@@ -192,6 +200,12 @@ impl Flags {
                 .max_value_bytes
                 .unwrap_or(api_defaults.max_value_bytes),
             max_body_bytes: flags.max_body_bytes.unwrap_or(api_defaults.max_body_bytes),
+            max_connections: flags
+                .max_connections
+                .unwrap_or(api_defaults.max_connections),
+            max_in_flight_requests: flags
+                .max_in_flight_requests
+                .unwrap_or(api_defaults.max_in_flight_requests),
             request_timeout_ms: flags
                 .request_timeout_ms
                 .unwrap_or(api_defaults.request_timeout_ms),
@@ -200,6 +214,9 @@ impl Flags {
                 .unwrap_or(api_defaults.idempotency_window_s),
             ..api_defaults
         };
+        if api.max_connections == 0 || api.max_in_flight_requests == 0 {
+            bail!("max_connections and max_in_flight_requests must be positive");
+        }
         let mut net = mirrorkv_raft_net::NetConfig::default();
         if let Some(max_frame_bytes) = flags.max_frame_bytes {
             net.max_frame_bytes = max_frame_bytes;

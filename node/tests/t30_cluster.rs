@@ -295,9 +295,13 @@ async fn t35_bad_input_gets_clear_errors_and_the_node_keeps_serving() {
         error_code(&response.text().await.unwrap()),
         ("too_large".into(), false)
     );
-    // Oversized body (over max_body_bytes too): 413.
-    let response = cluster
-        .http
+    // Oversized body (over max_body_bytes too): 413. The node answers before reading the whole
+    // body and closes the connection, so this request gets a client that does not pool it.
+    let unpooled = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let response = unpooled
         .put(format!("{api}/v1/kv/huge"))
         .body(vec![b'x'; 3 << 20])
         .send()
@@ -425,4 +429,118 @@ async fn t35_bad_input_gets_clear_errors_and_the_node_keeps_serving() {
         log.contains("closed raft-net connection"),
         "the node logged why it closed the connections"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t36_sigterm_stops_a_node_gracefully_and_it_rejoins() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    assert!(matches!(
+        cluster.put(leader, "before", b"1").await,
+        WriteOutcome::Ok { .. }
+    ));
+    let status = cluster.terminate(leader).await;
+    assert!(status.success(), "a SIGTERM'd node exits 0, got {status}");
+    let log = std::fs::read_to_string(&cluster.nodes[&leader].log_path).unwrap();
+    assert!(
+        log.contains("shutting down") && log.contains("stopped"),
+        "the node logged its shutdown"
+    );
+    let new_leader = cluster.wait_for_leader().await;
+    assert!(matches!(
+        cluster.put(new_leader, "after", b"2").await,
+        WriteOutcome::Ok { .. }
+    ));
+    cluster.restart(leader).await;
+    cluster.wait_ready(leader).await;
+    let expected = BTreeMap::from([
+        ("before".to_string(), b"1".to_vec()),
+        ("after".to_string(), b"2".to_vec()),
+    ]);
+    assert_all_readable(&cluster, leader, "linearizable", &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t37_write_to_a_cut_off_leader_answers_504_outcome_unknown() {
+    let cluster = Cluster::start_with_proxies(3, &["--request-timeout-ms", "1000"]).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.isolate(leader);
+    let started = Instant::now();
+    let response = cluster
+        .http
+        .put(format!("{}/v1/kv/lost", cluster.api(leader)))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap();
+    println!("t37: a write to the cut-off leader answered {status} {body}");
+    if status == 504 {
+        assert_eq!(body["outcome"], "unknown", "{body}");
+        assert_eq!(body["error"]["code"], "timeout");
+        assert_eq!(
+            body["error"]["retryable"], false,
+            "retrying blindly could apply it twice"
+        );
+    } else {
+        // It noticed it lost its followers before the write reached the log: then the write was
+        // never appended and 503 says so.
+        assert_eq!(status, 503, "{body}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered within the request timeout"
+    );
+    cluster.heal();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t38_requests_over_the_in_flight_limit_are_shed_with_429() {
+    let cluster = Cluster::start(
+        3,
+        &[
+            "--max-in-flight-requests",
+            "2",
+            "--request-timeout-ms",
+            "3000",
+        ],
+    )
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let api = cluster.api(leader);
+    // Two reads that wait for an index that will not come hold both slots for the timeout.
+    let slow = |http: reqwest::Client, api: String| async move {
+        http.get(format!(
+            "{api}/v1/kv/k?consistency=stale&min_index=1000000000"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+    };
+    let holders = [
+        tokio::spawn(slow(cluster.http.clone(), api.clone())),
+        tokio::spawn(slow(cluster.http.clone(), api.clone())),
+    ];
+    let shed = wait_for("a request to be shed", DEADLINE, || async {
+        let response = cluster
+            .http
+            .get(format!("{api}/v1/kv/k?consistency=stale"))
+            .send()
+            .await
+            .ok()?;
+        (response.status() == 429).then_some(response)
+    })
+    .await;
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let body: serde_json::Value = shed.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded");
+    assert_eq!(body["error"]["retryable"], true);
+    for holder in holders {
+        assert_eq!(holder.await.unwrap(), 504);
+    }
+    // Slots free again: served.
+    assert_eq!(cluster.get(leader, "k", "stale").await, Ok(None));
 }

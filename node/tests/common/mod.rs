@@ -284,6 +284,27 @@ impl Cluster {
         child.wait().unwrap();
     }
 
+    /// SIGTERM node `id` and wait (with a deadline) for it to exit; returns its exit status.
+    pub async fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let mut child = node.child.take().expect("node is running");
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM");
+        wait_for(
+            &format!("node {id} to exit after SIGTERM"),
+            DEADLINE,
+            || {
+                let status = child.try_wait().unwrap();
+                async move { status }
+            },
+        )
+        .await
+    }
+
     /// Start node `id` again on its data dir and ports, and wait until it answers `/health`.
     pub async fn restart(&mut self, id: u64) {
         self.spawn(id);
