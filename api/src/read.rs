@@ -2,7 +2,6 @@
 //! locally. Every level ends in a local read, so any node can serve any level.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use mirrorkv_storage::Command;
 use tokio::time::Instant;
@@ -12,9 +11,6 @@ use crate::level::ReadLevel;
 use crate::read_index;
 use crate::state::NodeState;
 use crate::write;
-
-/// Between retries, wait at most this long for the leader to change.
-const RETRY_WAIT_MS: u64 = 50;
 
 /// The parameters of a read that decide when it may be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +31,8 @@ pub async fn prepare(
         // is applied here.
         ReadLevel::Strong => Some(write::write(state, Command::Barrier, deadline).await?.index),
         ReadLevel::Linearizable => Some(state.read_index.read_index(state, deadline).await?),
-        ReadLevel::Lease => Some(lease_index(state, deadline).await?),
+        // Not batched: a lease answer must not serve a linearizable read.
+        ReadLevel::Lease => Some(read_index::one_round(state, true, deadline).await?),
         ReadLevel::Leader => {
             if !state.is_leader() {
                 return Err(ApiError::Unavailable(format!(
@@ -82,37 +79,6 @@ fn check_staleness(state: &NodeState, max_staleness_ms: u64) -> Result<(), ApiEr
         )));
     }
     Ok(())
-}
-
-/// The index a `lease` read waits for: on the leader, its lease's (or a fresh confirmation
-/// that renews the lease); elsewhere, the leader's answer under its lease.
-async fn lease_index(state: &Arc<NodeState>, deadline: Instant) -> Result<u64, ApiError> {
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(ApiError::Timeout(
-                "no leader answered a lease read in time".into(),
-            ));
-        }
-        match state.leader() {
-            Some(leader) if leader == state.id => {
-                return match state.lease.valid(state.term()) {
-                    Some(index) => Ok(index),
-                    None => state.read_index.read_index(state, deadline).await,
-                };
-            }
-            Some(leader) => {
-                if let Some(index) = read_index::ask_leader(state, leader, true, remaining).await {
-                    return Ok(index);
-                }
-            }
-            None => {}
-        }
-        let wait = deadline
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(RETRY_WAIT_MS));
-        state.wait_for_change(wait).await;
-    }
 }
 
 /// Wait until the local state machine has applied `index`.

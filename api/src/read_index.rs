@@ -77,7 +77,9 @@ async fn run_rounds(state: &NodeState) {
             std::mem::take(&mut queue.waiting)
         };
         let deadline = Instant::now() + state.config.request_timeout();
-        let result = one_round(state, deadline).await.map_err(|e| e.to_string());
+        let result = one_round(state, false, deadline)
+            .await
+            .map_err(|e| e.to_string());
         for waiter in waiters {
             let _ = waiter.send(result.clone());
         }
@@ -85,9 +87,14 @@ async fn run_rounds(state: &NodeState) {
 }
 
 /// One leadership confirmation: on the leader a heartbeat round to a quorum; on a follower a
-/// `ReadIndex` request to the leader over raft-net. Retries across leader changes until
-/// `deadline`.
-async fn one_round(state: &NodeState, deadline: Instant) -> Result<u64, ApiError> {
+/// `ReadIndex` request to the leader over raft-net. With `lease`, a leader holding its lease
+/// answers without a round, and a follower asks the leader to answer under its lease. Retries
+/// across leader changes until `deadline`.
+pub(crate) async fn one_round(
+    state: &NodeState,
+    lease: bool,
+    deadline: Instant,
+) -> Result<u64, ApiError> {
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
@@ -97,8 +104,13 @@ async fn one_round(state: &NodeState, deadline: Instant) -> Result<u64, ApiError
         }
         match state.leader() {
             Some(leader) if leader == state.id => {
+                let term = state.term();
+                if lease {
+                    if let Some(index) = state.lease.valid(term) {
+                        return Ok(index);
+                    }
+                }
                 let started = std::time::Instant::now();
-                let term = state.raft.metrics().borrow().current_term;
                 match tokio::time::timeout(remaining, state.raft.get_read_log_id()).await {
                     Ok(Ok((read_log_id, _))) => {
                         let index = read_log_id.map_or(0, |id| id.index);
@@ -122,7 +134,7 @@ async fn one_round(state: &NodeState, deadline: Instant) -> Result<u64, ApiError
                 }
             }
             Some(leader) => {
-                if let Some(index) = ask_leader(state, leader, false, remaining).await {
+                if let Some(index) = ask_leader(state, leader, lease, remaining).await {
                     return Ok(index);
                 }
             }
