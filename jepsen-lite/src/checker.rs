@@ -1,0 +1,299 @@
+//! The linearizability checker: Wing & Gong's search with Lowe's memoization (the algorithm of
+//! Knossos' `wgl` and porcupine), partitioned per key.
+//!
+//! A history is linearizable iff each key's sub-history is (linearizability is local), so keys
+//! are checked independently and in parallel; the first violation stops the others. Past the
+//! time limit the answer is `Unknown`, never a guess.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::history::Operation;
+use crate::model::Model;
+
+/// The three answers of the checker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Linearizable,
+    NotLinearizable,
+    /// The time limit passed (or another key's violation stopped the search) first.
+    Unknown,
+}
+
+/// Why a key's history is not linearizable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// The longest sequence of operations found that is a linearization of a prefix, with the
+    /// state after each: `(operation id, state)`.
+    pub longest_prefix: Vec<(usize, String)>,
+    /// The operation that cannot be placed after that prefix before it returned.
+    pub failed_op: usize,
+    /// The state that operation would have had to act on.
+    pub state_before_failed_op: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyResult {
+    pub key: String,
+    pub verdict: Verdict,
+    pub operations: usize,
+    pub violation: Option<Violation>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    pub verdict: Verdict,
+    pub model: &'static str,
+    pub operations: usize,
+    pub keys: Vec<KeyResult>,
+    pub elapsed_ms: u64,
+}
+
+/// Limits of one check.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckOptions {
+    pub time_limit: Duration,
+    /// Keys checked at once.
+    pub threads: usize,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        Self {
+            time_limit: Duration::from_secs(60),
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// Check `operations` (of any number of keys) against `model`.
+pub fn check<M: Model>(model: &M, operations: &[Operation], options: CheckOptions) -> CheckResult {
+    let started = Instant::now();
+    let deadline = started + options.time_limit;
+    let mut by_key: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
+    for op in operations {
+        by_key.entry(op.key.as_str()).or_default().push(op);
+    }
+    // Largest keys first, so the slowest work starts early.
+    let mut keys: Vec<(&str, Vec<&Operation>)> = by_key.into_iter().collect();
+    keys.sort_by_key(|(_, ops)| std::cmp::Reverse(ops.len()));
+    let stop = AtomicBool::new(false);
+    let next = AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..options.threads.clamp(1, keys.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((key, ops)) = keys.get(i) else { break };
+                let result = if stop.load(Ordering::Relaxed) {
+                    KeyResult {
+                        key: key.to_string(),
+                        verdict: Verdict::Unknown,
+                        operations: ops.len(),
+                        violation: None,
+                    }
+                } else {
+                    check_key(model, key, ops, deadline, &stop)
+                };
+                if result.verdict == Verdict::NotLinearizable {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                results.lock().expect("results lock").push(result);
+            });
+        }
+    });
+    let mut keys = results.into_inner().expect("results lock");
+    keys.sort_by(|a, b| a.key.cmp(&b.key));
+    let verdict = if keys.iter().any(|k| k.verdict == Verdict::NotLinearizable) {
+        Verdict::NotLinearizable
+    } else if keys.iter().any(|k| k.verdict == Verdict::Unknown) {
+        Verdict::Unknown
+    } else {
+        Verdict::Linearizable
+    };
+    CheckResult {
+        verdict,
+        model: model.name(),
+        operations: operations.len(),
+        keys,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+/// A set of operation positions (within one key).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Self {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+    fn set(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+    fn clear(&mut self, i: usize) {
+        self.0[i / 64] &= !(1 << (i % 64));
+    }
+    fn with(&self, i: usize) -> Bits {
+        let mut b = self.clone();
+        b.set(i);
+        b
+    }
+}
+
+const NONE: usize = usize::MAX;
+
+struct Frame<S> {
+    entry: usize,
+    state_before: S,
+    alternatives: Vec<S>,
+}
+
+/// Wing–Gong–Lowe on one key. Entries are the calls and returns in history order; an
+/// operation without a return (`info`) has its return after everything else, and the search
+/// succeeds once every `ok` operation is linearized (the rest may never have happened).
+fn check_key<M: Model>(
+    model: &M,
+    key: &str,
+    ops: &[&Operation],
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> KeyResult {
+    let n = ops.len();
+    // (position in history, is_return, op index); info returns at +infinity.
+    let mut events: Vec<(usize, bool, usize)> = Vec::with_capacity(2 * n);
+    for (i, op) in ops.iter().enumerate() {
+        events.push((op.call, false, i));
+        events.push((op.ret.unwrap_or(usize::MAX), true, i));
+    }
+    events.sort();
+    // Doubly linked list over entries 1..=2n; 0 is the head.
+    let len = events.len() + 1;
+    let mut next = vec![NONE; len];
+    let mut prev = vec![NONE; len];
+    let mut is_return = vec![false; len];
+    let mut op_of = vec![0usize; len];
+    let mut return_of = vec![0usize; n];
+    for (e, &(_, ret, i)) in events.iter().enumerate() {
+        let entry = e + 1;
+        is_return[entry] = ret;
+        op_of[entry] = i;
+        if ret {
+            return_of[i] = entry;
+        }
+        prev[entry] = entry - 1;
+        next[entry - 1] = entry;
+    }
+    let lift = |next: &mut Vec<usize>, prev: &mut Vec<usize>, entry: usize, ret: usize| {
+        next[prev[entry]] = next[entry];
+        if next[entry] != NONE {
+            prev[next[entry]] = prev[entry];
+        }
+        next[prev[ret]] = next[ret];
+        if next[ret] != NONE {
+            prev[next[ret]] = prev[ret];
+        }
+    };
+    let unlift = |next: &mut Vec<usize>, prev: &mut Vec<usize>, entry: usize, ret: usize| {
+        next[prev[ret]] = ret;
+        if next[ret] != NONE {
+            prev[next[ret]] = ret;
+        }
+        next[prev[entry]] = entry;
+        if next[entry] != NONE {
+            prev[next[entry]] = entry;
+        }
+    };
+
+    let mut ok_remaining = ops.iter().filter(|op| op.output.is_some()).count();
+    let mut state = model.init();
+    let mut bits = Bits::new(n);
+    let mut cache: HashSet<(Bits, M::State)> = HashSet::new();
+    let mut stack: Vec<Frame<M::State>> = Vec::new();
+    let mut best: Option<Violation> = None;
+    let mut best_len = 0usize;
+    let mut cur = next[0];
+    let mut steps: u64 = 0;
+    let result = |verdict, violation| KeyResult {
+        key: key.to_string(),
+        verdict,
+        operations: n,
+        violation,
+    };
+    loop {
+        if ok_remaining == 0 {
+            return result(Verdict::Linearizable, None);
+        }
+        steps += 1;
+        if steps.is_multiple_of(1024) && (Instant::now() > deadline || stop.load(Ordering::Relaxed))
+        {
+            return result(Verdict::Unknown, None);
+        }
+        debug_assert!(
+            cur != NONE,
+            "an ok operation's return is always still in the list"
+        );
+        if !is_return[cur] {
+            let i = op_of[cur];
+            let op = ops[i];
+            let linearized = bits.with(i);
+            let mut alternatives: Vec<M::State> = model
+                .step(&state, &op.input, op.output.as_ref())
+                .into_iter()
+                .filter(|s| cache.insert((linearized.clone(), s.clone())))
+                .collect();
+            if let Some(first) = alternatives.pop() {
+                stack.push(Frame {
+                    entry: cur,
+                    state_before: std::mem::replace(&mut state, first),
+                    alternatives,
+                });
+                bits.set(i);
+                lift(&mut next, &mut prev, cur, return_of[i]);
+                if op.output.is_some() {
+                    ok_remaining -= 1;
+                }
+                cur = next[0];
+            } else {
+                cur = next[cur];
+            }
+            continue;
+        }
+        // An operation returned before we could place it: remember how far we got, backtrack.
+        if stack.len() >= best_len {
+            best_len = stack.len();
+            let mut prefix = Vec::with_capacity(stack.len());
+            for (k, frame) in stack.iter().enumerate() {
+                let after = stack.get(k + 1).map_or(&state, |f| &f.state_before);
+                prefix.push((ops[op_of[frame.entry]].id, format!("{after:?}")));
+            }
+            best = Some(Violation {
+                longest_prefix: prefix,
+                failed_op: ops[op_of[cur]].id,
+                state_before_failed_op: format!("{state:?}"),
+            });
+        }
+        let Some(mut frame) = stack.pop() else {
+            return result(Verdict::NotLinearizable, best);
+        };
+        if let Some(alternative) = frame.alternatives.pop() {
+            // Same operation, another state it could have left behind.
+            state = alternative;
+            stack.push(frame);
+            cur = next[0];
+            continue;
+        }
+        let i = op_of[frame.entry];
+        state = frame.state_before;
+        bits.clear(i);
+        unlift(&mut next, &mut prev, frame.entry, return_of[i]);
+        if ops[i].output.is_some() {
+            ok_remaining += 1;
+        }
+        cur = next[frame.entry];
+    }
+}

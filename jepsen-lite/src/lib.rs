@@ -1,0 +1,19 @@
+//! jepsen-lite: fault injection against real mirrorkv clusters, and a linearizability checker.
+//!
+//! Modules, one job each:
+//! - [`history`]: events, the three outcomes (ok / fail / info), pairing into operations.
+//! - [`model`]: sequential specifications: `Register` and mirrorkv's `KeyValue`.
+//! - [`checker`]: Wing–Gong–Lowe search with memoization, per key, in parallel, time-limited.
+//! - [`edn`]: a small EDN reader.
+//! - [`parse`]: history formats: our JSON lines, Jepsen/Knossos EDN, the Jepsen console log.
+//!
+//! Why it is shaped this way: `jepsen-lite/DESIGN.md`.
+
+pub mod checker;
+pub mod edn;
+pub mod history;
+pub mod model;
+pub mod parse;
+
+pub use checker::{check, CheckOptions, CheckResult, Verdict};
+pub use history::{Event, EventType, History, Input, Operation, Output};
