@@ -5,11 +5,13 @@
 //! - [`model`]: sequential specifications: `Register` and mirrorkv's `KeyValue`.
 //! - [`checker`]: Wing–Gong–Lowe search with memoization, per key, in parallel, time-limited.
 //! - [`edn`]: a small EDN reader.
+//! - [`cluster`]: real `mirrorkv` processes on loopback, with a proxy per directed link.
 //! - [`parse`]: history formats: our JSON lines, Jepsen/Knossos EDN, the Jepsen console log.
 //!
 //! Why it is shaped this way: `jepsen-lite/DESIGN.md`.
 
 pub mod checker;
+pub mod cluster;
 pub mod edn;
 pub mod history;
 pub mod model;

@@ -1,0 +1,586 @@
+//! `Cluster`: N real `mirrorkv` processes on free loopback ports, optionally with every directed
+//! node-to-node link routed through its own `Proxy`, so faults can cut any link. Used by the
+//! harness and by the real-cluster tests of `node/`.
+//!
+//! Every wait is on a condition with a deadline. Ports come from the OS (bind port 0, read the
+//! port, release it). Each node logs to `nodeN.log` in the cluster's folder.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Default deadline of the cluster's waits.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A harness failure: never the store's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("timed out after {deadline:?} waiting for {what}")]
+    Timeout { what: String, deadline: Duration },
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Misuse(String),
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub api_addr: String,
+    pub raft_addr: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// The `mirrorkv` binary.
+    pub bin: PathBuf,
+    pub nodes: u64,
+    /// Extra flags for every node.
+    pub extra_args: Vec<String>,
+    /// Route every directed link through a `Proxy`.
+    pub proxies: bool,
+    /// Where data and logs go; a temporary folder (removed on drop) if `None`.
+    pub dir: Option<PathBuf>,
+}
+
+pub struct Cluster {
+    _temp: Option<tempfile::TempDir>,
+    pub dir: PathBuf,
+    pub nodes: BTreeMap<u64, NodeProc>,
+    initial_cluster: String,
+    bin: PathBuf,
+    extra_args: Vec<String>,
+    pub http: reqwest::Client,
+    /// With proxies: the proxy of every directed link (from, to).
+    pub links: BTreeMap<(u64, u64), Proxy>,
+}
+
+/// A TCP proxy for one directed raft-net link. `cut` closes its connections and refuses new
+/// ones until `restore`.
+pub struct Proxy {
+    pub addr: String,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: String) -> Result<Proxy, ClusterError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if *cut_rx.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let mut cut = cut_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let (mut in_read, mut in_write) = inbound.into_split();
+                    let (mut out_read, mut out_write) = outbound.into_split();
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut in_read, &mut out_write) => {}
+                        _ = tokio::io::copy(&mut out_read, &mut in_write) => {}
+                        _ = cut.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Ok(Proxy {
+            addr,
+            cut: std::sync::Arc::new(cut_tx),
+            task,
+        })
+    }
+
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
+    }
+
+    pub fn is_cut(&self) -> bool {
+        *self.cut.borrow()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A free port on 127.0.0.1, as the OS hands it out.
+pub fn free_port() -> Result<u16, ClusterError> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Poll `check` until it returns `Some`, or fail once `deadline` has passed.
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut check: F,
+) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if start.elapsed() > deadline {
+            return Err(ClusterError::Timeout {
+                what: what.to_string(),
+                deadline,
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// The outcome of a write as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Ok {
+        index: u64,
+    },
+    /// An HTTP answer other than 200.
+    Status(u16, String),
+    /// No HTTP answer at all (connection refused or reset, client timeout).
+    NoAnswer(String),
+}
+
+impl Cluster {
+    /// Start the nodes of `options`; returns once every node answers `/health` (not
+    /// necessarily with a leader: see `wait_for_leader`).
+    pub async fn start(options: ClusterOptions) -> Result<Cluster, ClusterError> {
+        let (temp, dir) = match &options.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                (None, dir.clone())
+            }
+            None => {
+                let temp = tempfile::tempdir()?;
+                let dir = temp.path().to_path_buf();
+                (Some(temp), dir)
+            }
+        };
+        let mut nodes = BTreeMap::new();
+        let mut spec = Vec::new();
+        for id in 1..=options.nodes {
+            let api_addr = format!("127.0.0.1:{}", free_port()?);
+            let raft_addr = format!("127.0.0.1:{}", free_port()?);
+            spec.push(format!("{id}={raft_addr}/{api_addr}"));
+            nodes.insert(
+                id,
+                NodeProc {
+                    id,
+                    api_addr,
+                    raft_addr,
+                    data_dir: dir.join(format!("node{id}")),
+                    log_path: dir.join(format!("node{id}.log")),
+                    child: None,
+                    paused: false,
+                },
+            );
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ClusterError::Misuse(e.to_string()))?;
+        let mut links = BTreeMap::new();
+        if options.proxies {
+            for from in 1..=options.nodes {
+                for to in (1..=options.nodes).filter(|&to| to != from) {
+                    links.insert(
+                        (from, to),
+                        Proxy::start(nodes[&to].raft_addr.clone()).await?,
+                    );
+                }
+            }
+        }
+        let mut cluster = Cluster {
+            _temp: temp,
+            dir,
+            nodes,
+            initial_cluster: spec.join(","),
+            bin: options.bin.clone(),
+            extra_args: options.extra_args.clone(),
+            http,
+            links,
+        };
+        for id in cluster.ids() {
+            cluster.spawn(id)?;
+        }
+        for id in cluster.ids() {
+            cluster.wait_healthy(id).await?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    fn spawn(&mut self, id: u64) -> Result<(), ClusterError> {
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| ClusterError::Misuse(format!("no node {id}")))?;
+        if node.child.is_some() {
+            return Err(ClusterError::Misuse(format!(
+                "node {id} is already running"
+            )));
+        }
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)?;
+        let peers = self
+            .links
+            .iter()
+            .filter(|((from, _), _)| *from == id)
+            .flat_map(|((_, to), proxy)| ["--peer".to_string(), format!("{to}={}", proxy.addr)]);
+        let child = Command::new(&self.bin)
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .arg("--api-addr")
+            .arg(&node.api_addr)
+            .arg("--raft-addr")
+            .arg(&node.raft_addr)
+            .arg("--initial-cluster")
+            .arg(&self.initial_cluster)
+            .args(&self.extra_args)
+            .args(peers)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        node.child = Some(child);
+        node.paused = false;
+        Ok(())
+    }
+
+    pub fn api(&self, id: u64) -> String {
+        format!("http://{}", self.nodes[&id].api_addr)
+    }
+
+    /// Nodes whose process runs (paused ones included).
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    fn signal(&self, id: u64, signal: &str) -> Result<(), ClusterError> {
+        let child = self.nodes[&id]
+            .child
+            .as_ref()
+            .ok_or_else(|| ClusterError::Misuse(format!("node {id} is not running")))?;
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()?;
+        if !status.success() {
+            return Err(ClusterError::Misuse(format!(
+                "kill {signal} node {id} failed"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `kill -9` node `id`.
+    pub fn kill(&mut self, id: u64) -> Result<(), ClusterError> {
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| ClusterError::Misuse(format!("no node {id}")))?;
+        let mut child = node
+            .child
+            .take()
+            .ok_or_else(|| ClusterError::Misuse(format!("node {id} is not running")))?;
+        child.kill()?;
+        child.wait()?;
+        node.paused = false;
+        Ok(())
+    }
+
+    /// SIGSTOP node `id`.
+    pub fn pause(&mut self, id: u64) -> Result<(), ClusterError> {
+        self.signal(id, "-STOP")?;
+        self.nodes.get_mut(&id).expect("checked").paused = true;
+        Ok(())
+    }
+
+    /// SIGCONT node `id`.
+    pub fn resume(&mut self, id: u64) -> Result<(), ClusterError> {
+        self.signal(id, "-CONT")?;
+        self.nodes.get_mut(&id).expect("checked").paused = false;
+        Ok(())
+    }
+
+    pub fn is_paused(&self, id: u64) -> bool {
+        self.nodes[&id].paused
+    }
+
+    /// SIGTERM node `id` and wait for it to exit; returns its exit status.
+    pub async fn terminate(&mut self, id: u64) -> Result<std::process::ExitStatus, ClusterError> {
+        self.signal(id, "-TERM")?;
+        let node = self.nodes.get_mut(&id).expect("checked");
+        let mut child = node.child.take().expect("checked");
+        wait_for(
+            &format!("node {id} to exit after SIGTERM"),
+            DEADLINE,
+            || {
+                let status = child.try_wait().ok().flatten();
+                async move { status }
+            },
+        )
+        .await
+    }
+
+    /// Start node `id` again on its data dir and ports, and wait until it answers `/health`.
+    pub async fn restart(&mut self, id: u64) -> Result<(), ClusterError> {
+        self.spawn(id)?;
+        self.wait_healthy(id).await
+    }
+
+    async fn wait_healthy(&self, id: u64) -> Result<(), ClusterError> {
+        let url = format!("{}/health", self.api(id));
+        wait_for(
+            &format!("node {id} to answer /health"),
+            DEADLINE,
+            || async {
+                self.http
+                    .get(&url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+                    .map(|_| ())
+            },
+        )
+        .await
+    }
+
+    /// Cut every link from and to node `id`.
+    pub fn isolate(&self, id: u64) -> Result<(), ClusterError> {
+        self.partition(&[
+            vec![id],
+            self.ids().into_iter().filter(|&n| n != id).collect(),
+        ])
+    }
+
+    /// Cut every link between nodes of different `groups` (nodes in no group are cut off).
+    pub fn partition(&self, groups: &[Vec<u64>]) -> Result<(), ClusterError> {
+        if self.links.is_empty() {
+            return Err(ClusterError::Misuse(
+                "partitions need a cluster started with proxies".into(),
+            ));
+        }
+        let group_of = |id: u64| groups.iter().position(|g| g.contains(&id));
+        for ((from, to), proxy) in &self.links {
+            match (group_of(*from), group_of(*to)) {
+                (Some(a), Some(b)) if a == b => proxy.restore(),
+                _ => proxy.cut(),
+            }
+        }
+        Ok(())
+    }
+
+    /// Cut the directed links `from → to` (one-way faults).
+    pub fn cut_links(&self, links: &[(u64, u64)]) {
+        for link in links {
+            if let Some(proxy) = self.links.get(link) {
+                proxy.cut();
+            }
+        }
+    }
+
+    /// Restore every link.
+    pub fn heal(&self) {
+        for proxy in self.links.values() {
+            proxy.restore();
+        }
+    }
+
+    /// `GET /v1/cluster` of node `id`.
+    pub async fn cluster_info(&self, id: u64) -> Option<Value> {
+        let response = self
+            .http
+            .get(format!("{}/v1/cluster", self.api(id)))
+            .send()
+            .await
+            .ok()?;
+        response.json().await.ok()
+    }
+
+    /// Wait until every running, unpaused node names the same running leader; returns it.
+    pub async fn wait_for_leader(&self) -> Result<u64, ClusterError> {
+        wait_for(
+            "a leader that every running node agrees on",
+            DEADLINE,
+            || async {
+                let mut leader = None;
+                let live: Vec<u64> = self
+                    .running()
+                    .into_iter()
+                    .filter(|&id| !self.is_paused(id))
+                    .collect();
+                for &id in &live {
+                    let info = self.cluster_info(id).await?;
+                    let this = info["leader"].as_u64()?;
+                    if leader.is_some_and(|l| l != this) || !live.contains(&this) {
+                        return None;
+                    }
+                    leader = Some(this);
+                }
+                leader
+            },
+        )
+        .await
+    }
+
+    /// Wait until node `id` answers `/ready` with 200.
+    pub async fn wait_ready(&self, id: u64) -> Result<(), ClusterError> {
+        let url = format!("{}/ready", self.api(id));
+        wait_for(&format!("node {id} to be ready"), DEADLINE, || async {
+            let response = self.http.get(&url).send().await.ok()?;
+            (response.status() == 200).then_some(())
+        })
+        .await
+    }
+
+    pub async fn put(&self, id: u64, key: &str, value: &[u8]) -> WriteOutcome {
+        put(&self.http, &self.api(id), key, value).await
+    }
+
+    /// Read `key` through node `id` at `consistency`: `Ok(Some(value))`, `Ok(None)` for 404,
+    /// `Err` for anything else.
+    pub async fn get(
+        &self,
+        id: u64,
+        key: &str,
+        consistency: &str,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let url = format!(
+            "{}/v1/kv/{}?consistency={consistency}",
+            self.api(id),
+            encode_key(key)
+        );
+        let response = self.http.get(url).send().await.map_err(|e| e.to_string())?;
+        match response.status().as_u16() {
+            200 => Ok(Some(
+                response.bytes().await.map_err(|e| e.to_string())?.to_vec(),
+            )),
+            404 => Ok(None),
+            status => Err(format!(
+                "{status}: {}",
+                response.text().await.unwrap_or_default()
+            )),
+        }
+    }
+
+    /// Node `id`'s own Raft view (`node` of `GET /v1/cluster`).
+    pub async fn node_view(&self, id: u64) -> Option<Value> {
+        Some(self.cluster_info(id).await?["node"].clone())
+    }
+
+    /// The last `lines` lines of every node's log.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for node in self.nodes.values() {
+            let log = std::fs::read_to_string(&node.log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+            out.push_str(&format!("---- last lines of node {} ----\n", node.id));
+            for line in tail.iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// The folder of the cluster's data and logs.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// `PUT` `value` at `key` through the API at `api` (`http://HOST:PORT`).
+pub async fn put(http: &reqwest::Client, api: &str, key: &str, value: &[u8]) -> WriteOutcome {
+    let url = format!("{api}/v1/kv/{}", encode_key(key));
+    match http.put(url).body(value.to_vec()).send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap_or_default();
+            match (
+                status,
+                serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|j| j["index"].as_u64()),
+            ) {
+                (200, Some(index)) => WriteOutcome::Ok { index },
+                _ => WriteOutcome::Status(status, body),
+            }
+        }
+        Err(e) => WriteOutcome::NoAnswer(e.to_string()),
+    }
+}
+
+/// Percent-encode a key for a path segment.
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::new();
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
