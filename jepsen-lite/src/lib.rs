@@ -6,6 +6,8 @@
 //! - [`checker`]: Wing–Gong–Lowe search with memoization, per key, in parallel, time-limited.
 //! - [`edn`]: a small EDN reader.
 //! - [`cluster`]: real `mirrorkv` processes on loopback, with a proxy per directed link.
+//! - [`nemesis`]: the faults and the schedule one seed decides.
+//! - [`harness`]: `jepsen-lite test`: cluster + workload + nemesis + final reads + check.
 //! - [`parse`]: history formats: our JSON lines, Jepsen/Knossos EDN, the Jepsen console log.
 //!
 //! Why it is shaped this way: `jepsen-lite/DESIGN.md`.
@@ -13,8 +15,10 @@
 pub mod checker;
 pub mod cluster;
 pub mod edn;
+pub mod harness;
 pub mod history;
 pub mod model;
+pub mod nemesis;
 pub mod parse;
 
 pub use checker::{check, CheckOptions, CheckResult, Verdict};

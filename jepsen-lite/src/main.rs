@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use jepsen_lite::harness::{self, TestOptions};
 use jepsen_lite::model::{KeyValue, Register};
+use jepsen_lite::nemesis::NemesisKind;
 use jepsen_lite::{check, parse, CheckOptions, Verdict};
 
 #[derive(Parser)]
@@ -40,10 +42,127 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a workload against a fresh real cluster under faults and check what clients saw.
+    /// Exit code: 0 valid, 1 not valid, 2 unknown, 3 the harness itself failed.
+    Test {
+        /// The `mirrorkv` binary (default: next to this one).
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        #[arg(long, default_value_t = 30)]
+        time_limit: u64,
+        /// Operations per second, all clients together.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 5)]
+        concurrency: u64,
+        /// Keys written at a time (the set rotates every 5 s).
+        #[arg(long, default_value_t = 3)]
+        keys: u64,
+        /// Only `register` so far.
+        #[arg(long, default_value = "register")]
+        workload: String,
+        #[arg(long, value_enum, default_value = "partition")]
+        nemesis: NemesisKind,
+        /// The read level clients use.
+        #[arg(long, default_value = "linearizable")]
+        consistency: String,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where history, logs and results go.
+        #[arg(long, default_value = "jepsen-out")]
+        out: PathBuf,
+        /// Per-request client timeout.
+        #[arg(long, default_value_t = 2000)]
+        request_timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Test {
+            bin,
+            nodes,
+            time_limit,
+            rate,
+            concurrency,
+            keys,
+            workload,
+            nemesis,
+            consistency,
+            seed,
+            out,
+            request_timeout_ms,
+        } => {
+            if workload != "register" {
+                eprintln!("jepsen-lite: workload {workload:?} is not available yet; use register");
+                return ExitCode::from(3);
+            }
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+            let bin = bin.unwrap_or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|p| p.parent().map(|d| d.join("mirrorkv")))
+                    .unwrap_or_else(|| PathBuf::from("mirrorkv"))
+            });
+            let options = TestOptions {
+                bin,
+                nodes,
+                time_limit_s: time_limit,
+                rate,
+                concurrency,
+                keys,
+                nemesis,
+                consistency: consistency.clone(),
+                seed,
+                out: out.clone(),
+                request_timeout_ms,
+            };
+            let reproduce = format!(
+                "jepsen-lite test --nodes {nodes} --time-limit {time_limit} --rate {rate} --concurrency {concurrency} --keys {keys} --workload {workload} --nemesis {} --consistency {consistency} --seed {seed} --out {}",
+                nemesis.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()),
+                out.display()
+            );
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("jepsen-lite: {e}");
+                    return ExitCode::from(3);
+                }
+            };
+            match runtime.block_on(harness::run(options)) {
+                Ok(outcome) => {
+                    println!(
+                        "operations: {} (ok {}, fail {}, info {}), faults: {}",
+                        outcome.operations,
+                        outcome.ok,
+                        outcome.fail,
+                        outcome.info,
+                        outcome.faults.len()
+                    );
+                    println!("verdict: {:?}", outcome.verdict);
+                    println!("reproduce: {reproduce}");
+                    match outcome.verdict {
+                        Verdict::Linearizable => ExitCode::SUCCESS,
+                        Verdict::NotLinearizable => ExitCode::from(1),
+                        Verdict::Unknown => ExitCode::from(2),
+                    }
+                }
+                Err(e) => {
+                    eprintln!("jepsen-lite: the harness failed (not a verdict on the store): {e}");
+                    println!("reproduce: {reproduce}");
+                    ExitCode::from(3)
+                }
+            }
+        }
         Command::Check {
             file,
             model,

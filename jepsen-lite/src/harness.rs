@@ -1,0 +1,441 @@
+//! `jepsen-lite test`: start a real cluster with a proxy on every link, run a workload while the
+//! nemesis injects faults, heal everything, read everything back, and check the history.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{json, Value as Json};
+
+use crate::checker::{check, CheckOptions, CheckResult, Verdict};
+use crate::cluster::{encode_key, Cluster, ClusterError, ClusterOptions};
+use crate::history::{Event, EventType, History, Input, Output};
+use crate::model::KeyValue;
+use crate::nemesis::{self, Fault, NemesisKind, PartitionShape, Window};
+
+/// What to run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestOptions {
+    pub bin: PathBuf,
+    pub nodes: u64,
+    pub time_limit_s: u64,
+    /// Operations per second, all clients together.
+    pub rate: u64,
+    pub concurrency: u64,
+    pub keys: u64,
+    pub nemesis: NemesisKind,
+    /// The read level clients use.
+    pub consistency: String,
+    pub seed: u64,
+    pub out: PathBuf,
+    /// Per-request client timeout.
+    pub request_timeout_ms: u64,
+}
+
+/// What a run found.
+#[derive(Debug, Serialize)]
+pub struct TestOutcome {
+    pub verdict: Verdict,
+    pub operations: usize,
+    pub ok: usize,
+    pub fail: usize,
+    pub info: usize,
+    pub faults: Vec<Window>,
+    pub check: CheckResult,
+}
+
+/// Shared history recorder.
+#[derive(Clone)]
+struct Recorder {
+    started: Instant,
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Recorder {
+    fn record(&self, mut event: Event) {
+        event.time_ns = Some(self.started.elapsed().as_nanos() as u64);
+        self.events.lock().expect("history lock").push(event);
+    }
+}
+
+fn event(
+    process: u64,
+    event_type: EventType,
+    key: &str,
+    input: &Input,
+    output: Option<Output>,
+) -> Event {
+    Event {
+        process,
+        event_type,
+        key: key.to_string(),
+        input: input.clone(),
+        output,
+        time_ns: None,
+    }
+}
+
+/// How an operation ended, as the client saw it.
+enum Ended {
+    Ok(Output),
+    /// Certainly no effect.
+    Fail,
+    /// Unknown.
+    Info,
+}
+
+/// A simple deterministic generator (splitmix64) so that one seed decides the workload too.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+async fn run_op(
+    http: &reqwest::Client,
+    api: &str,
+    key: &str,
+    input: &Input,
+    consistency: &str,
+) -> Ended {
+    let url = format!("{api}/v1/kv/{}", encode_key(key));
+    let response = match input {
+        Input::Read => {
+            http.get(format!("{url}?consistency={consistency}"))
+                .send()
+                .await
+        }
+        Input::Write { value } => {
+            http.put(&url)
+                .body(value.clone().unwrap_or_default())
+                .send()
+                .await
+        }
+        Input::Cas { from, to } => {
+            let body = json!({
+                "compare": [match from { Some(v) => json!({"key": key, "value": v}), None => json!({"key": key, "exists": false}) }],
+                "success": [{"put": {"key": key, "value": to}}],
+            });
+            http.post(format!("{api}/v1/txn")).json(&body).send().await
+        }
+        Input::PutIf { .. } => return Ended::Fail,
+    };
+    let Ok(response) = response else {
+        // No answer: a read had no effect either way; a write may have happened.
+        return if matches!(input, Input::Read) {
+            Ended::Fail
+        } else {
+            Ended::Info
+        };
+    };
+    let status = response.status().as_u16();
+    let etag = response
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim_matches('"').parse::<u64>().ok());
+    let body = response.bytes().await.unwrap_or_default();
+    let json: Json = serde_json::from_slice(&body).unwrap_or(Json::Null);
+    match (input, status) {
+        (Input::Read, 200) => Ended::Ok(Output::Read {
+            value: Some(String::from_utf8_lossy(&body).into_owned()),
+            mod_index: etag,
+        }),
+        (Input::Read, 404) => Ended::Ok(Output::Read {
+            value: None,
+            mod_index: None,
+        }),
+        (Input::Read, _) => Ended::Fail,
+        (Input::Write { .. }, 200) => Ended::Ok(Output::Written {
+            index: json["index"].as_u64(),
+        }),
+        (Input::Cas { .. }, 200) => {
+            let applied = json["succeeded"].as_bool().unwrap_or(false);
+            Ended::Ok(Output::Cas {
+                applied,
+                index: json["index"].as_u64().filter(|_| applied),
+            })
+        }
+        // 504 and 500 may have applied; everything else (400, 412, 413, 429, 503) did not.
+        (_, 504) | (_, 500) => Ended::Info,
+        _ => Ended::Fail,
+    }
+}
+
+/// One client: a loop of operations, paced to its share of the rate, until `stop`.
+#[allow(clippy::too_many_arguments)]
+async fn client(
+    slot: u64,
+    options: Arc<TestOptions>,
+    apis: Vec<String>,
+    http: reqwest::Client,
+    recorder: Recorder,
+    stop: Arc<AtomicBool>,
+    max_ops: u64,
+) {
+    let mut rng = Rng(options.seed ^ (slot + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let mut process = slot;
+    let interval = Duration::from_secs_f64(options.concurrency as f64 / options.rate.max(1) as f64);
+    let mut next_at = tokio::time::Instant::now();
+    let mut counter = 0u64;
+    let mut last_value: Option<String> = None;
+    for _ in 0..max_ops {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        tokio::time::sleep_until(next_at).await;
+        next_at += interval;
+        // A rotating window of keys: each key sees a burst of operations, then rests.
+        let epoch = recorder.started.elapsed().as_secs() / 5;
+        let key = format!("r{}", epoch * options.keys + rng.below(options.keys));
+        counter += 1;
+        let input = match rng.below(4) {
+            0 | 1 => Input::Read,
+            2 => Input::Write {
+                value: Some(format!("{slot}-{counter}")),
+            },
+            _ => Input::Cas {
+                from: last_value.clone(),
+                to: Some(format!("{slot}-{counter}")),
+            },
+        };
+        let api = &apis[rng.below(apis.len() as u64) as usize];
+        recorder.record(event(process, EventType::Invoke, &key, &input, None));
+        let ended = tokio::time::timeout(
+            Duration::from_millis(options.request_timeout_ms),
+            run_op(&http, api, &key, &input, &options.consistency),
+        )
+        .await
+        .unwrap_or(if matches!(input, Input::Read) {
+            Ended::Fail
+        } else {
+            Ended::Info
+        });
+        match ended {
+            Ended::Ok(output) => {
+                if let Output::Read { value, .. } = &output {
+                    last_value = value.clone();
+                }
+                recorder.record(event(process, EventType::Ok, &key, &input, Some(output)));
+            }
+            Ended::Fail => recorder.record(event(process, EventType::Fail, &key, &input, None)),
+            Ended::Info => {
+                recorder.record(event(process, EventType::Info, &key, &input, None));
+                // A crashed process never acts again: continue as a new one.
+                process += options.concurrency;
+            }
+        }
+    }
+}
+
+async fn apply_fault(cluster: &mut Cluster, fault: &Fault) -> Result<(), ClusterError> {
+    match fault {
+        Fault::Kill(id) => cluster.kill(*id),
+        Fault::Pause(id) => cluster.pause(*id),
+        Fault::Partition(shape) => {
+            let ids = cluster.ids();
+            let others = |cut: &[u64]| {
+                ids.iter()
+                    .copied()
+                    .filter(|i| !cut.contains(i))
+                    .collect::<Vec<_>>()
+            };
+            match shape {
+                PartitionShape::NodeAlone(id) => cluster.partition(&[vec![*id], others(&[*id])]),
+                PartitionShape::LeaderAlone => {
+                    let leader = cluster.wait_for_leader().await?;
+                    cluster.partition(&[vec![leader], others(&[leader])])
+                }
+                PartitionShape::Halves(a, b) => cluster.partition(&[a.clone(), b.clone()]),
+                // The bridge keeps both sides' links; only left↔right is cut.
+                PartitionShape::Bridge { left, right, .. } => {
+                    let mut links = Vec::new();
+                    for l in left {
+                        for r in right {
+                            links.push((*l, *r));
+                            links.push((*r, *l));
+                        }
+                    }
+                    cluster.cut_links(&links);
+                    Ok(())
+                }
+                PartitionShape::OneWay { from } => {
+                    let links: Vec<(u64, u64)> =
+                        others(&[*from]).into_iter().map(|to| (*from, to)).collect();
+                    cluster.cut_links(&links);
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+async fn heal_fault(cluster: &mut Cluster, fault: &Fault) -> Result<(), ClusterError> {
+    match fault {
+        Fault::Kill(id) => cluster.restart(*id).await,
+        Fault::Pause(id) => cluster.resume(*id),
+        Fault::Partition(_) => {
+            cluster.heal();
+            Ok(())
+        }
+    }
+}
+
+/// Run one test. Errors are harness failures (exit code 3), never verdicts.
+pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
+    std::fs::create_dir_all(&options.out)?;
+    let options = Arc::new(options);
+    let mut cluster = Cluster::start(ClusterOptions {
+        bin: options.bin.clone(),
+        nodes: options.nodes,
+        extra_args: vec![
+            "--request-timeout-ms".into(),
+            options
+                .request_timeout_ms
+                .saturating_sub(200)
+                .max(100)
+                .to_string(),
+        ],
+        proxies: true,
+        dir: Some(options.out.join("nodes")),
+    })
+    .await?;
+    cluster.wait_for_leader().await?;
+    let time_limit_ms = options.time_limit_s * 1000;
+    let faults = nemesis::schedule(options.nemesis, options.nodes, time_limit_ms, options.seed);
+    let recorder = Recorder {
+        started: Instant::now(),
+        events: Arc::default(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let apis: Vec<String> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| cluster.api(id))
+        .collect();
+    // Bounded: at most rate × time limit operations in all, plus slack.
+    let max_ops = options.rate * options.time_limit_s / options.concurrency.max(1) + 10;
+    let clients: Vec<_> = (0..options.concurrency)
+        .map(|slot| {
+            tokio::spawn(client(
+                slot,
+                options.clone(),
+                apis.clone(),
+                cluster.http.clone(),
+                recorder.clone(),
+                stop.clone(),
+                max_ops,
+            ))
+        })
+        .collect();
+    let started = recorder.started;
+    for window in &faults {
+        tokio::time::sleep_until((started + Duration::from_millis(window.start_ms)).into()).await;
+        eprintln!(
+            "[{:>6.1}s] nemesis: {:?} for {} ms",
+            started.elapsed().as_secs_f64(),
+            window.fault,
+            window.duration_ms
+        );
+        apply_fault(&mut cluster, &window.fault).await?;
+        tokio::time::sleep_until(
+            (started + Duration::from_millis(window.start_ms + window.duration_ms)).into(),
+        )
+        .await;
+        heal_fault(&mut cluster, &window.fault).await?;
+        eprintln!(
+            "[{:>6.1}s] nemesis: healed; {} events so far",
+            started.elapsed().as_secs_f64(),
+            recorder.events.lock().expect("lock").len()
+        );
+    }
+    tokio::time::sleep_until((started + Duration::from_millis(time_limit_ms)).into()).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    // Final phase: everything healed, read every key back linearizably.
+    cluster.heal();
+    cluster.wait_for_leader().await?;
+    let keys: std::collections::BTreeSet<String> = recorder
+        .events
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|e| e.key.clone())
+        .collect();
+    let final_process = 1_000_000;
+    for key in &keys {
+        let api = &apis[0];
+        recorder.record(event(
+            final_process,
+            EventType::Invoke,
+            key,
+            &Input::Read,
+            None,
+        ));
+        match run_op(&cluster.http, api, key, &Input::Read, "linearizable").await {
+            Ended::Ok(output) => recorder.record(event(
+                final_process,
+                EventType::Ok,
+                key,
+                &Input::Read,
+                Some(output),
+            )),
+            _ => recorder.record(event(
+                final_process,
+                EventType::Fail,
+                key,
+                &Input::Read,
+                None,
+            )),
+        }
+    }
+    let history = History {
+        events: std::mem::take(&mut *recorder.events.lock().expect("lock")),
+    };
+    let mut jsonl = String::new();
+    for e in &history.events {
+        jsonl.push_str(&serde_json::to_string(e).expect("events serialize"));
+        jsonl.push('\n');
+    }
+    std::fs::write(options.out.join("history.jsonl"), jsonl)?;
+    let operations = history
+        .operations()
+        .map_err(|e| ClusterError::Misuse(format!("the recorded history does not pair: {e}")))?;
+    let count = |t: EventType| history.events.iter().filter(|e| e.event_type == t).count();
+    let check = check(
+        &KeyValue,
+        &operations,
+        CheckOptions {
+            time_limit: Duration::from_secs(120),
+            ..CheckOptions::default()
+        },
+    );
+    let outcome = TestOutcome {
+        verdict: check.verdict,
+        operations: operations.len(),
+        ok: count(EventType::Ok),
+        fail: count(EventType::Fail),
+        info: count(EventType::Info),
+        faults,
+        check,
+    };
+    let results = json!({"options": &*options, "outcome": &outcome});
+    std::fs::write(
+        options.out.join("results.json"),
+        serde_json::to_string_pretty(&results).expect("results serialize"),
+    )?;
+    Ok(outcome)
+}
