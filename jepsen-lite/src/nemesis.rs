@@ -55,7 +55,7 @@ pub struct Window {
 /// The fault schedule of a run: quiet and faulty periods alternate, every fault heals before
 /// `time_limit_ms`, and the same seed always gives the same schedule.
 pub fn schedule(kind: NemesisKind, nodes: u64, time_limit_ms: u64, seed: u64) -> Vec<Window> {
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_73);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x006e_656d_6573_6973);
     let mut windows = Vec::new();
     if kind == NemesisKind::None || nodes < 2 {
         return windows;
