@@ -2,8 +2,8 @@
 //! node-to-node link routed through its own `Proxy`, so faults can cut any link. Used by the
 //! harness and by the real-cluster tests of `node/`.
 //!
-//! Every wait is on a condition with a deadline. Ports come from the OS (bind port 0, read the
-//! port, release it). Each node logs to `nodeN.log` in the cluster's folder.
+//! Every wait is on a condition with a deadline. Ports come from the OS (bind port 0 and hold
+//! it until every port of the cluster is chosen, then release it for the node). Each node logs to `nodeN.log` in the cluster's folder.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -130,11 +130,6 @@ impl Drop for Proxy {
     }
 }
 
-/// A free port on 127.0.0.1, as the OS hands it out.
-pub fn free_port() -> Result<u16, ClusterError> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Poll `check` until it returns `Some`, or fail once `deadline` has passed.
 pub async fn wait_for<T, F, Fut>(
     what: &str,
@@ -191,9 +186,18 @@ impl Cluster {
         };
         let mut nodes = BTreeMap::new();
         let mut spec = Vec::new();
+        // Hold every reserved port until the proxies are bound too, so that the OS hands no
+        // port out twice; release them just before the nodes bind them.
+        let mut reserved = Vec::new();
+        let mut reserve = || -> Result<String, ClusterError> {
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?.to_string();
+            reserved.push(listener);
+            Ok(addr)
+        };
         for id in 1..=options.nodes {
-            let api_addr = format!("127.0.0.1:{}", free_port()?);
-            let raft_addr = format!("127.0.0.1:{}", free_port()?);
+            let api_addr = reserve()?;
+            let raft_addr = reserve()?;
             spec.push(format!("{id}={raft_addr}/{api_addr}"));
             nodes.insert(
                 id,
@@ -224,6 +228,7 @@ impl Cluster {
                 }
             }
         }
+        drop(reserved);
         let mut cluster = Cluster {
             _temp: temp,
             dir,
