@@ -14,11 +14,25 @@ use crate::cluster::{encode_key, Cluster, ClusterError, ClusterOptions};
 use crate::history::{Event, EventType, History, Input, Output};
 use crate::model::KeyValue;
 use crate::nemesis::{self, Fault, NemesisKind, PartitionShape, Window};
+use crate::workloads::{self, BankTally, InvariantReport, SetTally};
+
+/// The workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// Read, write and compare-and-set on a rotating set of keys; checked for linearizability.
+    Register,
+    /// Unique adds; every acknowledged add must be present at the end.
+    Set,
+    /// Transfers between accounts in transactions; every read must see the same total.
+    Bank,
+}
 
 /// What to run.
 #[derive(Debug, Clone, Serialize)]
 pub struct TestOptions {
     pub bin: PathBuf,
+    pub workload: Workload,
     pub nodes: u64,
     pub time_limit_s: u64,
     /// Operations per second, all clients together.
@@ -43,7 +57,10 @@ pub struct TestOutcome {
     pub fail: usize,
     pub info: usize,
     pub faults: Vec<Window>,
-    pub check: CheckResult,
+    /// The linearizability check (register workload).
+    pub check: Option<CheckResult>,
+    /// The invariant check (set and bank workloads).
+    pub invariant: Option<InvariantReport>,
 }
 
 /// Shared history recorder.
@@ -326,9 +343,19 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
         .collect();
     // Bounded: at most rate × time limit operations in all, plus slack.
     let max_ops = options.rate * options.time_limit_s / options.concurrency.max(1) + 10;
+    let interval = Duration::from_secs_f64(options.concurrency as f64 / options.rate.max(1) as f64);
+    let timeout = Duration::from_millis(options.request_timeout_ms);
+    let accounts = options.keys.max(2);
+    let set_tally = Arc::new(Mutex::new(SetTally::default()));
+    let bank_tally = Arc::new(Mutex::new(BankTally::default()));
+    if options.workload == Workload::Bank {
+        workloads::open_accounts(&cluster.http, &apis[0], accounts)
+            .await
+            .map_err(ClusterError::Misuse)?;
+    }
     let clients: Vec<_> = (0..options.concurrency)
-        .map(|slot| {
-            tokio::spawn(client(
+        .map(|slot| match options.workload {
+            Workload::Register => tokio::spawn(client(
                 slot,
                 options.clone(),
                 apis.clone(),
@@ -336,9 +363,46 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
                 recorder.clone(),
                 stop.clone(),
                 max_ops,
-            ))
+            )),
+            Workload::Set => tokio::spawn(workloads::set_client(
+                slot,
+                apis.clone(),
+                cluster.http.clone(),
+                interval,
+                timeout,
+                set_tally.clone(),
+                stop.clone(),
+                max_ops,
+            )),
+            Workload::Bank => tokio::spawn(workloads::bank_client(
+                slot,
+                apis.clone(),
+                cluster.http.clone(),
+                accounts,
+                options.consistency.clone(),
+                interval,
+                timeout,
+                bank_tally.clone(),
+                stop.clone(),
+                max_ops,
+            )),
         })
         .collect();
+    let progress = tokio::spawn({
+        let recorder = recorder.clone();
+        let set_tally = set_tally.clone();
+        let bank_tally = bank_tally.clone();
+        let stop = stop.clone();
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let events = recorder.events.lock().expect("lock").len();
+                let adds = set_tally.lock().expect("tally").attempted.len();
+                let reads = bank_tally.lock().expect("tally").reads;
+                eprintln!("[{:>6.1}s] progress: {events} register events, {adds} set adds, {reads} bank reads", recorder.started.elapsed().as_secs_f64());
+            }
+        }
+    });
     let started = recorder.started;
     for window in &faults {
         tokio::time::sleep_until((started + Duration::from_millis(window.start_ms)).into()).await;
@@ -365,43 +429,88 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
     for c in clients {
         let _ = c.await;
     }
-    // Final phase: everything healed, read every key back linearizably.
+    progress.abort();
+    // Final phase: everything healed, read everything back linearizably.
     cluster.heal();
     cluster.wait_for_leader().await?;
-    let keys: std::collections::BTreeSet<String> = recorder
-        .events
-        .lock()
-        .expect("lock")
-        .iter()
-        .map(|e| e.key.clone())
-        .collect();
-    let final_process = 1_000_000;
-    for key in &keys {
-        let api = &apis[0];
-        recorder.record(event(
-            final_process,
-            EventType::Invoke,
-            key,
-            &Input::Read,
-            None,
-        ));
-        match run_op(&cluster.http, api, key, &Input::Read, "linearizable").await {
-            Ended::Ok(output) => recorder.record(event(
-                final_process,
-                EventType::Ok,
-                key,
-                &Input::Read,
-                Some(output),
-            )),
-            _ => recorder.record(event(
-                final_process,
-                EventType::Fail,
-                key,
-                &Input::Read,
-                None,
-            )),
+    let (check, invariant) = match options.workload {
+        Workload::Register => {
+            let keys: std::collections::BTreeSet<String> = recorder
+                .events
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|e| e.key.clone())
+                .collect();
+            let final_process = 1_000_000;
+            for key in &keys {
+                recorder.record(event(
+                    final_process,
+                    EventType::Invoke,
+                    key,
+                    &Input::Read,
+                    None,
+                ));
+                match run_op(&cluster.http, &apis[0], key, &Input::Read, "linearizable").await {
+                    Ended::Ok(output) => recorder.record(event(
+                        final_process,
+                        EventType::Ok,
+                        key,
+                        &Input::Read,
+                        Some(output),
+                    )),
+                    _ => recorder.record(event(
+                        final_process,
+                        EventType::Fail,
+                        key,
+                        &Input::Read,
+                        None,
+                    )),
+                }
+            }
+            let history = History {
+                events: recorder.events.lock().expect("lock").clone(),
+            };
+            let operations = history.operations().map_err(|e| {
+                ClusterError::Misuse(format!("the recorded history does not pair: {e}"))
+            })?;
+            let check = check(
+                &KeyValue,
+                &operations,
+                CheckOptions {
+                    time_limit: Duration::from_secs(120),
+                    ..CheckOptions::default()
+                },
+            );
+            (Some(check), None)
         }
-    }
+        Workload::Set => {
+            let present = workloads::read_prefix(&cluster.http, &apis[0], "set/", "linearizable")
+                .await
+                .map_err(ClusterError::Misuse)?;
+            let tally = set_tally.lock().expect("tally");
+            (None, Some(workloads::judge_set(&tally, &present)))
+        }
+        Workload::Bank => {
+            let balances = workloads::read_prefix(&cluster.http, &apis[0], "bank/", "linearizable")
+                .await
+                .map_err(ClusterError::Misuse)?;
+            let mut tally = bank_tally.lock().expect("tally");
+            tally.reads += 1;
+            if let Some(problem) = workloads::judge_bank_read(&balances, accounts) {
+                tally.bad_reads.push(format!("final read: {problem}"));
+            }
+            let report = InvariantReport {
+                attempted: tally.transfers_attempted,
+                acknowledged: tally.transfers_ok,
+                unknown: tally.transfers_unknown,
+                bad_reads: tally.bad_reads.clone(),
+                reads: tally.reads,
+                ..InvariantReport::default()
+            };
+            (None, Some(report))
+        }
+    };
     let history = History {
         events: std::mem::take(&mut *recorder.events.lock().expect("lock")),
     };
@@ -411,26 +520,40 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
         jsonl.push('\n');
     }
     std::fs::write(options.out.join("history.jsonl"), jsonl)?;
-    let operations = history
-        .operations()
-        .map_err(|e| ClusterError::Misuse(format!("the recorded history does not pair: {e}")))?;
+    std::fs::write(
+        options.out.join("history.edn"),
+        crate::edn_out::history(&history.events),
+    )?;
     let count = |t: EventType| history.events.iter().filter(|e| e.event_type == t).count();
-    let check = check(
-        &KeyValue,
-        &operations,
-        CheckOptions {
-            time_limit: Duration::from_secs(120),
-            ..CheckOptions::default()
-        },
-    );
+    let verdict = match (&check, &invariant) {
+        (Some(check), _) => check.verdict,
+        (None, Some(report)) if report.valid() => Verdict::Linearizable,
+        (None, Some(_)) => Verdict::NotLinearizable,
+        (None, None) => Verdict::Unknown,
+    };
+    let (ok, fail, info) = match (&invariant, options.workload) {
+        (Some(report), _) => (
+            report.acknowledged,
+            report
+                .attempted
+                .saturating_sub(report.acknowledged + report.unknown),
+            report.unknown,
+        ),
+        (None, _) => (
+            count(EventType::Ok),
+            count(EventType::Fail),
+            count(EventType::Info),
+        ),
+    };
     let outcome = TestOutcome {
-        verdict: check.verdict,
-        operations: operations.len(),
-        ok: count(EventType::Ok),
-        fail: count(EventType::Fail),
-        info: count(EventType::Info),
+        verdict,
+        operations: ok + fail + info,
+        ok,
+        fail,
+        info,
         faults,
         check,
+        invariant,
     };
     let results = json!({"options": &*options, "outcome": &outcome});
     std::fs::write(

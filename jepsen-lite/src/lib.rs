@@ -4,10 +4,11 @@
 //! - [`history`]: events, the three outcomes (ok / fail / info), pairing into operations.
 //! - [`model`]: sequential specifications: `Register` and mirrorkv's `KeyValue`.
 //! - [`checker`]: Wing–Gong–Lowe search with memoization, per key, in parallel, time-limited.
-//! - [`edn`]: a small EDN reader.
+//! - [`edn`]: a small EDN reader; [`edn_out`] writes histories as EDN.
 //! - [`cluster`]: real `mirrorkv` processes on loopback, with a proxy per directed link.
 //! - [`nemesis`]: the faults and the schedule one seed decides.
 //! - [`harness`]: `jepsen-lite test`: cluster + workload + nemesis + final reads + check.
+//! - [`workloads`]: the `set` and `bank` workloads and their invariants.
 //! - [`parse`]: history formats: our JSON lines, Jepsen/Knossos EDN, the Jepsen console log.
 //!
 //! Why it is shaped this way: `jepsen-lite/DESIGN.md`.
@@ -15,11 +16,13 @@
 pub mod checker;
 pub mod cluster;
 pub mod edn;
+pub mod edn_out;
 pub mod harness;
 pub mod history;
 pub mod model;
 pub mod nemesis;
 pub mod parse;
+pub mod workloads;
 
 pub use checker::{check, CheckOptions, CheckResult, Verdict};
 pub use history::{Event, EventType, History, Input, Operation, Output};

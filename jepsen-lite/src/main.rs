@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use jepsen_lite::harness::{self, TestOptions};
+use jepsen_lite::harness::{self, TestOptions, Workload};
 use jepsen_lite::model::{KeyValue, Register};
 use jepsen_lite::nemesis::NemesisKind;
 use jepsen_lite::{check, parse, CheckOptions, Verdict};
@@ -60,9 +60,8 @@ enum Command {
         /// Keys written at a time (the set rotates every 5 s).
         #[arg(long, default_value_t = 3)]
         keys: u64,
-        /// Only `register` so far.
-        #[arg(long, default_value = "register")]
-        workload: String,
+        #[arg(long, value_enum, default_value = "register")]
+        workload: Workload,
         #[arg(long, value_enum, default_value = "partition")]
         nemesis: NemesisKind,
         /// The read level clients use.
@@ -95,10 +94,6 @@ fn main() -> ExitCode {
             out,
             request_timeout_ms,
         } => {
-            if workload != "register" {
-                eprintln!("jepsen-lite: workload {workload:?} is not available yet; use register");
-                return ExitCode::from(3);
-            }
             let seed = seed.unwrap_or_else(|| {
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -112,6 +107,7 @@ fn main() -> ExitCode {
             });
             let options = TestOptions {
                 bin,
+                workload,
                 nodes,
                 time_limit_s: time_limit,
                 rate,
@@ -124,7 +120,8 @@ fn main() -> ExitCode {
                 request_timeout_ms,
             };
             let reproduce = format!(
-                "jepsen-lite test --nodes {nodes} --time-limit {time_limit} --rate {rate} --concurrency {concurrency} --keys {keys} --workload {workload} --nemesis {} --consistency {consistency} --seed {seed} --out {}",
+                "jepsen-lite test --nodes {nodes} --time-limit {time_limit} --rate {rate} --concurrency {concurrency} --keys {keys} --workload {} --nemesis {} --consistency {consistency} --seed {seed} --out {}",
+                workload.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()),
                 nemesis.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()),
                 out.display()
             );
@@ -148,7 +145,20 @@ fn main() -> ExitCode {
                         outcome.info,
                         outcome.faults.len()
                     );
-                    println!("verdict: {:?}", outcome.verdict);
+                    if let Some(report) = &outcome.invariant {
+                        println!(
+                            "invariant: {} reads, lost {:?}, unexpected {:?}, bad reads {:?}",
+                            report.reads, report.lost, report.unexpected, report.bad_reads
+                        );
+                    }
+                    println!(
+                        "verdict: {}",
+                        if outcome.verdict == Verdict::Linearizable {
+                            "valid".to_string()
+                        } else {
+                            format!("{:?}", outcome.verdict)
+                        }
+                    );
                     println!("reproduce: {reproduce}");
                     match outcome.verdict {
                         Verdict::Linearizable => ExitCode::SUCCESS,

@@ -3,13 +3,14 @@
 
 use std::path::PathBuf;
 
-use jepsen_lite::harness::{self, TestOptions};
+use jepsen_lite::harness::{self, TestOptions, Workload};
 use jepsen_lite::nemesis::NemesisKind;
 use jepsen_lite::Verdict;
 
 fn options(consistency: &str, seed: u64, out: PathBuf) -> TestOptions {
     TestOptions {
         bin: PathBuf::from(env!("CARGO_BIN_EXE_mirrorkv")),
+        workload: Workload::Register,
         nodes: 3,
         time_limit_s: 10,
         rate: 100,
