@@ -14,7 +14,7 @@ use crate::cluster::{encode_key, Cluster, ClusterError, ClusterOptions};
 use crate::history::{Event, EventType, History, Input, Output};
 use crate::model::KeyValue;
 use crate::nemesis::{self, Fault, NemesisKind, PartitionShape, Window};
-use crate::workloads::{self, BankTally, InvariantReport, SetTally};
+use crate::workloads::{self, BankTally, ClientContext, InvariantReport, SetTally};
 
 /// The workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -190,20 +190,18 @@ async fn run_op(
     }
 }
 
-/// One client: a loop of operations, paced to its share of the rate, until `stop`.
-#[allow(clippy::too_many_arguments)]
-async fn client(
-    slot: u64,
-    options: Arc<TestOptions>,
-    apis: Vec<String>,
-    http: reqwest::Client,
-    recorder: Recorder,
-    stop: Arc<AtomicBool>,
-    max_ops: u64,
-) {
+/// One `register` client: a loop of operations, paced to its share of the rate, until `stop`.
+async fn client(slot: u64, options: Arc<TestOptions>, ctx: ClientContext, recorder: Recorder) {
+    let ClientContext {
+        apis,
+        http,
+        interval,
+        stop,
+        max_ops,
+        ..
+    } = ctx;
     let mut rng = Rng(options.seed ^ (slot + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
     let mut process = slot;
-    let interval = Duration::from_secs_f64(options.concurrency as f64 / options.rate.max(1) as f64);
     let mut next_at = tokio::time::Instant::now();
     let mut counter = 0u64;
     let mut last_value: Option<String> = None;
@@ -353,38 +351,28 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
             .await
             .map_err(ClusterError::Misuse)?;
     }
+    let ctx = ClientContext {
+        apis: apis.clone(),
+        http: cluster.http.clone(),
+        interval,
+        timeout,
+        stop: stop.clone(),
+        max_ops,
+    };
     let clients: Vec<_> = (0..options.concurrency)
         .map(|slot| match options.workload {
-            Workload::Register => tokio::spawn(client(
-                slot,
-                options.clone(),
-                apis.clone(),
-                cluster.http.clone(),
-                recorder.clone(),
-                stop.clone(),
-                max_ops,
-            )),
-            Workload::Set => tokio::spawn(workloads::set_client(
-                slot,
-                apis.clone(),
-                cluster.http.clone(),
-                interval,
-                timeout,
-                set_tally.clone(),
-                stop.clone(),
-                max_ops,
-            )),
+            Workload::Register => {
+                tokio::spawn(client(slot, options.clone(), ctx.clone(), recorder.clone()))
+            }
+            Workload::Set => {
+                tokio::spawn(workloads::set_client(slot, ctx.clone(), set_tally.clone()))
+            }
             Workload::Bank => tokio::spawn(workloads::bank_client(
                 slot,
-                apis.clone(),
-                cluster.http.clone(),
+                ctx.clone(),
                 accounts,
                 options.consistency.clone(),
-                interval,
-                timeout,
                 bank_tally.clone(),
-                stop.clone(),
-                max_ops,
             )),
         })
         .collect();
@@ -524,6 +512,19 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
         options.out.join("history.edn"),
         crate::edn_out::history(&history.events),
     )?;
+    let operations = history.operations().unwrap_or_default();
+    let title = format!(
+        "jepsen-lite: {:?} workload, {:?} nemesis, {} reads, seed {}",
+        options.workload, options.nemesis, options.consistency, options.seed
+    );
+    let page = crate::report::render(
+        &history.events,
+        &operations,
+        check.as_ref(),
+        &faults,
+        &title,
+    );
+    std::fs::write(options.out.join("report.html"), page)?;
     let count = |t: EventType| history.events.iter().filter(|e| e.event_type == t).count();
     let verdict = match (&check, &invariant) {
         (Some(check), _) => check.verdict,

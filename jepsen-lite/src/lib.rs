@@ -8,6 +8,7 @@
 //! - [`cluster`]: real `mirrorkv` processes on loopback, with a proxy per directed link.
 //! - [`nemesis`]: the faults and the schedule one seed decides.
 //! - [`harness`]: `jepsen-lite test`: cluster + workload + nemesis + final reads + check.
+//! - [`report`]: `report.html`, timelines per key and latency over time, faults shaded.
 //! - [`workloads`]: the `set` and `bank` workloads and their invariants.
 //! - [`parse`]: history formats: our JSON lines, Jepsen/Knossos EDN, the Jepsen console log.
 //!
@@ -22,6 +23,7 @@ pub mod history;
 pub mod model;
 pub mod nemesis;
 pub mod parse;
+pub mod report;
 pub mod workloads;
 
 pub use checker::{check, CheckOptions, CheckResult, Verdict};

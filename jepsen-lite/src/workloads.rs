@@ -18,6 +18,20 @@ use serde_json::{json, Value as Json};
 
 use crate::cluster::encode_key;
 
+/// What every client of a run shares: where to send, how fast, how long to wait, when to stop.
+#[derive(Clone)]
+pub struct ClientContext {
+    pub apis: Vec<String>,
+    pub http: reqwest::Client,
+    /// Time between two operations of one client.
+    pub interval: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    pub stop: Arc<AtomicBool>,
+    /// Most operations one client issues.
+    pub max_ops: u64,
+}
+
 /// Money in each account at the start.
 pub const INITIAL_BALANCE: i64 = 100;
 
@@ -51,16 +65,15 @@ pub struct SetTally {
 }
 
 /// One `set` client: adds `slot-counter` elements until `stop` (bounded by `max_ops`).
-pub async fn set_client(
-    slot: u64,
-    apis: Vec<String>,
-    http: reqwest::Client,
-    interval: Duration,
-    timeout: Duration,
-    tally: Arc<Mutex<SetTally>>,
-    stop: Arc<AtomicBool>,
-    max_ops: u64,
-) {
+pub async fn set_client(slot: u64, ctx: ClientContext, tally: Arc<Mutex<SetTally>>) {
+    let ClientContext {
+        apis,
+        http,
+        interval,
+        timeout,
+        stop,
+        max_ops,
+    } = ctx;
     let mut next_at = tokio::time::Instant::now();
     for counter in 0..max_ops {
         if stop.load(Ordering::Relaxed) {
@@ -193,19 +206,21 @@ pub struct BankTally {
 }
 
 /// One `bank` client: alternately reads all accounts and transfers between two of them.
-#[allow(clippy::too_many_arguments)]
 pub async fn bank_client(
     slot: u64,
-    apis: Vec<String>,
-    http: reqwest::Client,
+    ctx: ClientContext,
     accounts: u64,
     consistency: String,
-    interval: Duration,
-    timeout: Duration,
     tally: Arc<Mutex<BankTally>>,
-    stop: Arc<AtomicBool>,
-    max_ops: u64,
 ) {
+    let ClientContext {
+        apis,
+        http,
+        interval,
+        timeout,
+        stop,
+        max_ops,
+    } = ctx;
     let mut next_at = tokio::time::Instant::now();
     for counter in 0..max_ops {
         if stop.load(Ordering::Relaxed) {

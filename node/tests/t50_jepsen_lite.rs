@@ -28,7 +28,7 @@ fn options(consistency: &str, seed: u64, out: PathBuf) -> TestOptions {
 async fn t51_stale_reads_under_partitions_are_caught_and_linearizable_ones_pass() {
     let dir = tempfile::tempdir().unwrap();
     let mut caught = None;
-    for seed in [1u64, 2, 3, 4] {
+    for seed in [1u64, 2, 3, 4, 5, 6] {
         let outcome = harness::run(options(
             "stale",
             seed,
