@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The standard fault suite: every nemesis (kill, pause, partition, then all) against
+# The standard fault suite: every nemesis (kill, pause, partition, delay, then all) against
 # linearizable, lease and strong reads, on a fresh 5-node cluster each, for SECONDS each
 # (default 60). Prints one table; exits non-zero if any run is not valid.
 #
@@ -26,7 +26,7 @@ out=$repo/run/chaos
 rm -rf "$out"
 mkdir -p "$out"
 failed=0
-for nemesis in kill pause partition all; do
+for nemesis in kill pause partition delay all; do
   for level in linearizable lease strong; do
     dir=$out/$nemesis-$level
     code=0

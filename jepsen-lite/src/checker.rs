@@ -297,3 +297,109 @@ fn check_key<M: Model>(
         cur = next[frame.entry];
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Event, EventType, History, Input, Output};
+    use crate::model::Register;
+
+    fn ev(process: u64, event_type: EventType, input: Input, output: Option<Output>) -> Event {
+        Event {
+            process,
+            event_type,
+            key: "k".into(),
+            input,
+            output,
+            time_ns: None,
+        }
+    }
+
+    /// Twenty overlapping writes whose outcome is unknown, then a read nobody could explain:
+    /// proving it impossible means trying every subset and order of the writes.
+    fn hard_history() -> Vec<Operation> {
+        let mut events = Vec::new();
+        for p in 0..20 {
+            events.push(ev(
+                p,
+                EventType::Invoke,
+                Input::Write {
+                    value: Some(p.to_string()),
+                },
+                None,
+            ));
+        }
+        events.push(ev(100, EventType::Invoke, Input::Read, None));
+        events.push(ev(
+            100,
+            EventType::Ok,
+            Input::Read,
+            Some(Output::Read {
+                value: Some("nobody".into()),
+                mod_index: None,
+            }),
+        ));
+        for p in 0..20 {
+            events.push(ev(
+                p,
+                EventType::Info,
+                Input::Write {
+                    value: Some(p.to_string()),
+                },
+                None,
+            ));
+        }
+        History { events }.operations().unwrap()
+    }
+
+    #[test]
+    fn past_the_time_limit_the_answer_is_unknown_not_a_guess() {
+        let options = CheckOptions {
+            time_limit: Duration::ZERO,
+            threads: 1,
+        };
+        assert_eq!(
+            check(&Register, &hard_history(), options).verdict,
+            Verdict::Unknown
+        );
+    }
+
+    #[test]
+    fn info_operations_may_take_effect_late_or_never() {
+        let write = |v: &str| Input::Write {
+            value: Some(v.into()),
+        };
+        let read = |v: Option<&str>| {
+            Some(Output::Read {
+                value: v.map(str::to_string),
+                mod_index: None,
+            })
+        };
+        // p0's write never returns; p1 reads nil, then its value, then nil is impossible.
+        let ops = |last: Option<&str>| {
+            History {
+                events: vec![
+                    ev(0, EventType::Invoke, write("a"), None),
+                    ev(1, EventType::Invoke, Input::Read, None),
+                    ev(1, EventType::Ok, Input::Read, read(None)),
+                    ev(1, EventType::Invoke, Input::Read, None),
+                    ev(1, EventType::Ok, Input::Read, read(Some("a"))),
+                    ev(1, EventType::Invoke, Input::Read, None),
+                    ev(1, EventType::Ok, Input::Read, read(last)),
+                    ev(0, EventType::Info, write("a"), None),
+                ],
+            }
+            .operations()
+            .unwrap()
+        };
+        assert_eq!(
+            check(&Register, &ops(Some("a")), CheckOptions::default()).verdict,
+            Verdict::Linearizable
+        );
+        let bad = check(&Register, &ops(None), CheckOptions::default());
+        assert_eq!(bad.verdict, Verdict::NotLinearizable);
+        let violation = bad.keys[0].violation.as_ref().unwrap();
+        assert_eq!(violation.failed_op, 3, "the last read cannot be placed");
+        assert!(!violation.longest_prefix.is_empty());
+    }
+}

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{json, Value as Json};
 
 use crate::checker::{check, CheckOptions, CheckResult, Verdict};
-use crate::cluster::{encode_key, Cluster, ClusterError, ClusterOptions};
+use crate::cluster::{encode_key, Cluster, ClusterError, ClusterOptions, Delay};
 use crate::history::{Event, EventType, History, Input, Output};
 use crate::model::KeyValue;
 use crate::nemesis::{self, Fault, NemesisKind, PartitionShape, Window};
@@ -258,6 +258,16 @@ async fn apply_fault(cluster: &mut Cluster, fault: &Fault) -> Result<(), Cluster
     match fault {
         Fault::Kill(id) => cluster.kill(*id),
         Fault::Pause(id) => cluster.pause(*id),
+        Fault::Delay {
+            latency_ms,
+            jitter_ms,
+        } => {
+            cluster.delay_links(Delay {
+                latency_ms: *latency_ms,
+                jitter_ms: *jitter_ms,
+            });
+            Ok(())
+        }
         Fault::Partition(shape) => {
             let ids = cluster.ids();
             let others = |cut: &[u64]| {
@@ -300,7 +310,7 @@ async fn heal_fault(cluster: &mut Cluster, fault: &Fault) -> Result<(), ClusterE
     match fault {
         Fault::Kill(id) => cluster.restart(*id).await,
         Fault::Pause(id) => cluster.resume(*id),
-        Fault::Partition(_) => {
+        Fault::Partition(_) | Fault::Delay { .. } => {
             cluster.heal();
             Ok(())
         }

@@ -12,6 +12,8 @@ pub enum NemesisKind {
     Kill,
     Pause,
     Partition,
+    /// Added latency and jitter on every link.
+    Delay,
     All,
 }
 
@@ -42,6 +44,11 @@ pub enum Fault {
     Kill(u64),
     Pause(u64),
     Partition(PartitionShape),
+    /// Every link holds each message for `latency_ms` plus up to `jitter_ms`.
+    Delay {
+        latency_ms: u64,
+        jitter_ms: u64,
+    },
 }
 
 /// A fault held from `start_ms` for `duration_ms` (then healed), relative to the test's start.
@@ -72,13 +79,18 @@ pub fn schedule(kind: NemesisKind, nodes: u64, time_limit_ms: u64, seed: u64) ->
                 NemesisKind::Kill,
                 NemesisKind::Pause,
                 NemesisKind::Partition,
-            ][rng.random_range(0..3)],
+                NemesisKind::Delay,
+            ][rng.random_range(0..4)],
             other => other,
         };
         let node = ids[rng.random_range(0..ids.len())];
         let fault = match kind {
             NemesisKind::Kill => Fault::Kill(node),
             NemesisKind::Pause => Fault::Pause(node),
+            NemesisKind::Delay => Fault::Delay {
+                latency_ms: rng.random_range(20..200),
+                jitter_ms: rng.random_range(0..100),
+            },
             _ => {
                 let mut shuffled = ids.clone();
                 for i in (1..shuffled.len()).rev() {
