@@ -26,15 +26,9 @@ impl AppHandler for PeerService {
                 leader: state.leader(),
             });
         }
-        let applied = state
-            .reader
-            .applied_index()
-            .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
         if lease {
-            // Under the lease no other leader exists: every write acknowledged so far was
-            // applied here, so our applied index (and the lease's read index) covers them.
-            if let Some(index) = state.lease.valid(state.term()) {
-                return Ok(index.max(applied));
+            if let Some(index) = state.lease_read_index().await {
+                return Ok(index);
             }
         }
         let deadline = Instant::now() + state.config.request_timeout();
@@ -43,6 +37,6 @@ impl AppHandler for PeerService {
             .read_index(state, deadline)
             .await
             .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
-        Ok(if lease { index.max(applied) } else { index })
+        Ok(index)
     }
 }

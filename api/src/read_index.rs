@@ -106,7 +106,7 @@ pub(crate) async fn one_round(
             Some(leader) if leader == state.id => {
                 let term = state.term();
                 if lease {
-                    if let Some(index) = state.lease.valid(term) {
+                    if let Some(index) = state.lease_read_index().await {
                         return Ok(index);
                     }
                 }

@@ -76,6 +76,22 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// On a leader whose read lease holds: the index a lease read must wait for. That is the
+    /// leader's *commit* index, not its applied index: a follower may apply a committed entry
+    /// before the leader does, and a read there must never be followed by an older read here
+    /// (jepsen-lite found exactly that; see jepsen-lite/README.md). The commit index is read
+    /// from openraft's own state before the lease is checked, so no other leader can have
+    /// committed anything in between.
+    pub async fn lease_read_index(&self) -> Option<u64> {
+        let committed = self
+            .raft
+            .with_raft_state(|raft_state| raft_state.committed.map_or(0, |id| id.index))
+            .await
+            .ok()?;
+        let lease_index = self.lease.valid(self.term())?;
+        Some(lease_index.max(committed))
+    }
+
     /// The current Raft term as this node knows it.
     pub fn term(&self) -> u64 {
         self.raft.metrics().borrow().current_term

@@ -66,3 +66,22 @@ async fn t51_stale_reads_under_partitions_are_caught_and_linearizable_ones_pass(
     assert!(dir.path().join("linearizable/history.jsonl").is_file());
     assert!(dir.path().join("linearizable/results.json").is_file());
 }
+
+/// Bug 1 (jepsen-lite/README.md): a leader answered lease reads with its *applied* index; a
+/// follower that had already applied a newer committed write served it, and a later lease read
+/// through another node returned the older value. Found by `scripts/chaos.sh 60 --seed 42`
+/// (nemesis `all`, lease reads, 5 nodes); the same seed and schedule prefix run here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t52_bug1_lease_reads_never_go_back_seed_42() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options("lease", 42, dir.path().join("lease-42"));
+    options.nodes = 5;
+    options.nemesis = NemesisKind::All;
+    options.time_limit_s = 50;
+    let outcome = harness::run(options).await.unwrap();
+    println!(
+        "t52: lease, all, seed 42: {:?} ({} operations, {} info)",
+        outcome.verdict, outcome.operations, outcome.info
+    );
+    assert_eq!(outcome.verdict, Verdict::Linearizable);
+}
