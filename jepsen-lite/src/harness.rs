@@ -192,25 +192,16 @@ async fn run_op(
 
 /// One `register` client: a loop of operations, paced to its share of the rate, until `stop`.
 async fn client(slot: u64, options: Arc<TestOptions>, ctx: ClientContext, recorder: Recorder) {
-    let ClientContext {
-        apis,
-        http,
-        interval,
-        stop,
-        max_ops,
-        ..
-    } = ctx;
+    let ClientContext { apis, http, .. } = ctx.clone();
     let mut rng = Rng(options.seed ^ (slot + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
     let mut process = slot;
     let mut next_at = tokio::time::Instant::now();
     let mut counter = 0u64;
     let mut last_value: Option<String> = None;
-    for _ in 0..max_ops {
-        if stop.load(Ordering::Relaxed) {
+    for _ in 0..ctx.max_ops {
+        if !ctx.next_turn(&mut next_at).await {
             break;
         }
-        tokio::time::sleep_until(next_at).await;
-        next_at += interval;
         // A rotating window of keys: each key sees a burst of operations, then rests.
         let epoch = recorder.started.elapsed().as_secs() / 5;
         let key = format!("r{}", epoch * options.keys + rng.below(options.keys));

@@ -32,6 +32,18 @@ pub struct ClientContext {
     pub max_ops: u64,
 }
 
+impl ClientContext {
+    /// Wait for this client's next turn at its pace; `false` once the run is stopping.
+    pub async fn next_turn(&self, next_at: &mut tokio::time::Instant) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        tokio::time::sleep_until(*next_at).await;
+        *next_at += self.interval;
+        true
+    }
+}
+
 /// Money in each account at the start.
 pub const INITIAL_BALANCE: i64 = 100;
 
@@ -69,18 +81,14 @@ pub async fn set_client(slot: u64, ctx: ClientContext, tally: Arc<Mutex<SetTally
     let ClientContext {
         apis,
         http,
-        interval,
         timeout,
-        stop,
-        max_ops,
-    } = ctx;
+        ..
+    } = ctx.clone();
     let mut next_at = tokio::time::Instant::now();
-    for counter in 0..max_ops {
-        if stop.load(Ordering::Relaxed) {
+    for counter in 0..ctx.max_ops {
+        if !ctx.next_turn(&mut next_at).await {
             break;
         }
-        tokio::time::sleep_until(next_at).await;
-        next_at += interval;
         let element = format!("{slot}-{counter}");
         let api = &apis[(counter as usize + slot as usize) % apis.len()];
         tally
@@ -216,18 +224,14 @@ pub async fn bank_client(
     let ClientContext {
         apis,
         http,
-        interval,
         timeout,
-        stop,
-        max_ops,
-    } = ctx;
+        ..
+    } = ctx.clone();
     let mut next_at = tokio::time::Instant::now();
-    for counter in 0..max_ops {
-        if stop.load(Ordering::Relaxed) {
+    for counter in 0..ctx.max_ops {
+        if !ctx.next_turn(&mut next_at).await {
             break;
         }
-        tokio::time::sleep_until(next_at).await;
-        next_at += interval;
         let api = &apis[(counter as usize + slot as usize) % apis.len()];
         // Every read of all accounts is judged, whatever its consistency level: a range page is
         // read at one index, so even a stale read must balance.
