@@ -29,7 +29,17 @@ pub async fn prepare(
     let wait_for = match request.level {
         // The read is ordered in the log: append a barrier through the leader and read once it
         // is applied here.
-        ReadLevel::Strong => Some(write::write(state, Command::Barrier, deadline).await?.index),
+        // A barrier changes nothing, so a barrier whose outcome is unknown is just a read that
+        // timed out: retrying it is safe (unlike a write's 504).
+        ReadLevel::Strong => Some(
+            write::write(state, Command::Barrier, deadline)
+                .await
+                .map_err(|e| match e {
+                    ApiError::OutcomeUnknown(message) => ApiError::Timeout(message),
+                    other => other,
+                })?
+                .index,
+        ),
         ReadLevel::Linearizable => Some(state.read_index.read_index(state, deadline).await?),
         // Not batched: a lease answer must not serve a linearizable read.
         ReadLevel::Lease => Some(read_index::one_round(state, true, deadline).await?),

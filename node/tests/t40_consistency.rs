@@ -278,6 +278,13 @@ async fn t42_partitioned_follower_serves_old_stale_reads_and_never_old_lineariza
             "{level} answered within the timeout"
         );
         assert_ne!(got.body, b"old");
+        // A read that timed out changed nothing: the client may retry it.
+        assert_eq!(
+            got.json()["error"]["retryable"],
+            json!(true),
+            "{level}: {}",
+            got.json()
+        );
     }
     // Healed, it catches up and serves the new value.
     cluster.heal();
