@@ -1,46 +1,74 @@
 //! Cluster and operations routes: `GET /v1/cluster`, `GET /health`, `GET /ready`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use mirrorkv_raft_net::NodeStatus;
+use mirrorkv_storage::{NodeId, NodeInfo};
 use openraft::ServerState;
 use serde_json::json;
 
 use crate::error::ApiError;
 use crate::state::NodeState;
 
+/// How long `GET /v1/cluster` waits for each member's own status.
+const MEMBER_STATUS_TIMEOUT_MS: u64 = 500;
+
+/// Every member's own status, asked over raft-net in parallel; `None` for a member that did
+/// not answer in time.
+async fn member_statuses(
+    state: &NodeState,
+    members: &[(NodeId, NodeInfo)],
+) -> BTreeMap<NodeId, Option<NodeStatus>> {
+    let timeout = Duration::from_millis(MEMBER_STATUS_TIMEOUT_MS);
+    let asks = members.iter().map(|(id, node)| async move {
+        if *id == state.id {
+            return (*id, Some(state.status()));
+        }
+        let client = state.pool.client(*id, node);
+        (*id, client.status(timeout).await.ok())
+    });
+    futures::future::join_all(asks).await.into_iter().collect()
+}
+
 pub async fn cluster(State(state): State<Arc<NodeState>>) -> Response {
     let metrics = state.raft.metrics().borrow().clone();
-    let applied_index = metrics.last_applied.map_or(0, |id| id.index);
-    let last_log_index = metrics.last_log_index.unwrap_or(0);
     let membership = metrics.membership_config.membership();
-    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-    let members: Vec<_> = membership
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let nodes: Vec<(NodeId, NodeInfo)> = membership
         .nodes()
+        .map(|(id, node)| (*id, node.clone()))
+        .collect();
+    let statuses = member_statuses(&state, &nodes).await;
+    // Lag is measured against the leader's commit index when the leader answered, else
+    // against this node's.
+    let commit_index = metrics
+        .current_leader
+        .and_then(|leader| statuses.get(&leader).cloned().flatten())
+        .map_or(state.committed_index(), |leader| leader.commit_index)
+        .max(state.committed_index());
+    let members: Vec<_> = nodes
+        .iter()
         .map(|(id, node)| {
-            // The leader knows every member's replicated index; other nodes know only their own.
-            let matched = if *id == state.id {
-                Some(applied_index)
-            } else {
-                metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|replication| replication.get(id).cloned().flatten())
-                    .map(|log_id| log_id.index)
-            };
+            let status = statuses.get(id).cloned().flatten();
+            let applied = status.map(|s| s.applied_index);
             json!({
                 "id": id,
                 "api_addr": node.api_addr,
                 "raft_addr": node.raft_addr,
                 "role": if voters.contains(id) { "voter" } else { "mirror" },
-                "applied_index": matched,
-                "lag": matched.map(|m| last_log_index.saturating_sub(m)),
+                "applied_index": applied,
+                "lag": applied.map(|a| commit_index.saturating_sub(a)),
+                "reachable": status.is_some(),
             })
         })
         .collect();
+    let applied_index = metrics.last_applied.map_or(0, |id| id.index);
     let state_name = match metrics.state {
         ServerState::Leader => "leader",
         ServerState::Follower => "follower",
@@ -52,7 +80,7 @@ pub async fn cluster(State(state): State<Arc<NodeState>>) -> Response {
         "cluster_id": state.cluster_id,
         "leader": metrics.current_leader,
         "term": metrics.current_term,
-        "commit_index": state.committed_index(),
+        "commit_index": commit_index,
         "members": members,
         "node": {
             "id": state.id,

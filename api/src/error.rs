@@ -32,6 +32,12 @@ pub enum ApiError {
     /// not have been applied.
     #[error("{0}")]
     OutcomeUnknown(String),
+    /// A cluster member that does not exist.
+    #[error("{0}")]
+    NoSuchMember(String),
+    /// A mirror is too far behind to be promoted; clears by itself as it catches up.
+    #[error("{0}")]
+    NotCaughtUp(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -63,6 +69,10 @@ impl ApiError {
             // Retrying blindly could apply the write twice: not retryable without an
             // idempotency key or a read to check.
             ApiError::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout", false),
+            ApiError::NoSuchMember(_) => (StatusCode::NOT_FOUND, "not_found", false),
+            ApiError::NotCaughtUp(_) => {
+                (StatusCode::PRECONDITION_FAILED, "precondition_failed", true)
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
         }
     }
@@ -83,7 +93,10 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let mut response = (status, axum::Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || matches!(self, ApiError::NotCaughtUp(_))
+        {
             response
                 .headers_mut()
                 .insert("retry-after", HeaderValue::from_static(RETRY_AFTER_S));

@@ -10,7 +10,10 @@
 //! - [`kv`]: single-key and range routes, idempotency keys, the `X-Mirrorkv-*` headers.
 //! - [`txn`]: `POST /v1/txn`.
 //! - [`values`]: values in JSON (`value` / `value_base64`).
-//! - [`cluster`]: `/v1/cluster`, `/health`, `/ready`.
+//! - [`cluster`]: `/v1/cluster` (with every member's own progress), `/health`, `/ready`.
+//! - [`membership`]: adding mirrors, promoting, removing members, forwarded to the leader.
+//! - [`ops`]: `POST /v1/snapshot` and the streamed `GET /v1/backup`.
+//! - [`metrics`]: `GET /metrics` (Prometheus text) and the request-counting middleware.
 //! - [`limits`]: bounded connections and requests in flight (429 past the limit).
 //! - [`error`]: `ApiError`, and the one mapping of errors to HTTP.
 //!
@@ -21,6 +24,9 @@ pub mod error;
 pub mod kv;
 pub mod level;
 pub mod limits;
+pub mod membership;
+pub mod metrics;
+pub mod ops;
 pub mod peer;
 pub mod read;
 pub mod read_index;
@@ -32,7 +38,7 @@ pub mod write;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 pub use error::ApiError;
@@ -52,14 +58,31 @@ pub fn router(state: Arc<NodeState>) -> Router {
             get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key),
         )
         .route("/v1/kv", get(kv::range))
-        .route("/v1/txn", axum::routing::post(txn::txn))
+        .route("/v1/txn", post(txn::txn))
         .route("/v1/cluster", get(cluster::cluster))
+        .route("/v1/cluster/members", post(membership::add_member))
+        .route(
+            "/v1/cluster/members/{id}/promote",
+            post(membership::promote_member),
+        )
+        .route(
+            "/v1/cluster/members/{id}",
+            delete(membership::remove_member),
+        )
+        .route("/v1/snapshot", post(ops::snapshot))
+        .route("/v1/backup", get(ops::backup))
+        .route("/metrics", get(metrics::metrics))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             in_flight,
             limits::shed_load,
+        ))
+        // Outermost, so requests shed with 429 are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
         ))
         .with_state(state)
 }

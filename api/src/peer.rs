@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use mirrorkv_raft_net::{AppHandler, ForwardError};
+use mirrorkv_raft_net::{AppHandler, ForwardError, MembershipChange, NodeStatus};
 use mirrorkv_storage::{Command, Response};
 use tokio::time::Instant;
 
+use crate::membership;
 use crate::state::NodeState;
 use crate::write;
 
@@ -38,5 +39,13 @@ impl AppHandler for PeerService {
             .await
             .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
         Ok(index)
+    }
+
+    async fn membership(&self, change: MembershipChange) -> Result<u64, ForwardError> {
+        membership::change_as_leader(&self.state, change).await
+    }
+
+    fn status(&self) -> NodeStatus {
+        self.state.status()
     }
 }

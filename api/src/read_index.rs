@@ -164,8 +164,8 @@ pub(crate) async fn ask_leader(
     {
         Ok(Ok(index)) => Some(index),
         Ok(Err(ForwardError::NotLeader { .. })) => None,
-        Ok(Err(ForwardError::Unavailable(message))) => {
-            tracing::debug!(leader, lease, %message, "read index refused");
+        Ok(Err(e @ (ForwardError::Unavailable(_) | ForwardError::Refused { .. }))) => {
+            tracing::debug!(leader, lease, error = %e, "read index refused");
             None
         }
         Err(e) => {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mirrorkv_raft_net::{LeaderContact, PeerPool};
+use mirrorkv_raft_net::{LeaderContact, NodeStatus, PeerPool};
 use mirrorkv_storage::{KvReader, NodeId, NodeInfo, Raft};
 
 use crate::read_index::{Lease, ReadIndexBatcher};
@@ -32,6 +32,8 @@ pub struct ApiConfig {
     /// Default and largest `limit` of a range read.
     pub default_range_limit: usize,
     pub max_range_limit: usize,
+    /// A mirror more than this many log entries behind the leader is not promoted to voter.
+    pub promote_max_lag_entries: u64,
 }
 
 impl Default for ApiConfig {
@@ -48,6 +50,7 @@ impl Default for ApiConfig {
             max_txn_ops: 128,
             default_range_limit: 1000,
             max_range_limit: 10_000,
+            promote_max_lag_entries: 1000,
         }
     }
 }
@@ -73,6 +76,8 @@ pub struct NodeState {
     pub read_index: ReadIndexBatcher,
     /// The read lease, while this node leads.
     pub lease: Lease,
+    /// Request counters and latency histograms (`GET /metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl NodeState {
@@ -129,6 +134,20 @@ impl NodeState {
         self.contact
             .last()
             .map(|contact| contact.at.elapsed().as_millis() as u64)
+    }
+
+    /// This node's own progress, as it answers `Status` over raft-net.
+    pub fn status(&self) -> NodeStatus {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        NodeStatus {
+            id: self.id,
+            applied_index: metrics.last_applied.map_or(0, |id| id.index),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            commit_index: self.committed_index(),
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+        }
     }
 
     /// Wait until the metrics change or `timeout` passes (a bounded wait used between retries).

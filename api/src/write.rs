@@ -77,6 +77,11 @@ pub async fn write(
             Some(Err(e)) if e.not_delivered() => {
                 tracing::debug!(error = %e, "forwarding a write failed before delivery");
             }
+            Some(Ok(Err(ForwardError::Refused { message, .. }))) => {
+                return Err(ApiError::Internal(format!(
+                    "the leader refused a write: {message}"
+                )))
+            }
             Some(Ok(Err(ForwardError::Unavailable(message)))) => {
                 return Err(ApiError::OutcomeUnknown(format!(
                     "the leader could not finish the write: {message}"

@@ -37,6 +37,17 @@ pub struct Flags {
     /// Initial members: `1=RAFT_ADDR/API_ADDR,2=...`. A fresh cluster forms once a quorum is up.
     #[arg(long, env = "MIRRORKV_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
+    /// Join an existing cluster through any of these members' API addresses (comma-separated):
+    /// a fresh node asks to be added as a mirror, then catches up. Ignored once the node has
+    /// data.
+    #[arg(long, env = "MIRRORKV_JOIN")]
+    pub join: Option<String>,
+    /// How long a joining node keeps asking the cluster to add it before giving up.
+    #[arg(long, env = "MIRRORKV_JOIN_TIMEOUT_MS")]
+    pub join_timeout_ms: Option<u64>,
+    /// A mirror more than this many log entries behind the leader is not promoted.
+    #[arg(long, env = "MIRRORKV_PROMOTE_MAX_LAG_ENTRIES")]
+    pub promote_max_lag_entries: Option<u64>,
     /// Dial peer ID at HOST:PORT instead of its advertised raft address (repeatable), e.g. to
     /// route a link through a proxy: `--peer 2=127.0.0.1:7002`.
     #[arg(long = "peer", env = "MIRRORKV_PEERS", value_delimiter = ',')]
@@ -100,6 +111,9 @@ pub struct NodeConfig {
     pub raft_addr: String,
     /// Members of the initial cluster, by id.
     pub initial_cluster: BTreeMap<NodeId, NodeInfo>,
+    /// API addresses of members to ask for admission (`--join`), empty if not joining.
+    pub join: Vec<String>,
+    pub join_timeout_ms: u64,
     pub peer_overrides: HashMap<NodeId, String>,
     pub log_format: LogFormat,
     pub api: mirrorkv_api::ApiConfig,
@@ -122,6 +136,11 @@ impl Flags {
             api_addr: self.api_addr.or(file.api_addr),
             raft_addr: self.raft_addr.or(file.raft_addr),
             initial_cluster: self.initial_cluster.or(file.initial_cluster),
+            join: self.join.or(file.join),
+            join_timeout_ms: self.join_timeout_ms.or(file.join_timeout_ms),
+            promote_max_lag_entries: self
+                .promote_max_lag_entries
+                .or(file.promote_max_lag_entries),
             peers: if self.peers.is_empty() {
                 file.peers
             } else {
@@ -177,6 +196,18 @@ impl Flags {
         if !initial_cluster.is_empty() && !initial_cluster.contains_key(&id) {
             bail!("--initial-cluster does not list this node's id {id}");
         }
+        let join: Vec<String> = flags
+            .join
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|addr| !addr.is_empty())
+            .map(str::to_string)
+            .collect();
+        if !join.is_empty() && !initial_cluster.is_empty() {
+            bail!("give --initial-cluster (a new cluster) or --join (an existing one), not both");
+        }
         let mut peer_overrides = HashMap::new();
         for peer in &flags.peers {
             let (peer_id, addr) = peer
@@ -212,6 +243,9 @@ impl Flags {
             idempotency_window_s: flags
                 .idempotency_window_s
                 .unwrap_or(api_defaults.idempotency_window_s),
+            promote_max_lag_entries: flags
+                .promote_max_lag_entries
+                .unwrap_or(api_defaults.promote_max_lag_entries),
             ..api_defaults
         };
         if api.max_connections == 0 || api.max_in_flight_requests == 0 {
@@ -243,6 +277,8 @@ impl Flags {
             api_addr,
             raft_addr,
             initial_cluster,
+            join,
+            join_timeout_ms: flags.join_timeout_ms.unwrap_or(60_000),
             peer_overrides,
             log_format,
             api,

@@ -2,12 +2,20 @@
 //!
 //! Modules:
 //! - [`config`]: flags, `MIRRORKV_*` environment and TOML into one `NodeConfig`.
+//! - `join`: a fresh node's request to be added to an existing cluster (`--join`).
+//! - `events`: structured log lines for every leadership and membership change.
+//! - [`restore`]: `mirrorkv restore`, a new data dir from a backup.
+//! - [`ctl`]: `mirrorkv ctl`, the command-line client.
 //! - this file: [`run`], the whole node as one function of (config, listeners, shutdown), so a
 //!   test can run a node on its own port-0 listeners.
 //!
 //! Why: `node/DESIGN.md`.
 
 pub mod config;
+pub mod ctl;
+mod events;
+mod join;
+pub mod restore;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,7 +25,7 @@ use mirrorkv_api::peer::PeerService;
 use mirrorkv_api::read_index::{Lease, LeaseConfig, ReadIndexBatcher};
 use mirrorkv_api::NodeState;
 use mirrorkv_raft_net::{LeaderContact, NetworkFactory, PeerPool};
-use mirrorkv_storage::Raft;
+use mirrorkv_storage::{NodeInfo, Raft};
 use openraft::error::{InitializeError, RaftError};
 use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
@@ -74,7 +82,31 @@ pub async fn run(
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let reader = state_machine.reader();
     let committed_index = log_store.committed_index();
-    let cluster_id = config::cluster_id(&config.initial_cluster);
+    let raft_addr = listeners.raft.local_addr()?;
+    let api_addr = listeners.api.local_addr()?;
+    let advertised = NodeInfo {
+        raft_addr: advertised_addr(&config.raft_addr, raft_addr),
+        api_addr: advertised_addr(&config.api_addr, api_addr),
+    };
+    let fresh = reader.applied_index()? == 0 && log_store_is_empty(&log_store).await?;
+    let cluster_id = match read_cluster_id(&config.data_dir)? {
+        Some(id) => id,
+        None if !config.initial_cluster.is_empty() => {
+            let id = config::cluster_id(&config.initial_cluster);
+            write_cluster_id(&config.data_dir, &id)?;
+            id
+        }
+        None if !config.join.is_empty() && fresh => {
+            let id = join::ask_to_join(&config, &advertised).await?;
+            write_cluster_id(&config.data_dir, &id)?;
+            id
+        }
+        None if fresh => anyhow::bail!(
+            "a fresh node needs --initial-cluster (to form a new cluster) or --join (to join one)"
+        ),
+        // A data dir from before cluster ids were stored.
+        None => "unknown".to_string(),
+    };
 
     let pool = Arc::new(PeerPool::new(
         config.net.clone(),
@@ -95,8 +127,6 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let contact = Arc::new(LeaderContact::default());
-    let raft_addr = listeners.raft.local_addr()?;
-    let api_addr = listeners.api.local_addr()?;
     let restarted = raft.is_initialized().await?;
     if !restarted {
         initialize_if_fresh(&raft, &config).await?;
@@ -116,7 +146,13 @@ pub async fn run(
             leader_lease_ms: config.election_timeout_max_ms,
             lease_margin_ms: config.lease_margin_ms,
         }),
+        metrics: Default::default(),
     });
+    tokio::spawn(events::log_raft_events(
+        config.id,
+        raft.clone(),
+        stopped(stop_rx.clone()),
+    ));
     // A restarted node may have acknowledged a leader just before it went down; it keeps
     // raft-net closed for one leader lease so that it cannot vote a new leader in while that
     // leader's read lease still holds (node/DESIGN.md).
@@ -188,4 +224,45 @@ async fn initialize_if_fresh(raft: &Raft, config: &NodeConfig) -> anyhow::Result
         }
         Err(e) => Err(e).context("initializing the cluster"),
     }
+}
+
+/// The address to advertise: the configured one, or the bound one when the configured port is
+/// 0 (the OS chose it).
+fn advertised_addr(configured: &str, bound: std::net::SocketAddr) -> String {
+    if configured.ends_with(":0") {
+        bound.to_string()
+    } else {
+        configured.to_string()
+    }
+}
+
+async fn log_store_is_empty(log_store: &mirrorkv_storage::LogStore) -> anyhow::Result<bool> {
+    use openraft::storage::RaftLogStorage;
+    let mut log_store = log_store.clone();
+    let state = log_store.get_log_state().await?;
+    let vote = log_store.read_vote().await?;
+    Ok(state.last_log_id.is_none() && vote.is_none())
+}
+
+/// The file in a data dir that holds the cluster id.
+const CLUSTER_ID_FILE: &str = "cluster_id";
+
+fn read_cluster_id(data_dir: &std::path::Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(data_dir.join(CLUSTER_ID_FILE)) {
+        Ok(id) => Ok(Some(id.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).context("reading the cluster id"),
+    }
+}
+
+/// Write the cluster id durably (file and directory fsynced).
+pub(crate) fn write_cluster_id(data_dir: &std::path::Path, id: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = data_dir.join(format!("{CLUSTER_ID_FILE}.tmp"));
+    let mut file = std::fs::File::create(&tmp).context("writing the cluster id")?;
+    file.write_all(format!("{id}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, data_dir.join(CLUSTER_ID_FILE))?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(())
 }

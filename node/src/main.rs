@@ -1,11 +1,61 @@
-//! `mirrorkv`: parse the configuration, bind, and hand over to `mirrorkv_node::run`.
+//! `mirrorkv`: run a node (the default), or `mirrorkv ctl ...` (the command-line client), or
+//! `mirrorkv restore ...` (a new data dir from a backup). One binary, so the client and the
+//! restore tool always match the server's version.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use mirrorkv_node::ctl::CtlArgs;
+use mirrorkv_node::restore::RestoreArgs;
 use mirrorkv_node::{Flags, Listeners, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
-    let config = Flags::parse().resolve()?;
+#[derive(Debug, Parser)]
+#[command(
+    name = "mirrorkv",
+    version,
+    about = "A replicated key-value store: every node a full mirror.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    node: Flags,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The command-line client (like etcdctl): get, put, del, scan, txn, cluster, member,
+    /// snapshot, backup.
+    Ctl(CtlArgs),
+    /// Build a new data dir from a backup file.
+    Restore(RestoreArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Ctl(args)) => run_ctl(args),
+        Some(Command::Restore(args)) => mirrorkv_node::restore::run(args),
+        None => run_node(cli.node),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_ctl(args: CtlArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(mirrorkv_node::ctl::run(args))
+}
+
+fn run_node(flags: Flags) -> anyhow::Result<()> {
+    let config = flags.resolve()?;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     match config.log_format {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 pub use client::{PeerClient, PeerPool};
 pub use error::NetError;
-pub use message::{ForwardError, RpcRequest, RpcResponse};
+pub use message::{ForwardError, MembershipChange, NodeStatus, Refusal, RpcRequest, RpcResponse};
 pub use network::NetworkFactory;
 pub use server::AppHandler;
 
@@ -91,6 +91,19 @@ impl LeaderContact {
     }
 }
 
+/// Unwrap the expected variant of an answer, or say what came instead.
+macro_rules! expect_answer {
+    ($answer:expr, $variant:ident) => {
+        match $answer {
+            RpcResponse::$variant(result) => Ok(result),
+            RpcResponse::Failed(message) => Err(NetError::Remote(message)),
+            other => Err(NetError::Malformed(format!(
+                "answer of the wrong kind: {other:?}"
+            ))),
+        }
+    };
+}
+
 impl PeerClient {
     /// Forward a client write to this peer (which should be the leader).
     pub async fn client_write(
@@ -98,16 +111,10 @@ impl PeerClient {
         command: Command,
         timeout: Duration,
     ) -> Result<Result<Response, ForwardError>, NetError> {
-        match self
+        let answer = self
             .call(&RpcRequest::ClientWrite(command), timeout)
-            .await?
-        {
-            RpcResponse::ClientWrite(result) => Ok(result),
-            RpcResponse::Failed(message) => Err(NetError::Remote(message)),
-            other => Err(NetError::Malformed(format!(
-                "answer of the wrong kind: {other:?}"
-            ))),
-        }
+            .await?;
+        expect_answer!(answer, ClientWrite)
     }
 
     /// Ask this peer (which should be the leader) for a read index (`lease`: under its lease).
@@ -116,12 +123,23 @@ impl PeerClient {
         lease: bool,
         timeout: Duration,
     ) -> Result<Result<u64, ForwardError>, NetError> {
-        match self.call(&RpcRequest::ReadIndex { lease }, timeout).await? {
-            RpcResponse::ReadIndex(result) => Ok(result),
-            RpcResponse::Failed(message) => Err(NetError::Remote(message)),
-            other => Err(NetError::Malformed(format!(
-                "answer of the wrong kind: {other:?}"
-            ))),
-        }
+        let answer = self.call(&RpcRequest::ReadIndex { lease }, timeout).await?;
+        expect_answer!(answer, ReadIndex)
+    }
+
+    /// Forward a membership change to this peer (which should be the leader).
+    pub async fn membership(
+        &self,
+        change: MembershipChange,
+        timeout: Duration,
+    ) -> Result<Result<u64, ForwardError>, NetError> {
+        let answer = self.call(&RpcRequest::Membership(change), timeout).await?;
+        expect_answer!(answer, Membership)
+    }
+
+    /// Ask this peer for its own progress.
+    pub async fn status(&self, timeout: Duration) -> Result<NodeStatus, NetError> {
+        let answer = self.call(&RpcRequest::Status, timeout).await?;
+        expect_answer!(answer, Status)
     }
 }

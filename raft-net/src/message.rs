@@ -1,6 +1,6 @@
 //! The messages raft-net carries: openraft's RPCs and the application's own.
 
-use mirrorkv_storage::{Command, NodeId, Response, TypeConfig};
+use mirrorkv_storage::{Command, NodeId, NodeInfo, Response, TypeConfig};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -21,6 +21,43 @@ pub enum RpcRequest {
     ReadIndex {
         lease: bool,
     },
+    /// A membership change, forwarded to the node believed to be leader.
+    Membership(MembershipChange),
+    /// Ask a node for its own progress (for `GET /v1/cluster` on any node).
+    Status,
+}
+
+/// A change to the cluster's membership. The leader carries it out with openraft's joint
+/// consensus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a mirror (a non-voting learner); it catches up by snapshot and log.
+    AddMirror { id: NodeId, node: NodeInfo },
+    /// Make a caught-up mirror a voter.
+    Promote { id: NodeId },
+    /// Remove a voter or a mirror.
+    Remove { id: NodeId },
+}
+
+/// One node's own view of its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+    pub commit_index: u64,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+}
+
+/// Why a request was refused on its merits (retrying the same request does not help, except
+/// for `NotCaughtUp`, which clears by itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    InvalidArgument,
+    NotFound,
+    /// A mirror is too far behind to be promoted yet.
+    NotCaughtUp,
 }
 
 /// Why a forwarded application request was not served.
@@ -32,6 +69,9 @@ pub enum ForwardError {
     /// The leader could not serve it now (e.g. lost quorum, shutting down). Retryable.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The request itself cannot be carried out (see [`Refusal`]).
+    #[error("{message}")]
+    Refused { refusal: Refusal, message: String },
 }
 
 /// The answer to an [`RpcRequest`], variant for variant.
@@ -45,6 +85,9 @@ pub enum RpcResponse {
     ClientWrite(Result<Response, ForwardError>),
     /// The read index (a log index) or why there is none.
     ReadIndex(Result<u64, ForwardError>),
+    /// The log index of the membership that now holds.
+    Membership(Result<u64, ForwardError>),
+    Status(NodeStatus),
     /// The receiver could not decode or serve the request at all.
     Failed(String),
 }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::error::NetError;
 use crate::frame;
-use crate::message::{ForwardError, RpcRequest, RpcResponse};
+use crate::message::{ForwardError, MembershipChange, NodeStatus, RpcRequest, RpcResponse};
 use crate::{LeaderContact, NetConfig};
 
 /// The application side of raft-net: serves the requests that are not Raft's own.
@@ -27,6 +27,13 @@ pub trait AppHandler: Send + Sync + 'static {
         &self,
         lease: bool,
     ) -> impl std::future::Future<Output = Result<u64, ForwardError>> + Send;
+    /// Carry out a membership change forwarded by another node (this node should be leader).
+    fn membership(
+        &self,
+        change: MembershipChange,
+    ) -> impl std::future::Future<Output = Result<u64, ForwardError>> + Send;
+    /// This node's own progress.
+    fn status(&self) -> NodeStatus;
 }
 
 /// Serve raft-net on `listener` until `shutdown` resolves.
@@ -168,5 +175,7 @@ async fn handle<H: AppHandler>(
             RpcResponse::ClientWrite(app.client_write(command).await)
         }
         RpcRequest::ReadIndex { lease } => RpcResponse::ReadIndex(app.read_index(lease).await),
+        RpcRequest::Membership(change) => RpcResponse::Membership(app.membership(change).await),
+        RpcRequest::Status => RpcResponse::Status(app.status()),
     }
 }

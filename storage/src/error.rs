@@ -12,6 +12,10 @@ pub enum StorageError {
     /// The data on disk breaks an invariant of `storage/DESIGN.md`; the node must not start.
     #[error("storage invariant violated: {0}")]
     Invariant(String),
+    /// A backup stream that cannot be restored (corrupted, truncated, wrong format) or a
+    /// restore that cannot proceed; the message says which.
+    #[error("backup: {0}")]
+    Backup(String),
 }
 
 /// Shorthand for results of this crate.

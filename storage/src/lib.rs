@@ -8,10 +8,12 @@
 //! - `db`: opening RocksDB, column families, key layout, fsync write options.
 //! - [`log_store`]: `LogStore`, the Raft log plus vote / committed / purged.
 //! - [`state_machine`]: `StateMachine` (apply, snapshots) and `KvReader` (reads for the API).
+//! - [`backup`]: backups as a checksummed stream, and restoring one into a new store.
 //! - [`error`]: `StorageError`, the error of this layer.
 //!
 //! Why it is shaped this way, and every durability rule, is in `storage/DESIGN.md`.
 
+pub mod backup;
 pub mod codec;
 mod db;
 pub mod error;
@@ -24,7 +26,7 @@ use std::sync::Arc;
 
 pub use error::StorageError;
 pub use log_store::LogStore;
-pub use state_machine::{KvReader, RangePage, ReadAt, StateMachine};
+pub use state_machine::{DiskUsage, KvReader, RangePage, ReadAt, StateMachine, StorageCounters};
 pub use types::*;
 
 /// Open the node's store at `path` (created if missing) and check the log-pointer invariant

@@ -6,6 +6,7 @@
 //! not fsynced: after a crash the tail is re-applied from the (fsynced) log.
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -102,6 +103,7 @@ impl<'a> Overlay<'a> {
 /// The replicated key-value state of one node.
 pub struct StateMachine {
     db: Arc<DB>,
+    counters: Arc<StorageCounters>,
     applied: Option<LogId>,
     membership: StoredMembership,
 }
@@ -118,9 +120,28 @@ pub struct ReadAt<T> {
 #[derive(Clone)]
 pub struct KvReader {
     db: Arc<DB>,
+    counters: Arc<StorageCounters>,
 }
 
-fn read_applied(db: &DB, opts: Option<&rocksdb::Snapshot<'_>>) -> Result<Option<LogId>> {
+/// Counters of storage events, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct StorageCounters {
+    pub snapshots_built: AtomicU64,
+    pub snapshots_installed: AtomicU64,
+}
+
+/// Sizes of the store, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// The Raft log: SST files plus memtables of the `log` column family.
+    pub log_bytes: u64,
+    /// The replicated state: SST files plus memtables of the `sm` column family.
+    pub state_bytes: u64,
+    /// Every file of the RocksDB directory (WAL and manifests included): the size on disk.
+    pub db_dir_bytes: u64,
+}
+
+pub(crate) fn read_applied(db: &DB, opts: Option<&rocksdb::Snapshot<'_>>) -> Result<Option<LogId>> {
     let cf = db::cf(db, CF_SM);
     let bytes = match opts {
         Some(snapshot) => snapshot.get_cf(cf, KEY_APPLIED)?,
@@ -132,7 +153,10 @@ fn read_applied(db: &DB, opts: Option<&rocksdb::Snapshot<'_>>) -> Result<Option<
     })
 }
 
-fn read_membership(db: &DB, opts: Option<&rocksdb::Snapshot<'_>>) -> Result<StoredMembership> {
+pub(crate) fn read_membership(
+    db: &DB,
+    opts: Option<&rocksdb::Snapshot<'_>>,
+) -> Result<StoredMembership> {
     let cf = db::cf(db, CF_SM);
     let bytes = match opts {
         Some(snapshot) => snapshot.get_cf(cf, KEY_MEMBERSHIP)?,
@@ -152,6 +176,54 @@ fn get_record(db: &DB, key: &str) -> Result<Option<KeyRecord>> {
 }
 
 impl KvReader {
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    /// Snapshots built and installed since start.
+    pub fn counters(&self) -> &StorageCounters {
+        &self.counters
+    }
+
+    /// Size of the stored snapshot (meta and data), 0 if there is none.
+    pub fn snapshot_size_bytes(&self) -> Result<u64> {
+        Ok(self
+            .db
+            .get_pinned_cf(db::cf(&self.db, CF_SNAPSHOT), KEY_SNAPSHOT)?
+            .map_or(0, |bytes| bytes.len() as u64))
+    }
+
+    /// How much room the store takes.
+    pub fn disk_usage(&self) -> Result<DiskUsage> {
+        let cf_bytes = |name: &str| -> Result<u64> {
+            let cf = db::cf(&self.db, name);
+            let sst = self
+                .db
+                .property_int_value_cf(cf, "rocksdb.total-sst-files-size")?
+                .unwrap_or(0);
+            let mem = self
+                .db
+                .property_int_value_cf(cf, "rocksdb.size-all-mem-tables")?
+                .unwrap_or(0);
+            Ok(sst + mem)
+        };
+        let mut db_dir_bytes = 0;
+        if let Ok(entries) = std::fs::read_dir(self.db.path()) {
+            for entry in entries.flatten() {
+                if let Ok(meta) = entry.metadata() {
+                    if meta.is_file() {
+                        db_dir_bytes += meta.len();
+                    }
+                }
+            }
+        }
+        Ok(DiskUsage {
+            log_bytes: cf_bytes(db::CF_LOG)?,
+            state_bytes: cf_bytes(CF_SM)?,
+            db_dir_bytes,
+        })
+    }
+
     /// The applied index now.
     pub fn applied_index(&self) -> Result<u64> {
         Ok(read_applied(&self.db, None)?.map_or(0, |id| id.index))
@@ -221,6 +293,7 @@ impl StateMachine {
         let membership = read_membership(&db, None)?;
         Ok(Self {
             db,
+            counters: Arc::default(),
             applied,
             membership,
         })
@@ -230,6 +303,7 @@ impl StateMachine {
     pub fn reader(&self) -> KvReader {
         KvReader {
             db: self.db.clone(),
+            counters: self.counters.clone(),
         }
     }
 
@@ -452,10 +526,19 @@ fn sm_read_err(e: impl std::error::Error + 'static) -> RaftStorageError {
 /// Builds a snapshot from a RocksDB point-in-time view of the state machine.
 pub struct SnapshotBuilder {
     db: Arc<DB>,
+    counters: Arc<StorageCounters>,
 }
 
 impl SnapshotBuilder {
-    fn build(&self) -> Result<Snapshot<TypeConfig>> {
+    pub(crate) fn new(db: Arc<DB>) -> Self {
+        Self {
+            db,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Build a snapshot of the applied state and store it (fsynced) as the current one.
+    pub(crate) fn build(&self) -> Result<Snapshot<TypeConfig>> {
         // Everything below reads one consistent view, while apply() keeps writing.
         let view = self.db.snapshot();
         let applied = read_applied(&self.db, Some(&view))?;
@@ -492,6 +575,9 @@ impl SnapshotBuilder {
             codec::encode(&stored)?,
             &db::synced(),
         )?;
+        self.counters
+            .snapshots_built
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot = %meta.snapshot_id, entries = payload.entries.len(), bytes = stored.data.len(), "built snapshot");
         Ok(Snapshot {
             meta,
@@ -541,6 +627,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             db: self.db.clone(),
+            counters: self.counters.clone(),
         }
     }
 
@@ -596,6 +683,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(sm_write_err)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        self.counters
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot = %meta.snapshot_id, entries = payload.entries.len(), "installed snapshot");
         Ok(())
     }

@@ -1,0 +1,316 @@
+//! `GET /metrics` in the Prometheus text format, and the middleware that counts requests.
+//!
+//! Request metrics are updated as requests finish; Raft and storage gauges are read from
+//! openraft's metrics and RocksDB when scraped, so they are never stale.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::error::ApiError;
+use crate::level::ReadLevel;
+use crate::state::NodeState;
+
+/// Every metric of a node.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_seconds: HistogramVec,
+    term: IntGauge,
+    leader_id: IntGauge,
+    is_leader: IntGauge,
+    commit_index: IntGauge,
+    applied_index: IntGauge,
+    last_log_index: IntGauge,
+    snapshot_index: IntGauge,
+    purged_index: IntGauge,
+    members: IntGaugeVec,
+    replication_lag: IntGaugeVec,
+    snapshots_built: IntCounter,
+    snapshots_installed: IntCounter,
+    snapshot_bytes: IntGauge,
+    log_entries: IntGauge,
+    log_bytes: IntGauge,
+    state_bytes: IntGauge,
+    db_dir_bytes: IntGauge,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let gauge = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(gauge.clone()))
+        .expect("unique metric");
+    gauge
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let counter = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(counter.clone()))
+        .expect("unique metric");
+    counter
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let gauge = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(gauge.clone()))
+        .expect("unique metric");
+    gauge
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "mirrorkv_http_requests_total",
+                "HTTP requests answered, by route, read level and status code.",
+            ),
+            &["route", "level", "status"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("unique metric");
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "mirrorkv_http_request_duration_seconds",
+                "Time from receiving an HTTP request to its answer, by route and read level.",
+            )
+            // 50 µs to ~6.5 s, doubling.
+            .buckets(prometheus::exponential_buckets(0.000_05, 2.0, 18).expect("valid buckets")),
+            &["route", "level"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(request_seconds.clone()))
+            .expect("unique metric");
+        let r = &registry;
+        Self {
+            term: gauge(r, "mirrorkv_raft_term", "Current Raft term."),
+            leader_id: gauge(
+                r,
+                "mirrorkv_raft_leader_id",
+                "Leader this node knows (0: none).",
+            ),
+            is_leader: gauge(r, "mirrorkv_raft_is_leader", "1 on the leader, else 0."),
+            commit_index: gauge(
+                r,
+                "mirrorkv_raft_commit_index",
+                "Committed log index as this node knows it.",
+            ),
+            applied_index: gauge(
+                r,
+                "mirrorkv_raft_applied_index",
+                "Last log index applied to the state machine.",
+            ),
+            last_log_index: gauge(r, "mirrorkv_raft_last_log_index", "Last log index stored."),
+            snapshot_index: gauge(
+                r,
+                "mirrorkv_raft_snapshot_index",
+                "Log index of the current snapshot.",
+            ),
+            purged_index: gauge(r, "mirrorkv_raft_purged_index", "Last purged log index."),
+            members: gauge_vec(
+                r,
+                "mirrorkv_cluster_members",
+                "Members of the cluster by role (voter, mirror).",
+                &["role"],
+            ),
+            replication_lag: gauge_vec(
+                r,
+                "mirrorkv_replication_lag_entries",
+                "On the leader: log entries each follower is behind the leader's last log index.",
+                &["follower"],
+            ),
+            snapshots_built: counter(
+                r,
+                "mirrorkv_snapshots_built_total",
+                "Snapshots built since start.",
+            ),
+            snapshots_installed: counter(
+                r,
+                "mirrorkv_snapshots_installed_total",
+                "Snapshots received from a leader and installed since start.",
+            ),
+            snapshot_bytes: gauge(
+                r,
+                "mirrorkv_snapshot_size_bytes",
+                "Size of the current snapshot.",
+            ),
+            log_entries: gauge(
+                r,
+                "mirrorkv_log_entries",
+                "Log entries stored (not yet purged).",
+            ),
+            log_bytes: gauge(
+                r,
+                "mirrorkv_log_size_bytes",
+                "Size of the stored log (SST files and memtables).",
+            ),
+            state_bytes: gauge(
+                r,
+                "mirrorkv_state_size_bytes",
+                "Size of the replicated state (SST files and memtables).",
+            ),
+            db_dir_bytes: gauge(
+                r,
+                "mirrorkv_db_size_bytes",
+                "Size of the RocksDB directory on disk, WAL included.",
+            ),
+            registry,
+            requests,
+            request_seconds,
+        }
+    }
+}
+
+/// The read level a request asked for, as a metric label: reads by level, writes as `write`,
+/// everything else as `none`.
+fn level_label(method: &Method, route: &str, query: Option<&str>) -> &'static str {
+    let is_kv = route.starts_with("/v1/kv");
+    let is_read = (is_kv && method == Method::GET) || route == "/v1/backup";
+    if !is_read {
+        return if is_kv || route == "/v1/txn" {
+            "write"
+        } else {
+            "none"
+        };
+    }
+    let asked = query.and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("consistency="))
+    });
+    match asked {
+        None => ReadLevel::default().as_str(),
+        Some(value) => value
+            .parse::<ReadLevel>()
+            .map_or("invalid", ReadLevel::as_str),
+    }
+}
+
+/// Middleware: count and time every request by route (the route pattern, never the raw path,
+/// so the label set stays bounded), level and status.
+pub async fn track(State(state): State<Arc<NodeState>>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |path| path.as_str())
+        .to_string();
+    let level = level_label(request.method(), &route, request.uri().query());
+    let response = next.run(request).await;
+    let metrics = &state.metrics;
+    metrics
+        .requests
+        .with_label_values(&[route.as_str(), level, response.status().as_str()])
+        .inc();
+    metrics
+        .request_seconds
+        .with_label_values(&[route.as_str(), level])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<Arc<NodeState>>) -> Result<Response, ApiError> {
+    let m = &state.metrics;
+    {
+        let raft_metrics = state.raft.metrics();
+        let raft_metrics = raft_metrics.borrow();
+        let index = |id: Option<mirrorkv_storage::LogId>| id.map_or(0, |id| id.index) as i64;
+        m.term.set(raft_metrics.current_term as i64);
+        m.leader_id
+            .set(raft_metrics.current_leader.unwrap_or(0) as i64);
+        m.is_leader
+            .set(i64::from(raft_metrics.current_leader == Some(state.id)));
+        m.commit_index.set(state.committed_index() as i64);
+        m.applied_index.set(index(raft_metrics.last_applied));
+        let last_log_index = raft_metrics.last_log_index.unwrap_or(0);
+        m.last_log_index.set(last_log_index as i64);
+        m.snapshot_index.set(index(raft_metrics.snapshot));
+        m.purged_index.set(index(raft_metrics.purged));
+        // The log holds (purged, last]; openraft's first entry has index 0.
+        let first_index = raft_metrics.purged.map_or(0, |id| id.index + 1);
+        let entries = raft_metrics
+            .last_log_index
+            .map_or(0, |last| (last + 1).saturating_sub(first_index));
+        m.log_entries.set(entries as i64);
+        let membership = raft_metrics.membership_config.membership();
+        let voters = membership.voter_ids().count();
+        let all = membership.nodes().count();
+        m.members.with_label_values(&["voter"]).set(voters as i64);
+        m.members
+            .with_label_values(&["mirror"])
+            .set((all - voters) as i64);
+        m.replication_lag.reset();
+        if let Some(replication) = &raft_metrics.replication {
+            for (follower, matched) in replication {
+                if *follower == state.id {
+                    continue;
+                }
+                let matched = matched.map_or(0, |id| id.index);
+                m.replication_lag
+                    .with_label_values(&[follower.to_string().as_str()])
+                    .set(last_log_index.saturating_sub(matched) as i64);
+            }
+        }
+    }
+    let counters = state.reader.counters();
+    let built = counters.snapshots_built.load(Ordering::Relaxed);
+    m.snapshots_built
+        .inc_by(built.saturating_sub(m.snapshots_built.get()));
+    let installed = counters.snapshots_installed.load(Ordering::Relaxed);
+    m.snapshots_installed
+        .inc_by(installed.saturating_sub(m.snapshots_installed.get()));
+    m.snapshot_bytes
+        .set(state.reader.snapshot_size_bytes()? as i64);
+    let usage = state.reader.disk_usage()?;
+    m.log_bytes.set(usage.log_bytes as i64);
+    m.state_bytes.set(usage.state_bytes as i64);
+    m.db_dir_bytes.set(usage.db_dir_bytes as i64);
+
+    let encoder = TextEncoder::new();
+    let mut body = Vec::new();
+    encoder
+        .encode(&m.registry.gather(), &mut body)
+        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, encoder.format_type().to_string())],
+        body,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_reads_by_level_and_the_rest_by_kind() {
+        let get = Method::GET;
+        assert_eq!(level_label(&get, "/v1/kv/{*key}", None), "linearizable");
+        assert_eq!(
+            level_label(&get, "/v1/kv", Some("prefix=a&consistency=stale")),
+            "stale"
+        );
+        assert_eq!(
+            level_label(&get, "/v1/kv/{*key}", Some("consistency=bogus")),
+            "invalid"
+        );
+        assert_eq!(level_label(&Method::PUT, "/v1/kv/{*key}", None), "write");
+        assert_eq!(level_label(&Method::POST, "/v1/txn", None), "write");
+        assert_eq!(level_label(&get, "/v1/cluster", None), "none");
+    }
+}
