@@ -1,7 +1,7 @@
 //! `NodeState`: what every handler needs — the Raft handle, the local reader, the peer pool —
 //! and small views of the node's Raft state.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,7 +78,84 @@ pub struct NodeState {
     pub lease: Lease,
     /// Request counters and latency histograms (`GET /metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// Admission of client writes to this node's Raft log while it leads.
+    pub write_gate: WriteGate,
 }
+
+/// Admission of client writes on a leader that may be leaving (shutting down, or removing
+/// itself from the cluster).
+///
+/// Why: openraft answers a client write once its entry is applied. A leader that removes
+/// itself steps down right after the new membership is applied, and a leader that shuts down
+/// stops; an entry appended after that point would never be answered, and its writer would get
+/// `outcome: unknown`. So a leaving leader first closes this gate — writes arriving later are
+/// refused *before* they are appended, which is safe to retry anywhere — then waits for the
+/// writes already admitted to be answered, then leaves.
+///
+/// Invariant: once `close()` returns, no further entry from `admit` reaches openraft, because
+/// admission (check + enqueue into openraft's ordered channel) happens under the read side of
+/// `order`, and `close` takes the write side.
+#[derive(Debug, Default)]
+pub struct WriteGate {
+    closed: AtomicBool,
+    in_flight: AtomicUsize,
+    order: tokio::sync::RwLock<()>,
+}
+
+/// A write admitted through the gate; dropping it marks the write answered.
+pub struct Admitted<'a>(&'a WriteGate);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl WriteGate {
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Run `enqueue` (which must hand the write to openraft and return without waiting for
+    /// the answer) unless the gate is closed; `None` if it is.
+    pub async fn admit<T, F: std::future::Future<Output = T>>(
+        &self,
+        enqueue: F,
+    ) -> Option<(Admitted<'_>, T)> {
+        let _order = self.order.read().await;
+        if self.is_closed() {
+            return None;
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let admitted = Admitted(self);
+        Some((admitted, enqueue.await))
+    }
+
+    /// Refuse every later write, then wait (at most `timeout`) until every admitted write was
+    /// answered. Returns the number still unanswered at the deadline.
+    pub async fn close(&self, timeout: Duration) -> usize {
+        {
+            let _order = self.order.write().await;
+            self.closed.store(true, Ordering::Release);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let in_flight = self.in_flight.load(Ordering::Acquire);
+            if in_flight == 0 || tokio::time::Instant::now() >= deadline {
+                return in_flight;
+            }
+            tokio::time::sleep(Duration::from_millis(GATE_POLL_MS)).await;
+        }
+    }
+
+    /// Admit writes again (a self-removal that did not happen).
+    pub fn reopen(&self) {
+        self.closed.store(false, Ordering::Release);
+    }
+}
+
+/// How often `WriteGate::close` looks at the writes still in flight.
+const GATE_POLL_MS: u64 = 5;
 
 impl NodeState {
     /// On a leader whose read lease holds: the index a lease read must wait for. That is the

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mirrorkv_raft_net::{ForwardError, NetError};
 use mirrorkv_storage::{Command, Response};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::ClientWriteError;
 use tokio::time::Instant;
 
 use crate::error::ApiError;
@@ -23,14 +23,27 @@ pub async fn apply_as_leader(
     state: &NodeState,
     command: Command,
 ) -> Result<Response, ForwardError> {
-    match state.raft.client_write(command).await {
-        Ok(written) => Ok(written.data),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-            Err(ForwardError::NotLeader {
-                leader: forward.leader_id,
-            })
-        }
-        Err(e) => Err(ForwardError::Unavailable(e.to_string())),
+    // Not appended if the gate is closed (this leader is leaving) or the raft core is gone:
+    // both are answered `NotLeader`, which the sender may retry elsewhere.
+    let Some((_admitted, enqueued)) = state
+        .write_gate
+        .admit(state.raft.client_write_ff(command))
+        .await
+    else {
+        return Err(ForwardError::NotLeader { leader: None });
+    };
+    let Ok(answer) = enqueued else {
+        return Err(ForwardError::NotLeader { leader: None });
+    };
+    match answer.await {
+        Ok(Ok(written)) => Ok(written.data),
+        Ok(Err(ClientWriteError::ForwardToLeader(forward))) => Err(ForwardError::NotLeader {
+            leader: forward.leader_id,
+        }),
+        Ok(Err(e)) => Err(ForwardError::Unavailable(e.to_string())),
+        Err(_) => Err(ForwardError::Unavailable(
+            "the leader stopped before answering".into(),
+        )),
     }
 }
 
@@ -49,6 +62,12 @@ pub async fn write(
             ));
         }
         let attempt = match state.leader() {
+            Some(leader) if leader == state.id && state.write_gate.is_closed() => {
+                return Err(ApiError::Unavailable(format!(
+                    "node {} is leaving (shutting down or removed); nothing was written, retry on another node",
+                    state.id
+                )));
+            }
             Some(leader) if leader == state.id => {
                 match tokio::time::timeout(remaining, apply_as_leader(state, command.clone())).await
                 {

@@ -34,6 +34,9 @@ pub struct NodeProc {
     pub raft_addr: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// How the node finds its cluster: `--initial-cluster SPEC`, `--join ADDR`, or nothing
+    /// (a data dir that already has one, e.g. restored from a backup).
+    pub membership_args: Vec<String>,
     child: Option<Child>,
     paused: bool,
 }
@@ -56,7 +59,6 @@ pub struct Cluster {
     _temp: Option<tempfile::TempDir>,
     pub dir: PathBuf,
     pub nodes: BTreeMap<u64, NodeProc>,
-    initial_cluster: String,
     bin: PathBuf,
     extra_args: Vec<String>,
     pub http: reqwest::Client,
@@ -260,6 +262,7 @@ impl Cluster {
                     raft_addr,
                     data_dir: dir.join(format!("node{id}")),
                     log_path: dir.join(format!("node{id}.log")),
+                    membership_args: Vec::new(),
                     child: None,
                     paused: false,
                 },
@@ -282,11 +285,14 @@ impl Cluster {
             }
         }
         drop(reserved);
+        let initial_cluster = spec.join(",");
+        for node in nodes.values_mut() {
+            node.membership_args = vec!["--initial-cluster".into(), initial_cluster.clone()];
+        }
         let mut cluster = Cluster {
             _temp: temp,
             dir,
             nodes,
-            initial_cluster: spec.join(","),
             bin: options.bin.clone(),
             extra_args: options.extra_args.clone(),
             http,
@@ -299,6 +305,36 @@ impl Cluster {
             cluster.wait_healthy(id).await?;
         }
         Ok(cluster)
+    }
+
+    /// Add node `id` with OS-chosen ports, not started yet (`restart` starts it).
+    /// `membership_args` say how it finds its cluster, e.g. `["--join", api_addr]`.
+    pub fn add_node(
+        &mut self,
+        id: u64,
+        membership_args: Vec<String>,
+    ) -> Result<&NodeProc, ClusterError> {
+        if self.nodes.contains_key(&id) {
+            return Err(ClusterError::Misuse(format!("node {id} exists")));
+        }
+        let api = TcpListener::bind("127.0.0.1:0")?;
+        let raft = TcpListener::bind("127.0.0.1:0")?;
+        let node = NodeProc {
+            id,
+            api_addr: api.local_addr()?.to_string(),
+            raft_addr: raft.local_addr()?.to_string(),
+            data_dir: self.dir.join(format!("node{id}")),
+            log_path: self.dir.join(format!("node{id}.log")),
+            membership_args,
+            child: None,
+            paused: false,
+        };
+        Ok(self.nodes.entry(id).or_insert(node))
+    }
+
+    /// The `mirrorkv` binary this cluster runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
     }
 
     pub fn ids(&self) -> Vec<u64> {
@@ -333,8 +369,7 @@ impl Cluster {
             .arg(&node.api_addr)
             .arg("--raft-addr")
             .arg(&node.raft_addr)
-            .arg("--initial-cluster")
-            .arg(&self.initial_cluster)
+            .args(&node.membership_args)
             .args(&self.extra_args)
             .args(peers)
             .env(

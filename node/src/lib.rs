@@ -147,6 +147,7 @@ pub async fn run(
             lease_margin_ms: config.lease_margin_ms,
         }),
         metrics: Default::default(),
+        write_gate: Default::default(),
     });
     tokio::spawn(events::log_raft_events(
         config.id,
@@ -186,10 +187,25 @@ pub async fn run(
         }
     });
     tracing::info!(node = config.id, %api_addr, %raft_addr, "mirrorkv node serving");
-    let api_server = tokio::spawn(mirrorkv_api::serve(listeners.api, state, stopped(stop_rx)));
+    let api_server = tokio::spawn(mirrorkv_api::serve(
+        listeners.api,
+        state.clone(),
+        stopped(stop_rx),
+    ));
 
     shutdown.await;
     tracing::info!(node = config.id, "shutting down");
+    // A leader first stops admitting writes and lets the admitted ones be answered, so no
+    // client is left with an unknown outcome; other nodes' forwarded writes are refused before
+    // they are appended and retried on the next leader.
+    let unanswered = state.write_gate.close(config.api.request_timeout()).await;
+    if unanswered > 0 {
+        tracing::warn!(
+            node = config.id,
+            unanswered,
+            "stopping with writes unanswered"
+        );
+    }
     let _ = stop_tx.send(true);
     let api_result = api_server.await;
     let _ = net_server.await;

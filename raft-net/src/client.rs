@@ -2,7 +2,7 @@
 //! with exponential backoff, every call bounded by a deadline.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,14 +13,25 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::NetError;
 use crate::frame;
 use crate::message::{RpcRequest, RpcResponse};
+use crate::server::GOING_AWAY_REQUEST_ID;
 use crate::NetConfig;
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>>;
+/// The callers waiting for an answer on one connection. Once the connection's reader has
+/// stopped, the table is closed: nobody could complete a waiter added later, so none may be.
+#[derive(Default)]
+struct PendingTable {
+    closed: bool,
+    waiters: HashMap<u64, oneshot::Sender<Vec<u8>>>,
+}
+
+type Pending = Arc<Mutex<PendingTable>>;
 
 /// A live connection: a writer task fed by `outbox`, a reader task that completes `pending`.
 struct Connection {
     outbox: mpsc::Sender<Vec<u8>>,
     pending: Pending,
+    /// Set when the server said goodbye: unanswered requests were never read.
+    going_away: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Connection {
@@ -66,39 +77,63 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<RpcResponse, NetError> {
         let timeout_ms = timeout.as_millis() as u64;
+        // Whether any byte of the request may have gone out: a deadline before that point
+        // means the request was certainly not delivered.
+        let queued = AtomicBool::new(false);
         let work = async {
             let connection = self.connection().await?;
-            if connection.pending.lock().expect("pending lock").len() >= self.config.max_in_flight {
-                return Err(NetError::Overloaded {
-                    addr: self.addr.clone(),
-                    max_in_flight: self.config.max_in_flight,
-                });
-            }
             let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
             let payload = codec::encode(request)?;
             let bytes = frame::encode(request_id, &payload, self.config.max_frame_bytes)?;
             let (tx, rx) = oneshot::channel();
-            connection
-                .pending
-                .lock()
-                .expect("pending lock")
-                .insert(request_id, tx);
+            {
+                let mut pending = connection.pending.lock().expect("pending lock");
+                if pending.closed {
+                    return Err(NetError::NotTaken {
+                        addr: self.addr.clone(),
+                        reason: "the connection closed before the request was sent",
+                    });
+                }
+                if pending.waiters.len() >= self.config.max_in_flight {
+                    return Err(NetError::Overloaded {
+                        addr: self.addr.clone(),
+                        max_in_flight: self.config.max_in_flight,
+                    });
+                }
+                pending.waiters.insert(request_id, tx);
+            }
             let _unregister = Unregister {
                 pending: &connection.pending,
                 request_id,
             };
+            queued.store(true, Ordering::Release);
             if connection.outbox.send(bytes).await.is_err() {
-                return Err(NetError::ConnectionClosed {
+                // The writer is gone: not a byte of this request was written.
+                return Err(NetError::NotTaken {
                     addr: self.addr.clone(),
+                    reason: "the connection was closed before the request was sent",
                 });
             }
-            let reply = rx.await.map_err(|_| NetError::ConnectionClosed {
-                addr: self.addr.clone(),
+            let reply = rx.await.map_err(|_| {
+                if connection.going_away.load(Ordering::Acquire) {
+                    NetError::NotTaken {
+                        addr: self.addr.clone(),
+                        reason: "it is shutting down",
+                    }
+                } else {
+                    NetError::ConnectionClosed {
+                        addr: self.addr.clone(),
+                    }
+                }
             })?;
             Ok(codec::decode::<RpcResponse>(&reply)?)
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
+            Err(_) if !queued.load(Ordering::Acquire) => Err(NetError::NotTaken {
+                addr: self.addr.clone(),
+                reason: "no connection within the deadline",
+            }),
             Err(_) => Err(NetError::Timeout { timeout_ms }),
         }
     }
@@ -121,26 +156,44 @@ impl PeerClient {
                 });
             }
         }
+        let max_frame_bytes = self.config.max_frame_bytes;
         let dial = tokio::time::timeout(
             Duration::from_millis(self.config.connect_timeout_ms),
-            TcpStream::connect(&self.addr),
+            async {
+                let mut stream = TcpStream::connect(&self.addr).await?;
+                stream.set_nodelay(true)?;
+                // Requests go only on a connection the server has accepted: it greets first.
+                // A connection that is never accepted (the server is stopping, or restarting
+                // and still quiet) thus never carries a request, so its loss is harmless.
+                match frame::read(&mut stream, max_frame_bytes).await? {
+                    Some(hello)
+                        if hello.request_id == GOING_AWAY_REQUEST_ID
+                            && matches!(
+                                codec::decode::<RpcResponse>(&hello.payload),
+                                Ok(RpcResponse::Hello)
+                            ) =>
+                    {
+                        Ok(stream)
+                    }
+                    _ => Err(NetError::Malformed("the peer did not greet".into())),
+                }
+            },
         )
         .await;
         let stream = match dial {
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(self.dial_failed(&mut state, e.into())),
+            Ok(Err(e)) => return Err(self.dial_failed(&mut state, e)),
             Err(_) => {
                 let e = std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!(
-                        "connect timed out after {} ms",
+                        "no connection and greeting within {} ms",
                         self.config.connect_timeout_ms
                     ),
                 );
                 return Err(self.dial_failed(&mut state, e.into()));
             }
         };
-        stream.set_nodelay(true)?;
         let connection = Arc::new(spawn_connection(
             stream,
             self.addr.clone(),
@@ -176,6 +229,7 @@ impl Drop for Unregister<'_> {
         self.pending
             .lock()
             .expect("pending lock")
+            .waiters
             .remove(&self.request_id);
     }
 }
@@ -184,6 +238,7 @@ fn spawn_connection(stream: TcpStream, addr: String, config: NetConfig) -> Conne
     let (mut read_half, mut write_half) = stream.into_split();
     let (outbox, mut inbox) = mpsc::channel::<Vec<u8>>(config.max_in_flight);
     let pending: Pending = Arc::default();
+    let going_away = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (closed_tx, mut closed_rx) = oneshot::channel::<()>();
     // Writer: ends when every sender is gone or the reader saw the connection end.
     tokio::spawn({
@@ -208,13 +263,20 @@ fn spawn_connection(stream: TcpStream, addr: String, config: NetConfig) -> Conne
     // caller still waiting gets `ConnectionClosed`.
     tokio::spawn({
         let pending = pending.clone();
+        let going_away = going_away.clone();
         async move {
             loop {
                 match frame::read(&mut read_half, config.max_frame_bytes).await {
+                    Ok(Some(frame)) if frame.request_id == GOING_AWAY_REQUEST_ID => {
+                        tracing::debug!(%addr, "peer is going away");
+                        going_away.store(true, Ordering::Release);
+                        break;
+                    }
                     Ok(Some(frame)) => {
                         let waiter = pending
                             .lock()
                             .expect("pending lock")
+                            .waiters
                             .remove(&frame.request_id);
                         if let Some(waiter) = waiter {
                             let _ = waiter.send(frame.payload);
@@ -227,11 +289,19 @@ fn spawn_connection(stream: TcpStream, addr: String, config: NetConfig) -> Conne
                     }
                 }
             }
+            {
+                let mut pending = pending.lock().expect("pending lock");
+                pending.closed = true;
+                pending.waiters.clear();
+            }
             let _ = closed_tx.send(());
-            pending.lock().expect("pending lock").clear();
         }
     });
-    Connection { outbox, pending }
+    Connection {
+        outbox,
+        pending,
+        going_away,
+    }
 }
 
 /// All peer clients of a node, keyed by the address they dial, plus the `--peer` overrides.

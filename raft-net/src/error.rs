@@ -19,6 +19,10 @@ pub enum NetError {
     Timeout { timeout_ms: u64 },
     #[error("connection to {addr} closed")]
     ConnectionClosed { addr: String },
+    /// The request was never read by the peer: the connection was already closed when it was
+    /// queued, or the peer said goodbye (shutting down) without reading it.
+    #[error("{addr} did not take the request: {reason}")]
+    NotTaken { addr: String, reason: &'static str },
     #[error("{addr} unreachable, next attempt in {retry_in_ms} ms")]
     BackingOff { addr: String, retry_in_ms: u64 },
     #[error("too many requests in flight to {addr} (limit {max_in_flight})")]
@@ -34,6 +38,7 @@ impl NetError {
         matches!(
             self,
             NetError::BackingOff { .. }
+                | NetError::NotTaken { .. }
                 | NetError::Io(_)
                 | NetError::Overloaded { .. }
                 | NetError::FrameTooLarge { .. }

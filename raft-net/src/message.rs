@@ -90,4 +90,10 @@ pub enum RpcResponse {
     Status(NodeStatus),
     /// The receiver could not decode or serve the request at all.
     Failed(String),
+    /// Sent unasked (request id 0) by a server when it accepts a connection; a client sends
+    /// requests only after it.
+    Hello,
+    /// Sent unasked (request id 0) by a server that is shutting down, after it answered every
+    /// request it had read: any request still unanswered on that connection was never read.
+    GoingAway,
 }

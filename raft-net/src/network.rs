@@ -54,7 +54,7 @@ type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeInfo, E>>;
 /// deadline or a broken connection is a `Network` error (openraft retries).
 fn transport_error<E: std::error::Error>(error: NetError) -> RPCError<NodeId, NodeInfo, E> {
     match error {
-        NetError::BackingOff { .. } | NetError::Io(_) => {
+        NetError::BackingOff { .. } | NetError::NotTaken { .. } | NetError::Io(_) => {
             RPCError::Unreachable(Unreachable::new(&error))
         }
         _ => RPCError::Network(NetworkError::new(&error)),

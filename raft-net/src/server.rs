@@ -46,6 +46,8 @@ pub async fn serve<H: AppHandler>(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let connections = Arc::new(Semaphore::new(config.max_connections));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -68,14 +70,37 @@ pub async fn serve<H: AppHandler>(
         let app = app.clone();
         let contact = contact.clone();
         let config = config.clone();
-        tokio::spawn(async move {
-            if let Err(e) = serve_connection(stream, raft, app, contact, config).await {
+        let stop_rx = stop_rx.clone();
+        // Finished connections leave the set as new ones come, so it stays bounded.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            if let Err(e) = serve_connection(stream, raft, app, contact, config, stop_rx).await {
                 tracing::warn!(%peer, error = %e, "closed raft-net connection");
             }
             drop(permit);
         });
     }
+    // No more connections: those the OS completed but we never accepted are reset, and their
+    // clients, still waiting for our greeting, have sent nothing on them.
+    drop(listener);
+    // Graceful: every connection answers what it has read, says goodbye, and closes.
+    let _ = stop_tx.send(true);
+    let drain = Duration::from_millis(config.serve_timeout_ms);
+    if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            drain_ms = drain.as_millis() as u64,
+            "raft-net connections still busy at shutdown; closing them"
+        );
+        tasks.abort_all();
+    }
 }
+
+/// Request id of the frames a server sends unasked (its greeting and its goodbye); clients
+/// number their requests from 1.
+pub const GOING_AWAY_REQUEST_ID: u64 = 0;
 
 async fn serve_connection<H: AppHandler>(
     stream: TcpStream,
@@ -83,6 +108,7 @@ async fn serve_connection<H: AppHandler>(
     app: Arc<H>,
     contact: Arc<LeaderContact>,
     config: NetConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), NetError> {
     stream.set_nodelay(true)?;
     let (mut read_half, mut write_half) = stream.into_split();
@@ -94,10 +120,25 @@ async fn serve_connection<H: AppHandler>(
             }
         }
     });
+    let hello = codec::encode(&RpcResponse::Hello)
+        .map_err(NetError::from)
+        .and_then(|payload| {
+            frame::encode(GOING_AWAY_REQUEST_ID, &payload, config.max_frame_bytes)
+        })?;
+    let _ = answers_tx.send(hello).await;
     // Bounds the requests of this connection being served at once; reading stops while full.
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
+    let mut stopping = false;
     let result = loop {
-        let frame = match frame::read(&mut read_half, config.max_frame_bytes).await {
+        let read = tokio::select! {
+            read = frame::read(&mut read_half, config.max_frame_bytes) => read,
+            // A frame half read here is dropped unanswered, which the goodbye covers.
+            _ = stop.wait_for(|stop| *stop) => {
+                stopping = true;
+                break Ok(());
+            }
+        };
+        let frame = match read {
             Ok(Some(frame)) => frame,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
@@ -142,6 +183,25 @@ async fn serve_connection<H: AppHandler>(
             drop(permit);
         });
     };
+    if stopping {
+        // Wait until every request read so far has been answered (each handler holds a permit
+        // until its answer is queued), then queue the goodbye after those answers. The peer
+        // then knows that every request still unanswered was never read, so it can retry it
+        // elsewhere without risk of applying it twice.
+        let all = u32::try_from(config.max_in_flight).unwrap_or(u32::MAX);
+        let drain = Duration::from_millis(config.serve_timeout_ms);
+        if let Ok(Ok(_all_permits)) = tokio::time::timeout(drain, in_flight.acquire_many(all)).await
+        {
+            let goodbye = codec::encode(&RpcResponse::GoingAway)
+                .map_err(NetError::from)
+                .and_then(|payload| {
+                    frame::encode(GOING_AWAY_REQUEST_ID, &payload, config.max_frame_bytes)
+                });
+            if let Ok(goodbye) = goodbye {
+                let _ = answers_tx.send(goodbye).await;
+            }
+        }
+    }
     drop(answers_tx);
     // Answers still being computed keep the writer alive until they are sent.
     let _ = writer.await;

@@ -84,6 +84,227 @@ impl Cluster {
     pub fn isolate(&self, id: u64) {
         ok(self.0.isolate(id))
     }
+
+    /// Add node `id` (not started) with OS-chosen ports.
+    pub fn add_node(&mut self, id: u64, membership_args: &[&str]) {
+        ok(self
+            .0
+            .add_node(id, membership_args.iter().map(|s| s.to_string()).collect())
+            .map(|_| ()));
+    }
+}
+
+/// Run `mirrorkv` with `args` (e.g. `ctl ...`, `restore ...`); returns (success, stdout,
+/// stderr).
+pub fn mirrorkv(args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorkv"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mirrorkv");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).expect("write stdin");
+    }
+    drop(input);
+    let output = child.wait_with_output().expect("mirrorkv output");
+    (
+        output.status.success(),
+        output.stdout,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// One acknowledged write of a `Writer`.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub key: String,
+    pub value: String,
+    pub index: u64,
+}
+
+/// What a `Writer` saw.
+#[derive(Debug, Default)]
+pub struct WriterReport {
+    pub acked: Vec<Acked>,
+    /// Errors the API marked retryable (or transport errors), each retried.
+    pub retried: usize,
+    /// Anything else: an error the API said must not be retried, or a write that never
+    /// completed. A correct cluster produces none.
+    pub fatal: Vec<String>,
+}
+
+/// A client that keeps writing fresh keys `{prefix}{n}` one at a time, spreading them over
+/// the API endpoints in `endpoints` (which the test may change while it runs). Each write
+/// carries an `Idempotency-Key`, so it is retried — on the next endpoint — after any error
+/// that is retryable or leaves the outcome open at the transport level; an error the API marks
+/// not retryable is recorded as fatal. Bounded: stops at `stop`, after `max_writes`, or at
+/// `max_duration`.
+pub struct Writer {
+    pub endpoints: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<WriterReport>,
+}
+
+/// Longest time one write may take, retries included, before it counts as fatal.
+const WRITE_DEADLINE: Duration = Duration::from_secs(30);
+
+impl Writer {
+    pub fn start(
+        prefix: &str,
+        endpoints: Vec<String>,
+        max_writes: usize,
+        max_duration: Duration,
+    ) -> Writer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let endpoints = Arc::new(Mutex::new(endpoints));
+        let stop = Arc::new(AtomicBool::new(false));
+        let prefix = prefix.to_string();
+        let task = tokio::spawn({
+            let endpoints = endpoints.clone();
+            let stop = stop.clone();
+            async move {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .tcp_nodelay(true)
+                    .build()
+                    .expect("http client");
+                let started = tokio::time::Instant::now();
+                let mut report = WriterReport::default();
+                let mut turn = 0usize;
+                for n in 0..max_writes {
+                    if stop.load(Ordering::Relaxed) || started.elapsed() > max_duration {
+                        break;
+                    }
+                    let key = format!("{prefix}{n:06}");
+                    let value = format!("value-{n}");
+                    let write_started = tokio::time::Instant::now();
+                    loop {
+                        if write_started.elapsed() > WRITE_DEADLINE {
+                            report
+                                .fatal
+                                .push(format!("{key}: not acknowledged within {WRITE_DEADLINE:?}"));
+                            break;
+                        }
+                        let api = {
+                            let endpoints = endpoints.lock().unwrap();
+                            endpoints[turn % endpoints.len()].clone()
+                        };
+                        turn += 1;
+                        let sent = http
+                            .put(format!("{api}/v1/kv/{}", encode_key(&key)))
+                            .header("idempotency-key", format!("{prefix}{n}"))
+                            .body(value.clone())
+                            .send()
+                            .await;
+                        let response = match sent {
+                            Ok(response) => response,
+                            Err(_) => {
+                                report.retried += 1;
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                continue;
+                            }
+                        };
+                        let status = response.status().as_u16();
+                        let body: serde_json::Value = response.json().await.unwrap_or_default();
+                        if status == 200 {
+                            let index = body["index"].as_u64().expect("a write's index");
+                            report.acked.push(Acked {
+                                key: key.clone(),
+                                value: value.clone(),
+                                index,
+                            });
+                            break;
+                        }
+                        if body["error"]["retryable"] == true {
+                            report.retried += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        report
+                            .fatal
+                            .push(format!("{key} via {api}: {status} {body}"));
+                        break;
+                    }
+                }
+                report
+            }
+        });
+        Writer {
+            endpoints,
+            stop,
+            task,
+        }
+    }
+
+    /// Send the next writes to these endpoints.
+    pub fn set_endpoints(&self, endpoints: Vec<String>) {
+        *self.endpoints.lock().unwrap() = endpoints;
+    }
+
+    /// Stop writing and return what was seen.
+    pub async fn finish(self) -> WriterReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("writer task")
+    }
+}
+
+/// Every key under `prefix` as node `api` serves it at `consistency`: key → (value, mod_index).
+pub async fn scan_all(
+    http: &reqwest::Client,
+    api: &str,
+    prefix: &str,
+    consistency: &str,
+) -> std::collections::BTreeMap<String, (String, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut start: Option<String> = None;
+    loop {
+        let mut url = format!(
+            "{api}/v1/kv?prefix={}&limit=10000&consistency={consistency}",
+            encode_key(prefix)
+        );
+        if let Some(start) = &start {
+            url.push_str(&format!("&start={}", encode_key(start)));
+        }
+        let response = http.get(&url).send().await.expect("range read");
+        assert_eq!(response.status(), 200, "range read of {url}");
+        let page: serde_json::Value = response.json().await.expect("range JSON");
+        for item in page["items"].as_array().expect("items") {
+            out.insert(
+                item["key"].as_str().expect("key").to_string(),
+                (
+                    item["value"].as_str().expect("UTF-8 value").to_string(),
+                    item["mod_index"].as_u64().expect("mod_index"),
+                ),
+            );
+        }
+        match page["next"].as_str() {
+            Some(next) => start = Some(next.to_string()),
+            None => return out,
+        }
+    }
+}
+
+/// Check that every acknowledged write of `report` is in `state` with its value.
+pub fn assert_no_acked_write_lost(
+    report: &WriterReport,
+    state: &std::collections::BTreeMap<String, (String, u64)>,
+) {
+    assert!(
+        report.fatal.is_empty(),
+        "errors that were not retryable: {:#?}",
+        report.fatal
+    );
+    for acked in &report.acked {
+        match state.get(&acked.key) {
+            Some((value, _)) if *value == acked.value => {}
+            other => panic!("acknowledged write {acked:?} lost: found {other:?}"),
+        }
+    }
 }
 
 impl Drop for Cluster {

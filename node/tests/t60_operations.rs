@@ -1,0 +1,793 @@
+//! Operating a live cluster: growing it with `--join`, promoting and removing members while a
+//! client writes, rolling restarts, backup and restore, `/metrics`, and `mirrorkv ctl`.
+//! Every test starts real `mirrorkv` processes on 127.0.0.1 with OS-chosen ports.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{assert_no_acked_write_lost, mirrorkv, scan_all, wait_for, Cluster, Writer, DEADLINE};
+use serde_json::{json, Value};
+
+/// Longest any test here waits for a condition that needs a bulk transfer (a 100k-key
+/// snapshot, a promotion).
+const BULK_DEADLINE: Duration = Duration::from_secs(120);
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .build()
+        .expect("http client")
+}
+
+/// The value stored under preloaded key number `i`.
+fn preload_value(i: usize) -> String {
+    format!("{i:06}-{}", "v".repeat(40))
+}
+
+/// Write keys `k/000000`.. `k/{count-1}` in transactions of 125 puts, from 4 clients at once.
+/// Returns key → (value, mod_index).
+async fn preload(cluster: &Cluster, count: usize) -> BTreeMap<String, (String, u64)> {
+    const PER_TXN: usize = 125;
+    const CLIENTS: usize = 4;
+    let http = http();
+    let apis: Vec<String> = cluster.ids().iter().map(|&id| cluster.api(id)).collect();
+    let batches: Vec<Vec<usize>> = (0..count)
+        .collect::<Vec<_>>()
+        .chunks(PER_TXN)
+        .map(|c| c.to_vec())
+        .collect();
+    let batches = std::sync::Arc::new(std::sync::Mutex::new(batches));
+    let mut tasks = Vec::new();
+    for client in 0..CLIENTS {
+        let (http, apis, batches) = (http.clone(), apis.clone(), batches.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut written = Vec::new();
+            loop {
+                let Some(batch) = batches.lock().unwrap().pop() else {
+                    return written;
+                };
+                let success: Vec<Value> = batch
+                    .iter()
+                    .map(|&i| json!({"put": {"key": format!("k/{i:06}"), "value": preload_value(i)}}))
+                    .collect();
+                let api = &apis[client % apis.len()];
+                let response = http
+                    .post(format!("{api}/v1/txn"))
+                    .json(&json!({"success": success}))
+                    .send()
+                    .await
+                    .expect("txn sent");
+                assert_eq!(response.status(), 200, "preload txn");
+                let body: Value = response.json().await.expect("txn answer");
+                let index = body["index"].as_u64().expect("txn index");
+                written.extend(batch.into_iter().map(|i| (i, index)));
+            }
+        }));
+    }
+    let mut expected = BTreeMap::new();
+    for task in tasks {
+        for (i, index) in task.await.expect("preload task") {
+            expected.insert(format!("k/{i:06}"), (preload_value(i), index));
+        }
+    }
+    assert_eq!(expected.len(), count);
+    expected
+}
+
+async fn cluster_json(http: &reqwest::Client, api: &str) -> Value {
+    http.get(format!("{api}/v1/cluster"))
+        .send()
+        .await
+        .expect("cluster request")
+        .json()
+        .await
+        .expect("cluster JSON")
+}
+
+/// The value of a sample (`name` with exactly these labels, in exposition order) in a
+/// Prometheus text page.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// Test 1: a 3-node cluster with 100k keys grows a 4th node with `--join`; it catches up (by
+/// snapshot, then log), is checked key by key, is promoted, and then the *leader* is removed,
+/// while a client keeps writing. No acknowledged write is lost and the client sees no error that
+/// is not retryable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t61_join_100k_keys_promote_and_remove_the_leader_under_writes() {
+    let mut cluster = Cluster::start(3, &["--snapshot-threshold-entries", "500"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let http = http();
+    let load_started = Instant::now();
+    let expected = preload(&cluster, 100_000).await;
+    eprintln!("loaded 100000 keys in {:?}", load_started.elapsed());
+
+    let writer = Writer::start(
+        "w/",
+        cluster.ids().iter().map(|&id| cluster.api(id)).collect(),
+        100_000,
+        Duration::from_secs(300),
+    );
+
+    // A snapshot on demand on the leader; with the automatic policy (every 500 entries) the
+    // log behind it is purged, so a new member must start from a snapshot.
+    let snapshot: Value = http
+        .post(format!("{}/v1/snapshot", cluster.api(leader)))
+        .send()
+        .await
+        .expect("snapshot request")
+        .json()
+        .await
+        .expect("snapshot answer");
+    assert!(snapshot["index"].as_u64().unwrap() > 0, "{snapshot}");
+    assert!(
+        snapshot["purged_index"].as_u64().unwrap_or(0) > 0,
+        "{snapshot}"
+    );
+
+    let join_via = cluster.nodes[&2].api_addr.clone();
+    cluster.add_node(4, &["--join", &join_via]);
+    let join_started = Instant::now();
+    cluster.restart(4).await;
+    cluster.wait_ready(4).await;
+    let caught_up = join_started.elapsed();
+    eprintln!("node 4 joined and caught up with 100000 keys in {caught_up:?}");
+
+    // Key by key, from node 4's own mirror.
+    let mirror = scan_all(&http, &cluster.api(4), "k/", "stale").await;
+    assert_eq!(
+        mirror.len(),
+        expected.len(),
+        "node 4 holds every preloaded key"
+    );
+    for (key, (value, mod_index)) in &expected {
+        assert_eq!(
+            mirror.get(key),
+            Some(&(value.clone(), *mod_index)),
+            "key {key} on node 4"
+        );
+    }
+    let metrics = http
+        .get(format!("{}/metrics", cluster.api(4)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        sample(&metrics, "mirrorkv_snapshots_installed_total").unwrap_or(0.0) >= 1.0,
+        "node 4 caught up through a snapshot"
+    );
+    // A mirror serves linearizable reads through the read-index path.
+    assert_eq!(
+        cluster.get(4, "k/000042", "linearizable").await,
+        Ok(Some(preload_value(42).into_bytes()))
+    );
+    let info = cluster_json(&http, &cluster.api(1)).await;
+    let member4 = info["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == 4)
+        .cloned()
+        .expect("node 4 is a member");
+    assert_eq!(member4["role"], "mirror", "{info}");
+
+    // Promote: refused (retryably) while far behind, done once caught up.
+    wait_for("node 4 to be promoted", BULK_DEADLINE, || async {
+        let response = http
+            .post(format!("{}/v1/cluster/members/4/promote", cluster.api(3)))
+            .send()
+            .await
+            .ok()?;
+        if response.status() == 200 {
+            return Some(());
+        }
+        let body: Value = response.json().await.ok()?;
+        assert_eq!(
+            body["error"]["retryable"], true,
+            "promotion refusal: {body}"
+        );
+        None
+    })
+    .await;
+
+    // Remove the leader: leadership passes to the remaining voters.
+    let leader = cluster.wait_for_leader().await;
+    let staying: Vec<u64> = [1, 2, 3, 4]
+        .into_iter()
+        .filter(|&id| id != leader)
+        .collect();
+    writer.set_endpoints(staying.iter().map(|&id| cluster.api(id)).collect());
+    let via = staying[0];
+    let response = http
+        .delete(format!("{}/v1/cluster/members/{leader}", cluster.api(via)))
+        .send()
+        .await
+        .expect("remove request");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert!(cluster.terminate(leader).await.success());
+    let new_leader = cluster.wait_for_leader().await;
+    assert_ne!(new_leader, leader);
+
+    // Let the client write through the new leader for a moment, then stop it.
+    let baseline = cluster_json(&http, &cluster.api(new_leader)).await["commit_index"]
+        .as_u64()
+        .unwrap_or(0);
+    wait_for("writes under the new leader", DEADLINE, || async {
+        let info = cluster_json(&http, &cluster.api(new_leader)).await;
+        (info["commit_index"].as_u64()? > baseline + 20).then_some(())
+    })
+    .await;
+    let report = writer.finish().await;
+    eprintln!(
+        "writer: {} acknowledged, {} retried",
+        report.acked.len(),
+        report.retried
+    );
+    assert!(report.acked.len() > 10, "the writer made progress");
+
+    let info = cluster_json(&http, &cluster.api(new_leader)).await;
+    let members = info["members"].as_array().unwrap();
+    let ids: Vec<u64> = members.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, staying, "{info}");
+    for member in members {
+        assert_eq!(member["role"], "voter", "{info}");
+        assert!(member["applied_index"].as_u64().is_some(), "{info}");
+        assert!(member["lag"].as_u64().is_some(), "{info}");
+    }
+    let state = scan_all(&http, &cluster.api(4), "w/", "linearizable").await;
+    assert_no_acked_write_lost(&report, &state);
+    let preloaded = scan_all(&http, &cluster.api(staying[1]), "k/", "linearizable").await;
+    assert_eq!(preloaded, expected);
+}
+
+/// Test 2: every node of a 5-node cluster is restarted in turn (SIGTERM, start again, wait
+/// until ready) under a write load; no acknowledged write is lost and no error is
+/// non-retryable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t62_rolling_restart_of_5_nodes_under_writes() {
+    let mut cluster = Cluster::start(5, &[]).await;
+    cluster.wait_for_leader().await;
+    let writer = Writer::start(
+        "r/",
+        cluster.ids().iter().map(|&id| cluster.api(id)).collect(),
+        100_000,
+        Duration::from_secs(300),
+    );
+    let http = http();
+    for id in cluster.ids() {
+        let leader = cluster.wait_for_leader().await;
+        eprintln!("restarting node {id} (leader: {leader})");
+        let status = cluster.terminate(id).await;
+        assert!(status.success(), "node {id} stopped cleanly: {status}");
+        cluster.restart(id).await;
+        cluster.wait_ready(id).await;
+    }
+    cluster.wait_for_leader().await;
+    let report = writer.finish().await;
+    eprintln!(
+        "writer: {} acknowledged, {} retried",
+        report.acked.len(),
+        report.retried
+    );
+    assert!(report.acked.len() > 10, "the writer made progress");
+    for id in cluster.ids() {
+        let state = scan_all(&http, &cluster.api(id), "r/", "linearizable").await;
+        assert_no_acked_write_lost(&report, &state);
+    }
+}
+
+/// Test 3: a backup taken during writes, restored into a fresh single-node cluster, holds
+/// exactly the source's data at the backup's index: every write at or before it, none after,
+/// with the same mod_index. Corrupted and truncated copies are refused and leave nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t63_backup_during_writes_restores_exactly_that_index() {
+    let cluster = Cluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let http = http();
+    let expected_preload = preload(&cluster, 5_000).await;
+    let writer = Writer::start(
+        "b/",
+        cluster.ids().iter().map(|&id| cluster.api(id)).collect(),
+        100_000,
+        Duration::from_secs(120),
+    );
+    wait_for("some writes before the backup", DEADLINE, || async {
+        let page: Value = http
+            .get(format!(
+                "{}/v1/kv?prefix=b/&limit=100&keys_only=true",
+                cluster.api(1)
+            ))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (page["items"].as_array()?.len() >= 50).then_some(())
+    })
+    .await;
+    // From a follower, at the default (linearizable) level, while the writer goes on.
+    let response = http
+        .get(format!("{}/v1/backup", cluster.api(2)))
+        .send()
+        .await
+        .expect("backup request");
+    assert_eq!(response.status(), 200);
+    let index: u64 = response.headers()["x-mirrorkv-index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let backup = response.bytes().await.expect("backup body").to_vec();
+    // Writes after the backup, which the copy must not contain.
+    wait_for("writes after the backup", DEADLINE, || async {
+        let info = cluster_json(&http, &cluster.api(1)).await;
+        (info["commit_index"].as_u64()? > index + 20).then_some(())
+    })
+    .await;
+    let report = writer.finish().await;
+    assert!(report.fatal.is_empty(), "{:?}", report.fatal);
+    eprintln!("backup at index {index}: {} bytes", backup.len());
+
+    // The source's state at `index`, from the acknowledged writes and their indexes.
+    let mut expected = expected_preload.clone();
+    for acked in report.acked.iter().filter(|a| a.index <= index) {
+        expected.insert(acked.key.clone(), (acked.value.clone(), acked.index));
+    }
+    assert!(
+        report.acked.iter().any(|a| a.index > index),
+        "writes went on after the backup"
+    );
+
+    let mut restored = Cluster::start(0, &[]).await;
+    restored.add_node(1, &[]);
+    let node = &restored.nodes[&1];
+    let file = restored.path().join("copy.backup");
+    std::fs::write(&file, &backup).unwrap();
+
+    // Corrupted (one byte flipped in the middle) and truncated copies are refused.
+    let data_dir = node.data_dir.to_str().unwrap().to_string();
+    let restore_args = |from: &str| {
+        vec![
+            "restore".to_string(),
+            "--from".into(),
+            from.to_string(),
+            "--data-dir".into(),
+            data_dir.clone(),
+            "--id".into(),
+            "1".into(),
+            "--api-addr".into(),
+            node.api_addr.clone(),
+            "--raft-addr".into(),
+            node.raft_addr.clone(),
+        ]
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        mirrorkv(&args, None)
+    };
+    let mut corrupted = backup.clone();
+    let middle = corrupted.len() / 2;
+    corrupted[middle] ^= 0x55;
+    let corrupted_file = restored.path().join("corrupted.backup");
+    std::fs::write(&corrupted_file, &corrupted).unwrap();
+    let (ok, _, stderr) = run(restore_args(corrupted_file.to_str().unwrap()));
+    assert!(!ok && stderr.contains("corrupted"), "{stderr}");
+    assert!(!node.data_dir.exists(), "nothing half-restored");
+    let truncated_file = restored.path().join("truncated.backup");
+    std::fs::write(&truncated_file, &backup[..backup.len() - 100]).unwrap();
+    let (ok, _, stderr) = run(restore_args(truncated_file.to_str().unwrap()));
+    assert!(!ok && stderr.contains("truncated"), "{stderr}");
+    assert!(!node.data_dir.exists(), "nothing half-restored");
+
+    let (ok, stdout, stderr) = run(restore_args(file.to_str().unwrap()));
+    assert!(ok, "restore: {stderr}");
+    eprintln!("{}", String::from_utf8_lossy(&stdout));
+    restored.restart(1).await;
+    restored.wait_ready(1).await;
+    let mut state = scan_all(&http, &restored.api(1), "k/", "linearizable").await;
+    state.extend(scan_all(&http, &restored.api(1), "b/", "linearizable").await);
+    assert_eq!(state.len(), expected.len());
+    assert_eq!(
+        state, expected,
+        "the restored data equals the source at index {index}"
+    );
+    // The new cluster takes writes after the copy's index.
+    match restored.put(1, "after-restore", b"x").await {
+        common::WriteOutcome::Ok { index: new_index } => assert!(new_index > index),
+        other => panic!("write to the restored cluster: {other:?}"),
+    }
+}
+
+/// Test 4: `/metrics` is valid Prometheus text, and its counters move with requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t64_metrics_parse_and_move() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let http = http();
+    let scrape = |id: u64| {
+        let http = http.clone();
+        let url = format!("{}/metrics", cluster.api(id));
+        async move {
+            let response = http.get(url).send().await.expect("scrape");
+            assert_eq!(response.status(), 200);
+            let content_type = response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert!(
+                content_type.starts_with("text/plain; version=0.0.4"),
+                "{content_type}"
+            );
+            response.text().await.unwrap()
+        }
+    };
+    let before = scrape(leader).await;
+    let families = prometheus_text::parse(&before).unwrap_or_else(|e| panic!("{e}\n{before}"));
+    for name in [
+        "mirrorkv_raft_term",
+        "mirrorkv_raft_leader_id",
+        "mirrorkv_raft_commit_index",
+        "mirrorkv_raft_applied_index",
+        "mirrorkv_replication_lag_entries",
+        "mirrorkv_snapshots_built_total",
+        "mirrorkv_snapshot_size_bytes",
+        "mirrorkv_log_entries",
+        "mirrorkv_log_size_bytes",
+        "mirrorkv_db_size_bytes",
+    ] {
+        assert!(families.contains_key(name), "{name} missing from\n{before}");
+    }
+    assert_eq!(
+        sample(&before, "mirrorkv_raft_leader_id"),
+        Some(leader as f64)
+    );
+    assert!(sample(&before, "mirrorkv_db_size_bytes").unwrap() > 0.0);
+    for follower in cluster.ids().into_iter().filter(|&id| id != leader) {
+        let series = format!("mirrorkv_replication_lag_entries{{follower=\"{follower}\"}}");
+        assert!(sample(&before, &series).is_some(), "{series} in\n{before}");
+    }
+
+    let writes =
+        r#"mirrorkv_http_requests_total{level="write",route="/v1/kv/{*key}",status="200"}"#;
+    let stale_reads =
+        r#"mirrorkv_http_requests_total{level="stale",route="/v1/kv/{*key}",status="200"}"#;
+    let write_latency =
+        r#"mirrorkv_http_request_duration_seconds_count{level="write",route="/v1/kv/{*key}"}"#;
+    for i in 0..5 {
+        assert!(matches!(
+            cluster.put(leader, &format!("m{i}"), b"v").await,
+            common::WriteOutcome::Ok { .. }
+        ));
+    }
+    for i in 0..3 {
+        assert!(cluster.get(leader, &format!("m{i}"), "stale").await.is_ok());
+    }
+    let after = scrape(leader).await;
+    prometheus_text::parse(&after).unwrap_or_else(|e| panic!("{e}\n{after}"));
+    let moved = |series: &str| {
+        sample(&after, series).unwrap_or(0.0) - sample(&before, series).unwrap_or(0.0)
+    };
+    assert_eq!(moved(writes), 5.0, "{after}");
+    assert_eq!(moved(stale_reads), 3.0, "{after}");
+    assert_eq!(moved(write_latency), 5.0, "{after}");
+    assert!(moved("mirrorkv_raft_applied_index") >= 5.0);
+}
+
+/// Test 5: `mirrorkv ctl` drives the operations end to end: keys, scans, a transaction,
+/// cluster status, adding / promoting / removing a member, a snapshot, and a backup that
+/// `mirrorkv restore` turns into a new cluster. The first endpoint is dead on purpose: every
+/// command must fail over to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t65_ctl_end_to_end() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let endpoints = format!(
+        "{dead},{},{}",
+        cluster.nodes[&1].api_addr, cluster.nodes[&2].api_addr
+    );
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "--endpoints", endpoints.as_str()];
+        all.extend_from_slice(args);
+        let (ok, stdout, stderr) = mirrorkv(&all, None);
+        assert!(ok, "mirrorkv ctl {args:?}: {stderr}");
+        String::from_utf8(stdout).unwrap()
+    };
+    assert!(ctl(&["put", "app/a", "1"]).starts_with("OK index "));
+    let (ok, _, stderr) = mirrorkv(
+        &["ctl", "--endpoints", &endpoints, "put", "app/b"],
+        Some(b"from stdin"),
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(ctl(&["get", "app/b"]), "from stdin\n");
+    assert_eq!(ctl(&["--consistency", "stale", "get", "app/a"]), "1\n");
+    let got: Value = serde_json::from_str(&ctl(&["--json", "get", "app/a"])).unwrap();
+    assert_eq!(got["value"], "1");
+    assert!(got["mod_index"].as_u64().is_some());
+    assert_eq!(
+        ctl(&["scan", "--prefix", "app/"]),
+        "app/a = 1\napp/b = from stdin\n"
+    );
+
+    let txn = cluster.path().join("txn.json");
+    std::fs::write(
+        &txn,
+        r#"{"compare": [{"key": "app/a", "value": "1"}], "success": [{"put": {"key": "app/c", "value": "3"}}, {"get": {"key": "app/a"}}]}"#,
+    )
+    .unwrap();
+    let out = ctl(&["txn", txn.to_str().unwrap()]);
+    assert!(out.starts_with("SUCCEEDED"), "{out}");
+    assert!(out.contains("get: app/a = 1"), "{out}");
+    assert!(ctl(&["del", "app/c"]).starts_with("deleted"));
+    let (ok, _, stderr) = mirrorkv(&["ctl", "--endpoints", &endpoints, "get", "app/c"], None);
+    assert!(!ok && stderr.contains("not_found"), "{stderr}");
+
+    let status = ctl(&["cluster", "status"]);
+    assert!(status.contains("ID") && status.contains("LAG"), "{status}");
+    assert_eq!(
+        status.lines().count(),
+        5,
+        "header lines and one row per member:\n{status}"
+    );
+
+    // Add a mirror, start it (its --join finds itself already added), promote, remove node 1.
+    cluster.add_node(4, &["--join", &cluster.nodes[&2].api_addr.clone()]);
+    let (api4, raft4) = (
+        cluster.nodes[&4].api_addr.clone(),
+        cluster.nodes[&4].raft_addr.clone(),
+    );
+    let out = ctl(&[
+        "member",
+        "add",
+        "4",
+        "--api-addr",
+        &api4,
+        "--raft-addr",
+        &raft4,
+    ]);
+    assert!(out.starts_with("added mirror 4"), "{out}");
+    cluster.restart(4).await;
+    cluster.wait_ready(4).await;
+    wait_for("ctl member promote 4", DEADLINE, || async {
+        let (ok, stdout, _) = mirrorkv(
+            &["ctl", "--endpoints", &endpoints, "member", "promote", "4"],
+            None,
+        );
+        (ok && String::from_utf8_lossy(&stdout).starts_with("promoted 4")).then_some(())
+    })
+    .await;
+    let endpoints = format!("{dead},{},{}", cluster.nodes[&2].api_addr, api4);
+    let (ok, _, stderr) = mirrorkv(
+        &["ctl", "--endpoints", &endpoints, "member", "remove", "1"],
+        None,
+    );
+    assert!(ok, "{stderr}");
+    let info: Value = serde_json::from_str(&{
+        let (ok, stdout, stderr) = mirrorkv(
+            &[
+                "ctl",
+                "--endpoints",
+                &endpoints,
+                "--json",
+                "cluster",
+                "status",
+            ],
+            None,
+        );
+        assert!(ok, "{stderr}");
+        String::from_utf8(stdout).unwrap()
+    })
+    .unwrap();
+    let ids: Vec<u64> = info["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![2, 3, 4], "{info}");
+
+    let (ok, stdout, stderr) = mirrorkv(&["ctl", "--endpoints", &endpoints, "snapshot"], None);
+    assert!(
+        ok && String::from_utf8_lossy(&stdout).starts_with("snapshot at index"),
+        "{stderr}"
+    );
+
+    // Backup to a file through ctl, restore it, and read it back through ctl.
+    let (ok, backup, stderr) = mirrorkv(&["ctl", "--endpoints", &endpoints, "backup"], None);
+    assert!(ok && stderr.starts_with("backup at index"), "{stderr}");
+    let file = cluster.path().join("ctl.backup");
+    std::fs::write(&file, &backup).unwrap();
+    let mut restored = Cluster::start(0, &[]).await;
+    restored.add_node(1, &[]);
+    let node = &restored.nodes[&1];
+    let (ok, _, stderr) = mirrorkv(
+        &[
+            "restore",
+            "--from",
+            file.to_str().unwrap(),
+            "--data-dir",
+            node.data_dir.to_str().unwrap(),
+            "--id",
+            "1",
+            "--api-addr",
+            &node.api_addr,
+            "--raft-addr",
+            &node.raft_addr,
+        ],
+        None,
+    );
+    assert!(ok, "{stderr}");
+    let restored_api = node.api_addr.clone();
+    restored.restart(1).await;
+    restored.wait_ready(1).await;
+    let (ok, stdout, stderr) = mirrorkv(
+        &[
+            "ctl",
+            "--endpoints",
+            &restored_api,
+            "scan",
+            "--prefix",
+            "app/",
+        ],
+        None,
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        String::from_utf8(stdout).unwrap(),
+        "app/a = 1\napp/b = from stdin\n"
+    );
+}
+
+/// A strict reader of the Prometheus text exposition format (version 0.0.4), enough to say a
+/// page is well-formed: `# HELP` / `# TYPE` lines, samples `name{label="value",...} number`,
+/// every sample belonging to a declared family, histogram buckets cumulative and ending in
+/// `+Inf` equal to `_count`.
+mod prometheus_text {
+    use std::collections::BTreeMap;
+
+    /// Family name → its type.
+    pub fn parse(page: &str) -> Result<BTreeMap<String, String>, String> {
+        let mut types: BTreeMap<String, String> = BTreeMap::new();
+        let mut buckets: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut counts: BTreeMap<String, f64> = BTreeMap::new();
+        for (n, line) in page.lines().enumerate() {
+            let at = |what: &str| format!("line {}: {what}: {line}", n + 1);
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# ") {
+                let mut parts = rest.splitn(3, ' ');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some("HELP"), Some(name), _) if valid_name(name) => {}
+                    (Some("TYPE"), Some(name), Some(kind)) if valid_name(name) => {
+                        if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind)
+                        {
+                            return Err(at("unknown type"));
+                        }
+                        if types.insert(name.to_string(), kind.to_string()).is_some() {
+                            return Err(at("type declared twice"));
+                        }
+                    }
+                    _ => return Err(at("malformed comment")),
+                }
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').ok_or_else(|| at("no value"))?;
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                "NaN" => f64::NAN,
+                v => v.parse().map_err(|_| at("bad value"))?,
+            };
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (
+                    name,
+                    parse_labels(
+                        rest.strip_suffix('}')
+                            .ok_or_else(|| at("unclosed labels"))?,
+                    )
+                    .map_err(|e| at(&e))?,
+                ),
+                None => (series, Vec::new()),
+            };
+            if !valid_name(name) {
+                return Err(at("bad metric name"));
+            }
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    let base = name.strip_suffix(suffix)?;
+                    (types.get(base).map(String::as_str) == Some("histogram")).then_some(base)
+                })
+                .unwrap_or(name);
+            if !types.contains_key(family) {
+                return Err(at("sample of an undeclared family"));
+            }
+            let others: Vec<String> = labels
+                .iter()
+                .filter(|(k, _)| k != "le")
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let key = format!("{family}{{{}}}", others.join(","));
+            if name.ends_with("_bucket") && family != name {
+                let le = labels
+                    .iter()
+                    .find(|(k, _)| k == "le")
+                    .ok_or_else(|| at("bucket without le"))?;
+                let le: f64 = if le.1 == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.1.parse().map_err(|_| at("bad le"))?
+                };
+                buckets.entry(key).or_default().push((le, value));
+            } else if name.ends_with("_count") && family != name {
+                counts.insert(key, value);
+            }
+        }
+        for (series, bounds) in &buckets {
+            if bounds
+                .windows(2)
+                .any(|w| w[0].0 >= w[1].0 || w[0].1 > w[1].1)
+            {
+                return Err(format!("{series}: buckets not cumulative"));
+            }
+            let last = bounds.last().expect("non-empty");
+            if !last.0.is_infinite() || Some(&last.1) != counts.get(series) {
+                return Err(format!(
+                    "{series}: +Inf bucket missing or not equal to _count"
+                ));
+            }
+        }
+        Ok(types)
+    }
+
+    fn valid_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+
+    fn parse_labels(text: &str) -> Result<Vec<(String, String)>, String> {
+        let mut labels = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let (name, after) = rest.split_once("=\"").ok_or("label without =\"")?;
+            if !valid_name(name) {
+                return Err(format!("bad label name {name:?}"));
+            }
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let end = loop {
+                match chars.next() {
+                    Some((_, '\\')) => match chars.next() {
+                        Some((_, 'n')) => value.push('\n'),
+                        Some((_, c @ ('\\' | '"'))) => value.push(c),
+                        _ => return Err("bad escape".into()),
+                    },
+                    Some((i, '"')) => break i,
+                    Some((_, c)) => value.push(c),
+                    None => return Err("unterminated label value".into()),
+                }
+            };
+            labels.push((name.to_string(), value));
+            rest = &after[end + 1..];
+            rest = rest.strip_prefix(',').unwrap_or(rest);
+        }
+        Ok(labels)
+    }
+}
