@@ -2,6 +2,7 @@
 # Start, inspect and stop a local mirrorkv cluster on 127.0.0.1.
 #
 #   scripts/cluster.sh up [3|4|5]   build if needed, start N nodes, wait for a leader
+#   scripts/cluster.sh join         start one more node that joins as a mirror (--join)
 #   scripts/cluster.sh status       one line per node
 #   scripts/cluster.sh down         stop every node (SIGTERM, then SIGKILL after 10 s)
 #
@@ -26,6 +27,26 @@ api_of() { sed -n "s/^api_$1=//p" "$run_dir/cluster.env"; }
 pid_of() { cat "$run_dir/node$1.pid" 2>/dev/null || true; }
 alive() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
 nodes() { sed -n 's/^nodes=//p' "$run_dir/cluster.env"; }
+# Every node of the folder: the initial ones and those that joined later.
+ids() { sed -n 's/^api_\([0-9]*\)=.*/\1/p' "$run_dir/cluster.env"; }
+joined() { sed -n 's/^joined_\([0-9]*\)=1/\1/p' "$run_dir/cluster.env"; }
+raft_of() { sed -n "s/^raft_$1=//p" "$run_dir/cluster.env"; }
+endpoints() { local out=""; for id in $(ids); do out+="${out:+,}$(api_of "$id")"; done; echo "$out"; }
+
+start_node() { # id, then the flags that say how it finds its cluster
+  local id=$1; shift
+  nohup "$bin" --id "$id" --data-dir "$run_dir/node$id" \
+    --api-addr "$(api_of "$id")" --raft-addr "$(raft_of "$id")" "$@" >> "$run_dir/node$id.log" 2>&1 &
+  echo $! > "$run_dir/node$id.pid"
+}
+
+wait_ready() { # id, deadline (epoch seconds)
+  until curl -fsS "http://$(api_of "$1")/ready" >/dev/null 2>&1; do
+    alive "$1" || die "node $1 exited; see $run_dir/node$1.log"
+    [ "$(date +%s)" -lt "$2" ] || die "node $1 not ready after ${ready_timeout_s}s; see $run_dir/node$1.log"
+    sleep 0.05
+  done
+}
 
 up() {
   local n=${1:-3}
@@ -50,35 +71,46 @@ up() {
   done
   for id in $(seq 1 "$n"); do
     if alive "$id"; then echo "node $id already running (pid $(pid_of "$id"))"; continue; fi
-    nohup "$bin" --id "$id" --data-dir "$run_dir/node$id" \
-      --api-addr "$(api_of "$id")" --raft-addr "$(sed -n "s/^raft_$id=//p" "$run_dir/cluster.env")" \
-      --initial-cluster "$spec" >> "$run_dir/node$id.log" 2>&1 &
-    echo $! > "$run_dir/node$id.pid"
+    start_node "$id" --initial-cluster "$spec"
+  done
+  for id in $(joined); do
+    alive "$id" || start_node "$id" --join "$(api_of 1)"
   done
   # Ready: every node answers /ready (it knows the leader and has applied what it committed).
   local deadline=$(( $(date +%s) + ready_timeout_s ))
-  for id in $(seq 1 "$n"); do
-    until curl -fsS "http://$(api_of "$id")/ready" >/dev/null 2>&1; do
-      alive "$id" || die "node $id exited; see $run_dir/node$id.log"
-      [ "$(date +%s)" -lt "$deadline" ] || die "node $id not ready after ${ready_timeout_s}s; see $run_dir/node$id.log"
-      sleep 0.05
-    done
-  done
+  for id in $(ids); do wait_ready "$id" "$deadline"; done
   local took; took=$(python3 -c "import time; print(f'{time.time() - $started_at:.2f}')")
   echo "mirrorkv: $n nodes ready in ${took}s (run folder: $run_dir)"
-  for id in $(seq 1 "$n"); do echo "  node $id  http://$(api_of "$id")"; done
+  for id in $(ids); do echo "  node $id  http://$(api_of "$id")"; done
   local api; api=$(api_of 1)
   cat <<EXAMPLE
 Try:
   curl -X PUT --data-binary 'hello' http://$api/v1/kv/greeting
   curl http://$(api_of "$n")/v1/kv/greeting
   curl http://$api/v1/cluster
+or the command-line client:
+  export MIRRORKV_ENDPOINTS=$(endpoints)
+  $bin ctl cluster status
 EXAMPLE
+}
+
+join() {
+  [ -f "$run_dir/cluster.env" ] || die "no cluster in $run_dir; 'up' first"
+  local id=$(( $(ids | sort -n | tail -1) + 1 ))
+  {
+    echo "api_$id=127.0.0.1:$(free_port)"
+    echo "raft_$id=127.0.0.1:$(free_port)"
+    echo "joined_$id=1"
+  } >> "$run_dir/cluster.env"
+  start_node "$id" --join "$(endpoints)"
+  wait_ready "$id" $(( $(date +%s) + ready_timeout_s ))
+  echo "mirrorkv: node $id joined as a mirror at http://$(api_of "$id")"
+  echo "  promote it to voter: MIRRORKV_ENDPOINTS=$(endpoints) $bin ctl member promote $id"
 }
 
 status() {
   [ -f "$run_dir/cluster.env" ] || die "no cluster in $run_dir"
-  for id in $(seq 1 "$(nodes)"); do
+  for id in $(ids); do
     if alive "$id"; then
       local info; info=$(curl -fsS --max-time 2 "http://$(api_of "$id")/v1/cluster" 2>/dev/null || echo '{}')
       python3 - "$id" "$(api_of "$id")" "$info" <<'PY'
@@ -97,9 +129,9 @@ PY
 
 down() {
   [ -f "$run_dir/cluster.env" ] || die "no cluster in $run_dir"
-  for id in $(seq 1 "$(nodes)"); do alive "$id" && kill -TERM "$(pid_of "$id")"; done
+  for id in $(ids); do alive "$id" && kill -TERM "$(pid_of "$id")"; done
   local deadline=$(( $(date +%s) + 10 ))
-  for id in $(seq 1 "$(nodes)"); do
+  for id in $(ids); do
     while alive "$id"; do
       if [ "$(date +%s)" -ge "$deadline" ]; then kill -KILL "$(pid_of "$id")" 2>/dev/null || true; break; fi
       sleep 0.05
@@ -111,7 +143,8 @@ down() {
 
 case "${1:-}" in
   up) shift; up "$@" ;;
+  join) join ;;
   status) status ;;
   down) down ;;
-  *) echo "usage: scripts/cluster.sh up [3|4|5] | status | down" >&2; exit 2 ;;
+  *) echo "usage: scripts/cluster.sh up [3|4|5] | join | status | down" >&2; exit 2 ;;
 esac

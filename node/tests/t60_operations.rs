@@ -131,6 +131,19 @@ async fn t61_join_100k_keys_promote_and_remove_the_leader_under_writes() {
         "{snapshot}"
     );
 
+    // The size of a backup of this data set (reported, not asserted on).
+    let backup = http
+        .get(format!(
+            "{}/v1/backup?consistency=stale",
+            cluster.api(leader)
+        ))
+        .send()
+        .await
+        .expect("backup request");
+    assert_eq!(backup.status(), 200);
+    let backup_bytes = backup.bytes().await.expect("backup body").len();
+    eprintln!("backup of 100000 keys: {backup_bytes} bytes");
+
     let join_via = cluster.nodes[&2].api_addr.clone();
     cluster.add_node(4, &["--join", &join_via]);
     let join_started = Instant::now();
