@@ -210,9 +210,17 @@ pub async fn change_as_leader(
                 .replication
                 .as_ref()
                 .and_then(|r| r.get(&id).cloned().flatten())
-                .map_or(0, |log_id| log_id.index);
-            let lag = last_log_index.saturating_sub(matched);
+                .map(|log_id| log_id.index);
             let max_lag = state.config.promote_max_lag_entries;
+            // A mirror the leader has not replicated to yet (unreachable, or just added) is
+            // never promoted: a voter that cannot vote weakens the quorum.
+            let Some(matched) = matched else {
+                return Err(refused(
+                    Refusal::NotCaughtUp,
+                    format!("mirror {id} has not received any log from the leader yet; retry once it has caught up"),
+                ));
+            };
+            let lag = last_log_index.saturating_sub(matched);
             if lag > max_lag {
                 return Err(refused(
                     Refusal::NotCaughtUp,

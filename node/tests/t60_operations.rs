@@ -572,6 +572,15 @@ async fn t65_ctl_end_to_end() {
         &raft4,
     ]);
     assert!(out.starts_with("added mirror 4"), "{out}");
+    // Not started yet, so nothing replicated to it: promotion is refused, retryably.
+    let (ok, _, stderr) = mirrorkv(
+        &["ctl", "--endpoints", &endpoints, "member", "promote", "4"],
+        None,
+    );
+    assert!(
+        !ok && stderr.contains("precondition_failed") && stderr.contains("(retryable)"),
+        "{stderr}"
+    );
     cluster.restart(4).await;
     cluster.wait_ready(4).await;
     wait_for("ctl member promote 4", DEADLINE, || async {
