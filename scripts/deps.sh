@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install the system packages mirrorkv needs to build and test, when they are missing:
-# clang + libclang (RocksDB's bindings are generated with bindgen), curl and python3 (scripts).
+# clang + libclang (RocksDB's bindings are generated with bindgen), protoc (the etcd client of
+# `jepsen-lite bench` compiles etcd's protobuf definitions), curl and python3 (scripts).
 # Idempotent and quiet when everything is there.
 set -euo pipefail
 
 missing=()
 dpkg -s clang >/dev/null 2>&1 || missing+=(clang)
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 [ ${#missing[@]} -eq 0 ] && exit 0

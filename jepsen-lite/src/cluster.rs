@@ -28,6 +28,13 @@ pub enum ClusterError {
     Misuse(String),
 }
 
+impl NodeProc {
+    /// The process id while the node runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
 pub struct NodeProc {
     pub id: u64,
     pub api_addr: String,

@@ -3,6 +3,7 @@
 //! Modules, one job each:
 //! - [`history`]: events, the three outcomes (ok / fail / info), pairing into operations.
 //! - [`model`]: sequential specifications: `Register` and mirrorkv's `KeyValue`.
+//! - [`bench`]: `jepsen-lite bench`: mirrorkv and etcd under the same closed-loop clients.
 //! - [`checker`]: Wing–Gong–Lowe search with memoization, per key, in parallel, time-limited.
 //! - [`edn`]: a small EDN reader; [`edn_out`] writes histories as EDN.
 //! - [`cluster`]: real `mirrorkv` processes on loopback, with a proxy per directed link.
@@ -14,6 +15,7 @@
 //!
 //! Why it is shaped this way: `jepsen-lite/DESIGN.md`.
 
+pub mod bench;
 pub mod checker;
 pub mod cluster;
 pub mod edn;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use jepsen_lite::bench::{self, BenchWorkload, Cell, CellLimits, DataShape, Store, Stores};
 use jepsen_lite::harness::{self, TestOptions, Workload};
 use jepsen_lite::model::{KeyValue, Register};
 use jepsen_lite::nemesis::NemesisKind;
@@ -76,10 +77,117 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         request_timeout_ms: u64,
     },
+    /// Measure mirrorkv and etcd (3 nodes each, started here) under the same closed-loop
+    /// clients; prints ops/s and p50/p99/p99.9 per cell and writes JSON.
+    Bench {
+        /// The `mirrorkv` binary (default: next to this one).
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        /// The `etcd` binary (default: `etcd` on the PATH).
+        #[arg(long)]
+        etcd: Option<PathBuf>,
+        /// Measure only this store (default: both, alternating cell by cell).
+        #[arg(long, value_enum)]
+        store: Option<Store>,
+        #[arg(long, value_enum, default_value = "put")]
+        workload: BenchWorkload,
+        /// Read level of gets (etcd: `stale` is a serializable range, others linearizable).
+        #[arg(long, default_value = "linearizable")]
+        consistency: String,
+        /// Concurrent clients, each with its own connection, one request at a time.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Length of each cell.
+        #[arg(long, default_value_t = 10)]
+        duration_s: u64,
+        /// Most operations of each cell, all clients together.
+        #[arg(long, default_value_t = 10_000_000)]
+        max_ops: u64,
+        /// Size of the key space (16-byte keys); every key is written before measuring.
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// Run the standard matrix instead of one cell: 1, 16 and 64 clients × put,
+        /// linearizable get, lease get, stale get.
+        #[arg(long)]
+        matrix: bool,
+        /// Write every cell's result here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Bench {
+            bin,
+            etcd,
+            store,
+            workload,
+            consistency,
+            clients,
+            duration_s,
+            max_ops,
+            keys,
+            value_bytes,
+            matrix,
+            json,
+            seed,
+        } => {
+            let bin = bin.unwrap_or_else(default_mirrorkv_bin);
+            let cells: Vec<(BenchWorkload, String, usize)> = if matrix {
+                let mut cells = Vec::new();
+                for clients in [1, 16, 64] {
+                    for (workload, level) in [
+                        (BenchWorkload::Put, "linearizable"),
+                        (BenchWorkload::Get, "linearizable"),
+                        (BenchWorkload::Get, "lease"),
+                        (BenchWorkload::Get, "stale"),
+                    ] {
+                        cells.push((workload, level.to_string(), clients));
+                    }
+                }
+                cells
+            } else {
+                vec![(workload, consistency, clients)]
+            };
+            let options = BenchRun {
+                bin,
+                etcd: if store == Some(Store::Mirrorkv) {
+                    None
+                } else {
+                    match bench::find_etcd(etcd) {
+                        Some(etcd) => Some(etcd),
+                        None => {
+                            eprintln!("jepsen-lite: no etcd binary (install etcd-server, or pass --etcd, or --store mirrorkv)");
+                            return ExitCode::from(3);
+                        }
+                    }
+                },
+                mirrorkv: store != Some(Store::Etcd),
+                cells,
+                shape: DataShape { keys, value_bytes },
+                limits: CellLimits {
+                    duration: Duration::from_secs(duration_s),
+                    max_ops,
+                },
+                json,
+                seed,
+            };
+            let Some(runtime) = runtime() else {
+                return ExitCode::from(3);
+            };
+            match runtime.block_on(run_bench(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("jepsen-lite bench: {e:#}");
+                    ExitCode::from(3)
+                }
+            }
+        }
         Command::Test {
             bin,
             nodes,
@@ -99,12 +207,7 @@ fn main() -> ExitCode {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(1, |d| d.as_nanos() as u64)
             });
-            let bin = bin.unwrap_or_else(|| {
-                std::env::current_exe()
-                    .ok()
-                    .and_then(|p| p.parent().map(|d| d.join("mirrorkv")))
-                    .unwrap_or_else(|| PathBuf::from("mirrorkv"))
-            });
+            let bin = bin.unwrap_or_else(default_mirrorkv_bin);
             let options = TestOptions {
                 bin,
                 workload,
@@ -125,15 +228,8 @@ fn main() -> ExitCode {
                 nemesis.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()),
                 out.display()
             );
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    eprintln!("jepsen-lite: {e}");
-                    return ExitCode::from(3);
-                }
+            let Some(runtime) = runtime() else {
+                return ExitCode::from(3);
             };
             match runtime.block_on(harness::run(options)) {
                 Ok(outcome) => {
@@ -252,4 +348,142 @@ fn main() -> ExitCode {
 
 fn describe(op: &jepsen_lite::Operation) -> String {
     format!("process {} {:?} -> {:?}", op.process, op.input, op.output)
+}
+
+/// `mirrorkv` next to this binary, else on the PATH.
+fn default_mirrorkv_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("mirrorkv")))
+        .unwrap_or_else(|| PathBuf::from("mirrorkv"))
+}
+
+struct BenchRun {
+    bin: PathBuf,
+    etcd: Option<PathBuf>,
+    mirrorkv: bool,
+    cells: Vec<(BenchWorkload, String, usize)>,
+    shape: DataShape,
+    limits: CellLimits,
+    json: Option<PathBuf>,
+    seed: u64,
+}
+
+/// Start the stores, preload both, then run every cell on mirrorkv and on etcd alternately
+/// (so a noisy machine slows both alike), printing a row per cell.
+async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
+    let stores = Stores::start(
+        run.mirrorkv.then_some(run.bin.as_path()),
+        run.etcd.as_deref(),
+        &[],
+    )
+    .await?;
+    let mut measured: Vec<Store> = Vec::new();
+    if run.mirrorkv {
+        measured.push(Store::Mirrorkv);
+    }
+    if run.etcd.is_some() {
+        measured.push(Store::Etcd);
+    }
+    for &store in &measured {
+        let took = stores.preload(store, run.shape).await?;
+        eprintln!(
+            "preloaded {} keys of {} bytes into {store:?} in {:.1} s",
+            run.shape.keys,
+            run.shape.value_bytes,
+            took.as_secs_f64()
+        );
+    }
+    println!("{}", bench::table_header());
+    let mut results = Vec::new();
+    for (workload, level, clients) in &run.cells {
+        let mut row: Vec<Option<bench::CellResult>> = vec![None, None];
+        for &store in &measured {
+            let cell = Cell {
+                store,
+                workload: *workload,
+                level: level.clone(),
+                clients: *clients,
+            };
+            let result = stores
+                .run_cell(&cell, run.shape, run.limits, run.seed)
+                .await?;
+            if result.errors > 0 {
+                eprintln!(
+                    "{store:?} {workload:?} {level} x{clients}: {} errors, e.g. {:?}",
+                    result.errors, result.error_samples
+                );
+            }
+            row[usize::from(store == Store::Etcd)] = Some(result);
+        }
+        println!("{}", bench::format_row(row[0].as_ref(), row[1].as_ref()));
+        results.extend(row.into_iter().flatten());
+    }
+    println!();
+    println!(
+        "{:<14} {:>10} {:>10} {:>12}",
+        "process", "cpu s", "rss MiB", "peak rss MiB"
+    );
+    for &store in &measured {
+        let last: Vec<&bench::CellResult> =
+            results.iter().filter(|r| r.cell.store == store).collect();
+        if let Some(last_cell) = last.last() {
+            for (i, process) in last_cell.processes.iter().enumerate() {
+                let cpu: f64 = last
+                    .iter()
+                    .filter_map(|r| r.processes.get(i))
+                    .map(|p| p.cpu_s)
+                    .sum();
+                println!(
+                    "{:<14} {:>10.1} {:>10.1} {:>12.1}",
+                    process.node, cpu, process.rss_mib, process.peak_rss_mib
+                );
+            }
+        }
+    }
+    if let Some(path) = &run.json {
+        let report = serde_json::json!({
+            "machine": machine(),
+            "shape": run.shape,
+            "cell_seconds": run.limits.duration.as_secs(),
+            "results": results,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// What the machine is, for the record.
+fn machine() -> serde_json::Value {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string());
+    let mem_kib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    serde_json::json!({
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu_model": model,
+        "memory_gib": mem_kib.map(|k| (k as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0),
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+    })
+}
+
+/// A multi-threaded tokio runtime, or `None` after saying why there is none.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            eprintln!("jepsen-lite: {e}");
+            None
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! `LogStore`: openraft's `RaftLogStorage` over the `log` and `raft_meta` column families.
 //!
 //! Durability rules (see `storage/DESIGN.md`): the vote is fsynced before `save_vote` returns;
-//! `append` calls its callback only after the batch is fsynced; purge records the purged log id
+//! `append` calls its callback only after a WAL fsync covers the batch (group commit, see
+//! `LogSyncer`); purge records the purged log id
 //! (fsynced) before it deletes the entries.
 
 use std::fmt::Debug;
@@ -21,6 +22,8 @@ use crate::types::{Entry, LogId, NodeId, RaftStorageError, TypeConfig};
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    /// Group commit: confirms appends once a WAL fsync covers them.
+    syncer: Arc<LogSyncer>,
     /// The latest committed index openraft told us about (0 if none); shared with the API for
     /// `/ready` and `GET /v1/cluster`.
     committed_index: Arc<AtomicU64>,
@@ -29,6 +32,7 @@ pub struct LogStore {
 impl LogStore {
     pub(crate) fn new(db: Arc<DB>) -> Result<Self, crate::StorageError> {
         let store = Self {
+            syncer: Arc::new(LogSyncer::start(db.clone())?),
             db,
             committed_index: Arc::default(),
         };
@@ -192,18 +196,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = codec::encode(&entry).map_err(write_err)?;
             batch.put_cf(cf, db::log_key(entry.log_id.index), bytes);
         }
-        // One fsync for the whole batch; the callback fires only once the WAL is on disk, which
-        // is what lets openraft count this node towards a commit quorum.
-        match self.db.write_opt(batch, &db::synced()) {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(write_err(e))
-            }
+        // Written (and readable) now, durable later: the callback — which lets openraft count
+        // this node towards a commit quorum — fires only once a WAL fsync covers this write.
+        // The syncer fsyncs once for every append that arrived meanwhile (group commit).
+        if let Err(e) = self.db.write(batch) {
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(write_err(e));
         }
+        self.syncer.confirm_when_durable(callback);
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
@@ -232,5 +233,70 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.delete_range_cf(log, db::log_key(0), db::log_key(log_id.index + 1));
         self.db.write_opt(batch, &db::synced()).map_err(write_err)?;
         Ok(())
+    }
+}
+
+/// Group commit of the log: `append` writes without waiting for the disk and hands its
+/// callback here; one thread fsyncs the WAL once for every callback that queued up meanwhile,
+/// then confirms them all. Under load, many appends share one fsync.
+///
+/// Durability: RocksDB writes the WAL in order and `flush_wal(true)` fsyncs all of it, so the
+/// fsync that follows a callback's write covers that write (`db::synced` makes the same
+/// assumption). The queue is bounded by the appends openraft has in flight, which the API's
+/// `max_in_flight_requests` bounds.
+struct LogSyncer {
+    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl LogSyncer {
+    fn start(db: Arc<DB>) -> Result<Self, crate::StorageError> {
+        let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+        let thread = std::thread::Builder::new()
+            .name("mirrorkv-log-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut waiting = vec![first];
+                    waiting.extend(rx.try_iter());
+                    let synced = db.flush_wal(true);
+                    for callback in waiting {
+                        callback.log_io_completed(
+                            synced
+                                .as_ref()
+                                .map(|_| ())
+                                .map_err(|e| std::io::Error::other(e.to_string())),
+                        );
+                    }
+                }
+            })
+            .map_err(|e| crate::StorageError::Invariant(format!("starting the log syncer: {e}")))?;
+        Ok(Self {
+            queue: std::sync::Mutex::new(Some(tx)),
+            thread: std::sync::Mutex::new(Some(thread)),
+        })
+    }
+
+    fn confirm_when_durable(&self, callback: LogFlushed<TypeConfig>) {
+        let queue = self.queue.lock().expect("syncer lock");
+        match queue.as_ref() {
+            Some(tx) => {
+                if let Err(std::sync::mpsc::SendError(callback)) = tx.send(callback) {
+                    callback.log_io_completed(Err(std::io::Error::other("the log syncer stopped")));
+                }
+            }
+            None => {
+                callback.log_io_completed(Err(std::io::Error::other("the log store is closed")))
+            }
+        }
+    }
+}
+
+impl Drop for LogSyncer {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it has confirmed what is queued.
+        self.queue.lock().expect("syncer lock").take();
+        if let Some(thread) = self.thread.lock().expect("syncer lock").take() {
+            let _ = thread.join();
+        }
     }
 }

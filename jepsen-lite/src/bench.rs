@@ -1,0 +1,668 @@
+//! `jepsen-lite bench`: throughput and latency of mirrorkv and of etcd, started on the same
+//! machine in the same run and driven by the same closed-loop clients.
+//!
+//! Each client owns one connection to one node (client `i` talks to node `i mod n`, for both
+//! stores), sends one request at a time, and records each answer's latency in an HDR histogram.
+//! Errors are counted apart and never enter the histograms. etcd is driven through its native
+//! gRPC API (the `etcd-client` crate); its read levels are linearizable and serializable
+//! ranges. Nothing here asserts a figure: it prints them and writes JSON.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::cluster::{encode_key, wait_for, Cluster, ClusterOptions};
+
+/// Which store a cell measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Store {
+    Mirrorkv,
+    Etcd,
+}
+
+/// What each client does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchWorkload {
+    /// Puts of random keys.
+    Put,
+    /// Gets of random (preloaded) keys at the read level.
+    Get,
+    /// 90% gets at the read level, 10% puts.
+    Mixed,
+    /// A transaction per request: compare that the key exists, then put it.
+    Txn,
+}
+
+/// One cell of a benchmark: a store, a workload, a read level and a client count.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    pub store: Store,
+    pub workload: BenchWorkload,
+    /// mirrorkv's level name (`linearizable`, `lease`, `stale`, ...); etcd maps `stale` to a
+    /// serializable range and every other level to a linearizable one.
+    pub level: String,
+    pub clients: usize,
+}
+
+/// Key space and value size of a run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DataShape {
+    pub keys: u64,
+    pub value_bytes: usize,
+}
+
+/// Latency summary of one operation kind, in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl Latency {
+    fn of(histogram: &Histogram<u64>) -> Latency {
+        Latency {
+            count: histogram.len(),
+            p50_us: histogram.value_at_quantile(0.5),
+            p99_us: histogram.value_at_quantile(0.99),
+            p999_us: histogram.value_at_quantile(0.999),
+            max_us: histogram.max(),
+        }
+    }
+}
+
+/// Resource use of one server process during a cell.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessUse {
+    pub node: String,
+    /// CPU seconds (user + system) spent during the cell.
+    pub cpu_s: f64,
+    /// Resident memory at the end of the cell, and the process's peak so far.
+    pub rss_mib: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// What one cell measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct CellResult {
+    pub cell: Cell,
+    pub shape: DataShape,
+    pub duration_s: f64,
+    pub ops: u64,
+    pub errors: u64,
+    /// The first few error messages, for the reader.
+    pub error_samples: Vec<String>,
+    pub ops_per_s: f64,
+    pub all: Latency,
+    /// Per operation kind (`get`, `put`, `txn`).
+    pub by_op: BTreeMap<String, Latency>,
+    pub processes: Vec<ProcessUse>,
+}
+
+/// Bounds of one cell: it stops at whichever comes first.
+#[derive(Debug, Clone, Copy)]
+pub struct CellLimits {
+    pub duration: Duration,
+    pub max_ops: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum OpKind {
+    Get,
+    Put,
+    Txn,
+}
+
+impl OpKind {
+    fn name(self) -> &'static str {
+        match self {
+            OpKind::Get => "get",
+            OpKind::Put => "put",
+            OpKind::Txn => "txn",
+        }
+    }
+}
+
+/// A 16-byte key of the key space.
+pub fn bench_key(i: u64) -> String {
+    format!("bk-{i:013}")
+}
+
+fn bench_value(value_bytes: usize, salt: u64) -> Vec<u8> {
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..value_bytes)
+        .map(|j| alphabet[((j as u64 + salt) % alphabet.len() as u64) as usize])
+        .collect()
+}
+
+/// One client's connection to one node.
+enum Conn {
+    Mirror {
+        http: reqwest::Client,
+        base: String,
+        level: String,
+    },
+    Etcd {
+        kv: etcd_client::KvClient,
+        serializable: bool,
+    },
+}
+
+impl Conn {
+    async fn run(&mut self, op: OpKind, key: &str, value: &[u8]) -> Result<(), String> {
+        match self {
+            Conn::Mirror { http, base, level } => {
+                let response = match op {
+                    OpKind::Get => http
+                        .get(format!("{base}/v1/kv/{}?consistency={level}", encode_key(key)))
+                        .send()
+                        .await,
+                    OpKind::Put => http
+                        .put(format!("{base}/v1/kv/{}", encode_key(key)))
+                        .body(value.to_vec())
+                        .send()
+                        .await,
+                    OpKind::Txn => http
+                        .post(format!("{base}/v1/txn"))
+                        .json(&serde_json::json!({
+                            "compare": [{"key": key, "exists": true}],
+                            "success": [{"put": {"key": key, "value": String::from_utf8_lossy(value)}}],
+                        }))
+                        .send()
+                        .await,
+                }
+                .map_err(|e| e.to_string())?;
+                let status = response.status();
+                // Read the whole body, as a real client would.
+                let body = response.bytes().await.map_err(|e| e.to_string())?;
+                if status.is_success() || (op == OpKind::Get && status.as_u16() == 404) {
+                    Ok(())
+                } else {
+                    Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
+                }
+            }
+            Conn::Etcd { kv, serializable } => {
+                use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+                match op {
+                    OpKind::Get => {
+                        let options = serializable.then(|| GetOptions::new().with_serializable());
+                        kv.get(key, options).await.map(|_| ())
+                    }
+                    OpKind::Put => kv.put(key, value, None).await.map(|_| ()),
+                    OpKind::Txn => kv
+                        .txn(
+                            Txn::new()
+                                .when([Compare::version(key, CompareOp::Greater, 0)])
+                                .and_then([TxnOp::put(key, value, None)]),
+                        )
+                        .await
+                        .map(|_| ()),
+                }
+                .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// A running 3-member etcd cluster on loopback, stopped on drop.
+pub struct EtcdCluster {
+    _dir: tempfile::TempDir,
+    pub client_urls: Vec<String>,
+    children: Vec<(String, Child)>,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl EtcdCluster {
+    /// Start `members` etcd members from the `etcd` binary and wait until they serve.
+    pub async fn start(etcd: &Path, members: usize) -> anyhow::Result<EtcdCluster> {
+        let dir = tempfile::tempdir()?;
+        let mut peers = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..members {
+            peers.push(format!("http://127.0.0.1:{}", free_port()?));
+            clients.push(format!("http://127.0.0.1:{}", free_port()?));
+        }
+        let initial: Vec<String> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, peer)| format!("e{}={peer}", i + 1))
+            .collect();
+        let mut children = Vec::new();
+        for i in 0..members {
+            let name = format!("e{}", i + 1);
+            let log = std::fs::File::create(dir.path().join(format!("{name}.log")))?;
+            let child = Command::new(etcd)
+                .arg("--name")
+                .arg(&name)
+                .arg("--data-dir")
+                .arg(dir.path().join(&name))
+                .arg("--listen-client-urls")
+                .arg(&clients[i])
+                .arg("--advertise-client-urls")
+                .arg(&clients[i])
+                .arg("--listen-peer-urls")
+                .arg(&peers[i])
+                .arg("--initial-advertise-peer-urls")
+                .arg(&peers[i])
+                .arg("--initial-cluster")
+                .arg(initial.join(","))
+                .arg("--initial-cluster-token")
+                .arg("mirrorkv-bench")
+                .arg("--initial-cluster-state")
+                .arg("new")
+                // Room for the 1M-key scale run (the default quota is 2 GiB).
+                .arg("--quota-backend-bytes")
+                .arg((8u64 << 30).to_string())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("starting {}: {e}", etcd.display()))?;
+            children.push((name, child));
+        }
+        let cluster = EtcdCluster {
+            _dir: dir,
+            client_urls: clients,
+            children,
+        };
+        for url in &cluster.client_urls {
+            let url = url.clone();
+            wait_for(&format!("etcd at {url}"), Duration::from_secs(30), || {
+                let url = url.clone();
+                async move {
+                    let mut client = etcd_client::Client::connect([url], None).await.ok()?;
+                    client.get("bench-health", None).await.ok().map(|_| ())
+                }
+            })
+            .await?;
+        }
+        Ok(cluster)
+    }
+
+    fn pids(&self) -> Vec<(String, u32)> {
+        self.children
+            .iter()
+            .map(|(name, child)| (format!("etcd {name}"), child.id()))
+            .collect()
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Both clusters of a run.
+pub struct Stores {
+    pub mirrorkv: Option<Cluster>,
+    pub etcd: Option<EtcdCluster>,
+}
+
+impl Stores {
+    /// Start the stores asked for, 3 nodes each.
+    pub async fn start(
+        mirrorkv_bin: Option<&Path>,
+        etcd_bin: Option<&Path>,
+        extra_args: &[String],
+    ) -> anyhow::Result<Stores> {
+        let mirrorkv = match mirrorkv_bin {
+            Some(bin) => {
+                let cluster = Cluster::start(ClusterOptions {
+                    bin: bin.to_path_buf(),
+                    nodes: 3,
+                    extra_args: extra_args.to_vec(),
+                    proxies: false,
+                    dir: None,
+                })
+                .await?;
+                cluster.wait_for_leader().await?;
+                for id in cluster.ids() {
+                    cluster.wait_ready(id).await?;
+                }
+                Some(cluster)
+            }
+            None => None,
+        };
+        let etcd = match etcd_bin {
+            Some(bin) => Some(EtcdCluster::start(bin, 3).await?),
+            None => None,
+        };
+        Ok(Stores { mirrorkv, etcd })
+    }
+
+    fn endpoints(&self, store: Store) -> Vec<String> {
+        match store {
+            Store::Mirrorkv => self
+                .mirrorkv
+                .as_ref()
+                .map(|c| c.ids().iter().map(|&id| c.api(id)).collect())
+                .unwrap_or_default(),
+            Store::Etcd => self
+                .etcd
+                .as_ref()
+                .map(|e| e.client_urls.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn pids(&self, store: Store) -> Vec<(String, u32)> {
+        match store {
+            Store::Mirrorkv => self
+                .mirrorkv
+                .as_ref()
+                .map(|c| {
+                    c.nodes
+                        .values()
+                        .filter_map(|n| n.pid().map(|pid| (format!("mirrorkv {}", n.id), pid)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Store::Etcd => self
+                .etcd
+                .as_ref()
+                .map(EtcdCluster::pids)
+                .unwrap_or_default(),
+        }
+    }
+
+    async fn connect(&self, store: Store, client: usize, level: &str) -> anyhow::Result<Conn> {
+        let endpoints = self.endpoints(store);
+        anyhow::ensure!(!endpoints.is_empty(), "{store:?} is not running");
+        let endpoint = endpoints[client % endpoints.len()].clone();
+        Ok(match store {
+            Store::Mirrorkv => Conn::Mirror {
+                http: reqwest::Client::builder()
+                    .tcp_nodelay(true)
+                    .pool_max_idle_per_host(1)
+                    .timeout(Duration::from_secs(10))
+                    .build()?,
+                base: endpoint,
+                level: level.to_string(),
+            },
+            Store::Etcd => {
+                let options = etcd_client::ConnectOptions::new()
+                    .with_timeout(Duration::from_secs(10))
+                    .with_connect_timeout(Duration::from_secs(5));
+                let client = etcd_client::Client::connect([endpoint], Some(options)).await?;
+                Conn::Etcd {
+                    kv: client.kv_client(),
+                    serializable: level == "stale",
+                }
+            }
+        })
+    }
+
+    /// Write every key of the key space once (batches of 100 puts per transaction), so that
+    /// gets find their keys.
+    pub async fn preload(&self, store: Store, shape: DataShape) -> anyhow::Result<Duration> {
+        const PER_TXN: u64 = 100;
+        const LOADERS: u64 = 16;
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for loader in 0..LOADERS {
+            let conn = self.connect(store, loader as usize, "linearizable").await?;
+            let batches: Vec<u64> = (0..shape.keys.div_ceil(PER_TXN))
+                .filter(|b| b % LOADERS == loader)
+                .collect();
+            tasks.spawn(async move {
+                for batch in batches {
+                    let keys: Vec<u64> =
+                        (batch * PER_TXN..((batch + 1) * PER_TXN).min(shape.keys)).collect();
+                    load_batch(&conn, &keys, shape.value_bytes).await?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Run one cell and measure it.
+    pub async fn run_cell(
+        &self,
+        cell: &Cell,
+        shape: DataShape,
+        limits: CellLimits,
+        seed: u64,
+    ) -> anyhow::Result<CellResult> {
+        let pids = self.pids(cell.store);
+        let cpu_before: Vec<f64> = pids.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+        let mut conns = Vec::with_capacity(cell.clients);
+        for client in 0..cell.clients {
+            conns.push(self.connect(cell.store, client, &cell.level).await?);
+        }
+        let started = Instant::now();
+        let deadline = started + limits.duration;
+        let ops_per_client = limits.max_ops.div_ceil(cell.clients as u64);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (client, mut conn) in conns.into_iter().enumerate() {
+            let workload = cell.workload;
+            let mut rng =
+                rand::rngs::StdRng::seed_from_u64(seed ^ (client as u64).wrapping_mul(0x9e37_79b9));
+            tasks.spawn(async move {
+                let mut histograms: BTreeMap<OpKind, Histogram<u64>> = BTreeMap::new();
+                let mut errors = 0u64;
+                let mut samples = Vec::new();
+                for n in 0..ops_per_client {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    let key = bench_key(rng.random_range(0..shape.keys));
+                    let op = match workload {
+                        BenchWorkload::Put => OpKind::Put,
+                        BenchWorkload::Get => OpKind::Get,
+                        BenchWorkload::Mixed if rng.random_range(0..10) == 0 => OpKind::Put,
+                        BenchWorkload::Mixed => OpKind::Get,
+                        BenchWorkload::Txn => OpKind::Txn,
+                    };
+                    let value = bench_value(shape.value_bytes, n);
+                    let sent = Instant::now();
+                    match conn.run(op, &key, &value).await {
+                        Ok(()) => {
+                            let us = sent.elapsed().as_micros().max(1) as u64;
+                            histograms
+                                .entry(op)
+                                .or_insert_with(new_histogram)
+                                .saturating_record(us);
+                        }
+                        Err(e) => {
+                            errors += 1;
+                            if samples.len() < 3 {
+                                samples.push(e);
+                            }
+                        }
+                    }
+                }
+                (histograms, errors, samples)
+            });
+        }
+        let mut by_op: BTreeMap<OpKind, Histogram<u64>> = BTreeMap::new();
+        let (mut errors, mut error_samples) = (0, Vec::new());
+        while let Some(done) = tasks.join_next().await {
+            let (histograms, client_errors, samples) = done?;
+            for (op, histogram) in histograms {
+                by_op
+                    .entry(op)
+                    .or_insert_with(new_histogram)
+                    .add(&histogram)
+                    .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
+            }
+            errors += client_errors;
+            error_samples.extend(samples.into_iter().take(3 - error_samples.len().min(3)));
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut all = new_histogram();
+        for histogram in by_op.values() {
+            all.add(histogram)
+                .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
+        }
+        let processes = pids
+            .iter()
+            .zip(cpu_before)
+            .map(|((node, pid), before)| ProcessUse {
+                node: node.clone(),
+                cpu_s: cpu_seconds(*pid) - before,
+                rss_mib: status_kib(*pid, "VmRSS:") as f64 / 1024.0,
+                peak_rss_mib: status_kib(*pid, "VmHWM:") as f64 / 1024.0,
+            })
+            .collect();
+        Ok(CellResult {
+            cell: cell.clone(),
+            shape,
+            duration_s: elapsed,
+            ops: all.len(),
+            errors,
+            error_samples,
+            ops_per_s: all.len() as f64 / elapsed,
+            all: Latency::of(&all),
+            by_op: by_op
+                .iter()
+                .map(|(op, h)| (op.name().to_string(), Latency::of(h)))
+                .collect(),
+            processes,
+        })
+    }
+}
+
+async fn load_batch(conn: &Conn, keys: &[u64], value_bytes: usize) -> anyhow::Result<()> {
+    match conn {
+        Conn::Mirror { http, base, .. } => {
+            let success: Vec<serde_json::Value> = keys
+                .iter()
+                .map(|&k| {
+                    serde_json::json!({"put": {"key": bench_key(k), "value": String::from_utf8_lossy(&bench_value(value_bytes, k))}})
+                })
+                .collect();
+            let response = http
+                .post(format!("{base}/v1/txn"))
+                .json(&serde_json::json!({ "success": success }))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "preload: {}",
+                response.status()
+            );
+            Ok(())
+        }
+        Conn::Etcd { kv, .. } => {
+            let ops: Vec<etcd_client::TxnOp> = keys
+                .iter()
+                .map(|&k| etcd_client::TxnOp::put(bench_key(k), bench_value(value_bytes, k), None))
+                .collect();
+            kv.clone()
+                .txn(etcd_client::Txn::new().and_then(ops))
+                .await?;
+            Ok(())
+        }
+    }
+}
+
+/// Latencies from 1 µs to 60 s at 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// User + system CPU seconds of a process so far (0 if it is gone).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    ticks as f64 / 100.0
+}
+
+/// A `kB` line of /proc/PID/status (0 if absent).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The `etcd` binary: `--etcd`, else `etcd` on the PATH.
+pub fn find_etcd(given: Option<PathBuf>) -> Option<PathBuf> {
+    if let Some(path) = given {
+        return Some(path);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("etcd"))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// A line of the comparison table: `mirrorkv` vs `etcd` for the same workload and clients.
+pub fn format_row(mirror: Option<&CellResult>, etcd: Option<&CellResult>) -> String {
+    let any = mirror.or(etcd).expect("at least one side");
+    let name = match any.cell.workload {
+        BenchWorkload::Get => format!("get {}", any.cell.level),
+        BenchWorkload::Mixed => format!("mixed {}", any.cell.level),
+        other => format!("{other:?}").to_lowercase(),
+    };
+    let side = |r: Option<&CellResult>| match r {
+        Some(r) => format!(
+            "{:>9.0} {:>6.2} {:>7.2} {:>7.2} {:>5}",
+            r.ops_per_s,
+            r.all.p50_us as f64 / 1000.0,
+            r.all.p99_us as f64 / 1000.0,
+            r.all.p999_us as f64 / 1000.0,
+            r.errors
+        ),
+        None => format!("{:>9} {:>6} {:>7} {:>7} {:>5}", "-", "-", "-", "-", "-"),
+    };
+    let ratio = match (mirror, etcd) {
+        (Some(m), Some(e)) if e.ops_per_s > 0.0 => format!("{:.2}x", m.ops_per_s / e.ops_per_s),
+        _ => "-".into(),
+    };
+    format!(
+        "{name:<18} {:>3} | {} | {} | {ratio:>6}",
+        any.cell.clients,
+        side(mirror),
+        side(etcd)
+    )
+}
+
+/// The header of [`format_row`]'s table.
+pub fn table_header() -> String {
+    let side = format!(
+        "{:>9} {:>6} {:>7} {:>7} {:>5}",
+        "ops/s", "p50ms", "p99ms", "p99.9ms", "errs"
+    );
+    format!(
+        "{:<18} {:>3} | {:^41} | {:^41} | {:>6}\n{:<18} {:>3} | {side} | {side} | {:>6}",
+        "", "", "mirrorkv", "etcd", "", "workload", "cli", "ratio"
+    )
+}
