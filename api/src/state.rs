@@ -80,6 +80,8 @@ pub struct NodeState {
     pub metrics: crate::metrics::Metrics,
     /// Admission of client writes to this node's Raft log while it leads.
     pub write_gate: WriteGate,
+    /// Groups concurrent writes into one log entry while this node leads.
+    pub write_batcher: crate::write::WriteBatcher,
 }
 
 /// Admission of client writes on a leader that may be leaving (shutting down, or removing

@@ -7,8 +7,12 @@
 use std::time::Duration;
 
 use mirrorkv_raft_net::{ForwardError, NetError};
-use mirrorkv_storage::{Command, Response};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use mirrorkv_storage::{Command, CommandResult, Response};
 use openraft::error::ClientWriteError;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
@@ -19,7 +23,16 @@ const RETRY_WAIT_MS: u64 = 50;
 
 /// Apply `command` on this node, which should be the leader. `NotLeader` means it was not
 /// appended (openraft answers ForwardToLeader only then, or for an entry it truncated away).
+/// Concurrent commands are grouped into one log entry by the node's `WriteBatcher`.
 pub async fn apply_as_leader(
+    state: &NodeState,
+    command: Command,
+) -> Result<Response, ForwardError> {
+    state.write_batcher.submit(command).await
+}
+
+/// Append one (possibly batched) command through the write gate and wait for its answer.
+async fn append_through_gate(
     state: &NodeState,
     command: Command,
 ) -> Result<Response, ForwardError> {
@@ -44,6 +57,144 @@ pub async fn apply_as_leader(
         Err(_) => Err(ForwardError::Unavailable(
             "the leader stopped before answering".into(),
         )),
+    }
+}
+
+/// Most client commands in one log entry.
+const MAX_COMMANDS_PER_ENTRY: usize = 128;
+/// Entries of batched writes in flight at once; while they are, new writes queue up and form
+/// the next, bigger batch (the batch size adapts to the load; one client waits for nothing).
+const MAX_ENTRIES_IN_FLIGHT: usize = 4;
+
+struct Submitted {
+    command: Command,
+    answer: oneshot::Sender<Result<Response, ForwardError>>,
+}
+
+/// Groups concurrent client writes into one log entry (`Command::Batch`), so that many writes
+/// share one entry's trip through Raft. Only commands with disjoint conflict keys share an
+/// entry (see `Command::Batch`).
+pub struct WriteBatcher {
+    queue: mpsc::Sender<Submitted>,
+    receiver: std::sync::Mutex<Option<mpsc::Receiver<Submitted>>>,
+}
+
+impl WriteBatcher {
+    /// A batcher whose queue holds at most `capacity` writes (senders wait beyond it).
+    pub fn new(capacity: usize) -> Self {
+        let (queue, receiver) = mpsc::channel(capacity.max(1));
+        Self {
+            queue,
+            receiver: std::sync::Mutex::new(Some(receiver)),
+        }
+    }
+
+    async fn submit(&self, command: Command) -> Result<Response, ForwardError> {
+        let (answer, answered) = oneshot::channel();
+        if self
+            .queue
+            .send(Submitted { command, answer })
+            .await
+            .is_err()
+        {
+            return Err(ForwardError::NotLeader { leader: None });
+        }
+        answered.await.unwrap_or(Err(ForwardError::Unavailable(
+            "the write batcher stopped".into(),
+        )))
+    }
+
+    /// Form and append batches until `stop` resolves. Run once per node.
+    pub async fn run(state: Arc<NodeState>, stop: impl std::future::Future<Output = ()>) {
+        let Some(mut receiver) = state
+            .write_batcher
+            .receiver
+            .lock()
+            .expect("batcher lock")
+            .take()
+        else {
+            return;
+        };
+        let in_flight = Arc::new(Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
+        let mut carried: Option<Submitted> = None;
+        tokio::pin!(stop);
+        loop {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let first = match carried.take() {
+                Some(first) => first,
+                None => tokio::select! {
+                    next = receiver.recv() => match next {
+                        Some(next) => next,
+                        None => return,
+                    },
+                    _ = &mut stop => return,
+                },
+            };
+            let mut batch = vec![first];
+            {
+                let mut keys: HashSet<(u8, String)> = HashSet::new();
+                keys.extend(owned_keys(&batch[0].command));
+                while batch.len() < MAX_COMMANDS_PER_ENTRY {
+                    let Ok(next) = receiver.try_recv() else { break };
+                    let next_keys = owned_keys(&next.command);
+                    if next_keys.iter().any(|k| keys.contains(k)) {
+                        // Conflicts with this batch: it opens the next one.
+                        carried = Some(next);
+                        break;
+                    }
+                    keys.extend(next_keys);
+                    batch.push(next);
+                }
+            }
+            let state = state.clone();
+            tokio::spawn(async move {
+                append_batch(&state, batch).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+fn owned_keys(command: &Command) -> Vec<(u8, String)> {
+    command
+        .conflict_keys()
+        .into_iter()
+        .map(|(tag, key)| (tag, key.to_string()))
+        .collect()
+}
+
+/// Append `batch` as one entry and hand every command its own answer.
+async fn append_batch(state: &NodeState, mut batch: Vec<Submitted>) {
+    if batch.len() == 1 {
+        let Submitted { command, answer } = batch.pop().expect("one");
+        let _ = answer.send(append_through_gate(state, command).await);
+        return;
+    }
+    let (commands, answers): (Vec<Command>, Vec<_>) =
+        batch.into_iter().map(|s| (s.command, s.answer)).unzip();
+    let count = commands.len();
+    match append_through_gate(state, Command::Batch(commands)).await {
+        Ok(Response {
+            result: CommandResult::Batch(responses),
+            ..
+        }) if responses.len() == count => {
+            for (answer, response) in answers.into_iter().zip(responses) {
+                let _ = answer.send(Ok(response));
+            }
+        }
+        Ok(other) => {
+            let message = format!("a batch of {count} was answered with {other:?}");
+            for answer in answers {
+                let _ = answer.send(Err(ForwardError::Unavailable(message.clone())));
+            }
+        }
+        Err(e) => {
+            for answer in answers {
+                let _ = answer.send(Err(e.clone()));
+            }
+        }
     }
 }
 

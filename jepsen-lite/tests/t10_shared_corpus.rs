@@ -7,8 +7,12 @@ use jepsen_lite::model::Register;
 use jepsen_lite::{check, parse, CheckOptions, Verdict};
 
 fn corpus_dir() -> PathBuf {
-    // shared/ sits beside the repository (CI copies it there too).
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // shared/ sits beside the repository (CI copies it there too). The manifest dir is read
+    // when the test runs (cargo sets it), not when it was built: a build cache shared between
+    // clones may hand this binary to a clone at another path.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     let dir = manifest.join("../../shared/corpus/jepsen-etcd");
     assert!(
         dir.is_dir(),

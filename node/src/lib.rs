@@ -148,7 +148,12 @@ pub async fn run(
         }),
         metrics: Default::default(),
         write_gate: Default::default(),
+        write_batcher: mirrorkv_api::write::WriteBatcher::new(config.api.max_in_flight_requests),
     });
+    tokio::spawn(mirrorkv_api::write::WriteBatcher::run(
+        state.clone(),
+        stopped(stop_rx.clone()),
+    ));
     tokio::spawn(events::log_raft_events(
         config.id,
         raft.clone(),

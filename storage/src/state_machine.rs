@@ -339,6 +339,21 @@ impl StateMachine {
         {
             return self.execute_idempotent(index, &key, issued_at_ms, window_ms, *command, batch);
         }
+        if let Command::Batch(commands) = command {
+            // Each command stages its writes into `batch` in turn; they do not see each other's
+            // writes, which is why a batch only groups commands with disjoint conflict keys.
+            let mut responses = Vec::with_capacity(commands.len());
+            for command in commands {
+                if matches!(command, Command::Batch(_)) {
+                    return Err(StorageError::Invariant("nested batch".into()));
+                }
+                responses.push(self.execute(index, command, batch)?);
+            }
+            return Ok(Response {
+                index,
+                result: CommandResult::Batch(responses),
+            });
+        }
         let mut overlay = Overlay::new(&self.db);
         let result = match command {
             Command::Put {
@@ -359,8 +374,8 @@ impl StateMachine {
             },
             Command::Txn(txn) => run_txn(&mut overlay, index, txn)?,
             Command::Barrier => CommandResult::Nothing,
-            Command::Idempotent { .. } => {
-                return Err(StorageError::Invariant("nested idempotent command".into()))
+            Command::Idempotent { .. } | Command::Batch(_) => {
+                return Err(StorageError::Invariant("unreachable: handled above".into()))
             }
         };
         overlay.stage(batch)?;

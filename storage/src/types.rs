@@ -61,6 +61,46 @@ pub enum Command {
         window_ms: u64,
         command: Box<Command>,
     },
+    /// Several client commands proposed together, applied in order at one index, each with its
+    /// own result. The proposer (the API's write batcher) only groups commands whose
+    /// `conflict_keys` are pairwise disjoint, so no key changes twice at one index and a key's
+    /// `mod_index` still names exactly one version of it.
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// What this command reads or writes, tagged by namespace (`d` data key, `i` idempotency
+    /// key): two commands with disjoint sets commute and may share one log entry.
+    pub fn conflict_keys(&self) -> Vec<(u8, &str)> {
+        let mut keys = Vec::new();
+        self.collect_conflict_keys(&mut keys);
+        keys
+    }
+
+    fn collect_conflict_keys<'a>(&'a self, keys: &mut Vec<(u8, &'a str)>) {
+        match self {
+            Command::Put { key, .. } | Command::Delete { key, .. } => keys.push((b'd', key)),
+            Command::Txn(txn) => {
+                keys.extend(txn.compare.iter().map(|c| (b'd', c.key.as_str())));
+                for op in txn.success.iter().chain(&txn.failure) {
+                    let key = match op {
+                        TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => key,
+                    };
+                    keys.push((b'd', key));
+                }
+            }
+            Command::Barrier => {}
+            Command::Idempotent { key, command, .. } => {
+                keys.push((b'i', key));
+                command.collect_conflict_keys(keys);
+            }
+            Command::Batch(commands) => {
+                for command in commands {
+                    command.collect_conflict_keys(keys);
+                }
+            }
+        }
+    }
 }
 
 /// A transaction: compares, then the ops of one branch.
@@ -125,6 +165,8 @@ pub enum CommandResult {
         succeeded: bool,
         results: Vec<TxnOpResult>,
     },
+    /// The answers of a `Command::Batch`, in order.
+    Batch(Vec<Response>),
 }
 
 /// The answer of the state machine for one applied entry.

@@ -53,6 +53,12 @@ enum Op {
         key: u8,
         value: Vec<u8>,
     },
+    /// Puts (odd keys) and deletes (even keys) of distinct keys in one `Command::Batch`, as the
+    /// API's write batcher proposes them.
+    Batch {
+        keys: Vec<u8>,
+        value: Vec<u8>,
+    },
     Snapshot,
     RestoreSnapshotIntoFreshStore,
     Reopen,
@@ -71,6 +77,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(key, guess_current, put_key, value)| Op::Txn { key, guess_current, put_key, value }),
         2 => (0u8..3, 0u64..60, key, proptest::collection::vec(any::<u8>(), 0..8))
             .prop_map(|(idem, advance_ms, key, value)| Op::IdempotentPut { idem, advance_ms, key, value }),
+        2 => (proptest::collection::btree_set(0u8..12, 1..6), proptest::collection::vec(any::<u8>(), 0..8))
+            .prop_map(|(keys, value)| Op::Batch { keys: keys.into_iter().collect(), value }),
         1 => Just(Op::Snapshot),
         1 => Just(Op::RestoreSnapshotIntoFreshStore),
         1 => Just(Op::Reopen),
@@ -166,6 +174,12 @@ impl Harness {
                 CommandResult::Txn { succeeded, results }
             }
             Command::Barrier => CommandResult::Nothing,
+            Command::Batch(commands) => CommandResult::Batch(
+                commands
+                    .iter()
+                    .map(|command| self.model_apply(index, command))
+                    .collect(),
+            ),
             Command::Idempotent {
                 key,
                 issued_at_ms,
@@ -302,6 +316,24 @@ impl Harness {
                     }),
                 }
             }
+            Op::Batch { keys, value } => Command::Batch(
+                keys.into_iter()
+                    .map(|key| {
+                        if key % 2 == 1 {
+                            Command::Put {
+                                key: key_name(key),
+                                value: value.clone(),
+                                precondition: Precondition::None,
+                            }
+                        } else {
+                            Command::Delete {
+                                key: key_name(key),
+                                precondition: Precondition::None,
+                            }
+                        }
+                    })
+                    .collect(),
+            ),
             Op::Snapshot => {
                 let mut builder = self.sm.get_snapshot_builder().await;
                 let snapshot = builder.build_snapshot().await.unwrap();
