@@ -99,9 +99,11 @@ impl WriteBatcher {
         {
             return Err(ForwardError::NotLeader { leader: None });
         }
-        answered.await.unwrap_or(Err(ForwardError::Unavailable(
-            "the write batcher stopped".into(),
-        )))
+        // A command the batcher dropped unanswered was never dispatched (dispatched ones are
+        // answered by their own task), so nothing was appended: safe to retry elsewhere.
+        answered
+            .await
+            .unwrap_or(Err(ForwardError::NotLeader { leader: None }))
     }
 
     /// Form and append batches until `stop` resolves. Run once per node.
