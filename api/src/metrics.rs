@@ -43,57 +43,57 @@ pub struct Metrics {
     db_dir_bytes: IntGauge,
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let gauge = IntGauge::new(name, help).expect("valid metric");
+/// Register `metric` (built from constant, valid names) and return a handle to it.
+fn registered<M>(registry: &Registry, metric: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = metric.expect("valid metric");
     registry
-        .register(Box::new(gauge.clone()))
+        .register(Box::new(metric.clone()))
         .expect("unique metric");
-    gauge
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    registered(registry, IntGauge::new(name, help))
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let counter = IntCounter::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(counter.clone()))
-        .expect("unique metric");
-    counter
+    registered(registry, IntCounter::new(name, help))
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let gauge = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(gauge.clone()))
-        .expect("unique metric");
-    gauge
+    registered(registry, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "mirrorkv_http_requests_total",
-                "HTTP requests answered, by route, read level and status code.",
+        let requests = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "mirrorkv_http_requests_total",
+                    "HTTP requests answered, by route, read level and status code.",
+                ),
+                &["route", "level", "status"],
             ),
-            &["route", "level", "status"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(requests.clone()))
-            .expect("unique metric");
-        let request_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "mirrorkv_http_request_duration_seconds",
-                "Time from receiving an HTTP request to its answer, by route and read level.",
-            )
-            // 50 µs to ~6.5 s, doubling.
-            .buckets(prometheus::exponential_buckets(0.000_05, 2.0, 18).expect("valid buckets")),
-            &["route", "level"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(request_seconds.clone()))
-            .expect("unique metric");
+        );
+        let request_seconds = registered(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "mirrorkv_http_request_duration_seconds",
+                    "Time from receiving an HTTP request to its answer, by route and read level.",
+                )
+                // 50 µs to ~6.5 s, doubling.
+                .buckets(
+                    prometheus::exponential_buckets(0.000_05, 2.0, 18).expect("valid buckets"),
+                ),
+                &["route", "level"],
+            ),
+        );
         let r = &registry;
         Self {
             term: gauge(r, "mirrorkv_raft_term", "Current Raft term."),

@@ -136,11 +136,11 @@ impl WriteBatcher {
             };
             let mut batch = vec![first];
             {
-                let mut keys: HashSet<(u8, String)> = HashSet::new();
-                keys.extend(owned_keys(&batch[0].command));
+                let mut keys: HashSet<u64> = HashSet::new();
+                keys.extend(key_hashes(&batch[0].command));
                 while batch.len() < MAX_COMMANDS_PER_ENTRY {
                     let Ok(next) = receiver.try_recv() else { break };
-                    let next_keys = owned_keys(&next.command);
+                    let next_keys = key_hashes(&next.command);
                     if next_keys.iter().any(|k| keys.contains(k)) {
                         // Conflicts with this batch: it opens the next one.
                         carried = Some(next);
@@ -159,11 +159,15 @@ impl WriteBatcher {
     }
 }
 
-fn owned_keys(command: &Command) -> Vec<(u8, String)> {
+/// Hashes of a command's conflict keys, so that forming a batch copies no key. Two different
+/// keys with one hash only look like a conflict, which merely starts the next batch.
+fn key_hashes(command: &Command) -> Vec<u64> {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hasher = BuildHasherDefault::<DefaultHasher>::default();
     command
         .conflict_keys()
         .into_iter()
-        .map(|(tag, key)| (tag, key.to_string()))
+        .map(|key| hasher.hash_one(key))
         .collect()
 }
 

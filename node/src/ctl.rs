@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -97,31 +98,21 @@ pub enum MemberCommand {
     Remove { id: u64 },
 }
 
-/// Percent-encode a key for a path: everything but unreserved characters and `/`.
+/// Everything but RFC 3986's unreserved characters is percent-encoded in a query value.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+/// In a key's path, `/` stays as it is (the API takes `/` inside keys).
+const KEY_PATH: &AsciiSet = &QUERY_VALUE.remove(b'/');
+
 fn key_path(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for byte in key.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
+    utf8_percent_encode(key, KEY_PATH).to_string()
 }
 
 fn query_value(value: &str) -> String {
-    let mut out = String::new();
-    for byte in value.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
+    utf8_percent_encode(value, QUERY_VALUE).to_string()
 }
 
 struct Client {
@@ -170,6 +161,17 @@ impl Client {
             }
         }
         bail!("no endpoint answered; last error: {last_error}")
+    }
+
+    /// `send`, then the answer's JSON, or the API's error.
+    async fn json(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        json: bool,
+    ) -> anyhow::Result<Value> {
+        json_ok(self.send(method, path_and_query, body, json).await?).await
     }
 }
 
@@ -299,17 +301,14 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 Some(value) => value.into_bytes(),
                 None => read_input(&PathBuf::from("-"))?,
             };
-            let body = json_ok(
-                client
-                    .send(
-                        Method::PUT,
-                        &format!("/v1/kv/{}", key_path(&key)),
-                        Some(value),
-                        false,
-                    )
-                    .await?,
-            )
-            .await?;
+            let body = client
+                .json(
+                    Method::PUT,
+                    &format!("/v1/kv/{}", key_path(&key)),
+                    Some(value),
+                    false,
+                )
+                .await?;
             if args.json {
                 print_json(&body)?;
             } else {
@@ -317,17 +316,14 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             }
         }
         CtlCommand::Del { key } => {
-            let body = json_ok(
-                client
-                    .send(
-                        Method::DELETE,
-                        &format!("/v1/kv/{}", key_path(&key)),
-                        None,
-                        false,
-                    )
-                    .await?,
-            )
-            .await?;
+            let body = client
+                .json(
+                    Method::DELETE,
+                    &format!("/v1/kv/{}", key_path(&key)),
+                    None,
+                    false,
+                )
+                .await?;
             if args.json {
                 print_json(&body)?;
             } else if body["deleted"] == true {
@@ -354,12 +350,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 if let Some(start) = &start {
                     path.push_str(&format!("&start={}", query_value(start)));
                 }
-                let page = json_ok(
-                    client
-                        .send(Method::GET, &with_level(path), None, false)
-                        .await?,
-                )
-                .await?;
+                let page = client
+                    .json(Method::GET, &with_level(path), None, false)
+                    .await?;
                 if index.is_null() {
                     index = page["index"].clone();
                 }
@@ -386,17 +379,14 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             let body = read_input(&file)?;
             serde_json::from_slice::<Value>(&body)
                 .with_context(|| format!("{} is not JSON", file.display()))?;
-            let answer = json_ok(
-                client
-                    .send(
-                        Method::POST,
-                        &with_level("/v1/txn".to_string()),
-                        Some(body),
-                        true,
-                    )
-                    .await?,
-            )
-            .await?;
+            let answer = client
+                .json(
+                    Method::POST,
+                    &with_level("/v1/txn".to_string()),
+                    Some(body),
+                    true,
+                )
+                .await?;
             if args.json {
                 print_json(&answer)?;
             } else {
@@ -432,7 +422,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Cluster {
             command: ClusterCommand::Status,
         } => {
-            let body = json_ok(client.send(Method::GET, "/v1/cluster", None, false).await?).await?;
+            let body = client.json(Method::GET, "/v1/cluster", None, false).await?;
             if args.json {
                 print_json(&body)?;
             } else {
@@ -461,7 +451,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     (Method::DELETE, format!("/v1/cluster/members/{id}"), None)
                 }
             };
-            let answer = json_ok(client.send(method, &path, body, true).await?).await?;
+            let answer = client.json(method, &path, body, true).await?;
             if args.json {
                 print_json(&answer)?;
             } else {
@@ -482,12 +472,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             }
         }
         CtlCommand::Snapshot => {
-            let answer = json_ok(
-                client
-                    .send(Method::POST, "/v1/snapshot", None, false)
-                    .await?,
-            )
-            .await?;
+            let answer = client
+                .json(Method::POST, "/v1/snapshot", None, false)
+                .await?;
             if args.json {
                 print_json(&answer)?;
             } else {

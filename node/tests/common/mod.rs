@@ -246,10 +246,22 @@ impl Writer {
         *self.endpoints.lock().unwrap() = endpoints;
     }
 
-    /// Stop writing and return what was seen.
+    /// Stop writing and return what was seen; panics if the writer made no real progress
+    /// (a test whose writes all failed would prove nothing).
     pub async fn finish(self) -> WriterReport {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.task.await.expect("writer task")
+        let report = self.task.await.expect("writer task");
+        eprintln!(
+            "writer: {} acknowledged, {} retried, {} not retryable",
+            report.acked.len(),
+            report.retried,
+            report.fatal.len()
+        );
+        assert!(
+            report.acked.len() > 10,
+            "the writer made progress: {report:?}"
+        );
+        report
     }
 }
 
