@@ -44,7 +44,11 @@ pub enum ApiError {
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            // Clears by itself within seconds; another node can answer meanwhile.
+            StorageError::Installing => ApiError::Unavailable(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 

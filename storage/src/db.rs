@@ -5,9 +5,11 @@
 //! - `raft_meta`: `vote`, `committed`, `purged` → encoded values.
 //! - `sm`: `d` + key bytes → encoded `KeyRecord`; `i` + idempotency key → encoded
 //!   `IdempotencyRecord`, `t` + issued-at (BE) + idempotency key → expiry index;
-//!   `m:applied`, `m:membership` → encoded values.
-//!   Data and the applied index share one column family so one `WriteBatch` moves both.
-//! - `snapshot`: `current` → the last built or installed snapshot (meta and data).
+//!   `m:applied`, `m:membership` → encoded values; `m:installing` → the snapshot being
+//!   installed, while one is. Data and the applied index share one column family so one
+//!   `WriteBatch` moves both.
+//! - `snapshot`: `current` → the last built or installed snapshot: its meta and its file name
+//!   (the data is a file, see `snapshot`).
 
 use std::path::Path;
 
@@ -26,6 +28,9 @@ pub(crate) const KEY_PURGED: &[u8] = b"purged";
 pub(crate) const KEY_APPLIED: &[u8] = b"m:applied";
 pub(crate) const KEY_MEMBERSHIP: &[u8] = b"m:membership";
 pub(crate) const KEY_SNAPSHOT: &[u8] = b"current";
+/// Present while a snapshot is being installed (names its file): the `sm` data is then a mix of
+/// old and new, readers refuse it, and opening the store finishes the install.
+pub(crate) const KEY_INSTALLING: &[u8] = b"m:installing";
 
 /// First byte of every data key in `sm`; data keys sort in `[DATA_TAG, DATA_TAG_END)`.
 pub(crate) const DATA_TAG: u8 = b'd';

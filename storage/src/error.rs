@@ -16,6 +16,13 @@ pub enum StorageError {
     /// restore that cannot proceed; the message says which.
     #[error("backup: {0}")]
     Backup(String),
+    /// A file outside RocksDB (a snapshot file) could not be read or written.
+    #[error("i/o: {0}")]
+    Io(String),
+    /// The node is replacing its state with a snapshot from the leader; until that finishes
+    /// there is no consistent state to read. Clears by itself: retry, or read another node.
+    #[error("this node is installing a snapshot from the leader; retry shortly or read from another node")]
+    Installing,
 }
 
 /// Shorthand for results of this crate.

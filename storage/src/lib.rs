@@ -8,7 +8,11 @@
 //! - `db`: opening RocksDB, column families, key layout, fsync write options.
 //! - [`log_store`]: `LogStore`, the Raft log plus vote / committed / purged.
 //! - [`state_machine`]: `StateMachine` (apply, snapshots) and `KvReader` (reads for the API).
-//! - [`backup`]: backups as a checksummed stream, and restoring one into a new store.
+//! - [`stream`]: the checksummed, point-in-time copy of the state that backups and snapshot
+//!   files share (one writer, one reader with every check).
+//! - [`snapshot`]: the snapshot files under `<db>/snapshots/` and `SnapshotFile`, the handle
+//!   openraft sends from and receives into.
+//! - [`backup`]: backups (`GET /v1/backup`), and restoring one into a new store.
 //! - [`error`]: `StorageError`, the error of this layer.
 //!
 //! Why it is shaped this way, and every durability rule, is in `storage/DESIGN.md`.
@@ -18,7 +22,9 @@ pub mod codec;
 mod db;
 pub mod error;
 pub mod log_store;
+pub mod snapshot;
 pub mod state_machine;
+pub mod stream;
 pub mod types;
 
 use std::path::Path;
@@ -34,7 +40,7 @@ pub use types::*;
 pub fn open(path: &Path) -> Result<(LogStore, StateMachine), StorageError> {
     let db = Arc::new(db::open(path)?);
     let log_store = LogStore::new(db.clone())?;
-    let state_machine = StateMachine::open(db)?;
+    let state_machine = StateMachine::open(db, path)?;
     let purged = log_store.purged()?;
     let snapshot = state_machine.snapshot_log_id()?;
     let applied = state_machine.applied();

@@ -16,6 +16,7 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -345,10 +346,16 @@ impl Harness {
                 let snapshot = builder.build_snapshot().await.unwrap();
                 let dir = tempfile::tempdir().unwrap();
                 let (log, mut sm) = mirrorkv_storage::open(dir.path()).unwrap();
+                // Through the chunked path openraft uses: read the built file, write the bytes
+                // into a fresh receiving file in pieces, flush it, install it.
+                let mut data = Vec::new();
+                let mut sent = snapshot.snapshot;
+                sent.read_to_end(&mut data).await.unwrap();
                 let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
-                receiving
-                    .get_mut()
-                    .extend_from_slice(snapshot.snapshot.get_ref());
+                for piece in data.chunks(4096) {
+                    receiving.write_all(piece).await.unwrap();
+                }
+                receiving.shutdown().await.unwrap();
                 sm.install_snapshot(&snapshot.meta, receiving)
                     .await
                     .unwrap();

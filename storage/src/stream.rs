@@ -1,0 +1,325 @@
+//! The state stream: one checksummed, point-in-time copy of the replicated state, the format of
+//! both backups (`GET /v1/backup`) and snapshot files (what openraft sends to a mirror that is
+//! behind). One format means one writer and one reader, so every snapshot file is also a valid
+//! backup: `mirrorkv restore --from DATA_DIR/db/snapshots/<file>.snap` works.
+//!
+//! Format (version 1), all integers little-endian:
+//! ```text
+//! MAGIC (16 bytes) | FORMAT_VERSION (u32)
+//! frame*           where frame = len (u32) | crc32 of payload (u32) | payload (postcard `Frame`)
+//! ```
+//! The frames are one `Header`, any number of `Entries` (raw `sm` entries in strictly ascending
+//! key order), and one `End` that repeats the counts. A frame whose checksum does not match is
+//! corruption; a stream that stops before `End` is truncated; keys out of order, a reserved key,
+//! a count that disagrees, or bytes after `End` are corruption. [`read_state`] checks all of it.
+
+use std::io::Read;
+
+use rocksdb::{IteratorMode, ReadOptions, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::db::{self, CF_SM};
+use crate::error::{Result, StorageError};
+use crate::state_machine::{consistent_view, read_membership};
+use crate::types::{LogId, NodeId, StoredMembership};
+
+/// First bytes of every stream.
+pub const MAGIC: &[u8; 16] = b"MIRRORKV-BACKUP\n";
+/// Version of the format written; readers refuse any other.
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest frame a reader accepts: a bound on what a corrupted length can make it allocate.
+pub const MAX_FRAME_BYTES: u32 = 64 * 1024 * 1024;
+/// `Entries` frames are cut at about this many payload bytes; it bounds the memory a writer or
+/// a reader of any size of state needs.
+const TARGET_FRAME_BYTES: usize = 1024 * 1024;
+
+/// Raw `sm` entries: key bytes and value bytes, in ascending key order.
+pub(crate) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Frame {
+    Header(BackupHeader),
+    Entries(Entries),
+    End { entries: u64, entry_frames: u64 },
+}
+
+/// What a stream says about where it came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupHeader {
+    /// The last log entry the copy contains; the copy is the state at exactly this index.
+    pub applied: Option<LogId>,
+    /// The membership at that point (a snapshot installs it; restore sets a new one).
+    pub membership: StoredMembership,
+    /// The node that wrote a backup. 0 in a snapshot file: the store does not know its node id.
+    pub source_node: NodeId,
+    /// The cluster of a backup. Empty in a snapshot file, for the same reason.
+    pub cluster_id: String,
+    pub created_unix_ms: u64,
+}
+
+/// What a finished stream covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupSummary {
+    /// Log index of the copy (0 if nothing was ever applied).
+    pub index: u64,
+    /// Replicated `sm` entries (keys and idempotency records).
+    pub entries: u64,
+    /// Bytes of the whole stream.
+    pub bytes: u64,
+}
+
+fn frame_bytes(frame: &Frame) -> Result<Vec<u8>> {
+    let payload = codec::encode(frame)?;
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|len| *len <= MAX_FRAME_BYTES)
+        .ok_or_else(|| StorageError::Backup(format!("frame of {} bytes", payload.len())))?;
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// The state as of now: a RocksDB point-in-time view and what it says about itself.
+pub(crate) struct View<'a> {
+    db: &'a DB,
+    snapshot: rocksdb::Snapshot<'a>,
+    pub applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+impl<'a> View<'a> {
+    /// Take a view of `db` now. Refuses a view of a half-installed snapshot (see
+    /// [`crate::state_machine`]): there is no consistent state to copy until it finishes.
+    pub(crate) fn take(db: &'a DB) -> Result<Self> {
+        let (snapshot, applied) = consistent_view(db)?;
+        let membership = read_membership(db, Some(&snapshot))?;
+        Ok(Self {
+            db,
+            snapshot,
+            applied,
+            membership,
+        })
+    }
+
+    /// Write this view as a stream to `sink`, in pieces of about `TARGET_FRAME_BYTES`. `sink`
+    /// returns false to abort (the reader went away). Blocking.
+    pub(crate) fn write(
+        &self,
+        source_node: NodeId,
+        cluster_id: &str,
+        mut sink: impl FnMut(Vec<u8>) -> bool,
+    ) -> Result<BackupSummary> {
+        let aborted = || StorageError::Backup("the reader went away".into());
+        let header = BackupHeader {
+            applied: self.applied,
+            membership: self.membership.clone(),
+            source_node,
+            cluster_id: cluster_id.to_string(),
+            created_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        let mut first = Vec::from(&MAGIC[..]);
+        first.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        first.extend(frame_bytes(&Frame::Header(header))?);
+        let mut bytes = first.len() as u64;
+        if !sink(first) {
+            return Err(aborted());
+        }
+        let mut read_options = ReadOptions::default();
+        read_options.set_snapshot(&self.snapshot);
+        let (mut entries, mut entry_frames) = (0u64, 0u64);
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0usize;
+        let mut send = |chunk: Entries, bytes: &mut u64| -> Result<()> {
+            let frame = frame_bytes(&Frame::Entries(chunk))?;
+            *bytes += frame.len() as u64;
+            if sink(frame) {
+                Ok(())
+            } else {
+                Err(aborted())
+            }
+        };
+        let db = self.db;
+        for item in db.iterator_cf_opt(db::cf(db, CF_SM), read_options, IteratorMode::Start) {
+            let (key, value) = item?;
+            if key.first() == Some(&db::META_TAG) {
+                continue;
+            }
+            chunk_bytes += key.len() + value.len();
+            chunk.push((key.to_vec(), value.to_vec()));
+            entries += 1;
+            if chunk_bytes >= TARGET_FRAME_BYTES {
+                send(std::mem::take(&mut chunk), &mut bytes)?;
+                entry_frames += 1;
+                chunk_bytes = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            send(chunk, &mut bytes)?;
+            entry_frames += 1;
+        }
+        let end = frame_bytes(&Frame::End {
+            entries,
+            entry_frames,
+        })?;
+        bytes += end.len() as u64;
+        if !sink(end) {
+            return Err(aborted());
+        }
+        Ok(BackupSummary {
+            index: self.applied.map_or(0, |id| id.index),
+            entries,
+            bytes,
+        })
+    }
+}
+
+/// Reads frames from a stream, checking lengths and checksums.
+struct FrameReader<R> {
+    input: R,
+    bytes: u64,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// Fill `buf` completely; `Ok(false)` on a clean end of input before the first byte.
+    fn read_exact_or_eof(&mut self, buf: &mut [u8]) -> Result<bool> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.input.read(&mut buf[filled..]) {
+                Ok(0) if filled == 0 => return Ok(false),
+                Ok(0) => {
+                    return Err(StorageError::Backup(format!(
+                        "truncated: the stream ends inside a frame after {} bytes",
+                        self.bytes + filled as u64
+                    )))
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(StorageError::Backup(format!("reading the stream: {e}"))),
+            }
+        }
+        self.bytes += buf.len() as u64;
+        Ok(true)
+    }
+
+    fn next(&mut self) -> Result<Option<Frame>> {
+        let mut head = [0u8; 8];
+        if !self.read_exact_or_eof(&mut head)? {
+            return Ok(None);
+        }
+        let offset = self.bytes - 8;
+        let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+        if len > MAX_FRAME_BYTES {
+            return Err(StorageError::Backup(format!(
+                "corrupted: frame at byte {offset} claims {len} bytes (at most {MAX_FRAME_BYTES})"
+            )));
+        }
+        let mut payload = vec![0u8; len as usize];
+        if !self.read_exact_or_eof(&mut payload)? && len > 0 {
+            return Err(StorageError::Backup(format!(
+                "truncated: the stream ends inside the frame at byte {offset}"
+            )));
+        }
+        if crc32fast::hash(&payload) != crc {
+            return Err(StorageError::Backup(format!(
+                "corrupted: checksum mismatch in the frame at byte {offset}"
+            )));
+        }
+        codec::decode(&payload).map(Some).map_err(|e| {
+            StorageError::Backup(format!(
+                "corrupted: undecodable frame at byte {offset}: {e}"
+            ))
+        })
+    }
+}
+
+/// Read and check a whole stream from `input`: `header` is called with its header first, then
+/// `entries` with each chunk, in order. Every check of the module doc runs; `entries` may
+/// already have seen earlier chunks when a later one fails, so a caller that writes them must
+/// either check the stream first (a pass with no-op callbacks) or be able to throw its work away.
+pub(crate) fn read_state(
+    input: impl Read,
+    mut header: impl FnMut(&BackupHeader) -> Result<()>,
+    mut entries: impl FnMut(Entries) -> Result<()>,
+) -> Result<(BackupHeader, BackupSummary)> {
+    let mut reader = FrameReader { input, bytes: 0 };
+    let mut preamble = [0u8; 20];
+    if !reader.read_exact_or_eof(&mut preamble)? || &preamble[..16] != MAGIC {
+        return Err(StorageError::Backup(
+            "not a mirrorkv backup (bad magic bytes)".into(),
+        ));
+    }
+    let version = u32::from_le_bytes(preamble[16..].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(StorageError::Backup(format!(
+            "backup format version {version}; this build reads version {FORMAT_VERSION}"
+        )));
+    }
+    let first = match reader.next()? {
+        Some(Frame::Header(first)) => first,
+        Some(_) => return Err(StorageError::Backup("corrupted: no header frame".into())),
+        None => return Err(StorageError::Backup("truncated: no header frame".into())),
+    };
+    header(&first)?;
+    let (mut count, mut entry_frames) = (0u64, 0u64);
+    let mut last_key: Option<Vec<u8>> = None;
+    loop {
+        match reader.next()? {
+            Some(Frame::Entries(chunk)) => {
+                let mut previous = last_key.as_deref();
+                for (key, _) in &chunk {
+                    if key.first() == Some(&db::META_TAG) || key.first() == Some(&0xff) {
+                        return Err(StorageError::Backup("corrupted: a reserved key".into()));
+                    }
+                    if previous.is_some_and(|previous| previous >= key.as_slice()) {
+                        return Err(StorageError::Backup("corrupted: keys out of order".into()));
+                    }
+                    previous = Some(key);
+                }
+                if let Some((key, _)) = chunk.last() {
+                    last_key = Some(key.clone());
+                }
+                count += chunk.len() as u64;
+                entry_frames += 1;
+                entries(chunk)?;
+            }
+            Some(Frame::End {
+                entries: expected_entries,
+                entry_frames: expected_frames,
+            }) => {
+                if (expected_entries, expected_frames) != (count, entry_frames) {
+                    return Err(StorageError::Backup(format!(
+                        "corrupted: the end frame counts {expected_entries} entries in {expected_frames} frames, the stream had {count} in {entry_frames}"
+                    )));
+                }
+                break;
+            }
+            Some(Frame::Header(_)) => {
+                return Err(StorageError::Backup("corrupted: a second header".into()))
+            }
+            None => {
+                return Err(StorageError::Backup(format!(
+                    "truncated: the stream ends after {} bytes without its end frame",
+                    reader.bytes
+                )))
+            }
+        }
+    }
+    let mut rest = [0u8; 1];
+    if reader.read_exact_or_eof(&mut rest)? {
+        return Err(StorageError::Backup(
+            "corrupted: bytes after the end frame".into(),
+        ));
+    }
+    let summary = BackupSummary {
+        index: first.applied.map_or(0, |id| id.index),
+        entries: count,
+        bytes: reader.bytes,
+    };
+    Ok((first, summary))
+}
