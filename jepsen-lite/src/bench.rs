@@ -1,8 +1,9 @@
 //! `jepsen-lite bench`: throughput and latency of mirrorkv and of etcd, started on the same
 //! machine in the same run and driven by the same closed-loop clients.
 //!
-//! Each client owns one connection to one node (client `i` talks to node `i mod n`, for both
-//! stores), sends one request at a time, and records each answer's latency in an HDR histogram.
+//! Each client owns one connection to one node (client `i` talks to member `i mod n` counted
+//! from the current leader, for both stores, so one client always talks to the leader), sends
+//! one request at a time, and records each answer's latency in an HDR histogram.
 //! Errors are counted apart and never enter the histograms. etcd is driven through its native
 //! gRPC API (the `etcd-client` crate); its read levels are linearizable and serializable
 //! ranges. Nothing here asserts a figure: it prints them and writes JSON.
@@ -215,7 +216,9 @@ impl Conn {
 
 /// A running 3-member etcd cluster on loopback, stopped on drop.
 pub struct EtcdCluster {
-    _dir: tempfile::TempDir,
+    etcd: PathBuf,
+    dir: tempfile::TempDir,
+    peers: Vec<String>,
     pub client_urls: Vec<String>,
     children: Vec<(String, Child)>,
 }
@@ -236,61 +239,98 @@ impl EtcdCluster {
             peers.push(format!("http://127.0.0.1:{}", free_port()?));
             clients.push(format!("http://127.0.0.1:{}", free_port()?));
         }
-        let initial: Vec<String> = peers
+        let mut cluster = EtcdCluster {
+            etcd: etcd.to_path_buf(),
+            dir,
+            peers,
+            client_urls: clients,
+            children: Vec::new(),
+        };
+        for i in 0..members {
+            let child = cluster.spawn(i)?;
+            cluster.children.push((format!("e{}", i + 1), child));
+        }
+        for i in 0..members {
+            cluster.wait_serving(i, "bench-health").await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Start member `i` (again: an existing data dir makes etcd ignore the initial-cluster
+    /// flags and rejoin).
+    fn spawn(&self, i: usize) -> anyhow::Result<Child> {
+        let name = format!("e{}", i + 1);
+        let initial: Vec<String> = self
+            .peers
             .iter()
             .enumerate()
             .map(|(i, peer)| format!("e{}={peer}", i + 1))
             .collect();
-        let mut children = Vec::new();
-        for i in 0..members {
-            let name = format!("e{}", i + 1);
-            let log = std::fs::File::create(dir.path().join(format!("{name}.log")))?;
-            let child = Command::new(etcd)
-                .arg("--name")
-                .arg(&name)
-                .arg("--data-dir")
-                .arg(dir.path().join(&name))
-                .arg("--listen-client-urls")
-                .arg(&clients[i])
-                .arg("--advertise-client-urls")
-                .arg(&clients[i])
-                .arg("--listen-peer-urls")
-                .arg(&peers[i])
-                .arg("--initial-advertise-peer-urls")
-                .arg(&peers[i])
-                .arg("--initial-cluster")
-                .arg(initial.join(","))
-                .arg("--initial-cluster-token")
-                .arg("mirrorkv-bench")
-                .arg("--initial-cluster-state")
-                .arg("new")
-                // Room for the 1M-key scale run (the default quota is 2 GiB).
-                .arg("--quota-backend-bytes")
-                .arg((8u64 << 30).to_string())
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .map_err(|e| anyhow::anyhow!("starting {}: {e}", etcd.display()))?;
-            children.push((name, child));
-        }
-        let cluster = EtcdCluster {
-            _dir: dir,
-            client_urls: clients,
-            children,
-        };
-        for url in &cluster.client_urls {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))?;
+        Command::new(&self.etcd)
+            .arg("--name")
+            .arg(&name)
+            .arg("--data-dir")
+            .arg(self.dir.path().join(&name))
+            .arg("--listen-client-urls")
+            .arg(&self.client_urls[i])
+            .arg("--advertise-client-urls")
+            .arg(&self.client_urls[i])
+            .arg("--listen-peer-urls")
+            .arg(&self.peers[i])
+            .arg("--initial-advertise-peer-urls")
+            .arg(&self.peers[i])
+            .arg("--initial-cluster")
+            .arg(initial.join(","))
+            .arg("--initial-cluster-token")
+            .arg("mirrorkv-bench")
+            .arg("--initial-cluster-state")
+            .arg("new")
+            // Room for the 1M-key scale run (the default quota is 2 GiB).
+            .arg("--quota-backend-bytes")
+            .arg((8u64 << 30).to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting {}: {e}", self.etcd.display()))
+    }
+
+    /// Wait until member `i` answers a linearizable range of `key`.
+    async fn wait_serving(&self, i: usize, key: &str) -> anyhow::Result<()> {
+        let url = self.client_urls[i].clone();
+        wait_for(&format!("etcd at {url}"), Duration::from_secs(60), || {
             let url = url.clone();
-            wait_for(&format!("etcd at {url}"), Duration::from_secs(30), || {
-                let url = url.clone();
-                async move {
-                    let mut client = etcd_client::Client::connect([url], None).await.ok()?;
-                    client.get("bench-health", None).await.ok().map(|_| ())
-                }
-            })
-            .await?;
+            async move {
+                let options = etcd_client::ConnectOptions::new()
+                    .with_timeout(Duration::from_secs(2))
+                    .with_connect_timeout(Duration::from_secs(1));
+                let mut client = etcd_client::Client::connect([url], Some(options))
+                    .await
+                    .ok()?;
+                client.get(key, None).await.ok().map(|_| ())
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Index of the member that is leader now.
+    async fn leader(&self) -> anyhow::Result<usize> {
+        for (i, url) in self.client_urls.iter().enumerate() {
+            let mut client = etcd_client::Client::connect([url.clone()], None).await?;
+            let status = client.status().await?;
+            let is_leader = status
+                .header()
+                .is_some_and(|h| h.member_id() == status.leader());
+            if is_leader {
+                return Ok(i);
+            }
         }
-        Ok(cluster)
+        anyhow::bail!("no etcd member says it is the leader")
     }
 
     fn pids(&self) -> Vec<(String, u32)> {
@@ -348,18 +388,90 @@ impl Stores {
         Ok(Stores { mirrorkv, etcd })
     }
 
-    fn endpoints(&self, store: Store) -> Vec<String> {
+    /// The store's client endpoints with the current leader first, so that client 0 (the
+    /// only one in a 1-client cell) talks to the leader of either store, and the others spread
+    /// over the members in the same pattern for both.
+    async fn endpoints(&self, store: Store) -> anyhow::Result<Vec<String>> {
+        let (mut endpoints, leader) = match store {
+            Store::Mirrorkv => {
+                let cluster = self
+                    .mirrorkv
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("mirrorkv is not running"))?;
+                let ids = cluster.ids();
+                let leader = cluster.wait_for_leader().await?;
+                let at = ids.iter().position(|&id| id == leader).unwrap_or(0);
+                (
+                    ids.iter().map(|&id| cluster.api(id)).collect::<Vec<_>>(),
+                    at,
+                )
+            }
+            Store::Etcd => {
+                let etcd = self
+                    .etcd
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("etcd is not running"))?;
+                (etcd.client_urls.clone(), etcd.leader().await?)
+            }
+        };
+        endpoints.rotate_left(leader);
+        Ok(endpoints)
+    }
+
+    /// `kill -9` one follower of `store` (the second of [`Self::endpoints`]), start it again
+    /// on its data, and return how long it took from the start until it answered a
+    /// linearizable read of a preloaded key itself.
+    pub async fn restart_follower(&mut self, store: Store) -> anyhow::Result<Duration> {
+        let key = bench_key(0);
+        let endpoints = self.endpoints(store).await?;
         match store {
-            Store::Mirrorkv => self
-                .mirrorkv
-                .as_ref()
-                .map(|c| c.ids().iter().map(|&id| c.api(id)).collect())
-                .unwrap_or_default(),
-            Store::Etcd => self
-                .etcd
-                .as_ref()
-                .map(|e| e.client_urls.clone())
-                .unwrap_or_default(),
+            Store::Mirrorkv => {
+                let cluster = self
+                    .mirrorkv
+                    .as_mut()
+                    .ok_or_else(|| anyhow::anyhow!("mirrorkv is not running"))?;
+                let id = cluster
+                    .ids()
+                    .into_iter()
+                    .find(|&id| cluster.api(id) == endpoints[1])
+                    .ok_or_else(|| anyhow::anyhow!("no node serves {}", endpoints[1]))?;
+                cluster.kill(id)?;
+                let started = Instant::now();
+                cluster.restart(id).await?;
+                wait_for(
+                    "the restarted node to serve",
+                    Duration::from_secs(60),
+                    || {
+                        let (endpoint, key) = (endpoints[1].clone(), key.clone());
+                        async move {
+                            let mut conn = connect(Store::Mirrorkv, endpoint, "linearizable")
+                                .await
+                                .ok()?;
+                            conn.run(OpKind::Get, &key, b"").await.ok()
+                        }
+                    },
+                )
+                .await?;
+                Ok(started.elapsed())
+            }
+            Store::Etcd => {
+                let etcd = self
+                    .etcd
+                    .as_mut()
+                    .ok_or_else(|| anyhow::anyhow!("etcd is not running"))?;
+                let i = etcd
+                    .client_urls
+                    .iter()
+                    .position(|url| *url == endpoints[1])
+                    .ok_or_else(|| anyhow::anyhow!("no member serves {}", endpoints[1]))?;
+                let child = &mut etcd.children[i].1;
+                child.kill()?;
+                child.wait()?;
+                let started = Instant::now();
+                etcd.children[i].1 = etcd.spawn(i)?;
+                etcd.wait_serving(i, &key).await?;
+                Ok(started.elapsed())
+            }
         }
     }
 
@@ -383,33 +495,6 @@ impl Stores {
         }
     }
 
-    async fn connect(&self, store: Store, client: usize, level: &str) -> anyhow::Result<Conn> {
-        let endpoints = self.endpoints(store);
-        anyhow::ensure!(!endpoints.is_empty(), "{store:?} is not running");
-        let endpoint = endpoints[client % endpoints.len()].clone();
-        Ok(match store {
-            Store::Mirrorkv => Conn::Mirror {
-                http: reqwest::Client::builder()
-                    .tcp_nodelay(true)
-                    .pool_max_idle_per_host(1)
-                    .timeout(Duration::from_secs(10))
-                    .build()?,
-                base: endpoint,
-                level: level.to_string(),
-            },
-            Store::Etcd => {
-                let options = etcd_client::ConnectOptions::new()
-                    .with_timeout(Duration::from_secs(10))
-                    .with_connect_timeout(Duration::from_secs(5));
-                let client = etcd_client::Client::connect([endpoint], Some(options)).await?;
-                Conn::Etcd {
-                    kv: client.kv_client(),
-                    serializable: level == "stale",
-                }
-            }
-        })
-    }
-
     /// Write every key of the key space once (batches of 100 puts per transaction), so that
     /// gets find their keys.
     pub async fn preload(&self, store: Store, shape: DataShape) -> anyhow::Result<Duration> {
@@ -417,8 +502,10 @@ impl Stores {
         const LOADERS: u64 = 16;
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
+        let endpoints = self.endpoints(store).await?;
         for loader in 0..LOADERS {
-            let conn = self.connect(store, loader as usize, "linearizable").await?;
+            let endpoint = endpoints[loader as usize % endpoints.len()].clone();
+            let conn = connect(store, endpoint, "linearizable").await?;
             let batches: Vec<u64> = (0..shape.keys.div_ceil(PER_TXN))
                 .filter(|b| b % LOADERS == loader)
                 .collect();
@@ -447,9 +534,11 @@ impl Stores {
     ) -> anyhow::Result<CellResult> {
         let pids = self.pids(cell.store);
         let cpu_before: Vec<f64> = pids.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+        let endpoints = self.endpoints(cell.store).await?;
         let mut conns = Vec::with_capacity(cell.clients);
         for client in 0..cell.clients {
-            conns.push(self.connect(cell.store, client, &cell.level).await?);
+            let endpoint = endpoints[client % endpoints.len()].clone();
+            conns.push(connect(cell.store, endpoint, &cell.level).await?);
         }
         let started = Instant::now();
         let deadline = started + limits.duration;
@@ -542,6 +631,31 @@ impl Stores {
             processes,
         })
     }
+}
+
+/// A client connection of `store` to `endpoint`, reading at `level`.
+async fn connect(store: Store, endpoint: String, level: &str) -> anyhow::Result<Conn> {
+    Ok(match store {
+        Store::Mirrorkv => Conn::Mirror {
+            http: reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .pool_max_idle_per_host(1)
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            base: endpoint,
+            level: level.to_string(),
+        },
+        Store::Etcd => {
+            let options = etcd_client::ConnectOptions::new()
+                .with_timeout(Duration::from_secs(10))
+                .with_connect_timeout(Duration::from_secs(5));
+            let client = etcd_client::Client::connect([endpoint], Some(options)).await?;
+            Conn::Etcd {
+                kv: client.kv_client(),
+                serializable: level == "stale",
+            }
+        }
+    })
 }
 
 async fn load_batch(conn: &Conn, keys: &[u64], value_bytes: usize) -> anyhow::Result<()> {

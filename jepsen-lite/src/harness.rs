@@ -46,6 +46,9 @@ pub struct TestOptions {
     pub out: PathBuf,
     /// Per-request client timeout.
     pub request_timeout_ms: u64,
+    /// The nodes' `--snapshot-threshold-entries`: small, so that a run builds many snapshots
+    /// and a node that was killed or cut off catches up through a snapshot install.
+    pub snapshot_threshold_entries: u64,
 }
 
 /// What a run found.
@@ -322,6 +325,8 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
                 .saturating_sub(200)
                 .max(100)
                 .to_string(),
+            "--snapshot-threshold-entries".into(),
+            options.snapshot_threshold_entries.to_string(),
         ],
         proxies: true,
         dir: Some(options.out.join("nodes")),

@@ -76,6 +76,10 @@ enum Command {
         /// Per-request client timeout.
         #[arg(long, default_value_t = 2000)]
         request_timeout_ms: u64,
+        /// The nodes' snapshot threshold: small by default, so that snapshots are built and
+        /// installed under the faults too.
+        #[arg(long, default_value_t = 200)]
+        snapshot_threshold_entries: u64,
     },
     /// Measure mirrorkv and etcd (3 nodes each, started here) under the same closed-loop
     /// clients; prints ops/s and p50/p99/p99.9 per cell and writes JSON.
@@ -112,6 +116,14 @@ enum Command {
         /// linearizable get, lease get, stale get.
         #[arg(long)]
         matrix: bool,
+        /// Run the cells this many times over, printing each process's memory after every
+        /// round: memory that grows with the requests served shows up here.
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
+        /// After the cells, `kill -9` one follower of each store, start it again and time how
+        /// long until it answers a linearizable read itself.
+        #[arg(long)]
+        restart: bool,
         /// Write every cell's result here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -134,6 +146,8 @@ fn main() -> ExitCode {
             keys,
             value_bytes,
             matrix,
+            rounds,
+            restart,
             json,
             seed,
         } => {
@@ -174,6 +188,8 @@ fn main() -> ExitCode {
                     duration: Duration::from_secs(duration_s),
                     max_ops,
                 },
+                rounds: rounds.max(1),
+                restart,
                 json,
                 seed,
             };
@@ -201,6 +217,7 @@ fn main() -> ExitCode {
             seed,
             out,
             request_timeout_ms,
+            snapshot_threshold_entries,
         } => {
             let seed = seed.unwrap_or_else(|| {
                 std::time::SystemTime::now()
@@ -221,9 +238,10 @@ fn main() -> ExitCode {
                 seed,
                 out: out.clone(),
                 request_timeout_ms,
+                snapshot_threshold_entries,
             };
             let reproduce = format!(
-                "jepsen-lite test --nodes {nodes} --time-limit {time_limit} --rate {rate} --concurrency {concurrency} --keys {keys} --workload {} --nemesis {} --consistency {consistency} --seed {seed} --out {}",
+                "jepsen-lite test --nodes {nodes} --time-limit {time_limit} --rate {rate} --concurrency {concurrency} --keys {keys} --workload {} --nemesis {} --consistency {consistency} --seed {seed} --snapshot-threshold-entries {snapshot_threshold_entries} --out {}",
                 workload.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()),
                 nemesis.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()),
                 out.display()
@@ -365,6 +383,8 @@ struct BenchRun {
     cells: Vec<(BenchWorkload, String, usize)>,
     shape: DataShape,
     limits: CellLimits,
+    rounds: u32,
+    restart: bool,
     json: Option<PathBuf>,
     seed: u64,
 }
@@ -372,7 +392,7 @@ struct BenchRun {
 /// Start the stores, preload both, then run every cell on mirrorkv and on etcd alternately
 /// (so a noisy machine slows both alike), printing a row per cell.
 async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
-    let stores = Stores::start(
+    let mut stores = Stores::start(
         run.mirrorkv.then_some(run.bin.as_path()),
         run.etcd.as_deref(),
         &[],
@@ -396,28 +416,48 @@ async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
     }
     println!("{}", bench::table_header());
     let mut results = Vec::new();
-    for (workload, level, clients) in &run.cells {
-        let mut row: Vec<Option<bench::CellResult>> = vec![None, None];
-        for &store in &measured {
-            let cell = Cell {
-                store,
-                workload: *workload,
-                level: level.clone(),
-                clients: *clients,
-            };
-            let result = stores
-                .run_cell(&cell, run.shape, run.limits, run.seed)
-                .await?;
-            if result.errors > 0 {
-                eprintln!(
-                    "{store:?} {workload:?} {level} x{clients}: {} errors, e.g. {:?}",
-                    result.errors, result.error_samples
-                );
+    let mut memory_by_round = Vec::new();
+    for round in 1..=run.rounds {
+        for (workload, level, clients) in &run.cells {
+            let mut row: Vec<Option<bench::CellResult>> = vec![None, None];
+            for &store in &measured {
+                let cell = Cell {
+                    store,
+                    workload: *workload,
+                    level: level.clone(),
+                    clients: *clients,
+                };
+                let result = stores
+                    .run_cell(&cell, run.shape, run.limits, run.seed)
+                    .await?;
+                if result.errors > 0 {
+                    eprintln!(
+                        "{store:?} {workload:?} {level} x{clients}: {} errors, e.g. {:?}",
+                        result.errors, result.error_samples
+                    );
+                }
+                row[usize::from(store == Store::Etcd)] = Some(result);
             }
-            row[usize::from(store == Store::Etcd)] = Some(result);
+            println!("{}", bench::format_row(row[0].as_ref(), row[1].as_ref()));
+            results.extend(row.into_iter().flatten());
         }
-        println!("{}", bench::format_row(row[0].as_ref(), row[1].as_ref()));
-        results.extend(row.into_iter().flatten());
+        if run.rounds > 1 {
+            let served: u64 = results.iter().map(|r| r.ops).sum();
+            let rss: Vec<String> = results
+                .iter()
+                .rev()
+                .take(measured.len())
+                .flat_map(|r| &r.processes)
+                .map(|p| format!("{} {:.0}", p.node, p.rss_mib))
+                .collect();
+            println!(
+                "after round {round} ({served} requests served in all): rss MiB: {}",
+                rss.join(", ")
+            );
+            memory_by_round.push(
+                serde_json::json!({ "round": round, "requests_served": served, "rss_mib": rss }),
+            );
+        }
     }
     println!();
     println!(
@@ -441,12 +481,30 @@ async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
             }
         }
     }
+    let mut restarts = serde_json::Map::new();
+    if run.restart {
+        println!();
+        for &store in &measured {
+            let took = stores.restart_follower(store).await?;
+            println!(
+                "restart after kill -9, until it serves a linearizable read: {store:?} {:.2} s ({} keys)",
+                took.as_secs_f64(),
+                run.shape.keys
+            );
+            restarts.insert(
+                format!("{store:?}").to_lowercase(),
+                took.as_secs_f64().into(),
+            );
+        }
+    }
     if let Some(path) = &run.json {
         let report = serde_json::json!({
             "machine": machine(),
             "shape": run.shape,
             "cell_seconds": run.limits.duration.as_secs(),
             "results": results,
+            "memory_by_round": memory_by_round,
+            "restart_s": restarts,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         eprintln!("wrote {}", path.display());

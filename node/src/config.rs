@@ -93,6 +93,9 @@ pub struct Flags {
     /// Largest node-to-node frame.
     #[arg(long, env = "MIRRORKV_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<u32>,
+    /// Memory RocksDB may use for its block cache and memtables together (default 256).
+    #[arg(long, env = "MIRRORKV_STORAGE_MEMORY_MIB")]
+    pub storage_memory_mib: Option<u64>,
 }
 
 /// Log output format.
@@ -124,6 +127,7 @@ pub struct NodeConfig {
     pub lease_margin_ms: u64,
     pub snapshot_threshold_entries: u64,
     pub snapshot_chunk_bytes: u64,
+    pub storage_memory_mib: u64,
 }
 
 impl Flags {
@@ -167,6 +171,7 @@ impl Flags {
                 .or(file.snapshot_threshold_entries),
             snapshot_chunk_bytes: self.snapshot_chunk_bytes.or(file.snapshot_chunk_bytes),
             max_frame_bytes: self.max_frame_bytes.or(file.max_frame_bytes),
+            storage_memory_mib: self.storage_memory_mib.or(file.storage_memory_mib),
         }
     }
 
@@ -271,6 +276,11 @@ impl Flags {
         if snapshot_chunk_bytes + 64 * 1024 > u64::from(net.max_frame_bytes) {
             bail!("snapshot_chunk_bytes must be at least 64 KiB below max_frame_bytes");
         }
+        if let Some(mib) = flags.storage_memory_mib {
+            if !(16..=1024 * 1024).contains(&mib) {
+                bail!("storage_memory_mib must be between 16 and 1048576 (MiB)");
+            }
+        }
         Ok(NodeConfig {
             id,
             data_dir,
@@ -289,6 +299,7 @@ impl Flags {
             lease_margin_ms,
             snapshot_threshold_entries: flags.snapshot_threshold_entries.unwrap_or(10_000),
             snapshot_chunk_bytes,
+            storage_memory_mib: flags.storage_memory_mib.unwrap_or(256),
         })
     }
 }

@@ -78,8 +78,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
-    let (log_store, state_machine) = mirrorkv_storage::open(&config.data_dir.join("db"))
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let store_options = mirrorkv_storage::StoreOptions {
+        memory_budget_bytes: usize::try_from(config.storage_memory_mib << 20)
+            .context("storage_memory_mib is too large for this machine")?,
+    };
+    let (log_store, state_machine) =
+        mirrorkv_storage::open_with(&config.data_dir.join("db"), &store_options)
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let reader = state_machine.reader();
     let committed_index = log_store.committed_index();
     let raft_addr = listeners.raft.local_addr()?;

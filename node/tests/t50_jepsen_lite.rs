@@ -21,6 +21,7 @@ fn options(consistency: &str, seed: u64, out: PathBuf) -> TestOptions {
         seed,
         out,
         request_timeout_ms: 2000,
+        snapshot_threshold_entries: 100,
     }
 }
 

@@ -77,7 +77,7 @@ fn restore_into(
     node_id: NodeId,
     members: &BTreeMap<NodeId, NodeInfo>,
 ) -> Result<BackupSummary> {
-    let db = Arc::new(db::open(path)?);
+    let db = Arc::new(db::open(path, &db::StoreOptions::default())?);
     let sm = db::cf(&db, CF_SM);
     let (header, summary) = stream::read_state(
         input,

@@ -13,7 +13,9 @@
 
 use std::path::Path;
 
-use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBufferManager, WriteOptions, DB,
+};
 
 use crate::error::Result;
 
@@ -97,8 +99,26 @@ pub(crate) fn synced() -> WriteOptions {
     options
 }
 
+/// How the store may use the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Memory RocksDB may use for its block cache and memtables together. Memtables take up to
+    /// half of it (they are charged to the cache, then flushed); index and filter blocks are
+    /// cached inside it too, so the store's memory does not grow with the data or with the
+    /// requests served, only with this number.
+    pub memory_budget_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            memory_budget_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
 /// Open (or create) the node's database at `path`.
-pub(crate) fn open(path: &Path) -> Result<DB> {
+pub(crate) fn open(path: &Path, store: &StoreOptions) -> Result<DB> {
     let mut options = Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
@@ -106,9 +126,26 @@ pub(crate) fn open(path: &Path) -> Result<DB> {
     options.set_max_background_jobs(2);
     // Writes are durable through the WAL; never turn it off.
     options.set_manual_wal_flush(false);
+    // One memory budget for the whole instance (see `StoreOptions`).
+    let cache = Cache::new_lru_cache(store.memory_budget_bytes);
+    let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
+        store.memory_budget_bytes / 2,
+        false,
+        cache.clone(),
+    );
+    options.set_write_buffer_manager(&write_buffers);
     let cf = |name: &str| {
         let mut cf_options = Options::default();
         cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_cache_index_and_filter_blocks(true);
+        if name == CF_SM {
+            // Every get and every applied write looks keys up here; a bloom filter (10 bits a
+            // key, about 1% false positives) skips the SST files that do not hold the key.
+            table.set_bloom_filter(10.0, false);
+        }
+        cf_options.set_block_based_table_factory(&table);
         ColumnFamilyDescriptor::new(name, cf_options)
     };
     let db = DB::open_cf_descriptors(

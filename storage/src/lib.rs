@@ -30,15 +30,24 @@ pub mod types;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use db::StoreOptions;
 pub use error::StorageError;
 pub use log_store::LogStore;
 pub use state_machine::{DiskUsage, KvReader, RangePage, ReadAt, StateMachine, StorageCounters};
 pub use types::*;
 
+/// Open the node's store at `path` (created if missing) with the default [`StoreOptions`].
+pub fn open(path: &Path) -> Result<(LogStore, StateMachine), StorageError> {
+    open_with(path, &StoreOptions::default())
+}
+
 /// Open the node's store at `path` (created if missing) and check the log-pointer invariant
 /// `purged ≤ snapshot ≤ applied` on what is on disk.
-pub fn open(path: &Path) -> Result<(LogStore, StateMachine), StorageError> {
-    let db = Arc::new(db::open(path)?);
+pub fn open_with(
+    path: &Path,
+    options: &StoreOptions,
+) -> Result<(LogStore, StateMachine), StorageError> {
+    let db = Arc::new(db::open(path, options)?);
     let log_store = LogStore::new(db.clone())?;
     let state_machine = StateMachine::open(db, path)?;
     let purged = log_store.purged()?;
