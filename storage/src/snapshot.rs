@@ -7,8 +7,9 @@
 //! is current (see `state_machine`). File names:
 //! - `<index>-<unique>.snap`: a complete snapshot, fsynced, and its directory entry fsynced,
 //!   before any RocksDB record names it;
-//! - `<unique>.tmp`: one being built or received. Anything not named by the current record is
-//!   removed when the store opens and after each new snapshot is stored.
+//! - `build-<unique>.tmp`, `receive-<unique>.tmp`: one being built or received. Anything not
+//!   named by the current record is removed when the store opens; older snapshots after each
+//!   new one is stored; abandoned receives when the next receive begins.
 
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ pub(crate) struct SnapshotDir {
 
 const SNAPSHOT_SUFFIX: &str = ".snap";
 const TEMP_SUFFIX: &str = ".tmp";
+const RECEIVE_PREFIX: &str = "receive-";
 
 impl SnapshotDir {
     /// The snapshot directory of the store at `db_path`, created if missing.
@@ -48,9 +50,27 @@ impl SnapshotDir {
         self.next_unique.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// A fresh path for a snapshot being built or received.
+    /// A fresh path for a snapshot being built.
     pub(crate) fn temp_path(&self) -> PathBuf {
-        self.path.join(format!("{}{TEMP_SUFFIX}", self.unique()))
+        self.path
+            .join(format!("build-{}{TEMP_SUFFIX}", self.unique()))
+    }
+
+    /// A fresh path for a snapshot being received, after removing the files of earlier
+    /// receives: openraft receives one stream at a time and drops a stream it abandons (a new
+    /// leader, a newer snapshot), so their files would otherwise stay until the next start.
+    pub(crate) fn receive_path(&self) -> PathBuf {
+        if let Ok(entries) = std::fs::read_dir(&self.path) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(RECEIVE_PREFIX) && name.ends_with(TEMP_SUFFIX) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        self.path
+            .join(format!("{RECEIVE_PREFIX}{}{TEMP_SUFFIX}", self.unique()))
     }
 
     /// A fresh file name for a complete snapshot at `index`.

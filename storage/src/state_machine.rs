@@ -839,7 +839,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, RaftStorageError> {
-        let path = self.snapshots.dir.temp_path();
+        let path = self.snapshots.dir.receive_path();
         let file = SnapshotFile::create(path)
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
@@ -993,7 +993,7 @@ mod tests {
         let mut bytes = std::fs::read(&file).unwrap();
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x40;
-        let received = target.snapshots.dir.temp_path();
+        let received = target.snapshots.dir.receive_path();
         std::fs::write(&received, &bytes).unwrap();
         let error = install_file(&target.db, &target.snapshots, &meta, &received).unwrap_err();
         assert!(error.to_string().contains("corrupted"), "{error}");
@@ -1006,7 +1006,7 @@ mod tests {
         // A file whose contents do not match the meta is refused too.
         let mut wrong_meta = meta.clone();
         wrong_meta.last_log_id = Some(LogId::new(CommittedLeaderId::new(1, 1), 99));
-        let received = target.snapshots.dir.temp_path();
+        let received = target.snapshots.dir.receive_path();
         std::fs::copy(&file, &received).unwrap();
         let error =
             install_file(&target.db, &target.snapshots, &wrong_meta, &received).unwrap_err();
