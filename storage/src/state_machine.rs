@@ -223,14 +223,24 @@ impl KvReader {
     }
 
     /// Size of the current snapshot's file, 0 if there is none.
+    ///
+    /// Takes no lock (callers are async; an install holds the lock for seconds): a newer
+    /// snapshot may remove the file between reading the record and the file's size, so that
+    /// case reads the record again.
     pub fn snapshot_size_bytes(&self) -> Result<u64> {
-        let _guard = self.snapshots.lock();
-        let Some(stored) = stored_snapshot(&self.db)? else {
-            return Ok(0);
-        };
-        let path = self.snapshots.dir.file(&stored.file);
-        let meta = std::fs::metadata(&path).map_err(|e| io_error("reading", &path, e))?;
-        Ok(meta.len())
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let Some(stored) = stored_snapshot(&self.db)? else {
+                return Ok(0);
+            };
+            let path = self.snapshots.dir.file(&stored.file);
+            match std::fs::metadata(&path) {
+                Ok(meta) => return Ok(meta.len()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < ATTEMPTS => {}
+                Err(e) => return Err(io_error("reading", &path, e)),
+            }
+        }
+        unreachable!("the last attempt returns")
     }
 
     /// How much room the store takes.
