@@ -79,21 +79,8 @@ fn restore_into(
 ) -> Result<BackupSummary> {
     let db = Arc::new(db::open(path, &db::StoreOptions::default())?);
     let sm = db::cf(&db, CF_SM);
-    let (header, summary) = stream::read_state(
-        input,
-        |_| Ok(()),
-        |chunk| {
-            let mut batch = WriteBatch::default();
-            for (key, value) in chunk {
-                batch.put_cf(sm, key, value);
-            }
-            // Not synced one by one: the final synced write below makes all of it durable (the
-            // WAL is written in order; db::synced). A bad stream fails before that write, and
-            // `restore` then removes the directory.
-            db.write(batch)?;
-            Ok(())
-        },
-    )?;
+    // A bad stream fails before the final synced write, and `restore` removes the directory.
+    let (header, summary) = stream::load_entries(&db, input)?;
     // The new cluster: the backup's data at the backup's log id, with a new membership.
     let voters: BTreeSet<NodeId> = members.keys().copied().collect();
     let membership = StoredMembership::new(

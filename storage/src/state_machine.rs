@@ -705,13 +705,9 @@ fn install_file(
     received: &Path,
 ) -> Result<u64> {
     let _guard = snapshots.lock();
-    let open = |path: &Path| -> Result<BufReader<std::fs::File>> {
-        let file = std::fs::File::open(path).map_err(|e| io_error("opening", path, e))?;
-        Ok(BufReader::with_capacity(1024 * 1024, file))
-    };
     // A full check before anything changes: a bad file leaves the old state untouched.
     stream::read_state(
-        open(received)?,
+        open_buffered(received)?,
         |header| {
             if header.applied == meta.last_log_id {
                 Ok(())
@@ -745,6 +741,12 @@ fn install_file(
     Ok(entries)
 }
 
+/// A snapshot file opened for reading a frame at a time.
+fn open_buffered(path: &Path) -> Result<BufReader<std::fs::File>> {
+    let file = std::fs::File::open(path).map_err(|e| io_error("opening", path, e))?;
+    Ok(BufReader::with_capacity(1024 * 1024, file))
+}
+
 /// Replace the whole state machine with the snapshot `installing` (whose file was checked and
 /// fsynced, and whose `m:installing` marker is stored): delete the data, write the file's
 /// entries in frame-sized batches, then one fsynced batch that sets applied and membership,
@@ -757,21 +759,8 @@ fn load_snapshot(db: &DB, dir: &SnapshotDir, installing: &StoredSnapshot) -> Res
     batch.delete_range_cf(cf, &[][..], &[db::META_TAG][..]);
     batch.delete_range_cf(cf, &[db::META_TAG + 1][..], &[0xffu8][..]);
     db.write(batch)?;
-    let path = dir.file(&installing.file);
-    let file = std::fs::File::open(&path).map_err(|e| io_error("opening", &path, e))?;
-    let (_, summary) = stream::read_state(
-        BufReader::with_capacity(1024 * 1024, file),
-        |_| Ok(()),
-        |chunk| {
-            let mut batch = WriteBatch::default();
-            for (key, value) in chunk {
-                batch.put_cf(cf, key, value);
-            }
-            // Not synced: the synced batch below covers it (WAL order, `db::synced`).
-            db.write(batch)?;
-            Ok(())
-        },
-    )?;
+    // Not synced: the synced batch below covers it (WAL order, `db::synced`).
+    let (_, summary) = stream::load_entries(db, open_buffered(&dir.file(&installing.file))?)?;
     let meta = &installing.meta;
     let mut batch = WriteBatch::default();
     batch.put_cf(cf, KEY_APPLIED, codec::encode(&meta.last_log_id)?);

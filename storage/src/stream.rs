@@ -323,3 +323,23 @@ pub(crate) fn read_state(
     };
     Ok((first, summary))
 }
+
+/// Read and check the stream in `input` and write its entries into the `sm` column family of
+/// `db`, a batch per frame, without fsync: the caller's final synced write makes them durable
+/// (the WAL is written in order; `db::synced`). A bad stream stops with an error partway, so the
+/// caller must be able to throw the partial state away (a new directory, or a marked install).
+pub(crate) fn load_entries(db: &DB, input: impl Read) -> Result<(BackupHeader, BackupSummary)> {
+    let cf = db::cf(db, CF_SM);
+    read_state(
+        input,
+        |_| Ok(()),
+        |chunk| {
+            let mut batch = rocksdb::WriteBatch::default();
+            for (key, value) in chunk {
+                batch.put_cf(cf, key, value);
+            }
+            db.write(batch)?;
+            Ok(())
+        },
+    )
+}
