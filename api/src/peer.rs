@@ -16,8 +16,8 @@ pub struct PeerService {
 }
 
 impl AppHandler for PeerService {
-    async fn client_write(&self, command: Command) -> Result<Response, ForwardError> {
-        write::apply_as_leader(&self.state, command).await
+    async fn client_writes(&self, commands: Vec<Command>) -> Vec<Result<Response, ForwardError>> {
+        write::apply_many_as_leader(&self.state, commands).await
     }
 
     async fn read_index(&self, lease: bool) -> Result<u64, ForwardError> {

@@ -82,6 +82,9 @@ pub struct NodeState {
     pub write_gate: WriteGate,
     /// Groups concurrent writes into one log entry while this node leads.
     pub write_batcher: crate::write::WriteBatcher,
+    /// Sends the writes this node receives while it does not lead to the leader, many to a
+    /// frame.
+    pub forwarder: crate::write::Forwarder,
 }
 
 /// Admission of client writes on a leader that may be leaving (shutting down, or removing

@@ -6,11 +6,12 @@
 
 use std::time::Duration;
 
-use mirrorkv_raft_net::{ForwardError, NetError};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use mirrorkv_storage::{Command, CommandResult, Response};
+use mirrorkv_raft_net::{ForwardError, NetError};
+use mirrorkv_storage::{Command, CommandResult, NodeId, NodeInfo, Response};
 use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
@@ -29,6 +30,15 @@ pub async fn apply_as_leader(
     command: Command,
 ) -> Result<Response, ForwardError> {
     state.write_batcher.submit(command).await
+}
+
+/// Apply `commands` (forwarded together by another node) on this node, which should be the
+/// leader, each on its own as if it had come alone: one answer each, in order.
+pub async fn apply_many_as_leader(
+    state: &NodeState,
+    commands: Vec<Command>,
+) -> Vec<Result<Response, ForwardError>> {
+    state.write_batcher.submit_many(commands).await
 }
 
 /// Append one (possibly batched) command through the write gate and wait for its answer.
@@ -60,11 +70,21 @@ async fn append_through_gate(
     }
 }
 
-/// Most client commands in one log entry.
+/// Most client commands in one log entry, and in one forwarded frame.
 const MAX_COMMANDS_PER_ENTRY: usize = 128;
-/// Entries of batched writes in flight at once; while they are, new writes queue up and form
-/// the next, bigger batch (the batch size adapts to the load; one client waits for nothing).
-const MAX_ENTRIES_IN_FLIGHT: usize = 4;
+/// Most bytes of commands (`Command::approx_bytes`) in one log entry, and in one forwarded
+/// frame; a single bigger command goes alone. With `max_body_bytes` (2 MiB) this keeps an entry
+/// under about 3 MiB, so that an AppendEntries of `max_payload_entries` of them stays under
+/// raft-net's frame limit.
+const MAX_BYTES_PER_ENTRY: usize = 1024 * 1024;
+/// Entries of batched writes in flight at once; while one is, new writes queue up and form the
+/// next, bigger batch (the batch size adapts to the load; one client waits for nothing). One:
+/// every entry costs the cluster about as much CPU as a dozen writes in it do (appending,
+/// replicating, syncing and applying it on every node), and measured at 64 clients one entry
+/// in flight carried about 24 writes an entry and 10–25% more writes a second than 2 or 4 did
+/// (BENCHMARKS.md). A full entry (MAX_COMMANDS_PER_ENTRY or MAX_BYTES_PER_ENTRY) is the most
+/// one round can carry.
+const MAX_ENTRIES_IN_FLIGHT: usize = 1;
 
 struct Submitted {
     command: Command,
@@ -90,15 +110,43 @@ impl WriteBatcher {
     }
 
     async fn submit(&self, command: Command) -> Result<Response, ForwardError> {
-        let (answer, answered) = oneshot::channel();
-        if self
-            .queue
-            .send(Submitted { command, answer })
-            .await
-            .is_err()
-        {
-            return Err(ForwardError::NotLeader { leader: None });
+        match self.enqueue(command).await {
+            Ok(answered) => Self::answer(answered).await,
+            Err(refused) => refused,
         }
+    }
+
+    /// Queue every command (in order, so they may share entries), then wait for all answers.
+    async fn submit_many(&self, commands: Vec<Command>) -> Vec<Result<Response, ForwardError>> {
+        let mut waiting = Vec::with_capacity(commands.len());
+        for command in commands {
+            waiting.push(self.enqueue(command).await);
+        }
+        let mut answers = Vec::with_capacity(waiting.len());
+        for queued in waiting {
+            answers.push(match queued {
+                Ok(answered) => Self::answer(answered).await,
+                Err(refused) => refused,
+            });
+        }
+        answers
+    }
+
+    async fn enqueue(
+        &self,
+        command: Command,
+    ) -> Result<oneshot::Receiver<Result<Response, ForwardError>>, Result<Response, ForwardError>>
+    {
+        let (answer, answered) = oneshot::channel();
+        match self.queue.send(Submitted { command, answer }).await {
+            Ok(()) => Ok(answered),
+            Err(_) => Err(Err(ForwardError::NotLeader { leader: None })),
+        }
+    }
+
+    async fn answer(
+        answered: oneshot::Receiver<Result<Response, ForwardError>>,
+    ) -> Result<Response, ForwardError> {
         // A command the batcher dropped unanswered was never dispatched (dispatched ones are
         // answered by their own task), so nothing was appended: safe to retry elsewhere.
         answered
@@ -134,6 +182,7 @@ impl WriteBatcher {
                     _ = &mut stop => return,
                 },
             };
+            let mut bytes = first.command.approx_bytes();
             let mut batch = vec![first];
             {
                 let mut keys: HashSet<u64> = HashSet::new();
@@ -141,12 +190,17 @@ impl WriteBatcher {
                 while batch.len() < MAX_COMMANDS_PER_ENTRY {
                     let Ok(next) = receiver.try_recv() else { break };
                     let next_keys = key_hashes(&next.command);
-                    if next_keys.iter().any(|k| keys.contains(k)) {
-                        // Conflicts with this batch: it opens the next one.
+                    let next_bytes = next.command.approx_bytes();
+                    if next_keys.iter().any(|k| keys.contains(k))
+                        || bytes + next_bytes > MAX_BYTES_PER_ENTRY
+                    {
+                        // Conflicts with this batch, or would make it too big: it opens the
+                        // next one.
                         carried = Some(next);
                         break;
                     }
                     keys.extend(next_keys);
+                    bytes += next_bytes;
                     batch.push(next);
                 }
             }
@@ -237,9 +291,8 @@ pub async fn write(
             Some(leader) => match state.member(leader) {
                 Some(node) => Some(
                     state
-                        .pool
-                        .client(leader, &node)
-                        .client_write(command.clone(), remaining)
+                        .forwarder
+                        .forward(leader, node, command.clone(), deadline)
                         .await,
                 ),
                 None => None,
@@ -279,5 +332,194 @@ pub async fn write(
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(RETRY_WAIT_MS));
         state.wait_for_change(wait).await;
+    }
+}
+
+/// Forwarded frames in flight at once; while they are, new writes queue up and form the next,
+/// bigger frame (as with entries, the frame size adapts to the load).
+const MAX_FRAMES_IN_FLIGHT: usize = 4;
+
+/// Who owns a queued forward: the forwarder once it puts it in a frame, or its caller once it
+/// gives up waiting. Exactly one of them wins, which is how the caller knows whether its
+/// write may have been sent.
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+type ForwardAnswer = Result<Result<Response, ForwardError>, NetError>;
+
+struct Forwarded {
+    leader: NodeId,
+    node: NodeInfo,
+    command: Command,
+    deadline: Instant,
+    claim: Arc<AtomicU8>,
+    answer: oneshot::Sender<ForwardAnswer>,
+}
+
+impl Forwarded {
+    /// Take this write into a frame; false if its caller already gave up on it.
+    fn take(&self) -> bool {
+        self.claim
+            .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// Sends the writes a non-leader receives to the leader, many in one raft-net frame: the writes
+/// that arrive while earlier frames are in flight share the next one. Each write keeps its own
+/// answer, and its own deadline for giving up.
+pub struct Forwarder {
+    queue: mpsc::Sender<Forwarded>,
+    receiver: std::sync::Mutex<Option<mpsc::Receiver<Forwarded>>>,
+}
+
+impl Forwarder {
+    /// A forwarder whose queue holds at most `capacity` writes (senders wait beyond it).
+    pub fn new(capacity: usize) -> Self {
+        let (queue, receiver) = mpsc::channel(capacity.max(1));
+        Self {
+            queue,
+            receiver: std::sync::Mutex::new(Some(receiver)),
+        }
+    }
+
+    /// Forward `command` to `leader` (advertised as `node`) and wait for its answer until
+    /// `deadline`. The errors mean what `PeerClient::client_writes`' do: `not_delivered()`
+    /// ones certainly did not reach the leader.
+    pub async fn forward(
+        &self,
+        leader: NodeId,
+        node: NodeInfo,
+        command: Command,
+        deadline: Instant,
+    ) -> ForwardAnswer {
+        let claim = Arc::new(AtomicU8::new(QUEUED));
+        let addr = node.raft_addr.clone();
+        let (answer, answered) = oneshot::channel();
+        let forwarded = Forwarded {
+            leader,
+            node,
+            command,
+            deadline,
+            claim: claim.clone(),
+            answer,
+        };
+        let not_sent = |reason| NetError::NotTaken {
+            addr: addr.clone(),
+            reason,
+        };
+        let wait = async {
+            if self.queue.send(forwarded).await.is_err() {
+                return Err(not_sent("this node is shutting down"));
+            }
+            match answered.await {
+                Ok(answer) => answer,
+                // Dropped unanswered: sent only if the forwarder had taken it.
+                Err(_) if claim.load(Ordering::Acquire) == TAKEN => {
+                    Err(NetError::ConnectionClosed { addr: addr.clone() })
+                }
+                Err(_) => Err(not_sent("this node is shutting down")),
+            }
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, wait).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                match claim.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => Err(not_sent("it was still queued at its deadline")),
+                    Err(_) => Err(NetError::Timeout {
+                        timeout_ms: remaining.as_millis() as u64,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Form and send frames until `stop` resolves. Run once per node.
+    pub async fn run(state: Arc<NodeState>, stop: impl std::future::Future<Output = ()>) {
+        let Some(mut receiver) = state
+            .forwarder
+            .receiver
+            .lock()
+            .expect("forwarder lock")
+            .take()
+        else {
+            return;
+        };
+        let in_flight = Arc::new(Semaphore::new(MAX_FRAMES_IN_FLIGHT));
+        let mut carried: Option<Forwarded> = None;
+        tokio::pin!(stop);
+        loop {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let first = match carried.take() {
+                Some(first) => first,
+                None => tokio::select! {
+                    next = receiver.recv() => match next {
+                        Some(next) => next,
+                        None => return,
+                    },
+                    _ = &mut stop => return,
+                },
+            };
+            if !first.take() {
+                continue;
+            }
+            let mut bytes = first.command.approx_bytes();
+            let mut frame = vec![first];
+            while frame.len() < MAX_COMMANDS_PER_ENTRY {
+                let Ok(next) = receiver.try_recv() else { break };
+                let next_bytes = next.command.approx_bytes();
+                if next.leader != frame[0].leader || bytes + next_bytes > MAX_BYTES_PER_ENTRY {
+                    carried = Some(next);
+                    break;
+                }
+                if next.take() {
+                    bytes += next_bytes;
+                    frame.push(next);
+                }
+            }
+            let state = state.clone();
+            tokio::spawn(async move {
+                send_frame(&state, frame).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Send one frame of forwarded writes and hand each its answer.
+async fn send_frame(state: &NodeState, frame: Vec<Forwarded>) {
+    let (leader, node) = (frame[0].leader, frame[0].node.clone());
+    // Long enough for the most patient write in the frame; the others stop waiting on their
+    // own at their deadlines.
+    let timeout = frame
+        .iter()
+        .map(|f| f.deadline)
+        .max()
+        .map_or(Duration::ZERO, |last| {
+            last.saturating_duration_since(Instant::now())
+        });
+    let (commands, answers): (Vec<Command>, Vec<_>) =
+        frame.into_iter().map(|f| (f.command, f.answer)).unzip();
+    match state
+        .pool
+        .client(leader, &node)
+        .client_writes(commands, timeout)
+        .await
+    {
+        Ok(results) => {
+            for (answer, result) in answers.into_iter().zip(results) {
+                let _ = answer.send(Ok(result));
+            }
+        }
+        Err(e) => {
+            for answer in answers {
+                let _ = answer.send(Err(e.duplicate()));
+            }
+        }
     }
 }

@@ -107,6 +107,9 @@ pub struct CellResult {
     /// Per operation kind (`get`, `put`, `txn`).
     pub by_op: BTreeMap<String, Latency>,
     pub processes: Vec<ProcessUse>,
+    /// Log entries the leader appended during the cell (mirrorkv only): with the writes
+    /// served, how many writes shared an entry on average.
+    pub log_entries: Option<u64>,
 }
 
 /// Bounds of one cell: it stops at whichever comes first.
@@ -535,6 +538,7 @@ impl Stores {
         let pids = self.pids(cell.store);
         let cpu_before: Vec<f64> = pids.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
         let endpoints = self.endpoints(cell.store).await?;
+        let index_before = self.leader_index(cell.store, &endpoints).await;
         let mut conns = Vec::with_capacity(cell.clients);
         for client in 0..cell.clients {
             let endpoint = endpoints[client % endpoints.len()].clone();
@@ -600,6 +604,13 @@ impl Stores {
             error_samples.extend(samples.into_iter().take(3 - error_samples.len().min(3)));
         }
         let elapsed = started.elapsed().as_secs_f64();
+        let log_entries = match (
+            index_before,
+            self.leader_index(cell.store, &endpoints).await,
+        ) {
+            (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+            _ => None,
+        };
         let mut all = new_histogram();
         for histogram in by_op.values() {
             all.add(histogram)
@@ -629,7 +640,23 @@ impl Stores {
                 .map(|(op, h)| (op.name().to_string(), Latency::of(h)))
                 .collect(),
             processes,
+            log_entries,
         })
+    }
+
+    /// The applied index of the first endpoint (the leader, see [`Self::endpoints`]), for
+    /// mirrorkv; `None` for etcd or when it cannot be read.
+    async fn leader_index(&self, store: Store, endpoints: &[String]) -> Option<u64> {
+        if store != Store::Mirrorkv {
+            return None;
+        }
+        let ready: serde_json::Value = reqwest::get(format!("{}/ready", endpoints.first()?))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        ready.get("applied_index")?.as_u64()
     }
 }
 

@@ -481,6 +481,21 @@ async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
             }
         }
     }
+    let per_entry: Vec<String> = results
+        .iter()
+        .filter(|r| r.cell.workload == BenchWorkload::Put)
+        .filter_map(|r| {
+            let entries = r.log_entries.filter(|&e| e > 0)?;
+            Some(format!(
+                "{} cli {:.1}",
+                r.cell.clients,
+                r.ops as f64 / entries as f64
+            ))
+        })
+        .collect();
+    if !per_entry.is_empty() {
+        println!("mirrorkv puts per log entry: {}", per_entry.join(", "));
+    }
     let mut restarts = serde_json::Map::new();
     if run.restart {
         println!();

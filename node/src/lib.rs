@@ -63,8 +63,9 @@ fn raft_config(config: &NodeConfig, cluster_id: &str) -> anyhow::Result<openraft
         // Keep a little log behind each snapshot so a briefly lagging follower catches up by
         // log instead of by a whole snapshot.
         max_in_snapshot_log_to_keep: (config.snapshot_threshold_entries / 10).min(1000),
-        // Bounded so that an AppendEntries of full-size values stays well under max_frame_bytes.
-        max_payload_entries: 32,
+        // Bounded so that an AppendEntries stays under max_frame_bytes (64 MiB): the write
+        // batcher keeps an entry under about 3 MiB (api/src/write.rs, MAX_BYTES_PER_ENTRY).
+        max_payload_entries: 16,
         ..Default::default()
     };
     Ok(raft_config.validate()?)
@@ -154,8 +155,13 @@ pub async fn run(
         metrics: Default::default(),
         write_gate: Default::default(),
         write_batcher: mirrorkv_api::write::WriteBatcher::new(config.api.max_in_flight_requests),
+        forwarder: mirrorkv_api::write::Forwarder::new(config.api.max_in_flight_requests),
     });
     tokio::spawn(mirrorkv_api::write::WriteBatcher::run(
+        state.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    tokio::spawn(mirrorkv_api::write::Forwarder::run(
         state.clone(),
         stopped(stop_rx.clone()),
     ));

@@ -8,6 +8,10 @@ use mirrorkv_node::restore::RestoreArgs;
 use mirrorkv_node::{Flags, Listeners, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// See the workspace Cargo.toml for why not the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "mirrorkv",

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mirrorkv_storage::{codec, NodeId, NodeInfo};
+use tokio::io::{BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -126,7 +127,9 @@ impl PeerClient {
                     }
                 }
             })?;
-            Ok(codec::decode::<RpcResponse>(&reply)?)
+            // Delivered and answered: an answer we cannot read is not "never sent".
+            codec::decode::<RpcResponse>(&reply)
+                .map_err(|e| NetError::Malformed(format!("undecodable answer: {e}")))
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
@@ -235,7 +238,9 @@ impl Drop for Unregister<'_> {
 }
 
 fn spawn_connection(stream: TcpStream, addr: String, config: NetConfig) -> Connection {
-    let (mut read_half, mut write_half) = stream.into_split();
+    let (read_half, write_half) = stream.into_split();
+    let mut read_half = BufReader::with_capacity(frame::IO_BUFFER_BYTES, read_half);
+    let mut write_half = BufWriter::with_capacity(frame::IO_BUFFER_BYTES, write_half);
     let (outbox, mut inbox) = mpsc::channel::<Vec<u8>>(config.max_in_flight);
     let pending: Pending = Arc::default();
     let going_away = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -248,7 +253,7 @@ fn spawn_connection(stream: TcpStream, addr: String, config: NetConfig) -> Conne
                 tokio::select! {
                     bytes = inbox.recv() => {
                         let Some(bytes) = bytes else { break };
-                        if let Err(e) = frame::write(&mut write_half, &bytes).await {
+                        if let Err(e) = frame::write_queued(&mut write_half, &bytes, &mut inbox).await {
                             tracing::debug!(%addr, error = %e, "write to peer failed");
                             break;
                         }

@@ -6,6 +6,8 @@
 pub enum NetError {
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A request of ours could not be encoded (so it was never sent). An answer that cannot
+    /// be decoded is `Malformed`: that request was delivered.
     #[error(transparent)]
     Codec(#[from] mirrorkv_storage::codec::CodecError),
     #[error("frame of {frame_bytes} bytes exceeds the limit of {max_frame_bytes} bytes")]
@@ -32,6 +34,46 @@ pub enum NetError {
 }
 
 impl NetError {
+    /// The same error for another caller: the answer of a frame that carried several callers'
+    /// requests (forwarded writes) is each one's answer, error included. An io error keeps
+    /// its kind and message.
+    pub fn duplicate(&self) -> NetError {
+        match self {
+            NetError::Io(e) => NetError::Io(std::io::Error::new(e.kind(), e.to_string())),
+            NetError::Codec(e) => NetError::Codec(e.clone()),
+            NetError::FrameTooLarge {
+                frame_bytes,
+                max_frame_bytes,
+            } => NetError::FrameTooLarge {
+                frame_bytes: *frame_bytes,
+                max_frame_bytes: *max_frame_bytes,
+            },
+            NetError::Malformed(message) => NetError::Malformed(message.clone()),
+            NetError::Timeout { timeout_ms } => NetError::Timeout {
+                timeout_ms: *timeout_ms,
+            },
+            NetError::ConnectionClosed { addr } => {
+                NetError::ConnectionClosed { addr: addr.clone() }
+            }
+            NetError::NotTaken { addr, reason } => NetError::NotTaken {
+                addr: addr.clone(),
+                reason,
+            },
+            NetError::BackingOff { addr, retry_in_ms } => NetError::BackingOff {
+                addr: addr.clone(),
+                retry_in_ms: *retry_in_ms,
+            },
+            NetError::Overloaded {
+                addr,
+                max_in_flight,
+            } => NetError::Overloaded {
+                addr: addr.clone(),
+                max_in_flight: *max_in_flight,
+            },
+            NetError::Remote(message) => NetError::Remote(message.clone()),
+        }
+    }
+
     /// True when the request certainly never reached the peer, so retrying it cannot apply it
     /// twice.
     pub fn not_delivered(&self) -> bool {

@@ -87,9 +87,23 @@ pub async fn read<R: AsyncRead + Unpin>(
     }))
 }
 
-/// Write already-encoded frame bytes and flush them.
-pub async fn write<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Result<(), NetError> {
-    writer.write_all(bytes).await?;
+/// Bytes a connection buffers on each side: a frame smaller than this shares its system call
+/// with the frames around it; a bigger one is read or written directly.
+pub const IO_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Write `first` and every frame already waiting in `queue` behind it, then flush once: frames
+/// queued together leave in one system call instead of one each. `writer` should be a
+/// `BufWriter` of [`IO_BUFFER_BYTES`].
+pub async fn write_queued<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    first: &[u8],
+    queue: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<(), NetError> {
+    writer.write_all(first).await?;
+    // Bounded by the buffer: a frame that no longer fits makes write_all flush first.
+    while let Ok(next) = queue.try_recv() {
+        writer.write_all(&next).await?;
+    }
     writer.flush().await?;
     Ok(())
 }

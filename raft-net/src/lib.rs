@@ -105,16 +105,25 @@ macro_rules! expect_answer {
 }
 
 impl PeerClient {
-    /// Forward a client write to this peer (which should be the leader).
-    pub async fn client_write(
+    /// Forward client writes to this peer (which should be the leader) in one frame: one
+    /// answer per command, in order.
+    pub async fn client_writes(
         &self,
-        command: Command,
+        commands: Vec<Command>,
         timeout: Duration,
-    ) -> Result<Result<Response, ForwardError>, NetError> {
+    ) -> Result<Vec<Result<Response, ForwardError>>, NetError> {
+        let sent = commands.len();
         let answer = self
-            .call(&RpcRequest::ClientWrite(command), timeout)
+            .call(&RpcRequest::ClientWrites(commands), timeout)
             .await?;
-        expect_answer!(answer, ClientWrite)
+        let answers = expect_answer!(answer, ClientWrites)?;
+        if answers.len() != sent {
+            return Err(NetError::Malformed(format!(
+                "{} answers to {sent} forwarded writes",
+                answers.len()
+            )));
+        }
+        Ok(answers)
     }
 
     /// Ask this peer (which should be the leader) for a read index (`lease`: under its lease).

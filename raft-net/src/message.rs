@@ -14,8 +14,9 @@ pub enum RpcRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
-    /// A client write that a non-leader forwards to the node it believes is leader.
-    ClientWrite(Command),
+    /// Client writes that a non-leader forwards to the node it believes is leader: the writes
+    /// it received meanwhile, in one frame. Each is applied (or refused) on its own.
+    ClientWrites(Vec<Command>),
     /// Ask the leader for a read index: the log index a linearizable read must wait for. With
     /// `lease`, a leader holding a read lease answers without a quorum round.
     ReadIndex {
@@ -82,7 +83,8 @@ pub enum RpcResponse {
     InstallSnapshot(
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
-    ClientWrite(Result<Response, ForwardError>),
+    /// One answer per forwarded write, in the order sent.
+    ClientWrites(Vec<Result<Response, ForwardError>>),
     /// The read index (a log index) or why there is none.
     ReadIndex(Result<u64, ForwardError>),
     /// The log index of the membership that now holds.

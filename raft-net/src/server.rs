@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use mirrorkv_storage::{codec, Command, Raft, Response};
 use openraft::raft::AppendEntriesResponse;
+use tokio::io::{BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -17,11 +18,12 @@ use crate::{LeaderContact, NetConfig};
 
 /// The application side of raft-net: serves the requests that are not Raft's own.
 pub trait AppHandler: Send + Sync + 'static {
-    /// Apply a write forwarded by another node (this node should be the leader).
-    fn client_write(
+    /// Apply writes forwarded by another node (this node should be the leader), each on its
+    /// own; one answer per command, in order.
+    fn client_writes(
         &self,
-        command: Command,
-    ) -> impl std::future::Future<Output = Result<Response, ForwardError>> + Send;
+        commands: Vec<Command>,
+    ) -> impl std::future::Future<Output = Vec<Result<Response, ForwardError>>> + Send;
     /// Answer a read index (this node should be the leader).
     fn read_index(
         &self,
@@ -111,11 +113,16 @@ async fn serve_connection<H: AppHandler>(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), NetError> {
     stream.set_nodelay(true)?;
-    let (mut read_half, mut write_half) = stream.into_split();
+    let (read_half, write_half) = stream.into_split();
+    let mut read_half = BufReader::with_capacity(frame::IO_BUFFER_BYTES, read_half);
+    let mut write_half = BufWriter::with_capacity(frame::IO_BUFFER_BYTES, write_half);
     let (answers_tx, mut answers_rx) = mpsc::channel::<Vec<u8>>(config.max_in_flight);
     let writer = tokio::spawn(async move {
         while let Some(bytes) = answers_rx.recv().await {
-            if frame::write(&mut write_half, &bytes).await.is_err() {
+            if frame::write_queued(&mut write_half, &bytes, &mut answers_rx)
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -231,8 +238,8 @@ async fn handle<H: AppHandler>(
         RpcRequest::InstallSnapshot(request) => {
             RpcResponse::InstallSnapshot(raft.install_snapshot(request).await)
         }
-        RpcRequest::ClientWrite(command) => {
-            RpcResponse::ClientWrite(app.client_write(command).await)
+        RpcRequest::ClientWrites(commands) => {
+            RpcResponse::ClientWrites(app.client_writes(commands).await)
         }
         RpcRequest::ReadIndex { lease } => RpcResponse::ReadIndex(app.read_index(lease).await),
         RpcRequest::Membership(change) => RpcResponse::Membership(app.membership(change).await),

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// A value could not be encoded or decoded.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("codec: {0}")]
 pub struct CodecError(#[from] postcard::Error);
 

@@ -22,7 +22,7 @@ use crate::db::{
 use crate::error::{Result, StorageError};
 use crate::snapshot::{io_error, SnapshotDir, SnapshotFile};
 use crate::stream::{self, View};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::types::{
     Command, CommandResult, CompareTarget, Entry, KeyRecord, LogId, Precondition, RaftStorageError,
@@ -48,25 +48,77 @@ struct IdempotencyRecord {
 /// one apply while keeping the table's size bounded by the writes of one window.
 const MAX_EXPIRED_PRUNED_PER_APPLY: usize = 64;
 
-/// The writes of one entry being applied: reads see them before they reach RocksDB, so the ops
-/// of a transaction see each other, and they are committed as one batch.
-struct Overlay<'a> {
+/// The records one entry's commands read from RocksDB, each looked up once; a batch's keys are
+/// looked up together, in one MultiGet, before its commands run. Only state from before the
+/// entry is kept here: a batch's commands have disjoint keys (`Command::Batch`), so no command
+/// reads a key that another command of the entry changed.
+struct Reads<'a> {
     db: &'a DB,
-    changes: BTreeMap<String, Option<KeyRecord>>,
+    records: HashMap<String, Option<KeyRecord>>,
 }
 
-impl<'a> Overlay<'a> {
+impl<'a> Reads<'a> {
     fn new(db: &'a DB) -> Self {
         Self {
             db,
+            records: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, key: &str) -> Result<Option<KeyRecord>> {
+        if let Some(record) = self.records.get(key) {
+            return Ok(record.clone());
+        }
+        let record = get_record(self.db, key)?;
+        self.records.insert(key.to_string(), record.clone());
+        Ok(record)
+    }
+
+    /// Look up the data keys `commands` touch, in one sorted MultiGet.
+    fn prefetch(&mut self, commands: &[Command]) -> Result<()> {
+        let mut keys: Vec<&str> = commands
+            .iter()
+            .flat_map(Command::conflict_keys)
+            .filter(|(namespace, _)| *namespace == b'd')
+            .map(|(_, key)| key)
+            .filter(|key| !self.records.contains_key(*key))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let data_keys: Vec<Vec<u8>> = keys.iter().map(|key| db::data_key(key)).collect();
+        let found = self
+            .db
+            .batched_multi_get_cf(db::cf(self.db, CF_SM), &data_keys, true);
+        for (key, found) in keys.into_iter().zip(found) {
+            let record = match found? {
+                Some(bytes) => Some(codec::decode(&bytes)?),
+                None => None,
+            };
+            self.records.insert(key.to_string(), record);
+        }
+        Ok(())
+    }
+}
+
+/// The writes of one command being applied: reads see them before they reach RocksDB, so the
+/// ops of a transaction see each other, and they are committed as one batch.
+struct Overlay<'r, 'a> {
+    reads: &'r mut Reads<'a>,
+    changes: BTreeMap<String, Option<KeyRecord>>,
+}
+
+impl<'r, 'a> Overlay<'r, 'a> {
+    fn new(reads: &'r mut Reads<'a>) -> Self {
+        Self {
+            reads,
             changes: BTreeMap::new(),
         }
     }
 
-    fn get(&self, key: &str) -> Result<Option<KeyRecord>> {
+    fn get(&mut self, key: &str) -> Result<Option<KeyRecord>> {
         match self.changes.get(key) {
             Some(change) => Ok(change.clone()),
-            None => get_record(self.db, key),
+            None => self.reads.get(key),
         }
     }
 
@@ -88,7 +140,7 @@ impl<'a> Overlay<'a> {
     }
 
     fn stage(self, batch: &mut WriteBatch) -> Result<()> {
-        let cf = db::cf(self.db, CF_SM);
+        let cf = db::cf(self.reads.db, CF_SM);
         for (key, change) in self.changes {
             match change {
                 Some(record) => batch.put_cf(cf, db::data_key(&key), codec::encode(&record)?),
@@ -386,7 +438,13 @@ impl StateMachine {
 
     /// Execute one command at `index`, staging its writes into `batch`. The answer's index is
     /// where the command took effect: `index`, or the first attempt's for an idempotent retry.
-    fn execute(&self, index: u64, command: Command, batch: &mut WriteBatch) -> Result<Response> {
+    fn execute(
+        &self,
+        index: u64,
+        command: Command,
+        reads: &mut Reads<'_>,
+        batch: &mut WriteBatch,
+    ) -> Result<Response> {
         if let Command::Idempotent {
             key,
             issued_at_ms,
@@ -394,36 +452,45 @@ impl StateMachine {
             command,
         } = command
         {
-            return self.execute_idempotent(index, &key, issued_at_ms, window_ms, *command, batch);
+            return self.execute_idempotent(
+                index,
+                &key,
+                (issued_at_ms, window_ms),
+                *command,
+                reads,
+                batch,
+            );
         }
         if let Command::Batch(commands) = command {
             // Each command stages its writes into `batch` in turn; they do not see each other's
             // writes, which is why a batch only groups commands with disjoint conflict keys.
+            reads.prefetch(&commands)?;
             let mut responses = Vec::with_capacity(commands.len());
             for command in commands {
                 if matches!(command, Command::Batch(_)) {
                     return Err(StorageError::Invariant("nested batch".into()));
                 }
-                responses.push(self.execute(index, command, batch)?);
+                responses.push(self.execute(index, command, reads, batch)?);
             }
             return Ok(Response {
                 index,
                 result: CommandResult::Batch(responses),
             });
         }
-        let mut overlay = Overlay::new(&self.db);
+        let mut overlay = Overlay::new(reads);
         let result = match command {
             Command::Put {
                 key,
                 value,
                 precondition,
-            } => match check(&overlay, &key, precondition)? {
+            } => match check(&mut overlay, &key, precondition)? {
                 Some(failed) => failed,
                 None => CommandResult::Put {
                     prev_mod_index: overlay.put(index, &key, value)?,
                 },
             },
-            Command::Delete { key, precondition } => match check(&overlay, &key, precondition)? {
+            Command::Delete { key, precondition } => match check(&mut overlay, &key, precondition)?
+            {
                 Some(failed) => failed,
                 None => CommandResult::Delete {
                     deleted: overlay.delete(&key)?,
@@ -443,9 +510,9 @@ impl StateMachine {
         &self,
         index: u64,
         key: &str,
-        issued_at_ms: u64,
-        window_ms: u64,
+        (issued_at_ms, window_ms): (u64, u64),
         command: Command,
+        reads: &mut Reads<'_>,
         batch: &mut WriteBatch,
     ) -> Result<Response> {
         let cf = db::cf(&self.db, CF_SM);
@@ -460,7 +527,7 @@ impl StateMachine {
                 return Ok(previous.response.clone());
             }
         }
-        let response = self.execute(index, command, batch)?;
+        let response = self.execute(index, command, reads, batch)?;
         if let Some(previous) = previous {
             batch.delete_cf(cf, db::idempotency_time_key(previous.issued_at_ms, key));
         }
@@ -522,7 +589,10 @@ impl StateMachine {
         };
         let response = match entry.payload {
             EntryPayload::Blank => nothing,
-            EntryPayload::Normal(command) => self.execute(log_id.index, command, &mut batch)?,
+            EntryPayload::Normal(command) => {
+                let mut reads = Reads::new(&self.db);
+                self.execute(log_id.index, command, &mut reads, &mut batch)?
+            }
             EntryPayload::Membership(membership) => {
                 self.membership = StoredMembership::new(Some(log_id), membership);
                 batch.put_cf(cf, KEY_MEMBERSHIP, codec::encode(&self.membership)?);
@@ -539,7 +609,7 @@ impl StateMachine {
 
 /// `Some(PreconditionFailed)` if `precondition` does not hold for `key`.
 fn check(
-    overlay: &Overlay<'_>,
+    overlay: &mut Overlay<'_, '_>,
     key: &str,
     precondition: Precondition,
 ) -> Result<Option<CommandResult>> {
@@ -554,7 +624,7 @@ fn check(
     }))
 }
 
-fn run_txn(overlay: &mut Overlay<'_>, index: u64, txn: Txn) -> Result<CommandResult> {
+fn run_txn(overlay: &mut Overlay<'_, '_>, index: u64, txn: Txn) -> Result<CommandResult> {
     let mut succeeded = true;
     for compare in &txn.compare {
         let current = overlay.get(&compare.key)?;

@@ -100,6 +100,49 @@ impl Command {
             }
         }
     }
+
+    /// About how many bytes this command takes encoded: its keys and values plus a little for
+    /// each part. Batches are bounded with it, so that an entry or a forwarded frame of many
+    /// commands stays well under the transport's frame limit.
+    pub fn approx_bytes(&self) -> usize {
+        // Per part: enum tags, varint lengths (up to 10 bytes each) and integers.
+        const PART_BYTES: usize = 32;
+        match self {
+            Command::Put { key, value, .. } => PART_BYTES + key.len() + value.len(),
+            Command::Delete { key, .. } => PART_BYTES + key.len(),
+            Command::Txn(txn) => {
+                let compares: usize = txn
+                    .compare
+                    .iter()
+                    .map(|c| {
+                        PART_BYTES
+                            + c.key.len()
+                            + match &c.target {
+                                CompareTarget::Value(v) => v.len(),
+                                _ => 0,
+                            }
+                    })
+                    .sum();
+                let ops: usize = txn
+                    .success
+                    .iter()
+                    .chain(&txn.failure)
+                    .map(|op| match op {
+                        TxnOp::Put { key, value } => PART_BYTES + key.len() + value.len(),
+                        TxnOp::Delete { key } | TxnOp::Get { key } => PART_BYTES + key.len(),
+                    })
+                    .sum();
+                PART_BYTES + compares + ops
+            }
+            Command::Barrier => PART_BYTES,
+            Command::Idempotent { key, command, .. } => {
+                PART_BYTES + key.len() + command.approx_bytes()
+            }
+            Command::Batch(commands) => {
+                PART_BYTES + commands.iter().map(Command::approx_bytes).sum::<usize>()
+            }
+        }
+    }
 }
 
 /// A transaction: compares, then the ops of one branch.
@@ -212,3 +255,61 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, NodeInfo>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
 /// openraft's storage error, which the storage traits must return.
 pub type RaftStorageError = openraft::StorageError<NodeId>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `approx_bytes` bounds batches against the frame limit, so it must not undercount.
+    #[test]
+    fn approx_bytes_covers_the_encoded_size() {
+        let put = |key: &str, value_bytes: usize| Command::Put {
+            key: key.into(),
+            value: vec![7; value_bytes],
+            precondition: Precondition::ModIndex(u64::MAX),
+        };
+        let txn = Command::Txn(Txn {
+            compare: vec![Compare {
+                key: "k".repeat(300),
+                target: CompareTarget::Value(vec![1; 70_000]),
+            }],
+            success: vec![
+                TxnOp::Put {
+                    key: "a".into(),
+                    value: vec![2; 200],
+                },
+                TxnOp::Delete { key: "b".into() },
+            ],
+            failure: vec![TxnOp::Get {
+                key: "c".repeat(20_000),
+            }],
+        });
+        let idempotent = Command::Idempotent {
+            key: "writer-1".into(),
+            issued_at_ms: u64::MAX,
+            window_ms: u64::MAX,
+            command: Box::new(put("x", 5)),
+        };
+        let commands = vec![
+            put("", 0),
+            put("key", 100),
+            put(&"k".repeat(16_384), 1 << 20),
+            Command::Delete {
+                key: "gone".into(),
+                precondition: Precondition::Absent,
+            },
+            Command::Barrier,
+            txn.clone(),
+            idempotent.clone(),
+            Command::Batch(vec![put("a", 100), txn, idempotent]),
+        ];
+        for command in commands {
+            let encoded = crate::codec::encode(&command).unwrap().len();
+            assert!(
+                encoded <= command.approx_bytes(),
+                "{encoded} encoded bytes > approx {} for {command:?}",
+                command.approx_bytes()
+            );
+        }
+    }
+}
