@@ -13,7 +13,7 @@ use std::sync::Arc;
 use mirrorkv_raft_net::{ForwardError, NetError};
 use mirrorkv_storage::{Command, CommandResult, NodeId, NodeInfo, Response};
 use openraft::error::ClientWriteError;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
@@ -29,6 +29,12 @@ pub async fn apply_as_leader(
     state: &NodeState,
     command: Command,
 ) -> Result<Response, ForwardError> {
+    if let Some(_entry) = state.write_batcher.alone() {
+        // Nothing to batch with: append it now, from this task (a lone writer skips the
+        // hand-off to the batcher). Dropping this future (the writer gave up) drops only the
+        // wait for the answer; what was appended stays appended.
+        return append_through_gate(state, command).await;
+    }
     state.write_batcher.submit(command).await
 }
 
@@ -97,6 +103,9 @@ struct Submitted {
 pub struct WriteBatcher {
     queue: mpsc::Sender<Submitted>,
     receiver: std::sync::Mutex<Option<mpsc::Receiver<Submitted>>>,
+    /// Entries in flight, at most MAX_ENTRIES_IN_FLIGHT: taken by the batcher for each batch,
+    /// or by a lone write (`alone`).
+    in_flight: Arc<Semaphore>,
 }
 
 impl WriteBatcher {
@@ -106,7 +115,18 @@ impl WriteBatcher {
         Self {
             queue,
             receiver: std::sync::Mutex::new(Some(receiver)),
+            in_flight: Arc::new(Semaphore::new(MAX_ENTRIES_IN_FLIGHT)),
         }
+    }
+
+    /// An entry of its own for a write that arrives when no write is queued and an entry may
+    /// start now; `None` when it should join the queue. The batcher, once it waits for an entry,
+    /// is served first (tokio's semaphore is fair), so lone writes never starve it.
+    fn alone(&self) -> Option<OwnedSemaphorePermit> {
+        if self.queue.capacity() < self.queue.max_capacity() {
+            return None;
+        }
+        self.in_flight.clone().try_acquire_owned().ok()
     }
 
     async fn submit(&self, command: Command) -> Result<Response, ForwardError> {
@@ -165,13 +185,10 @@ impl WriteBatcher {
         else {
             return;
         };
-        let in_flight = Arc::new(Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
+        let in_flight = state.write_batcher.in_flight.clone();
         let mut carried: Option<Submitted> = None;
         tokio::pin!(stop);
         loop {
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                return;
-            };
             let first = match carried.take() {
                 Some(first) => first,
                 None => tokio::select! {
@@ -181,6 +198,14 @@ impl WriteBatcher {
                     },
                     _ = &mut stop => return,
                 },
+            };
+            // Writes that arrive while this waits for an entry join the batch below.
+            let permit = tokio::select! {
+                permit = in_flight.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                _ = &mut stop => return,
             };
             let mut bytes = first.command.approx_bytes();
             let mut batch = vec![first];

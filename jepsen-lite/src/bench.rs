@@ -18,6 +18,11 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::cluster::{encode_key, wait_for, Cluster, ClusterOptions};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{header, Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
 
 /// Which store a cell measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -148,11 +153,92 @@ fn bench_value(value_bytes: usize, salt: u64) -> Vec<u8> {
         .collect()
 }
 
+/// One HTTP/1.1 connection to a mirrorkv node, made again after an error.
+///
+/// The bench drives mirrorkv through hyper's own client connection rather than reqwest: on
+/// these 2 cores the load generator shares the CPU with the cluster it measures, and reqwest's
+/// pool, URL parsing and middleware cost about as much CPU per request as a node's whole HTTP
+/// handling. etcd is driven through etcd-client, a thin layer over tonic's gRPC channel.
+struct Http1 {
+    addr: String,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Http1 {
+    /// Longest wait for one request's whole answer.
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    fn new(base: &str) -> Http1 {
+        Http1 {
+            addr: base.trim_start_matches("http://").to_string(),
+            sender: None,
+        }
+    }
+
+    async fn connect(addr: &str) -> Result<SendRequest<Full<Bytes>>, String> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
+        // Drives the connection; ends when the sender is dropped or the connection fails.
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    /// Send one request and read its whole answer.
+    async fn request(
+        &mut self,
+        method: Method,
+        path_and_query: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let work = async {
+            let sender = match &mut self.sender {
+                Some(sender) if !sender.is_closed() => sender,
+                _ => self.sender.insert(Self::connect(&self.addr).await?),
+            };
+            sender.ready().await.map_err(|e| e.to_string())?;
+            let request = Request::builder()
+                .method(method)
+                .uri(path_and_query)
+                .header(header::HOST, &self.addr)
+                .header(header::CONTENT_TYPE, content_type)
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| e.to_string())?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            // Read the whole body, as a real client would.
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok((status, body))
+        };
+        let answer = match tokio::time::timeout(Self::TIMEOUT, work).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!("no answer within {} ms", Self::TIMEOUT.as_millis())),
+        };
+        if answer.is_err() {
+            // The connection may hold a half-read answer: start afresh.
+            self.sender = None;
+        }
+        answer
+    }
+}
+
 /// One client's connection to one node.
 enum Conn {
     Mirror {
-        http: reqwest::Client,
-        base: String,
+        http: Http1,
         level: String,
     },
     Etcd {
@@ -164,30 +250,28 @@ enum Conn {
 impl Conn {
     async fn run(&mut self, op: OpKind, key: &str, value: &[u8]) -> Result<(), String> {
         match self {
-            Conn::Mirror { http, base, level } => {
-                let response = match op {
-                    OpKind::Get => http
-                        .get(format!("{base}/v1/kv/{}?consistency={level}", encode_key(key)))
-                        .send()
-                        .await,
-                    OpKind::Put => http
-                        .put(format!("{base}/v1/kv/{}", encode_key(key)))
-                        .body(value.to_vec())
-                        .send()
-                        .await,
-                    OpKind::Txn => http
-                        .post(format!("{base}/v1/txn"))
-                        .json(&serde_json::json!({
+            Conn::Mirror { http, level } => {
+                const BYTES: &str = "application/octet-stream";
+                let (status, body) = match op {
+                    OpKind::Get => {
+                        let path = format!("/v1/kv/{}?consistency={level}", encode_key(key));
+                        http.request(Method::GET, &path, BYTES, Vec::new()).await
+                    }
+                    OpKind::Put => {
+                        let path = format!("/v1/kv/{}", encode_key(key));
+                        http.request(Method::PUT, &path, BYTES, value.to_vec())
+                            .await
+                    }
+                    OpKind::Txn => {
+                        let body = serde_json::to_vec(&serde_json::json!({
                             "compare": [{"key": key, "exists": true}],
                             "success": [{"put": {"key": key, "value": String::from_utf8_lossy(value)}}],
                         }))
-                        .send()
-                        .await,
-                }
-                .map_err(|e| e.to_string())?;
-                let status = response.status();
-                // Read the whole body, as a real client would.
-                let body = response.bytes().await.map_err(|e| e.to_string())?;
+                        .map_err(|e| e.to_string())?;
+                        http.request(Method::POST, "/v1/txn", "application/json", body)
+                            .await
+                    }
+                }?;
                 if status.is_success() || (op == OpKind::Get && status.as_u16() == 404) {
                     Ok(())
                 } else {
@@ -508,7 +592,7 @@ impl Stores {
         let endpoints = self.endpoints(store).await?;
         for loader in 0..LOADERS {
             let endpoint = endpoints[loader as usize % endpoints.len()].clone();
-            let conn = connect(store, endpoint, "linearizable").await?;
+            let mut conn = connect(store, endpoint, "linearizable").await?;
             let batches: Vec<u64> = (0..shape.keys.div_ceil(PER_TXN))
                 .filter(|b| b % LOADERS == loader)
                 .collect();
@@ -516,7 +600,7 @@ impl Stores {
                 for batch in batches {
                     let keys: Vec<u64> =
                         (batch * PER_TXN..((batch + 1) * PER_TXN).min(shape.keys)).collect();
-                    load_batch(&conn, &keys, shape.value_bytes).await?;
+                    load_batch(&mut conn, &keys, shape.value_bytes).await?;
                 }
                 anyhow::Ok(())
             });
@@ -663,15 +747,18 @@ impl Stores {
 /// A client connection of `store` to `endpoint`, reading at `level`.
 async fn connect(store: Store, endpoint: String, level: &str) -> anyhow::Result<Conn> {
     Ok(match store {
-        Store::Mirrorkv => Conn::Mirror {
-            http: reqwest::Client::builder()
-                .tcp_nodelay(true)
-                .pool_max_idle_per_host(1)
-                .timeout(Duration::from_secs(10))
-                .build()?,
-            base: endpoint,
-            level: level.to_string(),
-        },
+        Store::Mirrorkv => {
+            let mut http = Http1::new(&endpoint);
+            http.sender = Some(
+                Http1::connect(&http.addr)
+                    .await
+                    .map_err(anyhow::Error::msg)?,
+            );
+            Conn::Mirror {
+                http,
+                level: level.to_string(),
+            }
+        }
         Store::Etcd => {
             let options = etcd_client::ConnectOptions::new()
                 .with_timeout(Duration::from_secs(10))
@@ -685,24 +772,24 @@ async fn connect(store: Store, endpoint: String, level: &str) -> anyhow::Result<
     })
 }
 
-async fn load_batch(conn: &Conn, keys: &[u64], value_bytes: usize) -> anyhow::Result<()> {
+async fn load_batch(conn: &mut Conn, keys: &[u64], value_bytes: usize) -> anyhow::Result<()> {
     match conn {
-        Conn::Mirror { http, base, .. } => {
+        Conn::Mirror { http, .. } => {
             let success: Vec<serde_json::Value> = keys
                 .iter()
                 .map(|&k| {
                     serde_json::json!({"put": {"key": bench_key(k), "value": String::from_utf8_lossy(&bench_value(value_bytes, k))}})
                 })
                 .collect();
-            let response = http
-                .post(format!("{base}/v1/txn"))
-                .json(&serde_json::json!({ "success": success }))
-                .send()
-                .await?;
+            let body = serde_json::to_vec(&serde_json::json!({ "success": success }))?;
+            let (status, body) = http
+                .request(Method::POST, "/v1/txn", "application/json", body)
+                .await
+                .map_err(anyhow::Error::msg)?;
             anyhow::ensure!(
-                response.status().is_success(),
-                "preload: {}",
-                response.status()
+                status.is_success(),
+                "preload: {status}: {}",
+                String::from_utf8_lossy(&body)
             );
             Ok(())
         }
