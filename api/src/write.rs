@@ -189,15 +189,8 @@ impl WriteBatcher {
         let mut carried: Option<Submitted> = None;
         tokio::pin!(stop);
         loop {
-            let first = match carried.take() {
-                Some(first) => first,
-                None => tokio::select! {
-                    next = receiver.recv() => match next {
-                        Some(next) => next,
-                        None => return,
-                    },
-                    _ = &mut stop => return,
-                },
+            let Some(first) = next_queued(&mut carried, &mut receiver, stop.as_mut()).await else {
+                return;
             };
             // Writes that arrive while this waits for an entry join the batch below.
             let permit = tokio::select! {
@@ -235,6 +228,22 @@ impl WriteBatcher {
                 drop(permit);
             });
         }
+    }
+}
+
+/// The item a batch or frame starts with: the one the last batch left over, else the next to
+/// arrive; `None` once the queue is closed or `stop` resolved.
+async fn next_queued<T>(
+    carried: &mut Option<T>,
+    receiver: &mut mpsc::Receiver<T>,
+    stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Option<T> {
+    if let Some(first) = carried.take() {
+        return Some(first);
+    }
+    tokio::select! {
+        next = receiver.recv() => next,
+        _ = stop => None,
     }
 }
 
@@ -480,15 +489,8 @@ impl Forwarder {
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 return;
             };
-            let first = match carried.take() {
-                Some(first) => first,
-                None => tokio::select! {
-                    next = receiver.recv() => match next {
-                        Some(next) => next,
-                        None => return,
-                    },
-                    _ = &mut stop => return,
-                },
+            let Some(first) = next_queued(&mut carried, &mut receiver, stop.as_mut()).await else {
+                return;
             };
             if !first.take() {
                 continue;
