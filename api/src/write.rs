@@ -87,7 +87,7 @@ const MAX_BYTES_PER_ENTRY: usize = 1024 * 1024;
 /// next, bigger batch (the batch size adapts to the load; one client waits for nothing). One:
 /// every entry costs the cluster about as much CPU as 30 writes in it do (appending,
 /// replicating, syncing and applying it on every node), and measured at 64 clients one entry
-/// in flight carried about 24 writes an entry and 10–25% more writes a second than 2 or 4 did
+/// in flight carried about 24 writes an entry and 0–32% more writes a second than 2 or 4 did
 /// (BENCHMARKS.md). A full entry (MAX_COMMANDS_PER_ENTRY or MAX_BYTES_PER_ENTRY) is the most
 /// one round can carry.
 const MAX_ENTRIES_IN_FLIGHT: usize = 1;
