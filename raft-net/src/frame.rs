@@ -91,7 +91,10 @@ pub async fn read<R: AsyncRead + Unpin>(
 /// with the frames around it; a bigger one is read or written directly.
 pub const IO_BUFFER_BYTES: usize = 64 * 1024;
 
-/// Write `first` and every frame already waiting in `queue` behind it, then flush once: frames
+/// Most frames written between two flushes by [`write_queued`].
+const MAX_FRAMES_PER_FLUSH: usize = 64;
+
+/// Write `first` and the frames already waiting in `queue` behind it, then flush once: frames
 /// queued together leave in one system call instead of one each. `writer` should be a
 /// `BufWriter` of [`IO_BUFFER_BYTES`].
 pub async fn write_queued<W: AsyncWrite + Unpin>(
@@ -100,8 +103,11 @@ pub async fn write_queued<W: AsyncWrite + Unpin>(
     queue: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), NetError> {
     writer.write_all(first).await?;
-    // Bounded by the buffer: a frame that no longer fits makes write_all flush first.
-    while let Ok(next) = queue.try_recv() {
+    // A frame that no longer fits in the buffer makes write_all send what is buffered first;
+    // at most MAX_FRAMES_PER_FLUSH frames wait for the flush, so a steady stream of small
+    // frames cannot hold the last ones back.
+    for _ in 1..MAX_FRAMES_PER_FLUSH {
+        let Ok(next) = queue.try_recv() else { break };
         writer.write_all(&next).await?;
     }
     writer.flush().await?;
@@ -149,6 +155,37 @@ mod tests {
             read(&mut &bytes[..], 1024).await,
             Err(NetError::Malformed(_))
         ));
+    }
+
+    /// Queued frames go out together, in order, each readable on its own; more than one
+    /// flush's worth stays queued for the next call.
+    #[tokio::test]
+    async fn write_queued_sends_queued_frames_in_order() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(200);
+        for id in 2..=100u64 {
+            tx.send(encode(id, &id.to_be_bytes(), 1024).unwrap())
+                .await
+                .unwrap();
+        }
+        let mut out = tokio::io::BufWriter::with_capacity(IO_BUFFER_BYTES, Vec::new());
+        write_queued(
+            &mut out,
+            &encode(1, &1u64.to_be_bytes(), 1024).unwrap(),
+            &mut rx,
+        )
+        .await
+        .unwrap();
+        let written = out.into_inner();
+        let mut reader = &written[..];
+        for id in 1..=MAX_FRAMES_PER_FLUSH as u64 {
+            let frame = read(&mut reader, 1024).await.unwrap().unwrap();
+            assert_eq!(
+                (frame.request_id, frame.payload),
+                (id, id.to_be_bytes().to_vec())
+            );
+        }
+        assert!(read(&mut reader, 1024).await.unwrap().is_none());
+        assert_eq!(rx.len(), 100 - MAX_FRAMES_PER_FLUSH);
     }
 
     #[tokio::test]
