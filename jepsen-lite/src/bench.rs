@@ -734,12 +734,11 @@ impl Stores {
         if store != Store::Mirrorkv {
             return None;
         }
-        let ready: serde_json::Value = reqwest::get(format!("{}/ready", endpoints.first()?))
-            .await
-            .ok()?
-            .json()
+        let (_, body) = Http1::new(endpoints.first()?)
+            .request(Method::GET, "/ready", "application/json", Vec::new())
             .await
             .ok()?;
+        let ready: serde_json::Value = serde_json::from_slice(&body).ok()?;
         ready.get("applied_index")?.as_u64()
     }
 }

@@ -65,13 +65,13 @@ impl<'a> Reads<'a> {
         }
     }
 
-    fn get(&mut self, key: &str) -> Result<Option<KeyRecord>> {
-        if let Some(record) = self.records.get(key) {
-            return Ok(record.clone());
+    /// The key's record as applied before this entry; read from RocksDB the first time only.
+    fn get(&mut self, key: &str) -> Result<Option<&KeyRecord>> {
+        if !self.records.contains_key(key) {
+            let record = get_record(self.db, key)?;
+            self.records.insert(key.to_string(), record);
         }
-        let record = get_record(self.db, key)?;
-        self.records.insert(key.to_string(), record.clone());
-        Ok(record)
+        Ok(self.records.get(key).and_then(Option::as_ref))
     }
 
     /// Look up the data keys `commands` touch, in one sorted MultiGet.
@@ -115,22 +115,24 @@ impl<'r, 'a> Overlay<'r, 'a> {
         }
     }
 
-    fn get(&mut self, key: &str) -> Result<Option<KeyRecord>> {
+    /// The key's record as this command sees it (its own changes first). Borrowed: a put or a
+    /// delete needs only the indexes, not a copy of the value.
+    fn get(&mut self, key: &str) -> Result<Option<&KeyRecord>> {
         match self.changes.get(key) {
-            Some(change) => Ok(change.clone()),
+            Some(change) => Ok(change.as_ref()),
             None => self.reads.get(key),
         }
     }
 
     fn put(&mut self, index: u64, key: &str, value: Vec<u8>) -> Result<Option<u64>> {
-        let current = self.get(key)?;
+        let current = self.get(key)?.map(|r| (r.mod_index, r.create_index));
         let record = KeyRecord {
             value,
             mod_index: index,
-            create_index: current.as_ref().map_or(index, |r| r.create_index),
+            create_index: current.map_or(index, |(_, create_index)| create_index),
         };
         self.changes.insert(key.to_string(), Some(record));
-        Ok(current.map(|r| r.mod_index))
+        Ok(current.map(|(mod_index, _)| mod_index))
     }
 
     fn delete(&mut self, key: &str) -> Result<bool> {
@@ -613,15 +615,13 @@ fn check(
     key: &str,
     precondition: Precondition,
 ) -> Result<Option<CommandResult>> {
-    let current = overlay.get(key)?;
+    let current = overlay.get(key)?.map(|r| r.mod_index);
     let holds = match precondition {
         Precondition::None => true,
-        Precondition::ModIndex(m) => current.as_ref().is_some_and(|r| r.mod_index == m),
+        Precondition::ModIndex(m) => current == Some(m),
         Precondition::Absent => current.is_none(),
     };
-    Ok((!holds).then(|| CommandResult::PreconditionFailed {
-        mod_index: current.map(|r| r.mod_index),
-    }))
+    Ok((!holds).then_some(CommandResult::PreconditionFailed { mod_index: current }))
 }
 
 fn run_txn(overlay: &mut Overlay<'_, '_>, index: u64, txn: Txn) -> Result<CommandResult> {
@@ -629,8 +629,8 @@ fn run_txn(overlay: &mut Overlay<'_, '_>, index: u64, txn: Txn) -> Result<Comman
     for compare in &txn.compare {
         let current = overlay.get(&compare.key)?;
         let holds = match &compare.target {
-            CompareTarget::ModIndex(m) => current.as_ref().map_or(0, |r| r.mod_index) == *m,
-            CompareTarget::Value(v) => current.as_ref().is_some_and(|r| &r.value == v),
+            CompareTarget::ModIndex(m) => current.map_or(0, |r| r.mod_index) == *m,
+            CompareTarget::Value(v) => current.is_some_and(|r| &r.value == v),
             CompareTarget::Exists(exists) => current.is_some() == *exists,
         };
         if !holds {
@@ -649,7 +649,7 @@ fn run_txn(overlay: &mut Overlay<'_, '_>, index: u64, txn: Txn) -> Result<Comman
                 deleted: overlay.delete(&key)?,
             },
             TxnOp::Get { key } => {
-                let record = overlay.get(&key)?;
+                let record = overlay.get(&key)?.cloned();
                 TxnOpResult::Get { key, record }
             }
         });
