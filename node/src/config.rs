@@ -299,7 +299,9 @@ impl Flags {
             lease_margin_ms,
             snapshot_threshold_entries: flags.snapshot_threshold_entries.unwrap_or(10_000),
             snapshot_chunk_bytes,
-            storage_memory_mib: flags.storage_memory_mib.unwrap_or(256),
+            storage_memory_mib: flags.storage_memory_mib.unwrap_or(
+                (mirrorkv_storage::StoreOptions::default().memory_budget_bytes >> 20) as u64,
+            ),
         })
     }
 }

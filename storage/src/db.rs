@@ -119,8 +119,8 @@ impl Default for StoreOptions {
 
 /// Size of one memtable of the state machine. Every applied write looks its key up here
 /// first, and a lookup in a skiplist of a few hundred thousand entries (the 64 MiB default)
-/// cost a few microseconds of cache misses; a small one stays in the CPU's cache. Flushing it
-/// more often is cheap: a flush keeps only the newest version of each key.
+/// cost a few microseconds of cache misses; a small one stays in the CPU's cache. The price is
+/// more flushes, and at 1M keys more compaction after them (BENCHMARKS.md, "2026-11-27, puts").
 const SM_MEMTABLE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Open (or create) the node's database at `path`.
