@@ -1,9 +1,9 @@
 //! `LogStore`: openraft's `RaftLogStorage` over the `log` and `raft_meta` column families.
 //!
 //! Durability rules (see `storage/DESIGN.md`): the vote is fsynced before `save_vote` returns;
-//! `append` calls its callback only after a WAL fsync covers the batch (group commit, see
-//! `LogSyncer`); purge records the purged log id
-//! (fsynced) before it deletes the entries.
+//! `append` calls its callback only after a WAL fsync covers the batch (the fsync runs on the
+//! `LogSyncer` thread); purge records the purged log id (fsynced) before it deletes the
+//! entries.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -22,7 +22,7 @@ use crate::types::{Entry, LogId, NodeId, RaftStorageError, TypeConfig};
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    /// Group commit: confirms appends once a WAL fsync covers them.
+    /// Confirms appends once a WAL fsync covers them.
     syncer: Arc<LogSyncer>,
     /// The latest committed index openraft told us about (0 if none); shared with the API for
     /// `/ready` and `GET /v1/cluster`.
@@ -196,9 +196,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = codec::encode(&entry).map_err(write_err)?;
             batch.put_cf(cf, db::log_key(entry.log_id.index), bytes);
         }
-        // Written (and readable) now, durable later: the callback — which lets openraft count
-        // this node towards a commit quorum — fires only once a WAL fsync covers this write.
-        // The syncer fsyncs once for every append that arrived meanwhile (group commit).
+        // Written now, durable later: the callback — which lets openraft count this node
+        // towards a commit quorum — fires only once a WAL fsync covers this write.
+        // openraft 0.9 awaits that callback before it runs its next command (replication of
+        // these entries included), so appends never overlap: the syncer thread buys no grouping,
+        // only a tokio worker left free while the disk syncs (storage/DESIGN.md, rule 2).
         if let Err(e) = self.db.write(batch) {
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(write_err(e));
@@ -236,9 +238,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// Group commit of the log: `append` writes without waiting for the disk and hands its
-/// callback here; one thread fsyncs the WAL once for every callback that queued up meanwhile,
-/// then confirms them all. Under load, many appends share one fsync.
+/// The log's fsyncs, off the async runtime: `append` writes without waiting for the disk and
+/// hands its callback here; this thread fsyncs the WAL once for every callback queued up
+/// meanwhile, then confirms them all. With openraft 0.9 that is one callback at a time (see
+/// `append`); the grouping of writes happens above, in the API's batched entries.
 ///
 /// Durability: RocksDB writes the WAL in order and `flush_wal(true)` fsyncs all of it, so the
 /// fsync that follows a callback's write covers that write (`db::synced` makes the same
