@@ -882,6 +882,15 @@ pub fn format_row(mirror: Option<&CellResult>, etcd: Option<&CellResult>) -> Str
     )
 }
 
+/// Of one cell's results over several rounds, the one with the median ops/s (the lower of the
+/// two middle ones when the count is even), so that a table of medians shows real measurements,
+/// not a blend of several. `None` when there are none.
+pub fn median_round<'a>(rounds: &[&'a CellResult]) -> Option<&'a CellResult> {
+    let mut sorted = rounds.to_vec();
+    sorted.sort_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s));
+    sorted.get(sorted.len().saturating_sub(1) / 2).copied()
+}
+
 /// The header of [`format_row`]'s table.
 pub fn table_header() -> String {
     let side = format!(
@@ -892,4 +901,55 @@ pub fn table_header() -> String {
         "{:<18} {:>3} | {:^41} | {:^41} | {:>6}\n{:<18} {:>3} | {side} | {side} | {:>6}",
         "", "", "mirrorkv", "etcd", "", "workload", "cli", "ratio"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(ops_per_s: f64) -> CellResult {
+        CellResult {
+            cell: Cell {
+                store: Store::Mirrorkv,
+                workload: BenchWorkload::Put,
+                level: "linearizable".into(),
+                clients: 1,
+            },
+            shape: DataShape {
+                keys: 10,
+                value_bytes: 1,
+            },
+            duration_s: 1.0,
+            ops: ops_per_s as u64,
+            errors: 0,
+            error_samples: Vec::new(),
+            ops_per_s,
+            all: Latency {
+                count: 0,
+                p50_us: 0,
+                p99_us: 0,
+                p999_us: 0,
+                max_us: 0,
+            },
+            by_op: BTreeMap::new(),
+            processes: Vec::new(),
+            log_entries: None,
+        }
+    }
+
+    #[test]
+    fn median_round_is_a_real_round_in_the_middle() {
+        let (a, b, c, d) = (result(300.0), result(100.0), result(200.0), result(400.0));
+        assert_eq!(median_round(&[]).map(|r| r.ops_per_s), None);
+        assert_eq!(median_round(&[&a]).map(|r| r.ops_per_s), Some(300.0));
+        assert_eq!(median_round(&[&a, &b]).map(|r| r.ops_per_s), Some(100.0));
+        assert_eq!(
+            median_round(&[&a, &b, &c]).map(|r| r.ops_per_s),
+            Some(200.0)
+        );
+        assert_eq!(
+            median_round(&[&a, &b, &c, &d]).map(|r| r.ops_per_s),
+            Some(200.0)
+        );
+    }
 }

@@ -459,6 +459,33 @@ async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
             );
         }
     }
+    if run.rounds > 1 {
+        // One round is at the mercy of the machine's noise; the medians are what to quote.
+        println!();
+        println!(
+            "median of {} rounds (each side is its round with the median ops/s):",
+            run.rounds
+        );
+        println!("{}", bench::table_header());
+        for (workload, level, clients) in &run.cells {
+            let median = |store: Store| {
+                let rounds: Vec<&bench::CellResult> = results
+                    .iter()
+                    .filter(|r| {
+                        r.cell.store == store
+                            && r.cell.workload == *workload
+                            && r.cell.level == *level
+                            && r.cell.clients == *clients
+                    })
+                    .collect();
+                bench::median_round(&rounds)
+            };
+            let (mirror, etcd) = (median(Store::Mirrorkv), median(Store::Etcd));
+            if mirror.is_some() || etcd.is_some() {
+                println!("{}", bench::format_row(mirror, etcd));
+            }
+        }
+    }
     println!();
     println!(
         "{:<14} {:>10} {:>10} {:>12}",

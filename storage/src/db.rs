@@ -104,8 +104,9 @@ pub(crate) fn synced() -> WriteOptions {
 pub struct StoreOptions {
     /// Memory RocksDB may use for its block cache and memtables together. Memtables take up to
     /// half of it (they are charged to the cache, then flushed); index and filter blocks are
-    /// cached inside it too, so the store's memory does not grow with the data or with the
-    /// requests served, only with this number.
+    /// cached inside it too, so they do not grow with the data or with the requests served.
+    /// What RocksDB holds outside it (table readers, write buffers, allocator free lists) was
+    /// about 130 MiB at 1M keys, levelling off (BENCHMARKS.md).
     pub memory_budget_bytes: usize,
 }
 
