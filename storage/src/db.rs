@@ -105,8 +105,9 @@ pub struct StoreOptions {
     /// Memory RocksDB may use for its block cache and memtables together. Memtables take up to
     /// half of it (they are charged to the cache, then flushed); index and filter blocks are
     /// cached inside it too, so they do not grow with the data or with the requests served.
-    /// What RocksDB holds outside it (table readers, write buffers, allocator free lists) was
-    /// about 130 MiB at 1M keys, levelling off (BENCHMARKS.md).
+    /// The rest of the process (RocksDB's table readers and buffers outside the cache, the
+    /// allocators' free lists, the node; not measured part by part) was about 130 MiB at 1M
+    /// keys, levelling off (BENCHMARKS.md).
     pub memory_budget_bytes: usize,
 }
 
