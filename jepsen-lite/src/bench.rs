@@ -153,6 +153,10 @@ fn bench_value(value_bytes: usize, salt: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Longest wait for one request's whole answer (in both stores' clients), and for a connection to
+/// a mirrorkv node.
+const REQUEST_TIMEOUT_MS: u64 = 10_000;
+
 /// One HTTP/1.1 connection to a mirrorkv node, made again after an error.
 ///
 /// The bench drives mirrorkv through hyper's own client connection rather than reqwest: on
@@ -165,14 +169,28 @@ struct Http1 {
 }
 
 impl Http1 {
-    /// Longest wait for one request's whole answer.
-    const TIMEOUT: Duration = Duration::from_secs(10);
-
+    /// A client for the node at `base`, which connects on its first request.
     fn new(base: &str) -> Http1 {
         Http1 {
             addr: base.trim_start_matches("http://").to_string(),
             sender: None,
         }
+    }
+
+    /// A client for the node at `base`, connected now (within `REQUEST_TIMEOUT_MS`).
+    async fn open(base: &str) -> Result<Http1, String> {
+        let mut http = Http1::new(base);
+        let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
+        let connected = tokio::time::timeout(timeout, Self::connect(&http.addr))
+            .await
+            .map_err(|_| {
+                format!(
+                    "no connection to {} within {REQUEST_TIMEOUT_MS} ms",
+                    http.addr
+                )
+            })?;
+        http.sender = Some(connected?);
+        Ok(http)
     }
 
     async fn connect(addr: &str) -> Result<SendRequest<Full<Bytes>>, String> {
@@ -223,10 +241,11 @@ impl Http1 {
                 .to_bytes();
             Ok((status, body))
         };
-        let answer = match tokio::time::timeout(Self::TIMEOUT, work).await {
-            Ok(answer) => answer,
-            Err(_) => Err(format!("no answer within {} ms", Self::TIMEOUT.as_millis())),
-        };
+        let answer =
+            match tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), work).await {
+                Ok(answer) => answer,
+                Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT_MS} ms")),
+            };
         if answer.is_err() {
             // The connection may hold a half-read answer: start afresh.
             self.sender = None;
@@ -746,21 +765,13 @@ impl Stores {
 /// A client connection of `store` to `endpoint`, reading at `level`.
 async fn connect(store: Store, endpoint: String, level: &str) -> anyhow::Result<Conn> {
     Ok(match store {
-        Store::Mirrorkv => {
-            let mut http = Http1::new(&endpoint);
-            http.sender = Some(
-                Http1::connect(&http.addr)
-                    .await
-                    .map_err(anyhow::Error::msg)?,
-            );
-            Conn::Mirror {
-                http,
-                level: level.to_string(),
-            }
-        }
+        Store::Mirrorkv => Conn::Mirror {
+            http: Http1::open(&endpoint).await.map_err(anyhow::Error::msg)?,
+            level: level.to_string(),
+        },
         Store::Etcd => {
             let options = etcd_client::ConnectOptions::new()
-                .with_timeout(Duration::from_secs(10))
+                .with_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
                 .with_connect_timeout(Duration::from_secs(5));
             let client = etcd_client::Client::connect([endpoint], Some(options)).await?;
             Conn::Etcd {
