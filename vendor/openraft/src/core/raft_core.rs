@@ -730,6 +730,41 @@ where
         Ok(())
     }
 
+    /// mirrorkv patch: submit the leader's own append and return without waiting for its
+    /// flush. A task waits for the flush callback and reports it as `Notify::LocalLogFlushed`,
+    /// which is when the leader's own progress (its vote towards committing) moves.
+    async fn submit_leader_append<I>(
+        &mut self,
+        entries: I,
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
+        let callback = LogFlushed::new(log_io_id, tx);
+
+        self.log_store.append(entries, callback).await?;
+
+        let tx_notify = self.tx_notify.clone();
+        let _ = C::spawn(async move {
+            let result = match rx.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(StorageError::from(StorageIOError::write_logs(AnyError::error(e)))),
+                Err(e) => Err(StorageError::from(StorageIOError::write_logs(AnyError::error(e)))),
+            };
+            let _ = tx_notify.send(Notify::LocalLogFlushed {
+                vote,
+                log_id: last_log_id,
+                result,
+            });
+        });
+        Ok(())
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) async fn apply_to_state_machine(
         &mut self,
@@ -1278,6 +1313,18 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed { vote, log_id, result } => {
+                // mirrorkv patch: the leader's own append is on disk; only now does it count
+                // towards a commit quorum. A flush failure stops the node, as it would have
+                // when `append_to_log` awaited it.
+                result?;
+                if self.does_vote_match(&vote, "LocalLogFlushed") {
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(Some(log_id));
+                    }
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1636,6 +1683,17 @@ where
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
+
+                // mirrorkv patch (vendor/openraft/PATCHED.md): the leader's own append does not
+                // wait for its flush. The entries are readable once `append` returns, so the
+                // replication commands that follow can send them while the disk syncs; the
+                // leader counts itself towards a commit quorum only once the flush is reported
+                // (`Notify::LocalLogFlushed`). A follower still flushes before it answers.
+                let is_leader_append = self.engine.leader.as_ref().map(|l| &l.vote) == Some(&vote);
+                if is_leader_append {
+                    self.submit_leader_append(entries, vote, last_log_id).await?;
+                    return Ok(None);
+                }
 
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 
