@@ -475,6 +475,7 @@ impl Stores {
                     bin: bin.to_path_buf(),
                     nodes: 3,
                     extra_args: extra_args.to_vec(),
+                    node_args: BTreeMap::new(),
                     proxies: false,
                     dir: None,
                 })

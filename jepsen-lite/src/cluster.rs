@@ -44,6 +44,8 @@ pub struct NodeProc {
     /// How the node finds its cluster: `--initial-cluster SPEC`, `--join ADDR`, or nothing
     /// (a data dir that already has one, e.g. restored from a backup).
     pub membership_args: Vec<String>,
+    /// Flags for this node only, after the cluster's `extra_args`.
+    pub own_args: Vec<String>,
     child: Option<Child>,
     paused: bool,
 }
@@ -56,6 +58,8 @@ pub struct ClusterOptions {
     pub nodes: u64,
     /// Extra flags for every node.
     pub extra_args: Vec<String>,
+    /// Flags for one node, by id, after `extra_args` (e.g. a fault for that node alone).
+    pub node_args: BTreeMap<u64, Vec<String>>,
     /// Route every directed link through a `Proxy`.
     pub proxies: bool,
     /// Where data and logs go; a temporary folder (removed on drop) if `None`.
@@ -270,6 +274,7 @@ impl Cluster {
                     data_dir: dir.join(format!("node{id}")),
                     log_path: dir.join(format!("node{id}.log")),
                     membership_args: Vec::new(),
+                    own_args: options.node_args.get(&id).cloned().unwrap_or_default(),
                     child: None,
                     paused: false,
                 },
@@ -333,6 +338,7 @@ impl Cluster {
             data_dir: self.dir.join(format!("node{id}")),
             log_path: self.dir.join(format!("node{id}.log")),
             membership_args,
+            own_args: Vec::new(),
             child: None,
             paused: false,
         };
@@ -378,6 +384,7 @@ impl Cluster {
             .arg(&node.raft_addr)
             .args(&node.membership_args)
             .args(&self.extra_args)
+            .args(&node.own_args)
             .args(peers)
             .env(
                 "RUST_LOG",

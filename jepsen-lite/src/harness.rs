@@ -328,6 +328,7 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
             "--snapshot-threshold-entries".into(),
             options.snapshot_threshold_entries.to_string(),
         ],
+        node_args: Default::default(),
         proxies: true,
         dir: Some(options.out.join("nodes")),
     })

@@ -96,6 +96,10 @@ pub struct Flags {
     /// Memory RocksDB may use for its block cache and memtables together (default 256).
     #[arg(long, env = "MIRRORKV_STORAGE_MEMORY_MIB")]
     pub storage_memory_mib: Option<u64>,
+    /// Fault injection for tests, never for production: wait this long before every fsync of
+    /// the Raft log, as a slow disk would (default 0, at most 60000).
+    #[arg(long, env = "MIRRORKV_FAULT_LOG_SYNC_DELAY_MS", hide = true)]
+    pub fault_log_sync_delay_ms: Option<u64>,
 }
 
 /// Log output format.
@@ -128,6 +132,8 @@ pub struct NodeConfig {
     pub snapshot_threshold_entries: u64,
     pub snapshot_chunk_bytes: u64,
     pub storage_memory_mib: u64,
+    /// Fault injection for tests (`StoreOptions::fault_log_sync_delay_ms`); 0 in production.
+    pub fault_log_sync_delay_ms: u64,
 }
 
 impl Flags {
@@ -172,6 +178,9 @@ impl Flags {
             snapshot_chunk_bytes: self.snapshot_chunk_bytes.or(file.snapshot_chunk_bytes),
             max_frame_bytes: self.max_frame_bytes.or(file.max_frame_bytes),
             storage_memory_mib: self.storage_memory_mib.or(file.storage_memory_mib),
+            fault_log_sync_delay_ms: self
+                .fault_log_sync_delay_ms
+                .or(file.fault_log_sync_delay_ms),
         }
     }
 
@@ -281,6 +290,10 @@ impl Flags {
                 bail!("storage_memory_mib must be between 16 and 1048576 (MiB)");
             }
         }
+        let fault_log_sync_delay_ms = flags.fault_log_sync_delay_ms.unwrap_or(0);
+        if fault_log_sync_delay_ms > 60_000 {
+            bail!("fault_log_sync_delay_ms must be at most 60000 (ms)");
+        }
         Ok(NodeConfig {
             id,
             data_dir,
@@ -302,6 +315,7 @@ impl Flags {
             storage_memory_mib: flags.storage_memory_mib.unwrap_or(
                 (mirrorkv_storage::StoreOptions::default().memory_budget_bytes >> 20) as u64,
             ),
+            fault_log_sync_delay_ms,
         })
     }
 }

@@ -79,9 +79,16 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+    if config.fault_log_sync_delay_ms > 0 {
+        tracing::warn!(
+            delay_ms = config.fault_log_sync_delay_ms,
+            "fault injection: every fsync of the Raft log is delayed (tests only)"
+        );
+    }
     let store_options = mirrorkv_storage::StoreOptions {
         memory_budget_bytes: usize::try_from(config.storage_memory_mib << 20)
             .context("storage_memory_mib is too large for this machine")?,
+        fault_log_sync_delay_ms: config.fault_log_sync_delay_ms,
     };
     let (log_store, state_machine) =
         mirrorkv_storage::open_with(&config.data_dir.join("db"), &store_options)

@@ -1,6 +1,6 @@
 //! A real 3-node cluster: writes through any node, reads from every node, and no acknowledged
 //! write lost through `kill -9` of the leader, of all nodes, or of a follower that must then
-//! catch up through a snapshot.
+//! catch up through a snapshot; a leader with a slow disk commits only with a quorum on disk.
 
 mod common;
 
@@ -555,4 +555,97 @@ async fn t38_requests_over_the_in_flight_limit_are_shed_with_429() {
     );
     // Slots free again: served.
     assert_eq!(cluster.get(leader, "k", "stale").await, Ok(None));
+}
+
+/// The leader replicates its new entries while its own fsync runs (vendor/openraft/PATCHED.md),
+/// yet counts itself towards a commit only once that fsync is done. Node 1 has a disk that takes
+/// `SLOW_SYNC_MS` per log fsync, and is made the leader:
+/// - with both followers up, a write is acknowledged by the followers' disks without waiting
+///   for the leader's;
+/// - with one follower killed, a write needs the leader's disk too, so it takes at least one
+///   slow fsync: nothing is acknowledged before a quorum has it on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t39_the_leader_counts_its_own_write_only_once_it_is_on_disk() {
+    const SLOW_SYNC_MS: u64 = 4000;
+    const MOST_ELECTIONS: usize = 20;
+    let slow = SLOW_SYNC_MS.to_string();
+    // Node 1 also campaigns sooner than the others (default 500-1000 ms), so that it tends to
+    // win the elections below.
+    let node1_args = [
+        "--fault-log-sync-delay-ms",
+        slow.as_str(),
+        "--election-timeout-min-ms",
+        "300",
+        "--election-timeout-max-ms",
+        "450",
+    ];
+    let mut cluster =
+        Cluster::start_with_node_args(3, &["--request-timeout-ms", "20000"], &[(1, &node1_args)])
+            .await;
+    // Hand the leadership to node 1: kill whichever node leads, which leaves node 1 and one
+    // other to elect a leader between them, and start it again; repeat until node 1 wins.
+    let mut elections = 0;
+    loop {
+        let leader = cluster.wait_for_leader().await;
+        if leader == 1 {
+            break;
+        }
+        elections += 1;
+        assert!(
+            elections <= MOST_ELECTIONS,
+            "node 1 lost {MOST_ELECTIONS} elections in a row"
+        );
+        // A follower waits for its own fsync before it does anything else, so let node 1 sync
+        // everything it was sent first; it can then campaign as soon as the leader is gone.
+        let view = cluster.node_view(leader).await.expect("the leader's view");
+        let applied = view["applied_index"].as_u64().expect("applied_index");
+        wait_applied(&cluster, 1, applied).await;
+        cluster.kill(leader);
+        cluster.wait_for_leader().await;
+        cluster.restart(leader).await;
+        cluster.wait_ready(leader).await;
+    }
+    println!("t39: node 1 leads after {elections} forced elections");
+    // A first write, untimed: it waits until both followers are replicated to again (one was
+    // just restarted) and have it on disk.
+    let WriteOutcome::Ok { index } = cluster.put(1, "warm-up", b"v").await else {
+        panic!("the first write through node 1 failed");
+    };
+    for id in [2, 3] {
+        wait_applied(&cluster, id, index).await;
+    }
+
+    let started = Instant::now();
+    let outcome = cluster.put(1, "fast-quorum", b"v").await;
+    let took = started.elapsed();
+    println!("t39: with both followers up, the write took {took:?}: {outcome:?}");
+    assert!(matches!(outcome, WriteOutcome::Ok { .. }), "{outcome:?}");
+    assert!(
+        took < Duration::from_millis(SLOW_SYNC_MS),
+        "the followers' disks made the quorum; the leader's slow fsync was waited for ({took:?})"
+    );
+
+    cluster.kill(3);
+    let started = Instant::now();
+    let outcome = cluster.put(1, "needs-the-leader", b"v").await;
+    let took = started.elapsed();
+    println!("t39: with one follower down, the write took {took:?}: {outcome:?}");
+    assert!(matches!(outcome, WriteOutcome::Ok { .. }), "{outcome:?}");
+    assert_eq!(
+        cluster.wait_for_leader().await,
+        1,
+        "node 1 led throughout, so it counted towards that commit"
+    );
+    assert!(
+        took >= Duration::from_millis(SLOW_SYNC_MS),
+        "acknowledged after {took:?}, before the leader's fsync could be done: only one of \
+         three nodes had the write on disk"
+    );
+    for key in ["fast-quorum", "needs-the-leader"] {
+        assert_eq!(
+            cluster.get(2, key, "linearizable").await,
+            Ok(Some(b"v".to_vec())),
+            "{key} through node 2"
+        );
+    }
 }

@@ -29,6 +29,7 @@ pub mod types;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use db::StoreOptions;
 pub use error::StorageError;
@@ -48,7 +49,10 @@ pub fn open_with(
     options: &StoreOptions,
 ) -> Result<(LogStore, StateMachine), StorageError> {
     let db = Arc::new(db::open(path, options)?);
-    let log_store = LogStore::new(db.clone())?;
+    let log_store = LogStore::new(
+        db.clone(),
+        Duration::from_millis(options.fault_log_sync_delay_ms),
+    )?;
     let state_machine = StateMachine::open(db, path)?;
     let purged = log_store.purged()?;
     let snapshot = state_machine.snapshot_log_id()?;

@@ -9,6 +9,7 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError, Vote};
@@ -30,9 +31,13 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<DB>) -> Result<Self, crate::StorageError> {
+    /// `fault_sync_delay`: see `StoreOptions::fault_log_sync_delay_ms` (zero in production).
+    pub(crate) fn new(
+        db: Arc<DB>,
+        fault_sync_delay: Duration,
+    ) -> Result<Self, crate::StorageError> {
         let store = Self {
-            syncer: Arc::new(LogSyncer::start(db.clone())?),
+            syncer: Arc::new(LogSyncer::start(db.clone(), fault_sync_delay)?),
             db,
             committed_index: Arc::default(),
         };
@@ -196,11 +201,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = codec::encode(&entry).map_err(write_err)?;
             batch.put_cf(cf, db::log_key(entry.log_id.index), bytes);
         }
-        // Written now, durable later: the callback — which lets openraft count this node
-        // towards a commit quorum — fires only once a WAL fsync covers this write.
-        // openraft 0.9 awaits that callback before it runs its next command (replication of
-        // these entries included), so appends never overlap: the syncer thread buys no grouping,
-        // only a tokio worker left free while the disk syncs (storage/DESIGN.md, rule 2).
+        // Written now, durable later: the entries are readable as soon as this returns (the
+        // leader's replication reads them from here while its fsync runs), and the callback —
+        // which lets openraft count this node towards a commit quorum — fires only once a WAL
+        // fsync covers this write (storage/DESIGN.md, rule 2). On a leader, openraft (patched,
+        // vendor/openraft/PATCHED.md) goes on with its next commands meanwhile, so appends can
+        // overlap and one fsync covers them all; a follower awaits the callback before it
+        // answers its leader.
         if let Err(e) = self.db.write(batch) {
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(write_err(e));
@@ -240,8 +247,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 /// The log's fsyncs, off the async runtime: `append` writes without waiting for the disk and
 /// hands its callback here; this thread fsyncs the WAL once for every callback queued up
-/// meanwhile, then confirms them all. With openraft 0.9 that is one callback at a time (see
-/// `append`); the grouping of writes happens above, in the API's batched entries.
+/// meanwhile, then confirms them all (a leader's appends can queue up while one fsync runs;
+/// a follower's come one at a time).
 ///
 /// Durability: RocksDB writes the WAL in order and `flush_wal(true)` fsyncs all of it, so the
 /// fsync that follows a callback's write covers that write (`db::synced` makes the same
@@ -253,7 +260,7 @@ struct LogSyncer {
 }
 
 impl LogSyncer {
-    fn start(db: Arc<DB>) -> Result<Self, crate::StorageError> {
+    fn start(db: Arc<DB>, fault_sync_delay: Duration) -> Result<Self, crate::StorageError> {
         let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
         let thread = std::thread::Builder::new()
             .name("mirrorkv-log-sync".into())
@@ -261,6 +268,11 @@ impl LogSyncer {
                 while let Ok(first) = rx.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
+                    if !fault_sync_delay.is_zero() {
+                        // A slow disk (fault injection): appends that arrive meanwhile wait
+                        // for the next round, as they would behind a slow fsync.
+                        std::thread::sleep(fault_sync_delay);
+                    }
                     let synced = db.flush_wal(true);
                     for callback in waiting {
                         callback.log_io_completed(

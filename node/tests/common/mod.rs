@@ -40,25 +40,43 @@ where
 }
 
 impl Cluster {
-    async fn start_inner(n: u64, extra_args: &[&str], proxies: bool) -> Cluster {
+    async fn start_inner(
+        n: u64,
+        extra_args: &[&str],
+        node_args: &[(u64, &[&str])],
+        proxies: bool,
+    ) -> Cluster {
         let options = ClusterOptions {
             bin: PathBuf::from(env!("CARGO_BIN_EXE_mirrorkv")),
             nodes: n,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            node_args: node_args
+                .iter()
+                .map(|(id, args)| (*id, args.iter().map(|s| s.to_string()).collect()))
+                .collect(),
             proxies,
             dir: None,
         };
         Cluster(ok(jepsen_lite::cluster::Cluster::start(options).await))
     }
 
+    /// Like `start`, and node `id` of each `(id, args)` also gets `args`.
+    pub async fn start_with_node_args(
+        n: u64,
+        extra_args: &[&str],
+        node_args: &[(u64, &[&str])],
+    ) -> Cluster {
+        Self::start_inner(n, extra_args, node_args, false).await
+    }
+
     /// Start `n` nodes with ids 1..=n and `extra_args` on each.
     pub async fn start(n: u64, extra_args: &[&str]) -> Cluster {
-        Self::start_inner(n, extra_args, false).await
+        Self::start_inner(n, extra_args, &[], false).await
     }
 
     /// Like `start`, but every directed link goes through its own proxy (`isolate`, `heal`).
     pub async fn start_with_proxies(n: u64, extra_args: &[&str]) -> Cluster {
-        Self::start_inner(n, extra_args, true).await
+        Self::start_inner(n, extra_args, &[], true).await
     }
 
     pub async fn wait_for_leader(&self) -> u64 {
