@@ -96,8 +96,9 @@ pub struct Flags {
     /// Memory RocksDB may use for its block cache and memtables together (default 256).
     #[arg(long, env = "MIRRORKV_STORAGE_MEMORY_MIB")]
     pub storage_memory_mib: Option<u64>,
-    /// Fault injection for tests, never for production: wait this long before every fsync of
-    /// the Raft log, as a slow disk would (default 0, at most 60000).
+    /// Fault injection for tests, never for production: while leading, wait this long before
+    /// every fsync of the node's own log appends, as a slow disk would (default 0, at most
+    /// 60000).
     #[arg(long, env = "MIRRORKV_FAULT_LOG_SYNC_DELAY_MS", hide = true)]
     pub fault_log_sync_delay_ms: Option<u64>,
 }

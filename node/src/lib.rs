@@ -82,7 +82,7 @@ pub async fn run(
     if config.fault_log_sync_delay_ms > 0 {
         tracing::warn!(
             delay_ms = config.fault_log_sync_delay_ms,
-            "fault injection: every fsync of the Raft log is delayed (tests only)"
+            "fault injection: while leading, every fsync of the log is delayed (tests only)"
         );
     }
     let store_options = mirrorkv_storage::StoreOptions {

@@ -559,7 +559,7 @@ async fn t38_requests_over_the_in_flight_limit_are_shed_with_429() {
 
 /// The leader replicates its new entries while its own fsync runs (vendor/openraft/PATCHED.md),
 /// yet counts itself towards a commit only once that fsync is done. Node 1 has a disk that takes
-/// `SLOW_SYNC_MS` per log fsync, and is made the leader:
+/// `SLOW_SYNC_MS` per fsync of its appends as leader, and is made the leader:
 /// - with both followers up, a write is acknowledged by the followers' disks without waiting
 ///   for the leader's;
 /// - with one follower killed, a write needs the leader's disk too, so it takes at least one
@@ -595,8 +595,7 @@ async fn t39_the_leader_counts_its_own_write_only_once_it_is_on_disk() {
             elections <= MOST_ELECTIONS,
             "node 1 lost {MOST_ELECTIONS} elections in a row"
         );
-        // A follower waits for its own fsync before it does anything else, so let node 1 sync
-        // everything it was sent first; it can then campaign as soon as the leader is gone.
+        // Let node 1 catch up first: only a candidate with every committed entry can win.
         let view = cluster.node_view(leader).await.expect("the leader's view");
         let applied = view["applied_index"].as_u64().expect("applied_index");
         wait_applied(&cluster, 1, applied).await;

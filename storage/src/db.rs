@@ -109,9 +109,10 @@ pub struct StoreOptions {
     /// allocators' free lists, the node; not measured part by part) was about 130 MiB at 1M
     /// keys, levelling off (BENCHMARKS.md).
     pub memory_budget_bytes: usize,
-    /// Fault injection, for tests only (0 in production): the log syncer waits this long
-    /// before each WAL fsync, as a slow disk would. Nothing else slows down, so a test can show
-    /// that a leader's own log write counts towards a commit only once it is on disk.
+    /// Fault injection, for tests only (0 in production): while this node leads, the log
+    /// syncer waits this long before each fsync of its appends, as a slow disk would. Nothing
+    /// else slows down (a follower's appends sync inline), so a test can show that a leader's
+    /// own log write counts towards a commit only once it is on disk.
     pub fault_log_sync_delay_ms: u64,
 }
 

@@ -201,13 +201,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = codec::encode(&entry).map_err(write_err)?;
             batch.put_cf(cf, db::log_key(entry.log_id.index), bytes);
         }
-        // Written now, durable later: the entries are readable as soon as this returns (the
-        // leader's replication reads them from here while its fsync runs), and the callback —
-        // which lets openraft count this node towards a commit quorum — fires only once a WAL
-        // fsync covers this write (storage/DESIGN.md, rule 2). On a leader, openraft (patched,
-        // vendor/openraft/PATCHED.md) goes on with its next commands meanwhile, so appends can
-        // overlap and one fsync covers them all; a follower awaits the callback before it
-        // answers its leader.
+        // The callback lets openraft count this node towards a commit quorum, so it fires only
+        // once the write is on disk (storage/DESIGN.md, rule 2).
+        if callback.is_awaited() {
+            // A follower's append: openraft does nothing else until the callback, so sync here
+            // and spare the hand-off to the syncer thread and back.
+            let synced = self.db.write_opt(batch, &db::synced());
+            let result = synced.as_ref().map(|_| ());
+            callback.log_io_completed(result.map_err(|e| std::io::Error::other(e.to_string())));
+            return synced.map_err(write_err);
+        }
+        // The leader's own append (vendor/openraft/PATCHED.md): written now, durable later. The
+        // entries are readable once this returns, and replication reads them from here while
+        // the syncer fsyncs; appends that arrive meanwhile share the next fsync.
         if let Err(e) = self.db.write(batch) {
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(write_err(e));
@@ -245,10 +251,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// The log's fsyncs, off the async runtime: `append` writes without waiting for the disk and
-/// hands its callback here; this thread fsyncs the WAL once for every callback queued up
-/// meanwhile, then confirms them all (a leader's appends can queue up while one fsync runs;
-/// a follower's come one at a time).
+/// The leader's log fsyncs, off the async runtime: `append` writes without waiting for the
+/// disk and hands its callback here; this thread fsyncs the WAL once for every callback queued
+/// up meanwhile, then confirms them all.
 ///
 /// Durability: RocksDB writes the WAL in order and `flush_wal(true)` fsyncs all of it, so the
 /// fsync that follows a callback's write covers that write (`db::synced` makes the same

@@ -745,7 +745,7 @@ where
     {
         let (tx, rx) = C::AsyncRuntime::oneshot();
         let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
-        let callback = LogFlushed::new(log_io_id, tx);
+        let callback = LogFlushed::new_not_awaited(log_io_id, tx);
 
         self.log_store.append(entries, callback).await?;
 

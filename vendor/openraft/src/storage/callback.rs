@@ -17,6 +17,8 @@ where C: RaftTypeConfig
 {
     log_io_id: LogIOId<C::NodeId>,
     tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
+    /// mirrorkv patch: whether the caller does nothing else until this callback fires.
+    awaited: bool,
 }
 
 impl<C> LogFlushed<C>
@@ -26,7 +28,32 @@ where C: RaftTypeConfig
         log_io_id: LogIOId<C::NodeId>,
         tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
     ) -> Self {
-        Self { log_io_id, tx }
+        Self {
+            log_io_id,
+            tx,
+            awaited: true,
+        }
+    }
+
+    /// mirrorkv patch: a callback for a leader's own append, which RaftCore does not wait for.
+    pub(crate) fn new_not_awaited(
+        log_io_id: LogIOId<C::NodeId>,
+        tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
+    ) -> Self {
+        Self {
+            log_io_id,
+            tx,
+            awaited: false,
+        }
+    }
+
+    /// mirrorkv patch: `true` when RaftCore waits for this callback before it does anything
+    /// else (a follower's append, or any append outside the leader's own); a log store may
+    /// then flush before `append` returns, sparing a hand-off to another thread. `false` for a
+    /// leader's own append, which replication overlaps with the flush: `append` should return
+    /// as soon as the entries are readable and call back once they are durable.
+    pub fn is_awaited(&self) -> bool {
+        self.awaited
     }
 
     /// Report log io completion event.
