@@ -1,8 +1,9 @@
 //! `LogStore`: openraft's `RaftLogStorage` over the `log` and `raft_meta` column families.
 //!
 //! Durability rules (see `storage/DESIGN.md`): the vote is fsynced before `save_vote` returns;
-//! `append` calls its callback only after a WAL fsync covers the batch (the fsync runs on the
-//! `LogSyncer` thread); purge records the purged log id (fsynced) before it deletes the
+//! `append` calls its callback only after a WAL fsync covers the batch (a follower's append is a
+//! synced write; the leader's own is fsynced by the `LogSyncer` thread while replication goes
+//! on); purge records the purged log id (fsynced) before it deletes the
 //! entries.
 
 use std::fmt::Debug;
