@@ -258,16 +258,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 ///
 /// Durability: RocksDB writes the WAL in order and `flush_wal(true)` fsyncs all of it, so the
 /// fsync that follows a callback's write covers that write (`db::synced` makes the same
-/// assumption). The queue is bounded by the appends openraft has in flight, which the API's
-/// `max_in_flight_requests` bounds.
+/// assumption).
+///
+/// The queue holds one callback per leader append not yet synced. With a healthy disk that is
+/// the few appends made during one fsync; behind a stalled disk, followers keep committing
+/// without the leader, so the queue is bounded (`MAX_APPENDS_AWAITING_SYNC`): once it is full,
+/// `append` blocks until the disk catches up, as it always did before the overlap.
 struct LogSyncer {
-    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>>,
+    queue: std::sync::Mutex<Option<std::sync::mpsc::SyncSender<LogFlushed<TypeConfig>>>>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// Most leader appends written but not yet covered by an fsync (see `LogSyncer`).
+const MAX_APPENDS_AWAITING_SYNC: usize = 1024;
+
 impl LogSyncer {
     fn start(db: Arc<DB>, fault_sync_delay: Duration) -> Result<Self, crate::StorageError> {
-        let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+        let (tx, rx) =
+            std::sync::mpsc::sync_channel::<LogFlushed<TypeConfig>>(MAX_APPENDS_AWAITING_SYNC);
         let thread = std::thread::Builder::new()
             .name("mirrorkv-log-sync".into())
             .spawn(move || {
@@ -298,8 +306,9 @@ impl LogSyncer {
     }
 
     fn confirm_when_durable(&self, callback: LogFlushed<TypeConfig>) {
-        let queue = self.queue.lock().expect("syncer lock");
-        match queue.as_ref() {
+        // Send outside the lock: a full queue blocks the sender, not the store's closing.
+        let queue = self.queue.lock().expect("syncer lock").clone();
+        match queue {
             Some(tx) => {
                 if let Err(std::sync::mpsc::SendError(callback)) = tx.send(callback) {
                     callback.log_io_completed(Err(std::io::Error::other("the log syncer stopped")));
