@@ -557,6 +557,19 @@ async fn t38_requests_over_the_in_flight_limit_are_shed_with_429() {
     assert_eq!(cluster.get(leader, "k", "stale").await, Ok(None));
 }
 
+/// Write `v` to `key` through node `id` and return how long the write took; panics unless it
+/// was acknowledged.
+async fn acknowledged_put_took(cluster: &Cluster, id: u64, key: &str) -> Duration {
+    let started = Instant::now();
+    let outcome = cluster.put(id, key, b"v").await;
+    let took = started.elapsed();
+    assert!(
+        matches!(outcome, WriteOutcome::Ok { .. }),
+        "{key} through node {id}: {outcome:?}"
+    );
+    took
+}
+
 /// The leader replicates its new entries while its own fsync runs (vendor/openraft/PATCHED.md),
 /// yet counts itself towards a commit only once that fsync is done. Node 1 has a disk that takes
 /// `SLOW_SYNC_MS` per fsync of its appends as leader, and is made the leader:
@@ -614,22 +627,16 @@ async fn t39_the_leader_counts_its_own_write_only_once_it_is_on_disk() {
         wait_applied(&cluster, id, index).await;
     }
 
-    let started = Instant::now();
-    let outcome = cluster.put(1, "fast-quorum", b"v").await;
-    let took = started.elapsed();
-    println!("t39: with both followers up, the write took {took:?}: {outcome:?}");
-    assert!(matches!(outcome, WriteOutcome::Ok { .. }), "{outcome:?}");
+    let took = acknowledged_put_took(&cluster, 1, "fast-quorum").await;
+    println!("t39: with both followers up, the write took {took:?}");
     assert!(
         took < Duration::from_millis(SLOW_SYNC_MS),
         "the followers' disks made the quorum; the leader's slow fsync was waited for ({took:?})"
     );
 
     cluster.kill(3);
-    let started = Instant::now();
-    let outcome = cluster.put(1, "needs-the-leader", b"v").await;
-    let took = started.elapsed();
-    println!("t39: with one follower down, the write took {took:?}: {outcome:?}");
-    assert!(matches!(outcome, WriteOutcome::Ok { .. }), "{outcome:?}");
+    let took = acknowledged_put_took(&cluster, 1, "needs-the-leader").await;
+    println!("t39: with one follower down, the write took {took:?}");
     assert_eq!(
         cluster.wait_for_leader().await,
         1,
