@@ -37,6 +37,8 @@ pub struct Metrics {
     snapshots_built: IntCounter,
     snapshots_installed: IntCounter,
     snapshot_bytes: IntGauge,
+    key_index_keys: IntGauge,
+    key_index_bytes: IntGauge,
     log_entries: IntGauge,
     log_bytes: IntGauge,
     state_bytes: IntGauge,
@@ -146,6 +148,16 @@ impl Default for Metrics {
                 r,
                 "mirrorkv_snapshot_size_bytes",
                 "Size of the current snapshot.",
+            ),
+            key_index_keys: gauge(
+                r,
+                "mirrorkv_key_index_keys",
+                "Keys whose indexes are held in memory (applying a write to one reads nothing).",
+            ),
+            key_index_bytes: gauge(
+                r,
+                "mirrorkv_key_index_bytes",
+                "Estimated memory of the key index (bounded by key_index_mib).",
             ),
             log_entries: gauge(
                 r,
@@ -275,6 +287,10 @@ pub async fn metrics(State(state): State<Arc<NodeState>>) -> Result<Response, Ap
         .inc_by(installed.saturating_sub(m.snapshots_installed.get()));
     m.snapshot_bytes
         .set(state.reader.snapshot_size_bytes()? as i64);
+    m.key_index_keys
+        .set(counters.key_index_keys.load(Ordering::Relaxed) as i64);
+    m.key_index_bytes
+        .set(counters.key_index_bytes.load(Ordering::Relaxed) as i64);
     let usage = state.reader.disk_usage()?;
     m.log_bytes.set(usage.log_bytes as i64);
     m.state_bytes.set(usage.state_bytes as i64);

@@ -96,6 +96,10 @@ pub struct Flags {
     /// Memory RocksDB may use for its block cache and memtables together (default 256).
     #[arg(long, env = "MIRRORKV_STORAGE_MEMORY_MIB")]
     pub storage_memory_mib: Option<u64>,
+    /// Most memory (estimated) for the indexes of live keys kept so that applying a write
+    /// reads nothing from RocksDB; outside storage_memory_mib (default 128, 0 turns it off).
+    #[arg(long, env = "MIRRORKV_KEY_INDEX_MIB")]
+    pub key_index_mib: Option<u64>,
     /// Fault injection for tests, never for production: while leading, wait this long before
     /// every fsync of the node's own log appends, as a slow disk would (default 0, at most
     /// 60000).
@@ -133,6 +137,7 @@ pub struct NodeConfig {
     pub snapshot_threshold_entries: u64,
     pub snapshot_chunk_bytes: u64,
     pub storage_memory_mib: u64,
+    pub key_index_mib: u64,
     /// Fault injection for tests (`StoreOptions::fault_log_sync_delay_ms`); 0 in production.
     pub fault_log_sync_delay_ms: u64,
 }
@@ -179,6 +184,7 @@ impl Flags {
             snapshot_chunk_bytes: self.snapshot_chunk_bytes.or(file.snapshot_chunk_bytes),
             max_frame_bytes: self.max_frame_bytes.or(file.max_frame_bytes),
             storage_memory_mib: self.storage_memory_mib.or(file.storage_memory_mib),
+            key_index_mib: self.key_index_mib.or(file.key_index_mib),
             fault_log_sync_delay_ms: self
                 .fault_log_sync_delay_ms
                 .or(file.fault_log_sync_delay_ms),
@@ -291,6 +297,12 @@ impl Flags {
                 bail!("storage_memory_mib must be between 16 and 1048576 (MiB)");
             }
         }
+        let key_index_mib = flags.key_index_mib.unwrap_or(
+            (mirrorkv_storage::StoreOptions::default().key_index_max_bytes >> 20) as u64,
+        );
+        if key_index_mib > 1024 * 1024 {
+            bail!("key_index_mib must be at most 1048576 (MiB)");
+        }
         let fault_log_sync_delay_ms = flags.fault_log_sync_delay_ms.unwrap_or(0);
         if fault_log_sync_delay_ms > 60_000 {
             bail!("fault_log_sync_delay_ms must be at most 60000 (ms)");
@@ -316,6 +328,7 @@ impl Flags {
             storage_memory_mib: flags.storage_memory_mib.unwrap_or(
                 (mirrorkv_storage::StoreOptions::default().memory_budget_bytes >> 20) as u64,
             ),
+            key_index_mib,
             fault_log_sync_delay_ms,
         })
     }

@@ -89,6 +89,8 @@ pub async fn run(
         memory_budget_bytes: usize::try_from(config.storage_memory_mib << 20)
             .context("storage_memory_mib is too large for this machine")?,
         fault_log_sync_delay_ms: config.fault_log_sync_delay_ms,
+        key_index_max_bytes: usize::try_from(config.key_index_mib << 20)
+            .context("key_index_mib is too large for this machine")?,
     };
     let (log_store, state_machine) =
         mirrorkv_storage::open_with(&config.data_dir.join("db"), &store_options)

@@ -442,6 +442,8 @@ async fn t64_metrics_parse_and_move() {
         "mirrorkv_replication_lag_entries",
         "mirrorkv_snapshots_built_total",
         "mirrorkv_snapshot_size_bytes",
+        "mirrorkv_key_index_keys",
+        "mirrorkv_key_index_bytes",
         "mirrorkv_log_entries",
         "mirrorkv_log_size_bytes",
         "mirrorkv_db_size_bytes",
@@ -482,6 +484,9 @@ async fn t64_metrics_parse_and_move() {
     assert_eq!(moved(stale_reads), 3.0, "{after}");
     assert_eq!(moved(write_latency), 5.0, "{after}");
     assert!(moved("mirrorkv_raft_applied_index") >= 5.0);
+    // Five new keys, each indexed once it is applied.
+    assert!(moved("mirrorkv_key_index_keys") >= 5.0, "{after}");
+    assert!(sample(&after, "mirrorkv_key_index_bytes").unwrap() > 0.0);
 }
 
 /// Test 5: `mirrorkv ctl` drives the operations end to end: keys, scans, a transaction,

@@ -114,6 +114,11 @@ pub struct StoreOptions {
     /// else slows down (a follower's appends sync inline), so a test can show that a leader's
     /// own log write counts towards a commit only once it is on disk.
     pub fault_log_sync_delay_ms: u64,
+    /// Most memory (estimated) for the key index: the mod and create indexes of live keys,
+    /// kept so that applying a write does not read its key from RocksDB (`key_index`). Outside
+    /// `memory_budget_bytes`. About 64 bytes plus the key's length per key: the default holds
+    /// some two million 16-byte keys; keys beyond it are read from RocksDB as they are written.
+    pub key_index_max_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -121,6 +126,7 @@ impl Default for StoreOptions {
         Self {
             memory_budget_bytes: 256 * 1024 * 1024,
             fault_log_sync_delay_ms: 0,
+            key_index_max_bytes: 128 * 1024 * 1024,
         }
     }
 }

@@ -8,6 +8,8 @@
 //! - `db`: opening RocksDB, column families, key layout, fsync write options.
 //! - [`log_store`]: `LogStore`, the Raft log plus vote / committed / purged.
 //! - [`state_machine`]: `StateMachine` (apply, snapshots) and `KvReader` (reads for the API).
+//! - `key_index`: the mod and create indexes of live keys in memory, so applying a write does
+//!   not read its key from RocksDB.
 //! - [`stream`]: the checksummed, point-in-time copy of the state that backups and snapshot
 //!   files share (one writer, one reader with every check).
 //! - [`snapshot`]: the snapshot files under `<db>/snapshots/` and `SnapshotFile`, the handle
@@ -21,6 +23,7 @@ pub mod backup;
 pub mod codec;
 mod db;
 pub mod error;
+mod key_index;
 pub mod log_store;
 pub mod snapshot;
 pub mod state_machine;
@@ -53,7 +56,7 @@ pub fn open_with(
         db.clone(),
         Duration::from_millis(options.fault_log_sync_delay_ms),
     )?;
-    let state_machine = StateMachine::open(db, path)?;
+    let state_machine = StateMachine::open(db, path, options.key_index_max_bytes)?;
     let purged = log_store.purged()?;
     let snapshot = state_machine.snapshot_log_id()?;
     let applied = state_machine.applied();

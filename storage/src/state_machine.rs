@@ -20,6 +20,7 @@ use crate::db::{
     self, CF_SM, CF_SNAPSHOT, KEY_APPLIED, KEY_INSTALLING, KEY_MEMBERSHIP, KEY_SNAPSHOT,
 };
 use crate::error::{Result, StorageError};
+use crate::key_index::{KeyIndex, KeyMeta};
 use crate::snapshot::{io_error, SnapshotDir, SnapshotFile};
 use crate::stream::{self, View};
 use std::collections::{BTreeMap, HashMap};
@@ -48,25 +49,44 @@ struct IdempotencyRecord {
 /// one apply while keeping the table's size bounded by the writes of one window.
 const MAX_EXPIRED_PRUNED_PER_APPLY: usize = 64;
 
-/// The records one entry's commands read from RocksDB, each looked up once; a batch's keys are
-/// looked up together, in one MultiGet, before its commands run. Only state from before the
-/// entry is kept here: a batch's commands have disjoint keys (`Command::Batch`), so no command
-/// reads a key that another command of the entry changed.
+/// What one entry's commands read of the state before the entry: a key's indexes from the
+/// [`KeyIndex`] when it holds them, otherwise its record from RocksDB, looked up once; a
+/// batch's keys missing from the index are looked up together, in one MultiGet, before its
+/// commands run. Only state from before the entry is kept here: a batch's commands have
+/// disjoint keys (`Command::Batch`), so no command reads a key that another command of the
+/// entry changed.
 struct Reads<'a> {
     db: &'a DB,
+    index: &'a KeyIndex,
     records: HashMap<String, Option<KeyRecord>>,
+    /// The index changes the entry's writes make, in order; applied to the index only once the
+    /// entry's write batch is in RocksDB.
+    index_updates: Vec<(String, Option<KeyMeta>)>,
 }
 
 impl<'a> Reads<'a> {
-    fn new(db: &'a DB) -> Self {
+    fn new(db: &'a DB, index: &'a KeyIndex) -> Self {
         Self {
             db,
+            index,
             records: HashMap::new(),
+            index_updates: Vec::new(),
         }
     }
 
+    /// The key's indexes as applied before this entry: from the index if it holds the key,
+    /// otherwise from the key's record.
+    fn meta(&mut self, key: &str) -> Result<Option<KeyMeta>> {
+        if !self.records.contains_key(key) {
+            if let Some(meta) = self.index.get(key) {
+                return Ok(Some(meta));
+            }
+        }
+        Ok(self.record(key)?.map(KeyRecord::meta))
+    }
+
     /// The key's record as applied before this entry; read from RocksDB the first time only.
-    fn get(&mut self, key: &str) -> Result<Option<&KeyRecord>> {
+    fn record(&mut self, key: &str) -> Result<Option<&KeyRecord>> {
         if !self.records.contains_key(key) {
             let record = get_record(self.db, key)?;
             self.records.insert(key.to_string(), record);
@@ -74,14 +94,15 @@ impl<'a> Reads<'a> {
         Ok(self.records.get(key).and_then(Option::as_ref))
     }
 
-    /// Look up the data keys `commands` touch, in one sorted MultiGet.
+    /// Look up the data keys `commands` touch that the index does not hold, in one sorted
+    /// MultiGet.
     fn prefetch(&mut self, commands: &[Command]) -> Result<()> {
         let mut keys: Vec<&str> = commands
             .iter()
             .flat_map(Command::conflict_keys)
             .filter(|(namespace, _)| *namespace == b'd')
             .map(|(_, key)| key)
-            .filter(|key| !self.records.contains_key(*key))
+            .filter(|key| !self.records.contains_key(*key) && self.index.get(key).is_none())
             .collect();
         keys.sort_unstable();
         keys.dedup();
@@ -115,28 +136,36 @@ impl<'r, 'a> Overlay<'r, 'a> {
         }
     }
 
-    /// The key's record as this command sees it (its own changes first). Borrowed: a put or a
-    /// delete needs only the indexes, not a copy of the value.
-    fn get(&mut self, key: &str) -> Result<Option<&KeyRecord>> {
+    /// The key's record as this command sees it (its own changes first). Borrowed: only a
+    /// txn's value compare and get need it; everything else needs only [`Self::meta`].
+    fn record(&mut self, key: &str) -> Result<Option<&KeyRecord>> {
         match self.changes.get(key) {
             Some(change) => Ok(change.as_ref()),
-            None => self.reads.get(key),
+            None => self.reads.record(key),
+        }
+    }
+
+    /// The key's indexes as this command sees them (its own changes first).
+    fn meta(&mut self, key: &str) -> Result<Option<KeyMeta>> {
+        match self.changes.get(key) {
+            Some(change) => Ok(change.as_ref().map(KeyRecord::meta)),
+            None => self.reads.meta(key),
         }
     }
 
     fn put(&mut self, index: u64, key: &str, value: Vec<u8>) -> Result<Option<u64>> {
-        let current = self.get(key)?.map(|r| (r.mod_index, r.create_index));
+        let current = self.meta(key)?;
         let record = KeyRecord {
             value,
             mod_index: index,
-            create_index: current.map_or(index, |(_, create_index)| create_index),
+            create_index: current.map_or(index, |c| c.create_index),
         };
         self.changes.insert(key.to_string(), Some(record));
-        Ok(current.map(|(mod_index, _)| mod_index))
+        Ok(current.map(|c| c.mod_index))
     }
 
     fn delete(&mut self, key: &str) -> Result<bool> {
-        let existed = self.get(key)?.is_some();
+        let existed = self.meta(key)?.is_some();
         self.changes.insert(key.to_string(), None);
         Ok(existed)
     }
@@ -144,10 +173,17 @@ impl<'r, 'a> Overlay<'r, 'a> {
     fn stage(self, batch: &mut WriteBatch) -> Result<()> {
         let cf = db::cf(self.reads.db, CF_SM);
         for (key, change) in self.changes {
-            match change {
-                Some(record) => batch.put_cf(cf, db::data_key(&key), codec::encode(&record)?),
-                None => batch.delete_cf(cf, db::data_key(&key)),
-            }
+            let meta = match change {
+                Some(record) => {
+                    batch.put_cf(cf, db::data_key(&key), codec::encode(&record)?);
+                    Some(record.meta())
+                }
+                None => {
+                    batch.delete_cf(cf, db::data_key(&key));
+                    None
+                }
+            };
+            self.reads.index_updates.push((key, meta));
         }
         Ok(())
     }
@@ -160,6 +196,8 @@ pub struct StateMachine {
     applied: Option<LogId>,
     membership: StoredMembership,
     snapshots: Snapshots,
+    /// The indexes of live keys, so applying a write need not read its key (see `key_index`).
+    index: KeyIndex,
 }
 
 /// The snapshot files and the lock that orders the steps which change which one is current:
@@ -201,6 +239,9 @@ pub struct KvReader {
 pub struct StorageCounters {
     pub snapshots_built: AtomicU64,
     pub snapshots_installed: AtomicU64,
+    /// Keys the key index holds, and its estimated bytes (`StoreOptions::key_index_max_bytes`).
+    pub key_index_keys: AtomicU64,
+    pub key_index_bytes: AtomicU64,
 }
 
 /// Sizes of the store, in bytes.
@@ -394,7 +435,7 @@ pub struct RangePage {
 impl StateMachine {
     /// Open the state machine of the store at `db_path`. A snapshot install that a crash
     /// interrupted is finished first, from its file (fsynced before the install began).
-    pub(crate) fn open(db: Arc<DB>, db_path: &Path) -> Result<Self> {
+    pub(crate) fn open(db: Arc<DB>, db_path: &Path, key_index_max_bytes: usize) -> Result<Self> {
         let snapshots = Snapshots {
             dir: Arc::new(SnapshotDir::open(db_path)?),
             lock: Arc::default(),
@@ -416,6 +457,7 @@ impl StateMachine {
             applied,
             membership,
             snapshots,
+            index: KeyIndex::new(key_index_max_bytes),
         })
     }
 
@@ -575,6 +617,13 @@ impl StateMachine {
         Ok(())
     }
 
+    fn publish_index_size(&self) {
+        let counters = &self.counters;
+        let (keys, bytes) = (self.index.len() as u64, self.index.bytes() as u64);
+        counters.key_index_keys.store(keys, Ordering::Relaxed);
+        counters.key_index_bytes.store(bytes, Ordering::Relaxed);
+    }
+
     fn apply_one(&mut self, entry: Entry) -> Result<Response> {
         let log_id = entry.log_id;
         // Invariant: entries are applied once each, in log order.
@@ -585,6 +634,7 @@ impl StateMachine {
         );
         let cf = db::cf(&self.db, CF_SM);
         let mut batch = WriteBatch::default();
+        let mut index_updates = Vec::new();
         let nothing = Response {
             index: log_id.index,
             result: CommandResult::Nothing,
@@ -592,8 +642,10 @@ impl StateMachine {
         let response = match entry.payload {
             EntryPayload::Blank => nothing,
             EntryPayload::Normal(command) => {
-                let mut reads = Reads::new(&self.db);
-                self.execute(log_id.index, command, &mut reads, &mut batch)?
+                let mut reads = Reads::new(&self.db, &self.index);
+                let response = self.execute(log_id.index, command, &mut reads, &mut batch)?;
+                index_updates = reads.index_updates;
+                response
             }
             EntryPayload::Membership(membership) => {
                 self.membership = StoredMembership::new(Some(log_id), membership);
@@ -604,6 +656,13 @@ impl StateMachine {
         batch.put_cf(cf, KEY_APPLIED, codec::encode(&Some(log_id))?);
         // Data and applied index move together; see the module doc for why no fsync here.
         self.db.write(batch)?;
+        // Only now, so the index never holds what RocksDB does not.
+        if !index_updates.is_empty() {
+            for (key, meta) in index_updates {
+                self.index.set(&key, meta);
+            }
+            self.publish_index_size();
+        }
         self.applied = Some(log_id);
         Ok(response)
     }
@@ -615,7 +674,7 @@ fn check(
     key: &str,
     precondition: Precondition,
 ) -> Result<Option<CommandResult>> {
-    let current = overlay.get(key)?.map(|r| r.mod_index);
+    let current = overlay.meta(key)?.map(|m| m.mod_index);
     let holds = match precondition {
         Precondition::None => true,
         Precondition::ModIndex(m) => current == Some(m),
@@ -627,11 +686,12 @@ fn check(
 fn run_txn(overlay: &mut Overlay<'_, '_>, index: u64, txn: Txn) -> Result<CommandResult> {
     let mut succeeded = true;
     for compare in &txn.compare {
-        let current = overlay.get(&compare.key)?;
         let holds = match &compare.target {
-            CompareTarget::ModIndex(m) => current.map_or(0, |r| r.mod_index) == *m,
-            CompareTarget::Value(v) => current.is_some_and(|r| &r.value == v),
-            CompareTarget::Exists(exists) => current.is_some() == *exists,
+            CompareTarget::ModIndex(m) => {
+                overlay.meta(&compare.key)?.map_or(0, |c| c.mod_index) == *m
+            }
+            CompareTarget::Value(v) => overlay.record(&compare.key)?.is_some_and(|r| &r.value == v),
+            CompareTarget::Exists(exists) => overlay.meta(&compare.key)?.is_some() == *exists,
         };
         if !holds {
             succeeded = false;
@@ -649,7 +709,7 @@ fn run_txn(overlay: &mut Overlay<'_, '_>, index: u64, txn: Txn) -> Result<Comman
                 deleted: overlay.delete(&key)?,
             },
             TxnOp::Get { key } => {
-                let record = overlay.get(&key)?.cloned();
+                let record = overlay.record(&key)?.cloned();
                 TxnOpResult::Get { key, record }
             }
         });
@@ -924,6 +984,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .finish()
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        // The install replaces every key; cleared first, so that a failed install leaves
+        // nothing stale in it.
+        self.index.clear();
+        self.publish_index_size();
         let (db, snapshots, owned_meta) = (self.db.clone(), self.snapshots.clone(), meta.clone());
         let entries = blocking(move || install_file(&db, &snapshots, &owned_meta, &received))
             .await
@@ -1081,5 +1145,53 @@ mod tests {
             install_file(&target.db, &target.snapshots, &wrong_meta, &received).unwrap_err();
         assert!(error.to_string().contains("meta says"), "{error}");
         assert_eq!(reader.get("old").unwrap().index, 1);
+    }
+
+    /// The key index holds what this node applied; an install replaces that state, so a key
+    /// the snapshot deleted and created again must not keep its old indexes.
+    #[tokio::test]
+    async fn a_snapshot_install_clears_the_key_index() {
+        let (source_dir, target_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // The target applied "k" at 1, so its key index holds k: mod 1, created 1.
+        let (mut target, _, _) = store_with_snapshot(target_dir.path(), &["k"]).await;
+        assert_eq!(target.index.get("k").map(|m| m.create_index), Some(1));
+        // The leader went on: k deleted at 2 and created again at 3.
+        let (_log, mut source) = crate::open(source_dir.path()).unwrap();
+        let delete = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 2),
+            payload: EntryPayload::Normal(Command::Delete {
+                key: "k".into(),
+                precondition: Precondition::None,
+            }),
+        };
+        source
+            .apply([put(1, "k"), delete, put(3, "k")])
+            .await
+            .unwrap();
+        let mut builder = source.get_snapshot_builder().await;
+        let snapshot = builder.build_snapshot().await.unwrap();
+        let mut receiving = target.begin_receiving_snapshot().await.unwrap();
+        let mut sent = snapshot.snapshot;
+        tokio::io::copy(&mut *sent, &mut *receiving).await.unwrap();
+        tokio::io::AsyncWriteExt::shutdown(&mut *receiving)
+            .await
+            .unwrap();
+        target
+            .install_snapshot(&snapshot.meta, receiving)
+            .await
+            .unwrap();
+        assert_eq!(target.index.len(), 0);
+
+        let answers = target.apply([put(4, "k")]).await.unwrap();
+        assert_eq!(
+            answers[0].result,
+            CommandResult::Put {
+                prev_mod_index: Some(3)
+            },
+            "the previous write is the snapshot's, not the one this node applied before"
+        );
+        let record = target.reader().get("k").unwrap().value.unwrap();
+        assert_eq!((record.mod_index, record.create_index), (4, 3));
+        assert_eq!(target.index.get("k").map(|m| m.create_index), Some(3));
     }
 }

@@ -1,6 +1,7 @@
 //! Model-based property test: the RocksDB state machine and a `BTreeMap` model receive the same
 //! random puts, deletes, conditional writes, snapshots, restores into a fresh store and re-opens,
-//! and must always hold the same keys with the same values and indexes.
+//! and must always hold the same keys with the same values and indexes, whatever the bound of
+//! the store's key index.
 //!
 //! The seed is printed; set `PROPTEST_RNG_SEED=<seed>` to replay a run exactly.
 
@@ -10,7 +11,7 @@ use std::collections::HashMap;
 
 use mirrorkv_storage::{
     Command, CommandResult, Compare, CompareTarget, Entry, KeyRecord, LogId, LogStore,
-    Precondition, Response, StateMachine, Txn, TxnOp, TxnOpResult,
+    Precondition, Response, StateMachine, StoreOptions, Txn, TxnOp, TxnOpResult,
 };
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload};
@@ -100,15 +101,25 @@ struct Harness {
     idempotency: HashMap<String, (u64, Response)>,
     now_ms: u64,
     next_index: u64,
+    /// The store's options: the key index bound varies by case (see `KEY_INDEX_BOUNDS`).
+    options: StoreOptions,
 }
+
+/// Key index bounds the cases run with: none (every key read from RocksDB), room for about
+/// three keys (some indexed, some not), and the default (every key indexed).
+const KEY_INDEX_BOUNDS: [usize; 3] = [0, 200, 128 << 20];
 
 /// The idempotency window the test uses.
 const WINDOW_MS: u64 = 100;
 
 impl Harness {
-    fn new() -> Self {
+    fn new(key_index_max_bytes: usize) -> Self {
+        let options = StoreOptions {
+            key_index_max_bytes,
+            ..StoreOptions::default()
+        };
         let dir = tempfile::tempdir().unwrap();
-        let (log, sm) = mirrorkv_storage::open(dir.path()).unwrap();
+        let (log, sm) = mirrorkv_storage::open_with(dir.path(), &options).unwrap();
         Self {
             dir,
             _log: log,
@@ -117,6 +128,7 @@ impl Harness {
             idempotency: HashMap::new(),
             now_ms: 1_000,
             next_index: 1,
+            options,
         }
     }
 
@@ -345,7 +357,7 @@ impl Harness {
                 let mut builder = self.sm.get_snapshot_builder().await;
                 let snapshot = builder.build_snapshot().await.unwrap();
                 let dir = tempfile::tempdir().unwrap();
-                let (log, mut sm) = mirrorkv_storage::open(dir.path()).unwrap();
+                let (log, mut sm) = mirrorkv_storage::open_with(dir.path(), &self.options).unwrap();
                 // Through the chunked path openraft uses: read the built file, write the bytes
                 // into a fresh receiving file in pieces, flush it, install it.
                 let mut data = Vec::new();
@@ -377,7 +389,7 @@ impl Harness {
                 let (log, sm) = mirrorkv_storage::open(placeholder.path()).unwrap();
                 drop(std::mem::replace(&mut self._log, log));
                 drop(std::mem::replace(&mut self.sm, sm));
-                let (log, sm) = mirrorkv_storage::open(&path).unwrap();
+                let (log, sm) = mirrorkv_storage::open_with(&path, &self.options).unwrap();
                 self._log = log;
                 self.sm = sm;
                 return;
@@ -450,16 +462,22 @@ fn t20_state_machine_matches_btreemap_model() {
         .build()
         .unwrap();
     runner
-        .run(&proptest::collection::vec(op(), 1..80), |ops| {
-            runtime.block_on(async {
-                let mut harness = Harness::new();
-                for op in ops {
-                    harness.run(op).await;
-                    harness.check_equal();
-                }
-            });
-            Ok(())
-        })
+        .run(
+            &(
+                0..KEY_INDEX_BOUNDS.len(),
+                proptest::collection::vec(op(), 1..80),
+            ),
+            |(bound, ops)| {
+                runtime.block_on(async {
+                    let mut harness = Harness::new(KEY_INDEX_BOUNDS[bound]);
+                    for op in ops {
+                        harness.run(op).await;
+                        harness.check_equal();
+                    }
+                });
+                Ok(())
+            },
+        )
         .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
 }
 
