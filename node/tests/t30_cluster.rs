@@ -167,10 +167,18 @@ async fn t32_leader_killed_during_writes_loses_no_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t33_kill_all_nodes_at_once_and_restart_loses_no_acknowledged_write() {
-    let mut cluster = Cluster::start(3, &[]).await;
-    cluster.wait_for_leader().await;
+    // Snapshots (and log purges behind them) every few entries, so the kill lands after some:
+    // each node must come back with its snapshot, its applied state and its log still fitting
+    // together (`purged ≤ snapshot ≤ applied`, checked when the store opens).
+    let mut cluster = Cluster::start(3, &["--snapshot-threshold-entries", "20"]).await;
+    let leader = cluster.wait_for_leader().await;
     let writers = Writers::start(&cluster, 4, 5_000);
     writers.wait_acked(200).await;
+    wait_for("the leader to purge its log", DEADLINE, || async {
+        let purged = cluster.node_view(leader).await?["purged_index"].as_u64()?;
+        (purged > 0).then_some(purged)
+    })
+    .await;
     // Kill every node while writes are in flight.
     for id in cluster.running() {
         cluster.kill(id);
