@@ -405,6 +405,24 @@ mod tests {
     }
 
     #[test]
+    fn key_index_mib_defaults_to_128_and_is_bounded() {
+        let file = |extra: &str| -> Flags {
+            toml::from_str(&format!(
+                "id = 1\ndata_dir = \"/d\"\napi_addr = \"a:1\"\nraft_addr = \"r:1\"\n{extra}"
+            ))
+            .unwrap()
+        };
+        let resolve = |extra: &str| Flags::default().or(file(extra)).resolve();
+        assert_eq!(resolve("").unwrap().key_index_mib, 128);
+        assert_eq!(resolve("key_index_mib = 0").unwrap().key_index_mib, 0);
+        let error = resolve("key_index_mib = 1048577").unwrap_err().to_string();
+        assert!(
+            error.contains("key_index_mib must be at most 1048576 (MiB)"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn cluster_id_is_stable_and_depends_on_members() {
         let a = parse_initial_cluster("1=a/b,2=c/d").unwrap();
         let b = parse_initial_cluster("2=c/d,1=a/b").unwrap();
