@@ -204,22 +204,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // The callback lets openraft count this node towards a commit quorum, so it fires only
         // once the write is on disk (storage/DESIGN.md, rule 2).
-        if callback.is_awaited() {
-            // A follower's append: openraft does nothing else until the callback, so sync here
-            // and spare the hand-off to the syncer thread and back.
-            let synced = self.db.write_opt(batch, &db::synced());
-            let result = synced.as_ref().map(|_| ());
-            callback.log_io_completed(result.map_err(|e| std::io::Error::other(e.to_string())));
-            return synced.map_err(write_err);
-        }
-        // The leader's own append (vendor/openraft/PATCHED.md): written now, durable later. The
-        // entries are readable once this returns, and replication reads them from here while
-        // the syncer fsyncs; appends that arrive meanwhile share the next fsync.
-        if let Err(e) = self.db.write(batch) {
+        // - A follower's append is awaited: openraft does nothing else until the callback, so
+        //   it syncs here, sparing the hand-off to the syncer thread and back.
+        // - The leader's own append (vendor/openraft/PATCHED.md) is written now and made
+        //   durable later: the entries are readable once this returns, replication reads them
+        //   from here while the syncer fsyncs, and appends arriving meanwhile share that fsync.
+        let awaited = callback.is_awaited();
+        let written = if awaited {
+            self.db.write_opt(batch, &db::synced())
+        } else {
+            self.db.write(batch)
+        };
+        if let Err(e) = written {
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(write_err(e));
         }
-        self.syncer.confirm_when_durable(callback);
+        if awaited {
+            callback.log_io_completed(Ok(()));
+        } else {
+            self.syncer.confirm_when_durable(callback);
+        }
         Ok(())
     }
 
