@@ -10,6 +10,8 @@
 //! - [`state_machine`]: `StateMachine` (apply, snapshots) and `KvReader` (reads for the API).
 //! - `key_index`: the mod and create indexes of live keys in memory, so applying a write does
 //!   not read its key from RocksDB.
+//! - `log_cache`: the newest log entries, decoded, so replication and apply do not read back
+//!   from RocksDB what was just appended.
 //! - [`stream`]: the checksummed, point-in-time copy of the state that backups and snapshot
 //!   files share (one writer, one reader with every check).
 //! - [`snapshot`]: the snapshot files under `<db>/snapshots/` and `SnapshotFile`, the handle
@@ -24,6 +26,7 @@ pub mod codec;
 mod db;
 pub mod error;
 mod key_index;
+mod log_cache;
 pub mod log_store;
 pub mod snapshot;
 pub mod state_machine;

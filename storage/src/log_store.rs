@@ -18,6 +18,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 
 use crate::codec;
 use crate::db::{self, CF_LOG, CF_RAFT_META, KEY_COMMITTED, KEY_PURGED, KEY_VOTE};
+use crate::log_cache::{Cached, LogCache};
 use crate::types::{Entry, LogId, NodeId, RaftStorageError, TypeConfig};
 
 /// The Raft log and the Raft metadata (vote, committed, purged) of one node.
@@ -29,7 +30,12 @@ pub struct LogStore {
     /// The latest committed index openraft told us about (0 if none); shared with the API for
     /// `/ready` and `GET /v1/cluster`.
     committed_index: Arc<AtomicU64>,
+    /// The newest entries, decoded (see `log_cache`); shared by every clone (the log readers).
+    cache: Arc<std::sync::Mutex<LogCache>>,
 }
+
+/// Most encoded bytes of entries `LogCache` holds: about 2,000 entries of 24 small writes.
+const LOG_CACHE_MAX_BYTES: usize = 8 * 1024 * 1024;
 
 impl LogStore {
     /// `fault_sync_delay`: see `StoreOptions::fault_log_sync_delay_ms` (zero in production).
@@ -41,6 +47,7 @@ impl LogStore {
             syncer: Arc::new(LogSyncer::start(db.clone(), fault_sync_delay)?),
             db,
             committed_index: Arc::default(),
+            cache: Arc::new(std::sync::Mutex::new(LogCache::new(LOG_CACHE_MAX_BYTES))),
         };
         let committed = store.committed()?.map_or(0, |id| id.index);
         store.committed_index.store(committed, Ordering::Release);
@@ -106,6 +113,22 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => i.saturating_add(1),
+            Bound::Excluded(&i) => i,
+            Bound::Unbounded => u64::MAX,
+        };
+        if let Cached::All(entries) = self.cache.lock().expect("log cache lock").get(start, end) {
+            // Invariant: the cache holds the log's entries under their own indexes.
+            assert!(
+                entries
+                    .iter()
+                    .zip(start..)
+                    .all(|(entry, index)| entry.log_id.index == index),
+                "log cache out of step with the log"
+            );
+            return Ok(entries);
+        }
         let cf = db::cf(&self.db, CF_LOG);
         let iter = self.db.iterator_cf(
             cf,
@@ -198,9 +221,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf = db::cf(&self.db, CF_LOG);
         let mut batch = WriteBatch::default();
+        let mut written = Vec::new();
         for entry in entries {
             let bytes = codec::encode(&entry).map_err(write_err)?;
-            batch.put_cf(cf, db::log_key(entry.log_id.index), bytes);
+            batch.put_cf(cf, db::log_key(entry.log_id.index), &bytes);
+            written.push((entry, bytes.len()));
         }
         // The callback lets openraft count this node towards a commit quorum, so it fires only
         // once the write is on disk (storage/DESIGN.md, rule 2).
@@ -210,14 +235,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         //   durable later: the entries are readable once this returns, replication reads them
         //   from here while the syncer fsyncs, and appends arriving meanwhile share that fsync.
         let awaited = callback.is_awaited();
-        let written = if awaited {
+        let outcome = if awaited {
             self.db.write_opt(batch, &db::synced())
         } else {
             self.db.write(batch)
         };
-        if let Err(e) = written {
+        if let Err(e) = outcome {
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(write_err(e));
+        }
+        {
+            let mut cache = self.cache.lock().expect("log cache lock");
+            for (entry, bytes) in written {
+                cache.appended(entry, bytes);
+            }
         }
         if awaited {
             callback.log_io_completed(Ok(()));
@@ -228,6 +259,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        self.cache
+            .lock()
+            .expect("log cache lock")
+            .truncated(log_id.index);
         let cf = db::cf(&self.db, CF_LOG);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(cf, db::log_key(log_id.index), db::log_key(u64::MAX));
@@ -243,6 +278,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 "purged log id must not go back: {previous} > {log_id}"
             );
         }
+        self.cache
+            .lock()
+            .expect("log cache lock")
+            .purged(log_id.index);
         // The purged id and the deletion go in one atomic, fsynced batch: no crash leaves a hole
         // between `purged` and the first entry.
         let meta = db::cf(&self.db, CF_RAFT_META);
