@@ -7,9 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -126,20 +123,15 @@ impl InFlight {
             max_in_flight_requests,
         }
     }
-}
 
-/// Middleware: shed a request with 429 when `InFlight` is exhausted.
-pub async fn shed_load(
-    State(in_flight): State<InFlight>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match in_flight.permits.clone().try_acquire_owned() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => ApiError::Overloaded(format!(
-            "{} requests already in flight on this node (max_in_flight_requests)",
-            in_flight.max_in_flight_requests
-        ))
-        .into_response(),
+    /// A permit for one request while it runs, or the `429 overloaded` answer when every
+    /// permit is taken (checked by the API's one middleware, `front_door` in `lib.rs`).
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            ApiError::Overloaded(format!(
+                "{} requests already in flight on this node (max_in_flight_requests)",
+                self.max_in_flight_requests
+            ))
+        })
     }
 }

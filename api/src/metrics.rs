@@ -1,4 +1,4 @@
-//! `GET /metrics` in the Prometheus text format, and the middleware that counts requests.
+//! `GET /metrics` in the Prometheus text format, and `RequestTimer`, which counts requests.
 //!
 //! Request metrics are updated as requests finish; Raft and storage gauges are read from
 //! openraft's metrics and RocksDB when scraped, so they are never stale.
@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -211,27 +210,41 @@ fn level_label(method: &Method, route: &str, query: Option<&str>) -> &'static st
     }
 }
 
-/// Middleware: count and time every request by route (the route pattern, never the raw path,
-/// so the label set stays bounded), level and status.
-pub async fn track(State(state): State<Arc<NodeState>>, request: Request, next: Next) -> Response {
-    let started = std::time::Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |path| path.as_str())
-        .to_string();
-    let level = level_label(request.method(), &route, request.uri().query());
-    let response = next.run(request).await;
-    let metrics = &state.metrics;
-    metrics
-        .requests
-        .with_label_values(&[route.as_str(), level, response.status().as_str()])
-        .inc();
-    metrics
-        .request_seconds
-        .with_label_values(&[route.as_str(), level])
-        .observe(started.elapsed().as_secs_f64());
-    response
+/// One request being counted and timed, by route (the route pattern, never the raw path, so
+/// the label set stays bounded), level and status. Started and finished by the API's one
+/// middleware (`front_door` in `lib.rs`), so requests shed with 429 are counted too.
+pub struct RequestTimer {
+    started: std::time::Instant,
+    route: Option<MatchedPath>,
+    level: &'static str,
+}
+
+impl RequestTimer {
+    pub fn start(request: &Request) -> Self {
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let level = level_label(
+            request.method(),
+            route.as_ref().map_or("unmatched", MatchedPath::as_str),
+            request.uri().query(),
+        );
+        Self {
+            started: std::time::Instant::now(),
+            route,
+            level,
+        }
+    }
+
+    pub fn finish(self, metrics: &Metrics, status: StatusCode) {
+        let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        metrics
+            .requests
+            .with_label_values(&[route, self.level, status.as_str()])
+            .inc();
+        metrics
+            .request_seconds
+            .with_label_values(&[route, self.level])
+            .observe(self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// `GET /metrics`.

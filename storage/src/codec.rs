@@ -13,8 +13,35 @@ use serde::Serialize;
 pub struct CodecError(#[from] postcard::Error);
 
 /// Encode a value into a fresh byte vector.
+///
+/// Sized first, then written into one allocation of exactly that size: growing the vector as
+/// it fills (postcard's `to_stdvec`) copied a log entry of a few KiB about ten times over.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    Ok(postcard::to_stdvec(value)?)
+    let bytes = postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())?;
+    let encoded = postcard::serialize_with_flavor(value, Exact(Vec::with_capacity(bytes)))?;
+    debug_assert_eq!(encoded.len(), bytes);
+    Ok(encoded)
+}
+
+/// A postcard output that appends to a vector allocated beforehand.
+struct Exact(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Exact {
+    type Output = Vec<u8>;
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
 }
 
 /// Decode a value from bytes; trailing bytes are an error so that truncated or padded input
