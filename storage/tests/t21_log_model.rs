@@ -5,6 +5,8 @@
 //!
 //! The seed is printed; set `PROPTEST_RNG_SEED=<seed>` to replay a run exactly.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use mirrorkv_storage::{Command, Entry, LogId, LogStore, Precondition, StateMachine};
@@ -195,11 +197,7 @@ impl Harness {
 
 #[test]
 fn t21_log_store_matches_btreemap_model() {
-    let seed: u64 = match std::env::var("PROPTEST_RNG_SEED") {
-        Ok(value) => value.parse().expect("PROPTEST_RNG_SEED is a u64"),
-        Err(_) => rand_seed(),
-    };
-    println!("t21 seed: {seed} (replay with PROPTEST_RNG_SEED={seed})");
+    let seed = common::proptest_seed("t21");
     let config = Config {
         cases: 24,
         rng_seed: RngSeed::Fixed(seed),
@@ -228,13 +226,4 @@ fn t21_log_store_matches_btreemap_model() {
             },
         )
         .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-}
-
-fn rand_seed() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
 }
