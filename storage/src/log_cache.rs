@@ -12,7 +12,8 @@
 //! RocksDB, so no reader finds here what RocksDB no longer has). It starts empty; a read whose
 //! first entry it does not hold goes to RocksDB.
 //!
-//! Bounded by `max_bytes` (the entries' encoded size) and `MAX_ENTRIES`: past either, the oldest
+//! Bounded by `max_bytes` (the entries' encoded size; decoded, an entry of small writes takes
+//! somewhat more, its strings' and vectors' headers) and `MAX_ENTRIES`: past either, the oldest
 //! entries leave first. Replication that lags further behind reads from RocksDB as before.
 
 use std::collections::VecDeque;
@@ -70,7 +71,7 @@ impl LogCache {
         }
         self.entries.push_back((entry, encoded_bytes));
         self.bytes += encoded_bytes;
-        while self.entries.len() > MAX_ENTRIES || (self.bytes > self.max_bytes) {
+        while self.entries.len() > MAX_ENTRIES || self.bytes > self.max_bytes {
             let Some((_, bytes)) = self.entries.pop_front() else {
                 break;
             };
