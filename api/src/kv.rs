@@ -100,43 +100,49 @@ fn header_value(value: impl ToString) -> HeaderValue {
         .expect("numbers and level names are valid header values")
 }
 
-/// Add the `X-Mirrorkv-*` headers every KV response carries.
-pub fn add_kv_headers(state: &NodeState, response: &mut Response, level: &str, index: Option<u64>) {
+/// Add the `X-Mirrorkv-*` headers every KV response carries. Numbers go straight into header
+/// values and the level is a static string: this runs on every KV request.
+pub fn add_kv_headers(
+    state: &NodeState,
+    response: &mut Response,
+    level: &'static str,
+    index: Option<u64>,
+) {
     let index = match index {
         Some(index) => index,
         None => state.reader.applied_index().unwrap_or(0),
     };
+    let leader = state.leader();
     let headers = response.headers_mut();
     headers.insert(
         HeaderName::from_static("x-mirrorkv-index"),
-        header_value(index),
+        HeaderValue::from(index),
     );
     headers.insert(
         HeaderName::from_static("x-mirrorkv-consistency"),
-        header_value(level),
+        HeaderValue::from_static(level),
     );
     headers.insert(
         HeaderName::from_static("x-mirrorkv-node"),
-        header_value(state.id),
+        HeaderValue::from(state.id),
     );
-    if let Some(leader) = state.leader() {
+    if let Some(leader) = leader {
         headers.insert(
             HeaderName::from_static("x-mirrorkv-leader"),
-            header_value(leader),
+            HeaderValue::from(leader),
         );
     }
-    if let Some(ms) = state.last_contact_ms() {
+    if let Some(ms) = state.last_contact_ms_under(leader) {
         headers.insert(
             HeaderName::from_static("x-mirrorkv-last-contact-ms"),
-            header_value(ms),
+            HeaderValue::from(ms),
         );
     }
 }
 
-/// Turn a handler result into a response carrying the KV headers.
 pub fn finish(
     state: &NodeState,
-    level: &str,
+    level: &'static str,
     result: Result<(Option<u64>, Response), ApiError>,
 ) -> Response {
     let (index, mut response) = match result {
@@ -173,7 +179,7 @@ pub async fn get_key(
         headers.insert("etag", header_value(format!("\"{}\"", record.mod_index)));
         headers.insert(
             HeaderName::from_static("x-mirrorkv-create-index"),
-            header_value(record.create_index),
+            HeaderValue::from(record.create_index),
         );
         Ok((
             Some(read.index),
@@ -277,10 +283,14 @@ async fn run_write(
     let deadline = Instant::now() + state.config.request_timeout();
     let response = write::write(state, command, deadline).await?;
     let body = match response.result {
-        CommandResult::Put { prev_mod_index } => {
-            json!({"index": response.index, "prev_mod_index": prev_mod_index})
-        }
-        CommandResult::Delete { deleted } => json!({"index": response.index, "deleted": deleted}),
+        CommandResult::Put { prev_mod_index } => Json(WriteAnswer::Put {
+            index: response.index,
+            prev_mod_index,
+        }),
+        CommandResult::Delete { deleted } => Json(WriteAnswer::Delete {
+            deleted,
+            index: response.index,
+        }),
         CommandResult::PreconditionFailed { mod_index } => {
             return Ok((
                 Some(response.index),
@@ -293,7 +303,22 @@ async fn run_write(
             )))
         }
     };
-    Ok((Some(response.index), Json(body).into_response()))
+    Ok((Some(response.index), body.into_response()))
+}
+
+/// The body of an acknowledged put or delete (`shared/API.md`). Fields in alphabetical order,
+/// as the JSON map this replaced wrote them.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum WriteAnswer {
+    Put {
+        index: u64,
+        prev_mod_index: Option<u64>,
+    },
+    Delete {
+        deleted: bool,
+        index: u64,
+    },
 }
 
 pub async fn put_key(

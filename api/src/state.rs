@@ -210,7 +210,12 @@ impl NodeState {
 
     /// Milliseconds since this node last heard from a leader; 0 on the leader, `None` if never.
     pub fn last_contact_ms(&self) -> Option<u64> {
-        if self.is_leader() {
+        self.last_contact_ms_under(self.leader())
+    }
+
+    /// `last_contact_ms`, given the leader this node believes in (read once by the caller).
+    pub fn last_contact_ms_under(&self, leader: Option<NodeId>) -> Option<u64> {
+        if leader == Some(self.id) {
             return Some(0);
         }
         self.contact
