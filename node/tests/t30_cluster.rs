@@ -564,24 +564,13 @@ async fn t38_requests_over_the_in_flight_limit_are_shed_with_429() {
     // Slots free again: served.
     assert_eq!(cluster.get(leader, "k", "stale").await, Ok(None));
     // Shed requests are counted like any other.
-    let page = cluster
-        .http
-        .get(format!("{api}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let shed = r#"mirrorkv_http_requests_total{level="stale",route="/v1/kv/{*key}",status="429"} "#;
-    let counted: usize = page
-        .lines()
-        .find_map(|line| line.strip_prefix(shed))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {shed} in\n{page}"));
+    let page = cluster.metrics(leader).await;
+    let shed = r#"mirrorkv_http_requests_total{level="stale",route="/v1/kv/{*key}",status="429"}"#;
+    let counted =
+        common::metric_sample(&page, shed).unwrap_or_else(|| panic!("no {shed} in\n{page}"));
     assert_eq!(
         counted,
-        statuses.iter().filter(|s| **s == 429).count(),
+        statuses.iter().filter(|s| **s == 429).count() as f64,
         "429s counted"
     );
 }

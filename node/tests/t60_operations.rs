@@ -7,7 +7,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{assert_no_acked_write_lost, mirrorkv, scan_all, wait_for, Cluster, Writer, DEADLINE};
+use common::{
+    assert_no_acked_write_lost, metric_sample as sample, mirrorkv, scan_all, wait_for, Cluster,
+    Writer, DEADLINE,
+};
 use serde_json::{json, Value};
 
 /// Longest any test here waits for a condition that needs a bulk transfer (a 100k-key
@@ -87,14 +90,6 @@ async fn cluster_json(http: &reqwest::Client, api: &str) -> Value {
         .expect("cluster JSON")
 }
 
-/// The value of a sample (`name` with exactly these labels, in exposition order) in a
-/// Prometheus text page.
-fn sample(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-}
-
 /// Test 1: a 3-node cluster with 100k keys grows a 4th node with `--join`; it catches up (by
 /// snapshot, then log), is checked key by key, is promoted, and then the *leader* is removed,
 /// while a client keeps writing. No acknowledged write is lost and the client sees no error that
@@ -166,14 +161,7 @@ async fn t61_join_100k_keys_promote_and_remove_the_leader_under_writes() {
             "key {key} on node 4"
         );
     }
-    let metrics = http
-        .get(format!("{}/metrics", cluster.api(4)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cluster.metrics(4).await;
     assert!(
         sample(&metrics, "mirrorkv_snapshots_installed_total").unwrap_or(0.0) >= 1.0,
         "node 4 caught up through a snapshot"

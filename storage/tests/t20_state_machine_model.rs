@@ -18,7 +18,6 @@ use mirrorkv_storage::{
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed, TestRunner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, Clone)]
@@ -448,33 +447,19 @@ impl Harness {
 
 #[test]
 fn t20_state_machine_matches_btreemap_model() {
-    let seed = common::proptest_seed("t20");
-    let config = Config {
-        cases: 48,
-        rng_seed: RngSeed::Fixed(seed),
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    runner
-        .run(
-            &(
-                0..KEY_INDEX_BOUNDS.len(),
-                proptest::collection::vec(op(), 1..80),
-            ),
-            |(bound, ops)| {
-                runtime.block_on(async {
-                    let mut harness = Harness::new(KEY_INDEX_BOUNDS[bound]);
-                    for op in ops {
-                        harness.run(op).await;
-                        harness.check_equal();
-                    }
-                });
-                Ok(())
-            },
-        )
-        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    common::run_cases(
+        "t20",
+        48,
+        &(
+            0..KEY_INDEX_BOUNDS.len(),
+            proptest::collection::vec(op(), 1..80),
+        ),
+        |(bound, ops)| async move {
+            let mut harness = Harness::new(KEY_INDEX_BOUNDS[bound]);
+            for op in ops {
+                harness.run(op).await;
+                harness.check_equal();
+            }
+        },
+    );
 }

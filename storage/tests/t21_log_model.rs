@@ -13,7 +13,6 @@ use mirrorkv_storage::{Command, Entry, LogId, LogStore, Precondition, StateMachi
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed, TestRunner};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -197,33 +196,19 @@ impl Harness {
 
 #[test]
 fn t21_log_store_matches_btreemap_model() {
-    let seed = common::proptest_seed("t21");
-    let config = Config {
-        cases: 24,
-        rng_seed: RngSeed::Fixed(seed),
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    runner
-        .run(
-            &proptest::collection::vec(
-                (op(), proptest::collection::vec((any::<u64>(), 0u64..12), 3)),
-                1..60,
-            ),
-            |steps| {
-                runtime.block_on(async {
-                    let mut harness = Harness::new();
-                    for (op, ranges) in steps {
-                        harness.run(op).await;
-                        harness.check(&ranges).await;
-                    }
-                });
-                Ok(())
-            },
-        )
-        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    common::run_cases(
+        "t21",
+        24,
+        &proptest::collection::vec(
+            (op(), proptest::collection::vec((any::<u64>(), 0u64..12), 3)),
+            1..60,
+        ),
+        |steps| async move {
+            let mut harness = Harness::new();
+            for (op, ranges) in steps {
+                harness.run(op).await;
+                harness.check(&ranges).await;
+            }
+        },
+    );
 }

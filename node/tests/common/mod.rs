@@ -79,6 +79,18 @@ impl Cluster {
         Self::start_inner(n, extra_args, &[], true).await
     }
 
+    /// Node `id`'s `GET /metrics` page (Prometheus text).
+    pub async fn metrics(&self, id: u64) -> String {
+        self.http
+            .get(format!("{}/metrics", self.api(id)))
+            .send()
+            .await
+            .expect("scrape /metrics")
+            .text()
+            .await
+            .expect("/metrics text")
+    }
+
     pub async fn wait_for_leader(&self) -> u64 {
         ok(self.0.wait_for_leader().await)
     }
@@ -343,4 +355,12 @@ impl Drop for Cluster {
             eprintln!("{}", self.0.log_tails(40));
         }
     }
+}
+
+/// The value of a sample (`name` with exactly these labels, in exposition order) in a
+/// Prometheus text page.
+pub fn metric_sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
 }
