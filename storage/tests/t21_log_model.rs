@@ -1,7 +1,9 @@
 //! Model-based property test of the log store: `LogStore` and a `BTreeMap` model receive the
 //! same random appends (small entries and ones of 3 MiB, which push older entries out of the
-//! log cache), truncations, purges and re-opens (which empty the cache), and every read of a
-//! random range must return exactly the model's entries, whether the cache or RocksDB answers.
+//! log cache), truncations, purges, commits and re-opens (which empty the cache), and every read
+//! of a random range must return exactly the model's entries, whether the cache or RocksDB
+//! answers. The committed log id reads back as last saved, and after a re-open as it was when
+//! the last append, truncation or purge wrote it (it is saved with them, not on its own).
 //!
 //! The seed is printed; set `PROPTEST_RNG_SEED=<seed>` to replay a run exactly.
 
@@ -31,6 +33,10 @@ enum Op {
     Purge {
         offset: u64,
     },
+    /// Save a committed log id (`offset` picks it, never behind the last one).
+    Commit {
+        offset: u64,
+    },
     Reopen,
 }
 
@@ -39,6 +45,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (1u64..8, prop::bool::weighted(0.1)).prop_map(|(count, big)| Op::Append { count, big }),
         1 => any::<u64>().prop_map(|offset| Op::Truncate { offset }),
         1 => any::<u64>().prop_map(|offset| Op::Purge { offset }),
+        2 => any::<u64>().prop_map(|offset| Op::Commit { offset }),
         1 => Just(Op::Reopen),
     ]
 }
@@ -55,6 +62,14 @@ struct Harness {
     purged: Option<u64>,
     /// The last index applied: never truncated.
     applied: Option<u64>,
+    /// The newest committed log id saved: never truncated, never goes back.
+    committed: Option<LogId>,
+    /// What `read_committed` must answer: the last saved, or after a re-open `committed_written`.
+    committed_readable: Option<LogId>,
+    /// Saved since the last append, truncation or purge of this open store: the next one writes it.
+    committed_pending: Option<LogId>,
+    /// The committed log id as the last append, truncation or purge wrote it.
+    committed_written: Option<LogId>,
     term: u64,
 }
 
@@ -68,6 +83,10 @@ impl Harness {
             model: BTreeMap::new(),
             purged: None,
             applied: None,
+            committed: None,
+            committed_readable: None,
+            committed_pending: None,
+            committed_written: None,
             term: 1,
         }
     }
@@ -111,6 +130,7 @@ impl Harness {
                     self.model.insert(entry.log_id.index, entry.clone());
                 }
                 self.log().blocking_append(entries).await.expect("append");
+                self.wrote_committed();
             }
             Op::Truncate { offset } => {
                 let unapplied: Vec<u64> = self
@@ -118,6 +138,7 @@ impl Harness {
                     .keys()
                     .copied()
                     .filter(|&i| Some(i) > self.applied)
+                    .filter(|&i| Some(i) > self.committed.map(|c| c.index))
                     .collect();
                 if unapplied.is_empty() {
                     return;
@@ -127,6 +148,7 @@ impl Harness {
                 self.model.split_off(&since);
                 self.term += 1;
                 self.log().truncate(log_id).await.expect("truncate");
+                self.wrote_committed();
             }
             Op::Purge { offset } => {
                 let Some((&first, _)) = self.model.first_key_value() else {
@@ -134,6 +156,10 @@ impl Harness {
                 };
                 let upto = first + offset % self.model.len() as u64;
                 let log_id = self.model[&upto].log_id;
+                // Only committed entries are applied.
+                if self.committed < Some(log_id) {
+                    self.commit(log_id).await;
+                }
                 let to_apply: Vec<Entry> = self
                     .model
                     .range(..=upto)
@@ -153,16 +179,51 @@ impl Harness {
                 self.model = self.model.split_off(&(upto + 1));
                 self.purged = Some(upto);
                 self.log().purge(log_id).await.expect("purge");
+                self.wrote_committed();
+            }
+            Op::Commit { offset } => {
+                let at_least = self.committed.map_or(0, |c| c.index);
+                let candidates: Vec<LogId> = self
+                    .model
+                    .range(at_least..)
+                    .map(|(_, e)| e.log_id)
+                    .collect();
+                if candidates.is_empty() {
+                    return;
+                }
+                self.commit(candidates[(offset % candidates.len() as u64) as usize])
+                    .await;
             }
             Op::Reopen => {
                 self.store = None;
                 self.store = Some(mirrorkv_storage::open(self.dir.path()).expect("reopen"));
+                self.committed_pending = None;
+                self.committed_readable = self.committed_written;
             }
         }
     }
 
+    /// An append, truncation or purge wrote the pending committed log id, if any.
+    fn wrote_committed(&mut self) {
+        if let Some(committed) = self.committed_pending.take() {
+            self.committed_written = Some(committed);
+        }
+    }
+
+    async fn commit(&mut self, log_id: LogId) {
+        self.committed = Some(log_id);
+        self.committed_readable = Some(log_id);
+        self.committed_pending = Some(log_id);
+        self.log()
+            .save_committed(Some(log_id))
+            .await
+            .expect("save committed");
+    }
+
     /// Reads of the whole log, of every one-entry range at its ends, and of `ranges`.
     async fn check(&mut self, ranges: &[(u64, u64)]) {
+        let committed = self.log().read_committed().await.expect("read committed");
+        assert_eq!(committed, self.committed_readable, "committed log id");
         let first = self.model.first_key_value().map_or(0, |(&i, _)| i);
         let end = self.next_index();
         let mut all = vec![
