@@ -144,12 +144,10 @@ pub(crate) fn open(path: &Path, store: &StoreOptions) -> Result<DB> {
     options.create_missing_column_families(true);
     // Two cores is the machine we plan for; more background jobs only contend.
     options.set_max_background_jobs(2);
-    // Writes are durable through the WAL; never turn it off. It is flushed by hand: a write
-    // without `sync` stays in RocksDB's WAL buffer until the next synced write or
-    // `flush_wal(true)`, which writes the whole buffer in order and then fsyncs, so a synced
-    // write still covers every earlier one. Unsynced writes are only ever applies, the
-    // committed id and the leader's append before its fsync (storage/DESIGN.md, "Assumptions").
-    options.set_manual_wal_flush(true);
+    // Writes are durable through the WAL; never turn it off. Every write reaches the WAL file
+    // when it returns (not flushed by hand), so a `kill -9` keeps the applies made since the
+    // last fsync (storage/DESIGN.md, "Assumptions").
+    options.set_manual_wal_flush(false);
     // One memory budget for the whole instance (see `StoreOptions`).
     let cache = Cache::new_lru_cache(store.memory_budget_bytes);
     let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
