@@ -102,9 +102,9 @@ impl LogStore {
 
     /// Add the pending committed log id, if any, to `batch`; call [`Self::committed_written`]
     /// once the batch is in RocksDB.
-    fn stage_committed(&self, batch: &mut WriteBatch) -> Result<(), RaftStorageError> {
+    fn stage_committed(&self, batch: &mut WriteBatch) -> Result<(), crate::StorageError> {
         if let Some(committed) = &self.committed_unsaved {
-            let bytes = codec::encode(committed).map_err(write_err)?;
+            let bytes = codec::encode(committed)?;
             batch.put_cf(db::cf(&self.db, CF_RAFT_META), KEY_COMMITTED, bytes);
         }
         Ok(())
@@ -249,7 +249,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(cf, db::log_key(entry.log_id.index), &bytes);
             written.push((entry, bytes.len()));
         }
-        self.stage_committed(&mut batch)?;
+        self.stage_committed(&mut batch).map_err(write_err)?;
         // The callback lets openraft count this node towards a commit quorum, so it fires only
         // once the write is on disk (storage/DESIGN.md, rule 2).
         // - A follower's append is awaited: openraft does nothing else until the callback, so
@@ -291,7 +291,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(cf, db::log_key(log_id.index), db::log_key(u64::MAX));
         batch.delete_cf(cf, db::log_key(u64::MAX));
-        self.stage_committed(&mut batch)?;
+        self.stage_committed(&mut batch).map_err(write_err)?;
         self.db.write_opt(batch, &db::synced()).map_err(write_err)?;
         self.committed_written();
         Ok(())
@@ -316,7 +316,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.put_cf(meta, KEY_PURGED, bytes);
         let log = db::cf(&self.db, CF_LOG);
         batch.delete_range_cf(log, db::log_key(0), db::log_key(log_id.index + 1));
-        self.stage_committed(&mut batch)?;
+        self.stage_committed(&mut batch).map_err(write_err)?;
         self.db.write_opt(batch, &db::synced()).map_err(write_err)?;
         self.committed_written();
         Ok(())
