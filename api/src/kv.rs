@@ -140,6 +140,7 @@ pub fn add_kv_headers(
     }
 }
 
+/// Turn a handler result into a response carrying the KV headers.
 pub fn finish(
     state: &NodeState,
     level: &'static str,

@@ -95,7 +95,7 @@ impl LogCache {
         }
     }
 
-    pub(crate) fn clear(&mut self) {
+    fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;
     }
