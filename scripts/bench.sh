@@ -6,7 +6,9 @@
 #
 #   scripts/bench.sh [SECONDS_PER_CELL] [-- extra jepsen-lite bench flags]
 #
-# e.g. `scripts/bench.sh 10 -- --keys 1000000` for the scale run, `--value-bytes 4096`.
+# e.g. `scripts/bench.sh 10 -- --keys 10000,1000000` for the scale run (a pair of clusters per
+# key space, measured in turn; it ends with each store's 1M figure as a share of its 10k one),
+# `--value-bytes 4096`.
 # etcd comes from Debian's etcd-server package, installed here when missing.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)

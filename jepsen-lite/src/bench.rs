@@ -863,14 +863,32 @@ pub fn find_etcd(given: Option<PathBuf>) -> Option<PathBuf> {
     })
 }
 
-/// A line of the comparison table: `mirrorkv` vs `etcd` for the same workload and clients.
-pub fn format_row(mirror: Option<&CellResult>, etcd: Option<&CellResult>) -> String {
-    let any = mirror.or(etcd).expect("at least one side");
-    let name = match any.cell.workload {
-        BenchWorkload::Get => format!("get {}", any.cell.level),
-        BenchWorkload::Mixed => format!("mixed {}", any.cell.level),
+/// A key count as the table shows it: `10k`, `1M`, `1500`.
+pub fn keys_label(keys: u64) -> String {
+    match keys {
+        k if k >= 1_000_000 && k % 1_000_000 == 0 => format!("{}M", k / 1_000_000),
+        k if k >= 1_000 && k % 1_000 == 0 => format!("{}k", k / 1_000),
+        k => k.to_string(),
+    }
+}
+
+/// A workload as the table names it: `put`, `get lease`, `mixed stale`, `txn`.
+pub fn workload_name(workload: BenchWorkload, level: &str) -> String {
+    match workload {
+        BenchWorkload::Get => format!("get {level}"),
+        BenchWorkload::Mixed => format!("mixed {level}"),
         other => format!("{other:?}").to_lowercase(),
-    };
+    }
+}
+
+/// A line of the comparison table: `mirrorkv` vs `etcd` for the same workload and clients;
+/// `prefix` goes before the workload's name (the key space when a run has several).
+pub fn format_row(prefix: &str, mirror: Option<&CellResult>, etcd: Option<&CellResult>) -> String {
+    let any = mirror.or(etcd).expect("at least one side");
+    let name = format!(
+        "{prefix}{}",
+        workload_name(any.cell.workload, &any.cell.level)
+    );
     let side = |r: Option<&CellResult>| match r {
         Some(r) => format!(
             "{:>9.0} {:>6.2} {:>7.2} {:>7.2} {:>5}",
@@ -887,7 +905,7 @@ pub fn format_row(mirror: Option<&CellResult>, etcd: Option<&CellResult>) -> Str
         _ => "-".into(),
     };
     format!(
-        "{name:<18} {:>3} | {} | {} | {ratio:>6}",
+        "{name:<22} {:>3} | {} | {} | {ratio:>6}",
         any.cell.clients,
         side(mirror),
         side(etcd)
@@ -910,7 +928,7 @@ pub fn table_header() -> String {
         "ops/s", "p50ms", "p99ms", "p99.9ms", "errs"
     );
     format!(
-        "{:<18} {:>3} | {:^41} | {:^41} | {:>6}\n{:<18} {:>3} | {side} | {side} | {:>6}",
+        "{:<22} {:>3} | {:^41} | {:^41} | {:>6}\n{:<22} {:>3} | {side} | {side} | {:>6}",
         "", "", "mirrorkv", "etcd", "", "workload", "cli", "ratio"
     )
 }
@@ -947,6 +965,15 @@ mod tests {
             processes: Vec::new(),
             log_entries: None,
         }
+    }
+
+    #[test]
+    fn keys_label_is_short_and_exact() {
+        assert_eq!(keys_label(10_000), "10k");
+        assert_eq!(keys_label(1_000_000), "1M");
+        assert_eq!(keys_label(1_500_000), "1500k");
+        assert_eq!(keys_label(1_500), "1500");
+        assert_eq!(keys_label(7), "7");
     }
 
     #[test]

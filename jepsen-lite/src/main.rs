@@ -107,9 +107,12 @@ enum Command {
         /// Most operations of each cell, all clients together.
         #[arg(long, default_value_t = 10_000_000)]
         max_ops: u64,
-        /// Size of the key space (16-byte keys); every key is written before measuring.
-        #[arg(long, default_value_t = 10_000)]
-        keys: u64,
+        /// Size of the key space (16-byte keys); every key is written before measuring. Several
+        /// (`--keys 10000,1000000`) start a pair of clusters for each and alternate every cell
+        /// between them too, so that the scale figure (largest against smallest key space)
+        /// compares runs taken at the same time on the same machine.
+        #[arg(long, value_delimiter = ',', default_value = "10000", num_args = 1..)]
+        keys: Vec<u64>,
         #[arg(long, default_value_t = 100)]
         value_bytes: usize,
         /// Run the standard matrix instead of one cell: 1, 16 and 64 clients × put,
@@ -183,7 +186,14 @@ fn main() -> ExitCode {
                 },
                 mirrorkv: store != Some(Store::Etcd),
                 cells,
-                shape: DataShape { keys, value_bytes },
+                shapes: {
+                    let mut keys = keys;
+                    keys.sort_unstable();
+                    keys.dedup();
+                    keys.into_iter()
+                        .map(|keys| DataShape { keys, value_bytes })
+                        .collect()
+                },
                 limits: CellLimits {
                     duration: Duration::from_secs(duration_s),
                     max_ops,
@@ -381,7 +391,8 @@ struct BenchRun {
     etcd: Option<PathBuf>,
     mirrorkv: bool,
     cells: Vec<(BenchWorkload, String, usize)>,
-    shape: DataShape,
+    /// One pair of clusters per shape, smallest key space first.
+    shapes: Vec<DataShape>,
     limits: CellLimits,
     rounds: u32,
     restart: bool,
@@ -389,15 +400,31 @@ struct BenchRun {
     seed: u64,
 }
 
-/// Start the stores, preload both, then run every cell on mirrorkv and on etcd alternately
-/// (so a noisy machine slows both alike), printing a row per cell.
+/// Start the stores (a pair of clusters for each key space), preload them, then run every cell
+/// on each key space and store in turn (so that a noisy machine slows all of them alike),
+/// printing a row per cell and store.
 async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
-    let mut stores = Stores::start(
-        run.mirrorkv.then_some(run.bin.as_path()),
-        run.etcd.as_deref(),
-        &[],
-    )
-    .await?;
+    if run.shapes.iter().any(|shape| shape.keys == 0) {
+        anyhow::bail!("--keys: a key space needs at least 1 key");
+    }
+    let scaled = run.shapes.len() > 1;
+    let label = |shape: &DataShape| {
+        if scaled {
+            format!("{} ", bench::keys_label(shape.keys))
+        } else {
+            String::new()
+        }
+    };
+    let mut pairs: Vec<(DataShape, Stores)> = Vec::new();
+    for &shape in &run.shapes {
+        let stores = Stores::start(
+            run.mirrorkv.then_some(run.bin.as_path()),
+            run.etcd.as_deref(),
+            &[],
+        )
+        .await?;
+        pairs.push((shape, stores));
+    }
     let mut measured: Vec<Store> = Vec::new();
     if run.mirrorkv {
         measured.push(Store::Mirrorkv);
@@ -405,50 +432,60 @@ async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
     if run.etcd.is_some() {
         measured.push(Store::Etcd);
     }
-    for &store in &measured {
-        let took = stores.preload(store, run.shape).await?;
-        eprintln!(
-            "preloaded {} keys of {} bytes into {store:?} in {:.1} s",
-            run.shape.keys,
-            run.shape.value_bytes,
-            took.as_secs_f64()
-        );
+    for (shape, stores) in &pairs {
+        for &store in &measured {
+            let took = stores.preload(store, *shape).await?;
+            eprintln!(
+                "preloaded {} keys of {} bytes into {store:?} in {:.1} s",
+                shape.keys,
+                shape.value_bytes,
+                took.as_secs_f64()
+            );
+        }
     }
+    let row_name =
+        |result: Option<&bench::CellResult>| result.map_or(String::new(), |r| label(&r.shape));
     println!("{}", bench::table_header());
-    let mut results = Vec::new();
+    let mut results: Vec<bench::CellResult> = Vec::new();
     let mut memory_by_round = Vec::new();
     for round in 1..=run.rounds {
         for (workload, level, clients) in &run.cells {
-            let mut row: Vec<Option<bench::CellResult>> = vec![None, None];
-            for &store in &measured {
-                let cell = Cell {
-                    store,
-                    workload: *workload,
-                    level: level.clone(),
-                    clients: *clients,
-                };
-                let result = stores
-                    .run_cell(&cell, run.shape, run.limits, run.seed)
-                    .await?;
-                if result.errors > 0 {
-                    eprintln!(
-                        "{store:?} {workload:?} {level} x{clients}: {} errors, e.g. {:?}",
-                        result.errors, result.error_samples
-                    );
+            for (shape, stores) in &pairs {
+                let mut row: Vec<Option<bench::CellResult>> = vec![None, None];
+                for &store in &measured {
+                    let cell = Cell {
+                        store,
+                        workload: *workload,
+                        level: level.clone(),
+                        clients: *clients,
+                    };
+                    let result = stores.run_cell(&cell, *shape, run.limits, run.seed).await?;
+                    if result.errors > 0 {
+                        eprintln!(
+                            "{store:?} {workload:?} {level} x{clients} ({} keys): {} errors, e.g. {:?}",
+                            shape.keys, result.errors, result.error_samples
+                        );
+                    }
+                    row[usize::from(store == Store::Etcd)] = Some(result);
                 }
-                row[usize::from(store == Store::Etcd)] = Some(result);
+                println!(
+                    "{}",
+                    bench::format_row(
+                        &row_name(row[0].as_ref().or(row[1].as_ref())),
+                        row[0].as_ref(),
+                        row[1].as_ref()
+                    )
+                );
+                results.extend(row.into_iter().flatten());
             }
-            println!("{}", bench::format_row(row[0].as_ref(), row[1].as_ref()));
-            results.extend(row.into_iter().flatten());
         }
         if run.rounds > 1 {
             let served: u64 = results.iter().map(|r| r.ops).sum();
-            let rss: Vec<String> = results
+            let last = results.len().saturating_sub(measured.len() * pairs.len());
+            let rss: Vec<String> = results[last..]
                 .iter()
-                .rev()
-                .take(measured.len())
-                .flat_map(|r| &r.processes)
-                .map(|p| format!("{} {:.0}", p.node, p.rss_mib))
+                .flat_map(|r| r.processes.iter().map(move |p| (label(&r.shape), p)))
+                .map(|(keys, p)| format!("{keys}{} {:.0}", p.node, p.rss_mib))
                 .collect();
             println!(
                 "after round {round} ({served} requests served in all): rss MiB: {}",
@@ -459,6 +496,23 @@ async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
             );
         }
     }
+    // Per cell, key space and store, the round with the median ops/s (the only round when
+    // there is one).
+    let median = |store: Store,
+                  shape: &DataShape,
+                  (workload, level, clients): &(BenchWorkload, String, usize)| {
+        let rounds: Vec<&bench::CellResult> = results
+            .iter()
+            .filter(|r| {
+                r.cell.store == store
+                    && r.shape.keys == shape.keys
+                    && r.cell.workload == *workload
+                    && r.cell.level == *level
+                    && r.cell.clients == *clients
+            })
+            .collect();
+        bench::median_round(&rounds)
+    };
     if run.rounds > 1 {
         // One round is at the mercy of the machine's noise; the medians are what to quote.
         println!();
@@ -467,44 +521,69 @@ async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
             run.rounds
         );
         println!("{}", bench::table_header());
-        for (workload, level, clients) in &run.cells {
-            let median = |store: Store| {
-                let rounds: Vec<&bench::CellResult> = results
-                    .iter()
-                    .filter(|r| {
-                        r.cell.store == store
-                            && r.cell.workload == *workload
-                            && r.cell.level == *level
-                            && r.cell.clients == *clients
-                    })
-                    .collect();
-                bench::median_round(&rounds)
-            };
-            let (mirror, etcd) = (median(Store::Mirrorkv), median(Store::Etcd));
-            if mirror.is_some() || etcd.is_some() {
-                println!("{}", bench::format_row(mirror, etcd));
+        for cell in &run.cells {
+            for (shape, _) in &pairs {
+                let (mirror, etcd) = (
+                    median(Store::Mirrorkv, shape, cell),
+                    median(Store::Etcd, shape, cell),
+                );
+                if mirror.is_some() || etcd.is_some() {
+                    println!("{}", bench::format_row(&label(shape), mirror, etcd));
+                }
             }
+        }
+    }
+    if let (true, Some(small), Some(large)) = (scaled, run.shapes.first(), run.shapes.last()) {
+        println!();
+        println!(
+            "scale: ops/s with {} keys as a share of ops/s with {} keys (median rounds, measured in turn):",
+            large.keys, small.keys
+        );
+        for cell in &run.cells {
+            let shares: Vec<String> = measured
+                .iter()
+                .filter_map(|&store| {
+                    let (s, l) = (median(store, small, cell)?, median(store, large, cell)?);
+                    (s.ops_per_s > 0.0).then(|| {
+                        format!("{store:?} {:.0}%", 100.0 * l.ops_per_s / s.ops_per_s)
+                            .to_lowercase()
+                    })
+                })
+                .collect();
+            let (workload, level, clients) = cell;
+            println!(
+                "  {} x{clients}: {}",
+                bench::workload_name(*workload, level),
+                shares.join(", ").to_lowercase()
+            );
         }
     }
     println!();
     println!(
-        "{:<14} {:>10} {:>10} {:>12}",
+        "{:<18} {:>10} {:>10} {:>12}",
         "process", "cpu s", "rss MiB", "peak rss MiB"
     );
-    for &store in &measured {
-        let last: Vec<&bench::CellResult> =
-            results.iter().filter(|r| r.cell.store == store).collect();
-        if let Some(last_cell) = last.last() {
-            for (i, process) in last_cell.processes.iter().enumerate() {
-                let cpu: f64 = last
-                    .iter()
-                    .filter_map(|r| r.processes.get(i))
-                    .map(|p| p.cpu_s)
-                    .sum();
-                println!(
-                    "{:<14} {:>10.1} {:>10.1} {:>12.1}",
-                    process.node, cpu, process.rss_mib, process.peak_rss_mib
-                );
+    for (shape, _) in &pairs {
+        for &store in &measured {
+            let of_store: Vec<&bench::CellResult> = results
+                .iter()
+                .filter(|r| r.cell.store == store && r.shape.keys == shape.keys)
+                .collect();
+            if let Some(last_cell) = of_store.last() {
+                for (i, process) in last_cell.processes.iter().enumerate() {
+                    let cpu: f64 = of_store
+                        .iter()
+                        .filter_map(|r| r.processes.get(i))
+                        .map(|p| p.cpu_s)
+                        .sum();
+                    println!(
+                        "{:<18} {:>10.1} {:>10.1} {:>12.1}",
+                        format!("{}{}", label(shape), process.node),
+                        cpu,
+                        process.rss_mib,
+                        process.peak_rss_mib
+                    );
+                }
             }
         }
     }
@@ -514,7 +593,8 @@ async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
         .filter_map(|r| {
             let entries = r.log_entries.filter(|&e| e > 0)?;
             Some(format!(
-                "{} cli {:.1}",
+                "{}{} cli {:.1}",
+                label(&r.shape),
                 r.cell.clients,
                 r.ops as f64 / entries as f64
             ))
@@ -523,30 +603,33 @@ async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
     if !per_entry.is_empty() {
         println!("mirrorkv puts per log entry: {}", per_entry.join(", "));
     }
-    let mut restarts = serde_json::Map::new();
+    let mut restarts = Vec::new();
     if run.restart {
         println!();
-        for &store in &measured {
-            let took = stores.restart_follower(store).await?;
-            println!(
-                "restart after kill -9, until it serves a linearizable read: {store:?} {:.2} s ({} keys)",
-                took.as_secs_f64(),
-                run.shape.keys
-            );
-            restarts.insert(
-                format!("{store:?}").to_lowercase(),
-                took.as_secs_f64().into(),
-            );
+        for (shape, stores) in &mut pairs {
+            for &store in &measured {
+                let took = stores.restart_follower(store).await?;
+                println!(
+                    "restart after kill -9, until it serves a linearizable read: {store:?} {:.2} s ({} keys)",
+                    took.as_secs_f64(),
+                    shape.keys
+                );
+                restarts.push(serde_json::json!({
+                    "store": store,
+                    "keys": shape.keys,
+                    "seconds": took.as_secs_f64(),
+                }));
+            }
         }
     }
     if let Some(path) = &run.json {
         let report = serde_json::json!({
             "machine": machine(),
-            "shape": run.shape,
+            "shapes": run.shapes,
             "cell_seconds": run.limits.duration.as_secs(),
             "results": results,
             "memory_by_round": memory_by_round,
-            "restart_s": restarts,
+            "restarts": restarts,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         eprintln!("wrote {}", path.display());
