@@ -179,38 +179,41 @@ pub async fn run(
         raft.clone(),
         stopped(stop_rx.clone()),
     ));
-    // A restarted node may have acknowledged a leader just before it went down; it keeps
-    // raft-net closed for one leader lease so that it cannot vote a new leader in while that
-    // leader's read lease still holds (node/DESIGN.md).
-    let quiet_ms = if restarted {
-        config.election_timeout_max_ms
-    } else {
-        0
-    };
-    let net_server = tokio::spawn({
-        let raft = raft.clone();
-        let peer_service = Arc::new(PeerService {
-            state: state.clone(),
+    // A restarted node may have acknowledged a leader just before it went down, and it has
+    // forgotten when. For one leader lease after its start it neither grants a vote nor stands
+    // for election, so it cannot help elect a new leader while that leader's read lease may
+    // still hold (node/DESIGN.md). Everything else it serves at once: the leader's appends and
+    // snapshots, forwarded requests.
+    let votes_from = std::time::Instant::now()
+        + std::time::Duration::from_millis(if restarted {
+            config.election_timeout_max_ms
+        } else {
+            0
         });
-        let net_config = config.net.clone();
-        let stop_rx = stop_rx.clone();
-        async move {
-            let quiet = tokio::time::sleep(std::time::Duration::from_millis(quiet_ms));
-            tokio::select! {
-                _ = quiet => {}
-                _ = stopped(stop_rx.clone()) => return,
+    if restarted {
+        raft.runtime_config().elect(false);
+        tokio::spawn({
+            let raft = raft.clone();
+            let stop = stopped(stop_rx.clone());
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(votes_from.into()) => raft.runtime_config().elect(true),
+                    _ = stop => {}
+                }
             }
-            mirrorkv_raft_net::server::serve(
-                listeners.raft,
-                raft,
-                peer_service,
-                contact,
-                net_config,
-                stopped(stop_rx),
-            )
-            .await
-        }
-    });
+        });
+    }
+    let net_server = tokio::spawn(mirrorkv_raft_net::server::serve(
+        listeners.raft,
+        raft.clone(),
+        Arc::new(PeerService {
+            state: state.clone(),
+        }),
+        contact,
+        config.net.clone(),
+        votes_from,
+        stopped(stop_rx.clone()),
+    ));
     tracing::info!(node = config.id, %api_addr, %raft_addr, "mirrorkv node serving");
     let api_server = tokio::spawn(mirrorkv_api::serve(
         listeners.api,

@@ -593,3 +593,95 @@ async fn t46_ranges_page_through_one_index_at_any_level() {
     let got = get(&cluster, follower, "/v1/kv?start=bin&end=bio").await;
     assert_eq!(got.json()["items"][0]["value_base64"], json!("//4="));
 }
+
+/// A restarted node may have acknowledged the leader just before it went down, and lease reads
+/// count on it not helping to elect anyone else within that lease. So for one leader lease
+/// (`election_timeout_max_ms`) after its start it refuses every vote request, and says why; the
+/// leader's appends it takes at once, so it catches up within that lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t47_a_restarted_node_refuses_votes_for_one_lease_and_catches_up_within_it() {
+    use mirrorkv_storage::NodeInfo;
+    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    use openraft::raft::VoteRequest;
+    use openraft::{CommittedLeaderId, LogId, Vote};
+
+    // Long enough that a slow machine restarts the node and replicates to it well inside it.
+    const LEASE_MS: u64 = 4000;
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "--election-timeout-min-ms",
+            "2000",
+            "--election-timeout-max-ms",
+            &LEASE_MS.to_string(),
+        ],
+    )
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let restarted = followers(&cluster, leader)[0];
+    cluster.kill(restarted);
+    let before_start = Instant::now();
+    cluster.restart(restarted).await;
+
+    // A vote for a candidate far ahead in term and log, which a node outside its lease grants.
+    let pool = std::sync::Arc::new(mirrorkv_raft_net::PeerPool::new(
+        Default::default(),
+        Default::default(),
+    ));
+    let mut network = mirrorkv_raft_net::NetworkFactory::new(pool)
+        .new_client(
+            restarted,
+            &NodeInfo {
+                raft_addr: cluster.nodes[&restarted].raft_addr.clone(),
+                api_addr: cluster.api(restarted),
+            },
+        )
+        .await;
+    let candidate = followers(&cluster, leader)
+        .into_iter()
+        .find(|&id| id != restarted)
+        .expect("a third node");
+    let request = VoteRequest::new(
+        Vote::new(1_000_000, candidate),
+        Some(LogId::new(
+            CommittedLeaderId::new(1_000_000, candidate),
+            1 << 40,
+        )),
+    );
+    let answer = network
+        .vote(request, RPCOption::new(Duration::from_secs(2)))
+        .await;
+    assert!(
+        before_start.elapsed() < Duration::from_millis(LEASE_MS),
+        "the machine took the whole lease to restart the node; nothing was tested"
+    );
+    let refusal = match answer {
+        Err(e) => e.to_string(),
+        Ok(response) => panic!("a restarted node answered a vote within its lease: {response:?}"),
+    };
+    assert!(
+        refusal.contains("not voting") && refusal.contains("leader lease"),
+        "refused by the lease rule, not by accident: {refusal}"
+    );
+
+    // The leader's appends are taken at once: a write acknowledged now is applied on the
+    // restarted node before its lease is over.
+    let index = put_index(cluster.put(leader, "after-restart", b"caught-up").await);
+    wait_for(
+        "the restarted node to apply the write",
+        DEADLINE,
+        || async {
+            let value = cluster
+                .get(restarted, "after-restart", "stale")
+                .await
+                .ok()?;
+            (value.as_deref() == Some(b"caught-up".as_slice())).then_some(())
+        },
+    )
+    .await;
+    let caught_up = before_start.elapsed();
+    assert!(
+        caught_up < Duration::from_millis(LEASE_MS),
+        "the restarted node applied index {index} only after {caught_up:?}, past its {LEASE_MS} ms lease"
+    );
+}

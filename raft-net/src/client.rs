@@ -166,8 +166,8 @@ impl PeerClient {
                 let mut stream = TcpStream::connect(&self.addr).await?;
                 stream.set_nodelay(true)?;
                 // Requests go only on a connection the server has accepted: it greets first.
-                // A connection that is never accepted (the server is stopping, or restarting
-                // and still quiet) thus never carries a request, so its loss is harmless.
+                // A connection that is never accepted (the server is stopping) thus never
+                // carries a request, so its loss is harmless.
                 match frame::read(&mut stream, max_frame_bytes).await? {
                     Some(hello)
                         if hello.request_id == GOING_AWAY_REQUEST_ID

@@ -3,7 +3,7 @@
 //! request id pairs them).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mirrorkv_storage::{codec, Command, Raft, Response};
 use openraft::raft::AppendEntriesResponse;
@@ -38,13 +38,16 @@ pub trait AppHandler: Send + Sync + 'static {
     fn status(&self) -> NodeStatus;
 }
 
-/// Serve raft-net on `listener` until `shutdown` resolves.
+/// Serve raft-net on `listener` until `shutdown` resolves. Vote requests that arrive before
+/// `votes_from` are refused unread (a restarted node's first leader lease, node/DESIGN.md);
+/// everything else is served at once.
 pub async fn serve<H: AppHandler>(
     listener: TcpListener,
     raft: Raft,
     app: Arc<H>,
     contact: Arc<LeaderContact>,
     config: NetConfig,
+    votes_from: Instant,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let connections = Arc::new(Semaphore::new(config.max_connections));
@@ -76,7 +79,9 @@ pub async fn serve<H: AppHandler>(
         // Finished connections leave the set as new ones come, so it stays bounded.
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
-            if let Err(e) = serve_connection(stream, raft, app, contact, config, stop_rx).await {
+            if let Err(e) =
+                serve_connection(stream, raft, app, contact, config, votes_from, stop_rx).await
+            {
                 tracing::warn!(%peer, error = %e, "closed raft-net connection");
             }
             drop(permit);
@@ -110,6 +115,7 @@ async fn serve_connection<H: AppHandler>(
     app: Arc<H>,
     contact: Arc<LeaderContact>,
     config: NetConfig,
+    votes_from: Instant,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), NetError> {
     stream.set_nodelay(true)?;
@@ -168,7 +174,7 @@ async fn serve_connection<H: AppHandler>(
         tokio::spawn(async move {
             let response = match tokio::time::timeout(
                 serve_timeout,
-                handle(&raft, app.as_ref(), &contact, request),
+                handle(&raft, app.as_ref(), &contact, votes_from, request),
             )
             .await
             {
@@ -219,6 +225,7 @@ async fn handle<H: AppHandler>(
     raft: &Raft,
     app: &H,
     contact: &LeaderContact,
+    votes_from: Instant,
     request: RpcRequest,
 ) -> RpcResponse {
     match request {
@@ -234,7 +241,17 @@ async fn handle<H: AppHandler>(
             }
             RpcResponse::AppendEntries(response)
         }
-        RpcRequest::Vote(request) => RpcResponse::Vote(raft.vote(request).await),
+        RpcRequest::Vote(request) => {
+            let now = Instant::now();
+            if now < votes_from {
+                // The candidate counts this as no vote, like an unreachable peer.
+                return RpcResponse::Failed(format!(
+                    "not voting for another {} ms: restarted less than one leader lease ago",
+                    (votes_from - now).as_millis()
+                ));
+            }
+            RpcResponse::Vote(raft.vote(request).await)
+        }
         RpcRequest::InstallSnapshot(request) => {
             RpcResponse::InstallSnapshot(raft.install_snapshot(request).await)
         }
