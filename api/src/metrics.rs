@@ -38,6 +38,7 @@ pub struct Metrics {
     snapshot_bytes: IntGauge,
     key_index_keys: IntGauge,
     key_index_bytes: IntGauge,
+    storage_memory: IntGaugeVec,
     log_entries: IntGauge,
     log_bytes: IntGauge,
     state_bytes: IntGauge,
@@ -157,6 +158,12 @@ impl Default for Metrics {
                 r,
                 "mirrorkv_key_index_bytes",
                 "Estimated memory of the key index (bounded by key_index_mib).",
+            ),
+            storage_memory: gauge_vec(
+                r,
+                "mirrorkv_storage_memory_bytes",
+                "RocksDB's memory by its own accounting: block_cache (the memory budget in use, memtables included), block_cache_pinned, memtables, table_readers (outside the cache).",
+                &["kind"],
             ),
             log_entries: gauge(
                 r,
@@ -304,6 +311,17 @@ pub async fn metrics(State(state): State<Arc<NodeState>>) -> Result<Response, Ap
         .set(counters.key_index_keys.load(Ordering::Relaxed) as i64);
     m.key_index_bytes
         .set(counters.key_index_bytes.load(Ordering::Relaxed) as i64);
+    let memory = state.reader.memory_usage()?;
+    for (kind, bytes) in [
+        ("block_cache", memory.block_cache_bytes),
+        ("block_cache_pinned", memory.block_cache_pinned_bytes),
+        ("memtables", memory.memtable_bytes),
+        ("table_readers", memory.table_readers_bytes),
+    ] {
+        m.storage_memory
+            .with_label_values(&[kind])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
     let usage = state.reader.disk_usage()?;
     m.log_bytes.set(usage.log_bytes as i64);
     m.state_bytes.set(usage.state_bytes as i64);

@@ -432,6 +432,7 @@ async fn t64_metrics_parse_and_move() {
         "mirrorkv_snapshot_size_bytes",
         "mirrorkv_key_index_keys",
         "mirrorkv_key_index_bytes",
+        "mirrorkv_storage_memory_bytes",
         "mirrorkv_log_entries",
         "mirrorkv_log_size_bytes",
         "mirrorkv_db_size_bytes",
@@ -443,6 +444,18 @@ async fn t64_metrics_parse_and_move() {
         Some(leader as f64)
     );
     assert!(sample(&before, "mirrorkv_db_size_bytes").unwrap() > 0.0);
+    // The memtables hold what was written since start, and are charged to the block cache.
+    let memtables = sample(
+        &before,
+        r#"mirrorkv_storage_memory_bytes{kind="memtables"}"#,
+    )
+    .unwrap();
+    let cache = sample(
+        &before,
+        r#"mirrorkv_storage_memory_bytes{kind="block_cache"}"#,
+    )
+    .unwrap();
+    assert!(memtables > 0.0 && cache >= memtables, "{before}");
     for follower in cluster.ids().into_iter().filter(|&id| id != leader) {
         let series = format!("mirrorkv_replication_lag_entries{{follower=\"{follower}\"}}");
         assert!(sample(&before, &series).is_some(), "{series} in\n{before}");

@@ -40,7 +40,9 @@ use std::time::Duration;
 pub use db::StoreOptions;
 pub use error::StorageError;
 pub use log_store::LogStore;
-pub use state_machine::{DiskUsage, KvReader, RangePage, ReadAt, StateMachine, StorageCounters};
+pub use state_machine::{
+    DiskUsage, KvReader, MemoryUsage, RangePage, ReadAt, StateMachine, StorageCounters,
+};
 pub use types::*;
 
 /// Open the node's store at `path` (created if missing) with the default [`StoreOptions`].

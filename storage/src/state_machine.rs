@@ -244,6 +244,20 @@ pub struct StorageCounters {
     pub key_index_bytes: AtomicU64,
 }
 
+/// What RocksDB holds in memory, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryUsage {
+    /// The block cache's use, memtables included: the write buffer manager charges them to the
+    /// cache, so this is the part of the memory budget (`storage_memory_mib`) in use.
+    pub block_cache_bytes: u64,
+    /// Of that, entries in use that cannot be evicted now (held by readers or iterators).
+    pub block_cache_pinned_bytes: u64,
+    /// Memtables of both column families, active and immutable.
+    pub memtable_bytes: u64,
+    /// Open SST readers outside the cache (index and filter blocks are in the cache).
+    pub table_readers_bytes: u64,
+}
+
 /// Sizes of the store, in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DiskUsage {
@@ -336,6 +350,33 @@ impl KvReader {
             }
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// What RocksDB holds in memory, from its own accounting.
+    pub fn memory_usage(&self) -> Result<MemoryUsage> {
+        let sum = |property: &str| -> Result<u64> {
+            let mut total = 0;
+            for name in [db::CF_LOG, CF_SM] {
+                total += self
+                    .db
+                    .property_int_value_cf(db::cf(&self.db, name), property)?
+                    .unwrap_or(0);
+            }
+            Ok(total)
+        };
+        // The block cache is shared by every column family: read it once.
+        let shared = |property: &str| -> Result<u64> {
+            Ok(self
+                .db
+                .property_int_value_cf(db::cf(&self.db, CF_SM), property)?
+                .unwrap_or(0))
+        };
+        Ok(MemoryUsage {
+            block_cache_bytes: shared("rocksdb.block-cache-usage")?,
+            block_cache_pinned_bytes: shared("rocksdb.block-cache-pinned-usage")?,
+            memtable_bytes: sum("rocksdb.cur-size-all-mem-tables")?,
+            table_readers_bytes: sum("rocksdb.estimate-table-readers-mem")?,
+        })
     }
 
     /// How much room the store takes.
