@@ -336,8 +336,28 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 impl EtcdCluster {
-    /// Start `members` etcd members from the `etcd` binary and wait until they serve.
+    /// Start `members` etcd members from the `etcd` binary and wait until they serve. The ports
+    /// are found by binding port 0 and letting go, so another process (an outgoing connection of
+    /// the other clusters) can take one before etcd binds it: then it starts again on new ports,
+    /// at most three times.
     pub async fn start(etcd: &Path, members: usize) -> anyhow::Result<EtcdCluster> {
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(etcd, members).await {
+                Ok(cluster) => return Ok(cluster),
+                Err(e) if attempt < ATTEMPTS => {
+                    eprintln!("etcd did not start ({e:#}); starting it again on new ports");
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(e.context(format!("etcd did not start in {ATTEMPTS} attempts")))
+                }
+            }
+        }
+    }
+
+    async fn start_once(etcd: &Path, members: usize) -> anyhow::Result<EtcdCluster> {
         let dir = tempfile::tempdir()?;
         let mut peers = Vec::new();
         let mut clients = Vec::new();
@@ -357,7 +377,18 @@ impl EtcdCluster {
             cluster.children.push((format!("e{}", i + 1), child));
         }
         for i in 0..members {
-            cluster.wait_serving(i, "bench-health").await?;
+            if let Err(e) = cluster.wait_serving(i, "bench-health").await {
+                // The member's log goes with its data dir when `cluster` drops: keep its end.
+                let log =
+                    std::fs::read_to_string(cluster.dir.path().join(format!("e{}.log", i + 1)))
+                        .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                return Err(e.context(format!(
+                    "member e{} log ends: {}",
+                    i + 1,
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                )));
+            }
         }
         Ok(cluster)
     }
