@@ -382,12 +382,9 @@ impl EtcdCluster {
                 let log =
                     std::fs::read_to_string(cluster.dir.path().join(format!("e{}.log", i + 1)))
                         .unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(3).collect();
-                return Err(e.context(format!(
-                    "member e{} log ends: {}",
-                    i + 1,
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                )));
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(3)..];
+                return Err(e.context(format!("member e{} log ends: {}", i + 1, tail.join(" | "))));
             }
         }
         Ok(cluster)

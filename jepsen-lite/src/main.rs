@@ -443,8 +443,6 @@ async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
             );
         }
     }
-    let row_name =
-        |result: Option<&bench::CellResult>| result.map_or(String::new(), |r| label(&r.shape));
     println!("{}", bench::table_header());
     let mut results: Vec<bench::CellResult> = Vec::new();
     let mut memory_by_round = Vec::new();
@@ -470,11 +468,7 @@ async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
                 }
                 println!(
                     "{}",
-                    bench::format_row(
-                        &row_name(row[0].as_ref().or(row[1].as_ref())),
-                        row[0].as_ref(),
-                        row[1].as_ref()
-                    )
+                    bench::format_row(&label(shape), row[0].as_ref(), row[1].as_ref())
                 );
                 results.extend(row.into_iter().flatten());
             }

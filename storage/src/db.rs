@@ -23,6 +23,8 @@ pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_RAFT_META: &str = "raft_meta";
 pub(crate) const CF_SM: &str = "sm";
 pub(crate) const CF_SNAPSHOT: &str = "snapshot";
+/// Every column family `open` creates.
+pub(crate) const COLUMN_FAMILIES: [&str; 4] = [CF_LOG, CF_RAFT_META, CF_SM, CF_SNAPSHOT];
 
 pub(crate) const KEY_VOTE: &[u8] = b"vote";
 pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
@@ -173,11 +175,7 @@ pub(crate) fn open(path: &Path, store: &StoreOptions) -> Result<DB> {
         cf_options.set_block_based_table_factory(&table);
         ColumnFamilyDescriptor::new(name, cf_options)
     };
-    let db = DB::open_cf_descriptors(
-        &options,
-        path,
-        [cf(CF_LOG), cf(CF_RAFT_META), cf(CF_SM), cf(CF_SNAPSHOT)],
-    )?;
+    let db = DB::open_cf_descriptors(&options, path, COLUMN_FAMILIES.map(cf))?;
     Ok(db)
 }
 

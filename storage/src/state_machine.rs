@@ -252,7 +252,7 @@ pub struct MemoryUsage {
     pub block_cache_bytes: u64,
     /// Of that, entries in use that cannot be evicted now (held by readers or iterators).
     pub block_cache_pinned_bytes: u64,
-    /// Memtables of both column families, active and immutable.
+    /// Memtables of every column family, active and immutable.
     pub memtable_bytes: u64,
     /// Open SST readers outside the cache (index and filter blocks are in the cache).
     pub table_readers_bytes: u64,
@@ -352,28 +352,27 @@ impl KvReader {
         unreachable!("the last attempt returns")
     }
 
+    /// RocksDB's integer `property` of column family `cf_name` (0 when it has none).
+    fn cf_property(&self, cf_name: &str, property: &str) -> Result<u64> {
+        Ok(self
+            .db
+            .property_int_value_cf(db::cf(&self.db, cf_name), property)?
+            .unwrap_or(0))
+    }
+
     /// What RocksDB holds in memory, from its own accounting.
     pub fn memory_usage(&self) -> Result<MemoryUsage> {
         let sum = |property: &str| -> Result<u64> {
-            let mut total = 0;
-            for name in [db::CF_LOG, CF_SM] {
-                total += self
-                    .db
-                    .property_int_value_cf(db::cf(&self.db, name), property)?
-                    .unwrap_or(0);
-            }
-            Ok(total)
+            db::COLUMN_FAMILIES
+                .iter()
+                .map(|name| self.cf_property(name, property))
+                .sum()
         };
-        // The block cache is shared by every column family: read it once.
-        let shared = |property: &str| -> Result<u64> {
-            Ok(self
-                .db
-                .property_int_value_cf(db::cf(&self.db, CF_SM), property)?
-                .unwrap_or(0))
-        };
+        // The block cache is shared by every column family: read it through one.
         Ok(MemoryUsage {
-            block_cache_bytes: shared("rocksdb.block-cache-usage")?,
-            block_cache_pinned_bytes: shared("rocksdb.block-cache-pinned-usage")?,
+            block_cache_bytes: self.cf_property(CF_SM, "rocksdb.block-cache-usage")?,
+            block_cache_pinned_bytes: self
+                .cf_property(CF_SM, "rocksdb.block-cache-pinned-usage")?,
             memtable_bytes: sum("rocksdb.cur-size-all-mem-tables")?,
             table_readers_bytes: sum("rocksdb.estimate-table-readers-mem")?,
         })
@@ -382,16 +381,8 @@ impl KvReader {
     /// How much room the store takes.
     pub fn disk_usage(&self) -> Result<DiskUsage> {
         let cf_bytes = |name: &str| -> Result<u64> {
-            let cf = db::cf(&self.db, name);
-            let sst = self
-                .db
-                .property_int_value_cf(cf, "rocksdb.total-sst-files-size")?
-                .unwrap_or(0);
-            let mem = self
-                .db
-                .property_int_value_cf(cf, "rocksdb.size-all-mem-tables")?
-                .unwrap_or(0);
-            Ok(sst + mem)
+            Ok(self.cf_property(name, "rocksdb.total-sst-files-size")?
+                + self.cf_property(name, "rocksdb.size-all-mem-tables")?)
         };
         let mut db_dir_bytes = 0;
         if let Ok(entries) = std::fs::read_dir(self.db.path()) {
