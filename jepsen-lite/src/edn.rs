@@ -224,6 +224,57 @@ fn atom(token: &str) -> Edn {
     }
 }
 
+/// `value` as EDN text in one canonical form: maps and sets sorted, single spaces. Two values
+/// that EDN considers equal (a map's entries in another order) give the same text.
+pub fn canonical(value: &Edn) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Edn, out: &mut String) {
+    use std::fmt::Write;
+    let seq = |items: &[Edn], open: &str, close: &str, sort: bool, out: &mut String| {
+        let mut texts: Vec<String> = items.iter().map(canonical).collect();
+        if sort {
+            texts.sort();
+        }
+        out.push_str(open);
+        out.push_str(&texts.join(" "));
+        out.push_str(close);
+    };
+    match value {
+        Edn::Nil => out.push_str("nil"),
+        Edn::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Edn::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Edn::Float(f) => {
+            let _ = write!(out, "{f:?}");
+        }
+        Edn::Str(s) => {
+            let _ = write!(out, "{s:?}");
+        }
+        Edn::Keyword(k) => {
+            let _ = write!(out, ":{k}");
+        }
+        Edn::Symbol(s) => out.push_str(s),
+        Edn::List(items) => seq(items, "(", ")", false, out),
+        Edn::Vector(items) => seq(items, "[", "]", false, out),
+        Edn::Set(items) => seq(items, "#{", "}", true, out),
+        Edn::Map(entries) => {
+            let mut texts: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!("{} {}", canonical(k), canonical(v)))
+                .collect();
+            texts.sort();
+            out.push('{');
+            out.push_str(&texts.join(" "));
+            out.push('}');
+        }
+    }
+}
+
 /// Sorted view of a map's keyword keys, for error messages.
 pub fn keys(value: &Edn) -> Vec<String> {
     match value {
@@ -272,5 +323,18 @@ mod tests {
         assert!(parse_all("{:a 1").is_err());
         assert!(parse_all("{:a}").is_err());
         assert!(parse_all(&"[".repeat(10_000)).is_err());
+    }
+
+    #[test]
+    fn canonical_text_ignores_map_and_set_order() {
+        let a = parse_all("{:b [1 \"x\"], :a #{2 1}}").unwrap();
+        let b = parse_all("{:a #{1 2} :b [1 \"x\"]}").unwrap();
+        assert_eq!(canonical(&a[0]), canonical(&b[0]));
+        assert_eq!(canonical(&a[0]), "{:a #{1 2} :b [1 \"x\"]}");
+        assert_eq!(canonical(&Edn::Keyword("ok".into())), ":ok");
+        assert_ne!(
+            canonical(&parse_all("[1 2]").unwrap()[0]),
+            canonical(&parse_all("[2 1]").unwrap()[0])
+        );
     }
 }

@@ -44,7 +44,9 @@ pub fn event(e: &Event) -> String {
             _,
         ) => (":put-if", format!("[{mod_index} {}]", value(written))),
     };
-    // A cas that did not apply is Jepsen's `:fail :cas`.
+    // A cas that did not apply is Jepsen's `:fail :cas`: in Jepsen's semantics "no effect",
+    // which is true of it (only weaker than what we saw); `check --failed-cas compare-failed`
+    // reads it back as the observation it was.
     let event_type = match (&e.output, event_type) {
         (Some(Output::Cas { applied: false, .. }), ":ok") => ":fail",
         (_, t) => t,
@@ -121,7 +123,13 @@ mod tests {
             },
         ];
         let text = history(&events);
-        let back = parse::parse_edn(&text).unwrap();
+        let jepsen = parse::parse_edn(&text, parse::FailedCas::NoEffect).unwrap();
+        assert_eq!(
+            jepsen.operations().unwrap().len(),
+            1,
+            "the failed cas is dropped"
+        );
+        let back = parse::parse_edn(&text, parse::FailedCas::CompareFailed).unwrap();
         assert_eq!(back.operations().unwrap().len(), 2);
         assert_eq!(
             back.events[1].output,

@@ -42,6 +42,10 @@ enum Command {
         /// Print the whole result as JSON.
         #[arg(long)]
         json: bool,
+        /// How a `:fail :cas` of a Jepsen history is read. Default: the format's own reading
+        /// (EDN: Jepsen's "did not happen", dropped; the console log: "compare failed").
+        #[arg(long, value_enum)]
+        failed_cas: Option<parse::FailedCas>,
     },
     /// Run a workload against a fresh real cluster under faults and check what clients saw.
     /// Exit code: 0 valid, 1 not valid, 2 unknown, 3 the harness itself failed.
@@ -302,6 +306,7 @@ fn main() -> ExitCode {
             model,
             time_limit_s,
             json,
+            failed_cas,
         } => {
             let text = match std::fs::read_to_string(&file) {
                 Ok(text) => text,
@@ -310,7 +315,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(3);
                 }
             };
-            let operations = match parse::parse(&text)
+            let operations = match parse::parse_with(&text, failed_cas)
                 .map_err(|e| e.to_string())
                 .and_then(|h| h.operations().map_err(|e| e.to_string()))
             {

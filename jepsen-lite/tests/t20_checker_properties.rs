@@ -275,3 +275,174 @@ fn t21_a_read_of_a_value_never_written_is_caught() {
         )
         .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
 }
+
+/// An EDN value of any shape Jepsen may log, for failed operations (which constrain nothing).
+fn arbitrary_edn() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("nil".to_string()),
+        (0u64..40).prop_map(|i| i.to_string()),
+        "[a-z]{1,6}".prop_map(|s| format!("\"{s}\"")),
+        "[a-z]{1,6}".prop_map(|s| format!(":{s}")),
+        (0u64..40, 0u64..40).prop_map(|(a, b)| format!("[{a} {b}]")),
+        (0u64..40).prop_map(|a| format!("{{:x {a} :y [1 2]}}")),
+        Just(":timed-out".to_string()),
+    ]
+}
+
+/// A failed operation to splice into a history: Jepsen's `:fail`, which did not take place.
+#[derive(Debug, Clone)]
+struct FailedOp {
+    /// Where in the history it goes (an index into the events, wrapped).
+    at: usize,
+    key: u8,
+    /// 0 read, 1 write, 2 cas.
+    f: u8,
+    /// For a cas, compare against a value the key held (`nil` or one written), so that reading
+    /// the failure as an observation ("the value was not FROM") would contradict the history.
+    from_written: bool,
+    value: String,
+    other: String,
+}
+
+fn failed_op() -> impl Strategy<Value = FailedOp> {
+    (
+        any::<usize>(),
+        0u8..3,
+        0u8..3,
+        any::<bool>(),
+        arbitrary_edn(),
+        arbitrary_edn(),
+    )
+        .prop_map(|(at, key, f, from_written, value, other)| FailedOp {
+            at,
+            key,
+            f,
+            from_written,
+            value,
+            other,
+        })
+}
+
+/// `value` as Jepsen writes a register value: an integer (our values are decimal numbers).
+fn edn_register_value(value: &Option<String>) -> String {
+    value.clone().unwrap_or_else(|| "nil".to_string())
+}
+
+/// One event as a Jepsen op map, with a `jepsen.independent` key (a keyword or a string) and a
+/// `:time`.
+fn jepsen_op_map(event: &Event, time_ns: u64, keyword_keys: bool) -> String {
+    let type_ = match event.event_type {
+        EventType::Invoke => ":invoke",
+        EventType::Ok => ":ok",
+        EventType::Fail => ":fail",
+        EventType::Info => ":info",
+    };
+    let (f, value) = match (&event.input, &event.output) {
+        (Input::Read, Some(Output::Read { value, .. })) => (":read", edn_register_value(value)),
+        (Input::Read, _) => (":read", "nil".to_string()),
+        (Input::Write { value }, _) => (":write", edn_register_value(value)),
+        (Input::Cas { from, to }, _) => (
+            ":cas",
+            format!("[{} {}]", edn_register_value(from), edn_register_value(to)),
+        ),
+        (Input::PutIf { .. }, _) => unreachable!("registers only"),
+    };
+    // A cas that returned false is, in Jepsen, a `:fail :cas`: it did not take place.
+    let type_ = match &event.output {
+        Some(Output::Cas { applied: false, .. }) => ":fail",
+        _ => type_,
+    };
+    let key = if keyword_keys {
+        format!(":{}", event.key)
+    } else {
+        format!("\"{}\"", event.key)
+    };
+    format!(
+        "{{:type {type_}, :f {f}, :value [{key} {value}], :process {}, :time {time_ns}, :index {time_ns}}}\n",
+        event.process
+    )
+}
+
+#[test]
+fn t22_failed_operations_of_any_shape_change_no_edn_verdict() {
+    let seed = seed();
+    println!("t22 seed: {seed} (replay with PROPTEST_RNG_SEED={seed})");
+    runner(seed)
+        .run(
+            &(
+                proptest::collection::vec(step(), 1..150),
+                proptest::collection::vec(failed_op(), 1..12),
+                any::<bool>(),
+            ),
+            |(steps, failed, keyword_keys)| {
+                let history = generate(&steps);
+                // Every value written to each key, and nil (a register never written), for the
+                // failed cas that compare against a value the key really held.
+                let mut held: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for e in &history.events {
+                    if let Input::Write { value: Some(v) } | Input::Cas { to: Some(v), .. } =
+                        &e.input
+                    {
+                        held.entry(e.key.clone()).or_default().push(v.clone());
+                    }
+                }
+                let mut lines: Vec<String> = history
+                    .events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| jepsen_op_map(e, i as u64 * 1000, keyword_keys))
+                    .collect();
+                lines.insert(
+                    0,
+                    "{:type :info, :f :start-partition, :value nil, :process :nemesis}\n".into(),
+                );
+                // Failed ops run as processes of their own (1000 and up), each invoked and
+                // failed back to back at a random point.
+                for (n, op) in failed.iter().enumerate() {
+                    let key = format!("k{}", op.key);
+                    let process = 1000 + n;
+                    let keyed = |v: &str| {
+                        if keyword_keys {
+                            format!("[:{key} {v}]")
+                        } else {
+                            format!("[\"{key}\" {v}]")
+                        }
+                    };
+                    let (f, invoke_value, fail_value) = match op.f {
+                        0 => (":read", keyed("nil"), keyed(&op.value)),
+                        1 => (":write", keyed(&op.value), keyed(&op.value)),
+                        _ => {
+                            let from = if op.from_written {
+                                let values = held.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+                                values
+                                    .get(op.at % (values.len() + 1))
+                                    .cloned()
+                                    .unwrap_or_else(|| "nil".to_string())
+                            } else {
+                                op.value.clone()
+                            };
+                            let pair = format!("[{from} {}]", op.other);
+                            (":cas", keyed(&pair), keyed(&pair))
+                        }
+                    };
+                    let at = op.at % (lines.len() + 1);
+                    lines.insert(
+                        at,
+                        format!(
+                            "{{:process {process}, :type :invoke, :f {f}, :value {invoke_value}}}\n{{:process {process}, :type :fail, :f {f}, :value {fail_value}, :error :compare-failed}}\n"
+                        ),
+                    );
+                }
+                let text: String = lines.concat();
+                let parsed = jepsen_lite::parse::parse(&text)
+                    .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+                let ops = parsed
+                    .operations()
+                    .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+                let result = check(&Register, &ops, OPTIONS);
+                prop_assert_eq!(result.verdict, Verdict::Linearizable, "history:\n{}", text);
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+}
