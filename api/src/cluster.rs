@@ -56,7 +56,7 @@ pub async fn cluster(State(state): State<Arc<NodeState>>) -> Response {
         .iter()
         .map(|(id, node)| {
             let status = statuses.get(id).cloned().flatten();
-            let applied = status.map(|s| s.applied_index);
+            let applied = status.as_ref().map(|s| s.applied_index);
             json!({
                 "id": id,
                 "api_addr": node.api_addr,
@@ -104,6 +104,9 @@ pub async fn health() -> Response {
 /// its last leader but has not heard from it) and has applied everything that leader had
 /// committed when it last heard.
 pub async fn ready(State(state): State<Arc<NodeState>>) -> Response {
+    if let Err(removed) = state.refuse_if_removed() {
+        return ApiError::Unavailable(removed.to_string()).into_response();
+    }
     let applied = match state.reader.applied_index() {
         Ok(applied) => applied,
         Err(e) => return ApiError::from(e).into_response(),

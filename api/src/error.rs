@@ -38,6 +38,9 @@ pub enum ApiError {
     /// A mirror is too far behind to be promoted; clears by itself as it catches up.
     #[error("{0}")]
     NotCaughtUp(String),
+    /// This node was removed from the cluster: it serves nothing any more; another member does.
+    #[error("{0}")]
+    Removed(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -77,6 +80,9 @@ impl ApiError {
             ApiError::NotCaughtUp(_) => {
                 (StatusCode::PRECONDITION_FAILED, "precondition_failed", true)
             }
+            // Nothing was done, and another member can serve it (the message names them); this
+            // node will answer the same for as long as it runs.
+            ApiError::Removed(_) => (StatusCode::GONE, "removed", true),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
         }
     }

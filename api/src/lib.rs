@@ -102,9 +102,17 @@ async fn front_door(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let timer = metrics::RequestTimer::start(&request);
-    let response = match door.in_flight.admit() {
-        Ok(_permit) => next.run(request).await,
-        Err(overloaded) => axum::response::IntoResponse::into_response(overloaded),
+    // A removed node answers every KV and cluster route (`/v1/...`) with 410 at once; /health,
+    // /ready (503) and /metrics still serve.
+    let removed = if request.uri().path().starts_with("/v1/") {
+        door.state.refuse_if_removed().err()
+    } else {
+        None
+    };
+    let response = match (removed, door.in_flight.admit()) {
+        (Some(removed), _) => axum::response::IntoResponse::into_response(removed),
+        (None, Ok(_permit)) => next.run(request).await,
+        (None, Err(overloaded)) => axum::response::IntoResponse::into_response(overloaded),
     };
     timer.finish(&door.state.metrics, response.status());
     response

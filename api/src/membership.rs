@@ -104,6 +104,7 @@ pub async fn change(state: &NodeState, change: MembershipChange) -> Result<u64, 
     let timeout = state.config.request_timeout() * MEMBERSHIP_TIMEOUT_FACTOR;
     let deadline = Instant::now() + timeout;
     loop {
+        state.refuse_if_removed()?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(ApiError::Timeout(format!(
@@ -264,9 +265,10 @@ pub async fn change_as_leader(
                 leader_removed = (id == state.id),
                 "removing a member"
             );
+            if id == state.id {
+                return remove_self(state, changes).await;
+            }
             // retain = false: a removed voter leaves the cluster instead of staying a mirror.
-            // A removed leader keeps leading until the new membership is committed, then steps
-            // down and the remaining voters elect a leader among themselves.
             state
                 .raft
                 .change_membership(changes, false)
@@ -274,7 +276,55 @@ pub async fn change_as_leader(
                 .map(|r| r.log_id.index)
         }
     };
-    result.map_err(|e| match e {
+    result.map_err(membership_error)
+}
+
+/// Remove this node, the leader, from the cluster without leaving any write's outcome open.
+///
+/// A removed leader keeps leading until the new membership is committed, then steps down, and
+/// an entry appended after the membership change would never be answered (`outcome: unknown`).
+/// So the write gate closes first: writes arriving from now on are refused before anything is
+/// appended (503 to a local client, `NotLeader` to a forwarding node: both safe to retry on
+/// another node), and the writes already admitted are answered before the change is proposed.
+/// If the change fails, the gate opens again.
+///
+/// The change runs in a task of its own: a requester that gives up (its deadline, a dropped
+/// connection) must not leave the gate closed while the change is still under way, nor open
+/// it while the change may still commit.
+async fn remove_self(
+    state: &NodeState,
+    changes: ChangeMembers<NodeId, NodeInfo>,
+) -> Result<u64, ForwardError> {
+    let gate = state.write_gate.clone();
+    let raft = state.raft.clone();
+    let drain_timeout = state.config.request_timeout();
+    let node_id = state.id;
+    let removal = tokio::spawn(async move {
+        let unanswered = gate.close(drain_timeout).await;
+        if unanswered > 0 {
+            gate.reopen();
+            return Err(ForwardError::Unavailable(format!(
+                "{unanswered} admitted writes were still unanswered after {} ms; the leader was not removed, retry",
+                drain_timeout.as_millis()
+            )));
+        }
+        let result = raft.change_membership(changes, false).await;
+        if result.is_err() {
+            gate.reopen();
+        }
+        tracing::info!(node_id, removed = result.is_ok(), "self-removal finished");
+        result.map(|r| r.log_id.index).map_err(membership_error)
+    });
+    removal.await.unwrap_or_else(|e| {
+        Err(ForwardError::Unavailable(format!(
+            "the removal task failed: {e}"
+        )))
+    })
+}
+
+/// openraft's answer to a membership change, as raft-net carries it back.
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ForwardError {
+    match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
             ForwardError::NotLeader {
                 leader: forward.leader_id,
@@ -288,5 +338,123 @@ pub async fn change_as_leader(
         )) => refused(Refusal::InvalidArgument, e.to_string()),
         // InProgress (another change is still being committed) and fatal errors: retryable.
         other => ForwardError::Unavailable(other.to_string()),
+    }
+}
+
+/// How long a removal probe waits for each member's status.
+const REMOVAL_PROBE_TIMEOUT_MS: u64 = 500;
+
+/// Watch for this node's removal from the cluster, until `stop`.
+///
+/// A removed node must not keep serving its old view (`GET /v1/cluster` listing the old
+/// members, reads waiting out their deadline for entries it will never receive). It learns of
+/// its removal in one of two ways:
+/// - its own log holds a committed membership that does not list it (a leader that removed
+///   itself; a follower that received the final membership);
+/// - it has not heard from a leader for a leader lease, and a member it knows reports a
+///   committed membership, newer than its own, that does not list it. The leader stops
+///   replicating to a removed node once the membership without it is in the leader's log, so
+///   a removed follower usually never receives that membership itself.
+///
+/// Only committed memberships count (index at most the reporting node's commit index): an
+/// uncommitted one may still be truncated away. Once removed, the node stands for no election
+/// and answers `410 removed` to every KV and cluster request (`NodeState::refuse_if_removed`),
+/// and `/ready` answers 503; it stays so until it stops. To come back, it joins as a new node.
+pub async fn watch_removal(state: Arc<NodeState>, stop: impl std::future::Future<Output = ()>) {
+    let lease = Duration::from_millis(state.lease.leader_lease_ms());
+    let mut metrics = state.raft.metrics();
+    let mut last_probe: Option<Instant> = None;
+    tokio::pin!(stop);
+    loop {
+        let evidence = match own_removal(&state) {
+            Some(removed) => Some(removed),
+            None if should_probe(&state, last_probe, lease) => {
+                last_probe = Some(Instant::now());
+                probe_removal(&state).await
+            }
+            None => None,
+        };
+        if let Some(removed) = evidence {
+            let members: Vec<NodeId> = removed.members.iter().map(|(id, _)| *id).collect();
+            tracing::error!(
+                node_id = state.id,
+                membership_index = removed.membership_index,
+                ?members,
+                "this node was removed from the cluster: it answers 410 to every KV and cluster request and stands for no election; to rejoin, start a new node (empty data dir, --join)"
+            );
+            state.raft.runtime_config().elect(false);
+            state.removed.send_replace(Some(removed));
+            return;
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = metrics.changed() => {}
+            _ = tokio::time::sleep(lease) => {}
+        }
+    }
+}
+
+/// This node's own log says it was removed: its membership is committed and does not list it.
+fn own_removal(state: &NodeState) -> Option<crate::state::Removed> {
+    let metrics = state.raft.metrics();
+    let metrics = metrics.borrow();
+    let index = metrics.membership_config.log_id().as_ref()?.index;
+    let membership = metrics.membership_config.membership();
+    if membership.get_node(&state.id).is_some() || index > state.committed_index() {
+        return None;
+    }
+    Some(crate::state::Removed {
+        membership_index: index,
+        members: membership
+            .nodes()
+            .map(|(id, node)| (*id, node.clone()))
+            .collect(),
     })
+}
+
+/// Probe the other members when this node has not heard from a leader within a lease, at
+/// most once a lease.
+fn should_probe(state: &NodeState, last_probe: Option<Instant>, lease: Duration) -> bool {
+    if state.is_leader() || last_probe.is_some_and(|at| at.elapsed() < lease) {
+        return false;
+    }
+    state
+        .contact
+        .last()
+        .is_none_or(|contact| contact.at.elapsed() >= lease)
+}
+
+/// Ask every member this node knows for its membership; evidence of removal if one reports a
+/// committed membership newer than ours that does not list this node.
+async fn probe_removal(state: &NodeState) -> Option<crate::state::Removed> {
+    let (own_index, members): (u64, Vec<(NodeId, NodeInfo)>) = {
+        let metrics = state.raft.metrics();
+        let metrics = metrics.borrow();
+        let own_index = metrics.membership_config.log_id().as_ref()?.index;
+        let members = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != state.id)
+            .map(|(id, node)| (*id, node.clone()))
+            .collect();
+        (own_index, members)
+    };
+    let timeout = Duration::from_millis(REMOVAL_PROBE_TIMEOUT_MS);
+    let asks = members
+        .iter()
+        .map(|(id, node)| async move { state.pool.client(*id, node).status(timeout).await });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .find(|status| {
+            status.membership_index > own_index
+                && status.membership_index <= status.commit_index
+                && !status.members.iter().any(|(id, _)| *id == state.id)
+        })
+        .map(|status| crate::state::Removed {
+            membership_index: status.membership_index,
+            members: status.members,
+        })
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use mirrorkv_raft_net::{AppHandler, ForwardError, MembershipChange, NodeStatus};
+use mirrorkv_raft_net::{AppHandler, ForwardError, MembershipChange, NodeStatus, ReadIndexKind};
 use mirrorkv_storage::{Command, Response};
 use tokio::time::Instant;
 
@@ -20,14 +20,17 @@ impl AppHandler for PeerService {
         write::apply_many_as_leader(&self.state, commands).await
     }
 
-    async fn read_index(&self, lease: bool) -> Result<u64, ForwardError> {
+    async fn read_index(&self, kind: ReadIndexKind) -> Result<u64, ForwardError> {
         let state = &self.state;
         if !state.is_leader() {
             return Err(ForwardError::NotLeader {
                 leader: state.leader(),
             });
         }
-        if lease {
+        if kind == ReadIndexKind::LeaderApplied {
+            return Ok(state.applied_index());
+        }
+        if kind == ReadIndexKind::Lease {
             if let Some(index) = state.lease_read_index().await {
                 return Ok(index);
             }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use mirrorkv_raft_net::ReadIndexKind;
 use mirrorkv_storage::Command;
 use tokio::time::Instant;
 
@@ -42,16 +43,21 @@ pub async fn prepare(
         ),
         ReadLevel::Linearizable => Some(state.read_index.read_index(state, deadline).await?),
         // Not batched: a lease answer must not serve a linearizable read.
-        ReadLevel::Lease => Some(read_index::one_round(state, true, deadline).await?),
+        ReadLevel::Lease => {
+            Some(read_index::one_round(state, ReadIndexKind::Lease, deadline).await?)
+        }
+        // The leader reads at once. Another node asks the leader (one hop over raft-net) what
+        // it has applied and serves the read itself once it has applied as much: the answer is
+        // what the leader had applied, or newer.
+        ReadLevel::Leader if state.is_leader() => None,
         ReadLevel::Leader => {
-            if !state.is_leader() {
+            if state.leader().is_none() {
                 return Err(ApiError::Unavailable(format!(
-                    "node {} is not the leader (leader: {}); `leader` reads are served by the leader",
-                    state.id,
-                    state.leader().map_or("unknown".to_string(), |l| l.to_string())
+                    "node {} knows no leader; a `leader` read needs one",
+                    state.id
                 )));
             }
-            None
+            Some(read_index::one_round(state, ReadIndexKind::LeaderApplied, deadline).await?)
         }
         ReadLevel::Stale => None,
     };
@@ -97,16 +103,16 @@ async fn wait_applied(state: &NodeState, index: u64, deadline: Instant) -> Resul
         return Ok(());
     }
     let remaining = deadline.saturating_duration_since(Instant::now());
-    state
-        .raft
-        .wait(Some(remaining))
-        .applied_index_at_least(Some(index), "read")
-        .await
-        .map_err(|_| {
+    // A removed node never applies what the cluster commits after its removal: it answers 410
+    // at once instead of waiting out the deadline.
+    let wait = state.raft.wait(Some(remaining));
+    tokio::select! {
+        applied = wait.applied_index_at_least(Some(index), "read") => applied.map(|_| ()).map_err(|_| {
             ApiError::Timeout(format!(
                 "this node did not apply index {index} within {} ms",
                 remaining.as_millis()
             ))
-        })?;
-    Ok(())
+        }),
+        removed = state.until_removed() => Err(removed),
+    }
 }

@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use mirrorkv_raft_net::ForwardError;
+use mirrorkv_raft_net::{ForwardError, ReadIndexKind};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -77,7 +77,7 @@ async fn run_rounds(state: &NodeState) {
             std::mem::take(&mut queue.waiting)
         };
         let deadline = Instant::now() + state.config.request_timeout();
-        let result = one_round(state, false, deadline)
+        let result = one_round(state, ReadIndexKind::Confirmed, deadline)
             .await
             .map_err(|e| e.to_string());
         for waiter in waiters {
@@ -87,15 +87,17 @@ async fn run_rounds(state: &NodeState) {
 }
 
 /// One leadership confirmation: on the leader a heartbeat round to a quorum; on a follower a
-/// `ReadIndex` request to the leader over raft-net. With `lease`, a leader holding its lease
-/// answers without a round, and a follower asks the leader to answer under its lease. Retries
-/// across leader changes until `deadline`.
+/// `ReadIndex` request to the leader over raft-net. With `Lease`, a leader holding its lease
+/// answers without a round, and a follower asks the leader to answer under its lease. With
+/// `LeaderApplied`, the leader answers its applied index without any check. Retries across
+/// leader changes until `deadline`.
 pub(crate) async fn one_round(
     state: &NodeState,
-    lease: bool,
+    kind: ReadIndexKind,
     deadline: Instant,
 ) -> Result<u64, ApiError> {
     loop {
+        state.refuse_if_removed()?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(ApiError::Unavailable(
@@ -104,8 +106,11 @@ pub(crate) async fn one_round(
         }
         match state.leader() {
             Some(leader) if leader == state.id => {
+                if kind == ReadIndexKind::LeaderApplied {
+                    return Ok(state.applied_index());
+                }
                 let term = state.term();
-                if lease {
+                if kind == ReadIndexKind::Lease {
                     if let Some(index) = state.lease_read_index().await {
                         return Ok(index);
                     }
@@ -134,7 +139,7 @@ pub(crate) async fn one_round(
                 }
             }
             Some(leader) => {
-                if let Some(index) = ask_leader(state, leader, lease, remaining).await {
+                if let Some(index) = ask_leader(state, leader, kind, remaining).await {
                     return Ok(index);
                 }
             }
@@ -152,24 +157,24 @@ pub(crate) async fn one_round(
 pub(crate) async fn ask_leader(
     state: &NodeState,
     leader: u64,
-    lease: bool,
+    kind: ReadIndexKind,
     timeout: Duration,
 ) -> Option<u64> {
     let node = state.member(leader)?;
     match state
         .pool
         .client(leader, &node)
-        .read_index(lease, timeout)
+        .read_index(kind, timeout)
         .await
     {
         Ok(Ok(index)) => Some(index),
         Ok(Err(ForwardError::NotLeader { .. })) => None,
         Ok(Err(e @ (ForwardError::Unavailable(_) | ForwardError::Refused { .. }))) => {
-            tracing::debug!(leader, lease, error = %e, "read index refused");
+            tracing::debug!(leader, ?kind, error = %e, "read index refused");
             None
         }
         Err(e) => {
-            tracing::debug!(leader, lease, error = %e, "read index request failed");
+            tracing::debug!(leader, ?kind, error = %e, "read index request failed");
             None
         }
     }
@@ -177,9 +182,9 @@ pub(crate) async fn ask_leader(
 
 /// The leader's read lease: after a leadership confirmation that started at `t`, no other node
 /// can become leader before `t + leader_lease` (openraft's followers refuse to vote while they
-/// heard from a leader within `leader_lease`, and a restarted node keeps raft-net closed for
-/// that long, see node/DESIGN.md), so until then minus a clock-drift margin the leader may
-/// serve reads from local state without asking a quorum.
+/// heard from a leader within `leader_lease`, and a restarted node refuses every vote and
+/// stands for no election for that long, see node/DESIGN.md), so until then minus a
+/// clock-drift margin the leader may serve reads from local state without asking a quorum.
 pub struct Lease {
     config: LeaseConfig,
     held: Mutex<Option<HeldLease>>,

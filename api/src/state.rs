@@ -1,7 +1,7 @@
 //! `NodeState`: what every handler needs — the Raft handle, the local reader, the peer pool —
 //! and small views of the node's Raft state.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,13 +78,26 @@ pub struct NodeState {
     pub lease: Lease,
     /// Request counters and latency histograms (`GET /metrics`).
     pub metrics: crate::metrics::Metrics,
-    /// Admission of client writes to this node's Raft log while it leads.
-    pub write_gate: WriteGate,
+    /// Admission of client writes to this node's Raft log while it leads (shared with a
+    /// self-removal, which must finish even if its requester gives up).
+    pub write_gate: Arc<WriteGate>,
     /// Groups concurrent writes into one log entry while this node leads.
     pub write_batcher: crate::write::WriteBatcher,
     /// Sends the writes this node receives while it does not lead to the leader, many to a
     /// frame.
     pub forwarder: crate::write::Forwarder,
+    /// Set once this node learns that it was removed from the cluster
+    /// (`membership::watch_removal`); never cleared.
+    pub removed: tokio::sync::watch::Sender<Option<Removed>>,
+}
+
+/// What a removed node knows of the cluster it left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// The log index of the membership that no longer lists this node.
+    pub membership_index: u64,
+    /// The members of that membership.
+    pub members: Vec<(NodeId, NodeInfo)>,
 }
 
 /// Admission of client writes on a leader that may be leaving (shutting down, or removing
@@ -102,7 +115,9 @@ pub struct NodeState {
 /// `order`, and `close` takes the write side.
 #[derive(Debug, Default)]
 pub struct WriteGate {
-    closed: AtomicBool,
+    /// Closes not yet undone by `reopen`: a failed self-removal reopens only its own close,
+    /// never a shutdown's.
+    closes: AtomicUsize,
     in_flight: AtomicUsize,
     order: tokio::sync::RwLock<()>,
 }
@@ -118,7 +133,7 @@ impl Drop for Admitted<'_> {
 
 impl WriteGate {
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.closes.load(Ordering::Acquire) > 0
     }
 
     /// Run `enqueue` (which must hand the write to openraft and return without waiting for
@@ -141,7 +156,7 @@ impl WriteGate {
     pub async fn close(&self, timeout: Duration) -> usize {
         {
             let _order = self.order.write().await;
-            self.closed.store(true, Ordering::Release);
+            self.closes.fetch_add(1, Ordering::AcqRel);
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -153,9 +168,13 @@ impl WriteGate {
         }
     }
 
-    /// Admit writes again (a self-removal that did not happen).
+    /// Undo one `close` (a self-removal that did not happen). The gate admits writes again
+    /// once every close has been undone.
     pub fn reopen(&self) {
-        self.closed.store(false, Ordering::Release);
+        let undone = self
+            .closes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        debug_assert!(undone.is_ok(), "reopen without a close");
     }
 }
 
@@ -177,6 +196,57 @@ impl NodeState {
             .ok()?;
         let lease_index = self.lease.valid(self.term())?;
         Some(lease_index.max(committed))
+    }
+
+    /// Refuse with `410 removed` once this node knows it was removed from the cluster.
+    pub fn refuse_if_removed(&self) -> Result<(), crate::ApiError> {
+        match &*self.removed.borrow() {
+            None => Ok(()),
+            Some(removed) => Err(self.removed_error(removed)),
+        }
+    }
+
+    /// `410 removed`, naming the members this node knows.
+    pub fn removed_error(&self, removed: &Removed) -> crate::ApiError {
+        let members: Vec<String> = removed
+            .members
+            .iter()
+            .map(|(id, node)| format!("{id} (api {})", node.api_addr))
+            .collect();
+        crate::ApiError::Removed(format!(
+            "node {} was removed from the cluster (membership at log index {}); ask a member: {}",
+            self.id,
+            removed.membership_index,
+            if members.is_empty() {
+                "none known".to_string()
+            } else {
+                members.join(", ")
+            }
+        ))
+    }
+
+    /// Resolves once this node learns it was removed, with the error to answer.
+    pub async fn until_removed(&self) -> crate::ApiError {
+        let mut receiver = self.removed.subscribe();
+        // The sender lives as long as this state, so waiting fails only if it is gone.
+        let removed: Option<Removed> = receiver
+            .wait_for(Option::is_some)
+            .await
+            .map(|removed| removed.clone())
+            .unwrap_or_default();
+        match removed {
+            Some(removed) => self.removed_error(&removed),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The last log index this node has applied, as openraft reports it.
+    pub fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |id| id.index)
     }
 
     /// The current Raft term as this node knows it.
@@ -234,6 +304,17 @@ impl NodeState {
             commit_index: self.committed_index(),
             term: metrics.current_term,
             leader: metrics.current_leader,
+            membership_index: metrics
+                .membership_config
+                .log_id()
+                .as_ref()
+                .map_or(0, |id| id.index),
+            members: metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, node)| (*id, node.clone()))
+                .collect(),
         }
     }
 
@@ -241,5 +322,43 @@ impl NodeState {
     pub async fn wait_for_change(&self, timeout: Duration) {
         let mut metrics = self.raft.metrics();
         let _ = tokio::time::timeout(timeout, metrics.changed()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_removal_does_not_reopen_a_shutdown_close() {
+        let gate = WriteGate::default();
+        assert!(gate.admit(async {}).await.is_some());
+        assert_eq!(
+            gate.close(Duration::ZERO).await,
+            0,
+            "the admitted write was answered"
+        );
+        assert!(gate.admit(async {}).await.is_none(), "closed for a removal");
+        gate.close(Duration::ZERO).await; // shutdown
+        gate.reopen(); // the removal failed
+        assert!(gate.is_closed(), "still closed for the shutdown");
+        assert!(gate.admit(async {}).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn close_waits_for_admitted_writes() {
+        let gate = std::sync::Arc::new(WriteGate::default());
+        let (admitted, ()) = gate.admit(async {}).await.expect("open");
+        let closing = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.close(Duration::from_secs(10)).await })
+        };
+        // Not answered yet: close keeps waiting.
+        tokio::task::yield_now().await;
+        assert!(!closing.is_finished());
+        drop(admitted);
+        assert_eq!(closing.await.unwrap(), 0);
+        gate.reopen();
+        assert!(!gate.is_closed());
     }
 }

@@ -299,6 +299,8 @@ pub async fn write(
     deadline: Instant,
 ) -> Result<Response, ApiError> {
     loop {
+        // Checked before every attempt: nothing is delivered from a removed node.
+        state.refuse_if_removed()?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             // Only reached when no attempt was ever delivered.

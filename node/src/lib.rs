@@ -165,7 +165,12 @@ pub async fn run(
         write_gate: Default::default(),
         write_batcher: mirrorkv_api::write::WriteBatcher::new(config.api.max_in_flight_requests),
         forwarder: mirrorkv_api::write::Forwarder::new(config.api.max_in_flight_requests),
+        removed: watch::channel(None).0,
     });
+    tokio::spawn(mirrorkv_api::membership::watch_removal(
+        state.clone(),
+        stopped(stop_rx.clone()),
+    ));
     tokio::spawn(mirrorkv_api::write::WriteBatcher::run(
         state.clone(),
         stopped(stop_rx.clone()),
@@ -193,11 +198,16 @@ pub async fn run(
     if restarted {
         raft.runtime_config().elect(false);
         tokio::spawn({
-            let raft = raft.clone();
+            let state = state.clone();
             let stop = stopped(stop_rx.clone());
             async move {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(votes_from.into()) => raft.runtime_config().elect(true),
+                    // A node that learned meanwhile that it was removed stays out of elections.
+                    _ = tokio::time::sleep_until(votes_from.into()) => {
+                        if state.removed.borrow().is_none() {
+                            state.raft.runtime_config().elect(true);
+                        }
+                    }
                     _ = stop => {}
                 }
             }

@@ -108,12 +108,28 @@ async fn t41_every_read_level_keeps_its_promise() {
         );
         assert!(got.header_u64("x-mirrorkv-index").unwrap() >= index2);
     }
-    // `leader` is served by the leader only.
+    // `leader` on the leader: its own state, no check.
     let got = get(&cluster, leader, "/v1/kv/promise?consistency=leader").await;
     assert_eq!((got.status, got.body.as_slice()), (200, &b"v2"[..]));
     assert_eq!(got.header_u64("x-mirrorkv-last-contact-ms"), Some(0));
-    let got = get(&cluster, a, "/v1/kv/promise?consistency=leader").await;
-    assert_eq!(got.status, 503);
+    assert_eq!(got.header_u64("x-mirrorkv-node"), Some(leader));
+    // On a follower: one hop asks the leader what it has applied; the follower serves the
+    // read itself once it has applied as much, and says so.
+    for id in [a, b] {
+        let got = get(&cluster, id, "/v1/kv/promise?consistency=leader").await;
+        assert_eq!(
+            (got.status, got.body.as_slice()),
+            (200, &b"v2"[..]),
+            "leader read through follower {id}"
+        );
+        assert_eq!(
+            got.header("x-mirrorkv-consistency").as_deref(),
+            Some("leader")
+        );
+        assert_eq!(got.header_u64("x-mirrorkv-node"), Some(id));
+        assert_eq!(got.header_u64("x-mirrorkv-leader"), Some(leader));
+        assert!(got.header_u64("x-mirrorkv-index").unwrap() >= index2);
+    }
     // A missing key is 404 with the index of the read.
     let got = get(&cluster, b, "/v1/kv/absent").await;
     assert_eq!(got.status, 404);
@@ -264,8 +280,9 @@ async fn t42_partitioned_follower_serves_old_stale_reads_and_never_old_lineariza
     assert_eq!(got.status, 503);
     assert_eq!(got.json()["error"]["code"], "stale_read");
     assert!(got.headers.contains_key("retry-after"));
-    // Linearizable, lease and strong reads: an error within the request timeout, never old data.
-    for level in ["linearizable", "lease", "strong"] {
+    // Linearizable, lease and strong reads, and `leader` reads (which need the leader's
+    // answer on a follower): an error within the request timeout, never old data.
+    for level in ["linearizable", "lease", "strong", "leader"] {
         let started = Instant::now();
         let got = get(&cluster, cut_off, &format!("/v1/kv/k?consistency={level}")).await;
         assert!(

@@ -807,3 +807,192 @@ mod prometheus_text {
         Ok(labels)
     }
 }
+
+/// The leader removes itself five times over (6 voters down to 1) while 8 clients write
+/// *through the leader* with idempotency keys, and keep doing so until it answers 410 and the
+/// others have a new leader. Its write gate closes before the change is proposed, so every
+/// client sees only refusals that are safe to retry (503 from the leaving leader, 410 once it
+/// is removed): no `outcome: unknown`, no other error that must not be retried, and no
+/// acknowledged write lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t66_leader_removing_itself_under_writes_through_it_leaves_no_unknown_outcome() {
+    const ROUNDS: usize = 5;
+    const WRITERS: usize = 8;
+    let mut cluster = Cluster::start(ROUNDS as u64 + 1, &[]).await;
+    let http = http();
+    for round in 0..ROUNDS {
+        let leader = cluster.wait_for_leader().await;
+        let staying: Vec<u64> = cluster
+            .running()
+            .into_iter()
+            .filter(|&id| id != leader)
+            .collect();
+        let writers: Vec<Writer> = (0..WRITERS)
+            .map(|w| {
+                Writer::start(
+                    &format!("rm{round}/{w}/"),
+                    vec![cluster.api(leader)],
+                    100_000,
+                    Duration::from_secs(120),
+                )
+            })
+            .collect();
+        let before = cluster_json(&http, &cluster.api(leader)).await["commit_index"]
+            .as_u64()
+            .unwrap_or(0);
+        wait_for("writes through the leader", DEADLINE, || async {
+            let info = cluster_json(&http, &cluster.api(leader)).await;
+            (info["commit_index"].as_u64()? > before + 30).then_some(())
+        })
+        .await;
+
+        // The leader is asked to remove itself.
+        let response = http
+            .delete(format!(
+                "{}/v1/cluster/members/{leader}",
+                cluster.api(leader)
+            ))
+            .send()
+            .await
+            .expect("remove request");
+        assert_eq!(
+            response.status(),
+            200,
+            "round {round}: {:?}",
+            response.text().await
+        );
+        // The writers keep writing through it (retrying its refusals) until it says it was
+        // removed and the others have a leader: the old code answered the write in flight at
+        // the removal `504 outcome: unknown` here, one per writer.
+        wait_for("the removed leader to answer 410", DEADLINE, || async {
+            let response = http
+                .get(format!("{}/v1/cluster", cluster.api(leader)))
+                .send()
+                .await
+                .ok()?;
+            (response.status() == 410).then_some(())
+        })
+        .await;
+        wait_for("a new leader among the others", DEADLINE, || async {
+            let info = cluster_json(&http, &cluster.api(staying[0])).await;
+            (info["leader"].as_u64()? != leader).then_some(())
+        })
+        .await;
+        for writer in &writers {
+            writer.set_endpoints(staying.iter().map(|&id| cluster.api(id)).collect());
+        }
+        // A removed node agrees on no leader: stop it before asking the others for theirs.
+        assert!(cluster.terminate(leader).await.success());
+        let new_leader = cluster.wait_for_leader().await;
+        assert_ne!(new_leader, leader);
+        let baseline = cluster_json(&http, &cluster.api(new_leader)).await["commit_index"]
+            .as_u64()
+            .unwrap_or(0);
+        wait_for("writes under the new leader", DEADLINE, || async {
+            let info = cluster_json(&http, &cluster.api(new_leader)).await;
+            (info["commit_index"].as_u64()? > baseline + 20).then_some(())
+        })
+        .await;
+        let mut reports = Vec::new();
+        for writer in writers {
+            reports.push(writer.finish().await);
+        }
+        let state = scan_all(
+            &http,
+            &cluster.api(new_leader),
+            &format!("rm{round}/"),
+            "linearizable",
+        )
+        .await;
+        for report in &reports {
+            // Fails on any `504 outcome: unknown` (not retryable) or other non-retryable error.
+            assert_no_acked_write_lost(report, &state);
+        }
+        let retried: usize = reports.iter().map(|r| r.retried).sum();
+        eprintln!("round {round}: leader {leader} removed, {retried} writes retried");
+    }
+}
+
+/// A removed follower says so at once: `410 removed` naming the members on every KV and
+/// cluster route, `/ready` 503, `/health` 200, instead of serving its old view or waiting out
+/// a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t67_a_removed_follower_answers_410_at_once() {
+    let cluster = Cluster::start(4, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let http = http();
+    let removed = cluster
+        .running()
+        .into_iter()
+        .find(|&id| id != leader)
+        .unwrap();
+    assert!(matches!(
+        cluster.put(leader, "before", b"1").await,
+        common::WriteOutcome::Ok { .. }
+    ));
+    let response = http
+        .delete(format!(
+            "{}/v1/cluster/members/{removed}",
+            cluster.api(leader)
+        ))
+        .send()
+        .await
+        .expect("remove request");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    // The cluster goes on without it.
+    assert!(matches!(
+        cluster.put(leader, "after", b"2").await,
+        common::WriteOutcome::Ok { .. }
+    ));
+    let api = cluster.api(removed);
+    wait_for("the removed node to answer 410", DEADLINE, || async {
+        let response = http.get(format!("{api}/v1/kv/before")).send().await.ok()?;
+        (response.status() == 410).then_some(())
+    })
+    .await;
+    for (method, path) in [
+        ("GET", "/v1/kv/before?consistency=stale"),
+        ("GET", "/v1/kv/after"),
+        ("PUT", "/v1/kv/x"),
+        ("GET", "/v1/kv?prefix=b"),
+        ("GET", "/v1/cluster"),
+        ("POST", "/v1/txn"),
+    ] {
+        let started = Instant::now();
+        let response = http
+            .request(method.parse().unwrap(), format!("{api}{path}"))
+            .body("{}")
+            .send()
+            .await
+            .expect("request");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{method} {path} answered at once"
+        );
+        assert_eq!(response.status(), 410, "{method} {path}");
+        let body: Value = response.json().await.expect("error JSON");
+        assert_eq!(body["error"]["code"], "removed", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("node {removed} was removed"))
+                && message.contains(&format!(
+                    "{leader} (api {})",
+                    cluster.nodes[&leader].api_addr
+                )),
+            "{message}"
+        );
+    }
+    let ready = http.get(format!("{api}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let health = http.get(format!("{api}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    // The members that stayed do not list it.
+    let info = cluster_json(&http, &cluster.api(leader)).await;
+    let ids: Vec<u64> = info["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert!(!ids.contains(&removed), "{info}");
+}

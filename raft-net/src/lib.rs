@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 pub use client::{PeerClient, PeerPool};
 pub use error::NetError;
-pub use message::{ForwardError, MembershipChange, NodeStatus, Refusal, RpcRequest, RpcResponse};
+pub use message::{
+    ForwardError, MembershipChange, NodeStatus, ReadIndexKind, Refusal, RpcRequest, RpcResponse,
+};
 pub use network::NetworkFactory;
 pub use server::AppHandler;
 
@@ -126,13 +128,13 @@ impl PeerClient {
         Ok(answers)
     }
 
-    /// Ask this peer (which should be the leader) for a read index (`lease`: under its lease).
+    /// Ask this peer (which should be the leader) for a read index of `kind`.
     pub async fn read_index(
         &self,
-        lease: bool,
+        kind: ReadIndexKind,
         timeout: Duration,
     ) -> Result<Result<u64, ForwardError>, NetError> {
-        let answer = self.call(&RpcRequest::ReadIndex { lease }, timeout).await?;
+        let answer = self.call(&RpcRequest::ReadIndex { kind }, timeout).await?;
         expect_answer!(answer, ReadIndex)
     }
 

@@ -17,15 +17,26 @@ pub enum RpcRequest {
     /// Client writes that a non-leader forwards to the node it believes is leader: the writes
     /// it received meanwhile, in one frame. Each is applied (or refused) on its own.
     ClientWrites(Vec<Command>),
-    /// Ask the leader for a read index: the log index a linearizable read must wait for. With
-    /// `lease`, a leader holding a read lease answers without a quorum round.
+    /// Ask the leader for the log index a read at some level must wait for ([`ReadIndexKind`]).
     ReadIndex {
-        lease: bool,
+        kind: ReadIndexKind,
     },
     /// A membership change, forwarded to the node believed to be leader.
     Membership(MembershipChange),
     /// Ask a node for its own progress (for `GET /v1/cluster` on any node).
     Status,
+}
+
+/// What a read index must promise, by read level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadIndexKind {
+    /// `linearizable`: the leader's commit index after a leadership confirmation by a quorum
+    /// that started after the request arrived.
+    Confirmed,
+    /// `lease`: as `Confirmed`, but a leader holding its read lease answers without a round.
+    Lease,
+    /// `leader`: whatever the node that believes it leads has applied; no check at all.
+    LeaderApplied,
 }
 
 /// A change to the cluster's membership. The leader carries it out with openraft's joint
@@ -41,7 +52,7 @@ pub enum MembershipChange {
 }
 
 /// One node's own view of its progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub id: NodeId,
     pub applied_index: u64,
@@ -49,6 +60,10 @@ pub struct NodeStatus {
     pub commit_index: u64,
     pub term: u64,
     pub leader: Option<NodeId>,
+    /// The log index of the membership this node follows (0: none yet).
+    pub membership_index: u64,
+    /// Every member (voters and mirrors) of that membership, with its addresses.
+    pub members: Vec<(NodeId, NodeInfo)>,
 }
 
 /// Why a request was refused on its merits (retrying the same request does not help, except

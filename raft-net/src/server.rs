@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::error::NetError;
 use crate::frame;
-use crate::message::{ForwardError, MembershipChange, NodeStatus, RpcRequest, RpcResponse};
+use crate::message::{
+    ForwardError, MembershipChange, NodeStatus, ReadIndexKind, RpcRequest, RpcResponse,
+};
 use crate::{LeaderContact, NetConfig};
 
 /// The application side of raft-net: serves the requests that are not Raft's own.
@@ -24,10 +26,10 @@ pub trait AppHandler: Send + Sync + 'static {
         &self,
         commands: Vec<Command>,
     ) -> impl std::future::Future<Output = Vec<Result<Response, ForwardError>>> + Send;
-    /// Answer a read index (this node should be the leader).
+    /// Answer a read index of `kind` (this node should be the leader).
     fn read_index(
         &self,
-        lease: bool,
+        kind: ReadIndexKind,
     ) -> impl std::future::Future<Output = Result<u64, ForwardError>> + Send;
     /// Carry out a membership change forwarded by another node (this node should be leader).
     fn membership(
@@ -258,7 +260,7 @@ async fn handle<H: AppHandler>(
         RpcRequest::ClientWrites(commands) => {
             RpcResponse::ClientWrites(app.client_writes(commands).await)
         }
-        RpcRequest::ReadIndex { lease } => RpcResponse::ReadIndex(app.read_index(lease).await),
+        RpcRequest::ReadIndex { kind } => RpcResponse::ReadIndex(app.read_index(kind).await),
         RpcRequest::Membership(change) => RpcResponse::Membership(app.membership(change).await),
         RpcRequest::Status => RpcResponse::Status(app.status()),
     }
