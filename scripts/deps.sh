@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the system packages mirrorkv needs to build and test, when they are missing:
 # clang + libclang (RocksDB's bindings are generated with bindgen), protoc (the etcd client of
-# `jepsen-lite bench` compiles etcd's protobuf definitions), curl and python3 (scripts).
+# `jepsen-lite bench` compiles etcd's protobuf definitions), libfaketime (the `clock` nemesis
+# of jepsen-lite runs nodes with skewed clocks), curl and python3 (scripts).
 # Idempotent and quiet when everything is there.
 set -euo pipefail
 
@@ -9,6 +10,7 @@ missing=()
 dpkg -s clang >/dev/null 2>&1 || missing+=(clang)
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+dpkg -s libfaketime >/dev/null 2>&1 || missing+=(libfaketime)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -112,7 +112,8 @@ pub async fn change(state: &NodeState, change: MembershipChange) -> Result<u64, 
                 timeout.as_millis()
             )));
         }
-        let attempt: Option<Result<Result<u64, ForwardError>, NetError>> = match state.leader() {
+        let tried = state.leader();
+        let attempt: Option<Result<Result<u64, ForwardError>, NetError>> = match tried {
             Some(leader) if leader == state.id => {
                 match tokio::time::timeout(remaining, change_as_leader(state, change.clone())).await
                 {
@@ -149,7 +150,7 @@ pub async fn change(state: &NodeState, change: MembershipChange) -> Result<u64, 
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(RETRY_WAIT_MS));
-        state.wait_for_change(wait).await;
+        state.wait_for_leader_change(tried, wait).await;
     }
 }
 

@@ -104,7 +104,8 @@ pub(crate) async fn one_round(
                 "no leader confirmed a read index in time".into(),
             ));
         }
-        match state.leader() {
+        let tried = state.leader();
+        match tried {
             Some(leader) if leader == state.id => {
                 if kind == ReadIndexKind::LeaderApplied {
                     return Ok(state.applied_index());
@@ -148,7 +149,7 @@ pub(crate) async fn one_round(
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(RETRY_WAIT_MS));
-        state.wait_for_change(wait).await;
+        state.wait_for_leader_change(tried, wait).await;
     }
 }
 

@@ -318,10 +318,14 @@ impl NodeState {
         }
     }
 
-    /// Wait until the metrics change or `timeout` passes (a bounded wait used between retries).
-    pub async fn wait_for_change(&self, timeout: Duration) {
+    /// Wait until this node believes in another leader than `tried` or `timeout` passes (a
+    /// bounded wait between retries). Not any change of the metrics: those change on every
+    /// apply and every replication error, and a leader cut off from its quorum would retry in
+    /// a tight loop.
+    pub async fn wait_for_leader_change(&self, tried: Option<NodeId>, timeout: Duration) {
         let mut metrics = self.raft.metrics();
-        let _ = tokio::time::timeout(timeout, metrics.changed()).await;
+        let _ =
+            tokio::time::timeout(timeout, metrics.wait_for(|m| m.current_leader != tried)).await;
     }
 }
 

@@ -308,7 +308,8 @@ pub async fn write(
                 "no leader accepted the write in time".into(),
             ));
         }
-        let attempt = match state.leader() {
+        let tried = state.leader();
+        let attempt = match tried {
             Some(leader) if leader == state.id && state.write_gate.is_closed() => {
                 return Err(ApiError::Unavailable(format!(
                     "node {} is leaving (shutting down or removed); nothing was written, retry on another node",
@@ -367,7 +368,7 @@ pub async fn write(
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(RETRY_WAIT_MS));
-        state.wait_for_change(wait).await;
+        state.wait_for_leader_change(tried, wait).await;
     }
 }
 

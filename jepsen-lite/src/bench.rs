@@ -506,6 +506,7 @@ impl Stores {
                     node_args: BTreeMap::new(),
                     proxies: false,
                     dir: None,
+                    clock_rates: BTreeMap::new(),
                 })
                 .await?;
                 cluster.wait_for_leader().await?;

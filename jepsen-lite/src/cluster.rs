@@ -46,6 +46,9 @@ pub struct NodeProc {
     pub membership_args: Vec<String>,
     /// Flags for this node only, after the cluster's `extra_args`.
     pub own_args: Vec<String>,
+    /// The rate of this node's clocks (monotonic and wall) under libfaketime, if skewed:
+    /// 0.5 runs at half speed. Applies every time the node is started.
+    pub clock_rate: Option<f64>,
     child: Option<Child>,
     paused: bool,
 }
@@ -64,6 +67,31 @@ pub struct ClusterOptions {
     pub proxies: bool,
     /// Where data and logs go; a temporary folder (removed on drop) if `None`.
     pub dir: Option<PathBuf>,
+    /// Nodes whose clocks run at another rate (under libfaketime, [`libfaketime`]), by id.
+    pub clock_rates: BTreeMap<u64, f64>,
+}
+
+/// Where Debian's `libfaketime` package puts the library (`MIRRORKV_LIBFAKETIME` overrides).
+const LIBFAKETIME_PATHS: [&str; 2] = [
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+];
+
+/// The libfaketime library to preload into a node whose clock is skewed.
+pub fn libfaketime() -> Result<PathBuf, ClusterError> {
+    if let Some(path) = std::env::var_os("MIRRORKV_LIBFAKETIME") {
+        return Ok(PathBuf::from(path));
+    }
+    LIBFAKETIME_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            ClusterError::Misuse(
+                "libfaketime not found (Debian package libfaketime; scripts/deps.sh installs it), or set MIRRORKV_LIBFAKETIME"
+                    .into(),
+            )
+        })
 }
 
 pub struct Cluster {
@@ -275,6 +303,7 @@ impl Cluster {
                     log_path: dir.join(format!("node{id}.log")),
                     membership_args: Vec::new(),
                     own_args: options.node_args.get(&id).cloned().unwrap_or_default(),
+                    clock_rate: options.clock_rates.get(&id).copied().filter(|r| *r != 1.0),
                     child: None,
                     paused: false,
                 },
@@ -339,6 +368,7 @@ impl Cluster {
             log_path: self.dir.join(format!("node{id}.log")),
             membership_args,
             own_args: Vec::new(),
+            clock_rate: None,
             child: None,
             paused: false,
         };
@@ -373,7 +403,16 @@ impl Cluster {
             .iter()
             .filter(|((from, _), _)| *from == id)
             .flat_map(|((_, to), proxy)| ["--peer".to_string(), format!("{to}={}", proxy.addr)]);
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if let Some(rate) = node.clock_rate {
+            // Every clock of the process, CLOCK_MONOTONIC included (what leases and timers
+            // use), runs at `rate` from the moment it starts.
+            command
+                .env("LD_PRELOAD", libfaketime()?)
+                .env("FAKETIME", format!("+0 x{rate}"))
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "0");
+        }
+        let child = command
             .arg("--id")
             .arg(id.to_string())
             .arg("--data-dir")
@@ -457,6 +496,24 @@ impl Cluster {
         self.signal(id, "-CONT")?;
         self.nodes.get_mut(&id).expect("checked").paused = false;
         Ok(())
+    }
+
+    /// Run node `id` with its clocks at `rate` (under libfaketime) from its next start on;
+    /// `None`: the real clocks.
+    pub fn set_clock_rate(&mut self, id: u64, rate: Option<f64>) -> Result<(), ClusterError> {
+        if rate.is_some() {
+            libfaketime()?;
+        }
+        self.nodes
+            .get_mut(&id)
+            .ok_or_else(|| ClusterError::Misuse(format!("no node {id}")))?
+            .clock_rate = rate;
+        Ok(())
+    }
+
+    /// The clock rate node `id` runs at, if skewed.
+    pub fn clock_rate(&self, id: u64) -> Option<f64> {
+        self.nodes.get(&id).and_then(|node| node.clock_rate)
     }
 
     pub fn is_paused(&self, id: u64) -> bool {

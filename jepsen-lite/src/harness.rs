@@ -248,8 +248,38 @@ async fn client(slot: u64, options: Arc<TestOptions>, ctx: ClientContext, record
     }
 }
 
+/// Restart every follower of the current leader with its clocks at `rate` (1.0: normal),
+/// one at a time so that the leader keeps its quorum; returns the leader.
+async fn restart_followers_at(cluster: &mut Cluster, rate: f64) -> Result<u64, ClusterError> {
+    let leader = cluster.wait_for_leader().await?;
+    for id in cluster.ids().into_iter().filter(|&id| id != leader) {
+        if cluster.is_paused(id) {
+            cluster.resume(id)?;
+        }
+        if cluster.running().contains(&id) {
+            cluster.kill(id)?;
+        }
+        cluster.set_clock_rate(id, (rate != 1.0).then_some(rate))?;
+        cluster.restart(id).await?;
+    }
+    Ok(leader)
+}
+
 async fn apply_fault(cluster: &mut Cluster, fault: &Fault) -> Result<(), ClusterError> {
     match fault {
+        Fault::ClockSkew {
+            followers_rate_permille,
+        } => {
+            let rate = *followers_rate_permille as f64 / 1000.0;
+            let leader = restart_followers_at(cluster, rate).await?;
+            let others: Vec<u64> = cluster
+                .ids()
+                .into_iter()
+                .filter(|&id| id != leader)
+                .collect();
+            eprintln!("nemesis: followers {others:?} of leader {leader} now run at {rate}x; cutting the leader off");
+            cluster.partition(&[vec![leader], others])
+        }
         Fault::Kill(id) => cluster.kill(*id),
         Fault::Pause(id) => cluster.pause(*id),
         Fault::Delay {
@@ -308,12 +338,27 @@ async fn heal_fault(cluster: &mut Cluster, fault: &Fault) -> Result<(), ClusterE
             cluster.heal();
             Ok(())
         }
+        Fault::ClockSkew { .. } => {
+            cluster.heal();
+            for id in cluster.ids() {
+                if cluster.clock_rate(id).is_some() {
+                    cluster.kill(id)?;
+                    cluster.set_clock_rate(id, None)?;
+                    cluster.restart(id).await?;
+                }
+            }
+            Ok(())
+        }
     }
 }
 
 /// Run one test. Errors are harness failures (exit code 3), never verdicts.
 pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
     std::fs::create_dir_all(&options.out)?;
+    if options.nemesis == NemesisKind::Clock {
+        // Fail before the run, not in its middle, if the library is missing.
+        crate::cluster::libfaketime()?;
+    }
     let options = Arc::new(options);
     let mut cluster = Cluster::start(ClusterOptions {
         bin: options.bin.clone(),
@@ -331,6 +376,7 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
         node_args: Default::default(),
         proxies: true,
         dir: Some(options.out.join("nodes")),
+        clock_rates: Default::default(),
     })
     .await?;
     cluster.wait_for_leader().await?;

@@ -14,7 +14,13 @@ pub enum NemesisKind {
     Partition,
     /// Added latency and jitter on every link.
     Delay,
+    /// Every kind above, one at a time.
     All,
+    /// Clocks that run at other rates: every follower of the leader is restarted under
+    /// libfaketime at 4× or 0.25× the leader's rate (seeded), then the leader is cut off
+    /// ([`Fault::ClockSkew`]). `lease` reads assume clock rates differ by less than the lease
+    /// margin, so this nemesis makes them fail by design; it is not part of `All`.
+    Clock,
 }
 
 /// How a partition splits the nodes.
@@ -49,7 +55,19 @@ pub enum Fault {
         latency_ms: u64,
         jitter_ms: u64,
     },
+    /// Restart every follower of the current leader with its clocks (monotonic included) at
+    /// `followers_rate_permille`/1000 of real time, then cut the leader off. Faster followers
+    /// are the leader's clock running slow relative to theirs: they stop honouring its lease
+    /// before it stops serving under it. Slower ones are the safe direction. Healing cuts
+    /// nothing and restarts them at the normal rate.
+    ClockSkew {
+        followers_rate_permille: u64,
+    },
 }
+
+/// The followers' clock rates of the clock nemesis, in permille: 4× (unsafe for `lease`) and
+/// 0.25× (safe).
+pub const CLOCK_RATES_PERMILLE: [u64; 2] = [4000, 250];
 
 /// A fault held from `start_ms` for `duration_ms` (then healed), relative to the test's start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -75,6 +93,26 @@ pub fn schedule(kind: NemesisKind, nodes: u64, time_limit_ms: u64, seed: u64) ->
             break;
         }
         let kind = match kind {
+            // Under skewed clocks, what exposes a lease that outlives its leader: the leader
+            // cut off from the others, again and again, so that leadership passes between
+            // nodes whose clocks disagree.
+            NemesisKind::Clock => {
+                // Restarting the followers takes a few seconds of the window.
+                let duration_ms = duration_ms + 3000;
+                if at_ms + duration_ms + 500 > time_limit_ms {
+                    break;
+                }
+                windows.push(Window {
+                    start_ms: at_ms,
+                    duration_ms,
+                    fault: Fault::ClockSkew {
+                        followers_rate_permille: CLOCK_RATES_PERMILLE
+                            [rng.random_range(0..CLOCK_RATES_PERMILLE.len())],
+                    },
+                });
+                at_ms += duration_ms + rng.random_range(1000..3000);
+                continue;
+            }
             NemesisKind::All => [
                 NemesisKind::Kill,
                 NemesisKind::Pause,
@@ -133,6 +171,7 @@ mod tests {
             NemesisKind::Pause,
             NemesisKind::Partition,
             NemesisKind::All,
+            NemesisKind::Clock,
         ] {
             let a = schedule(kind, 5, 60_000, 7);
             assert_eq!(a, schedule(kind, 5, 60_000, 7));
@@ -152,5 +191,20 @@ mod tests {
             schedule(NemesisKind::All, 5, 60_000, 8)
         );
         assert!(schedule(NemesisKind::None, 5, 60_000, 7).is_empty());
+    }
+
+    #[test]
+    fn clock_windows_skew_both_ways() {
+        let windows = schedule(NemesisKind::Clock, 3, 120_000, 7);
+        let rates: std::collections::BTreeSet<u64> = windows
+            .iter()
+            .map(|w| match w.fault {
+                Fault::ClockSkew {
+                    followers_rate_permille,
+                } => followers_rate_permille,
+                ref other => panic!("not a clock fault: {other:?}"),
+            })
+            .collect();
+        assert_eq!(rates.len(), 2, "both directions: {windows:?}");
     }
 }

@@ -56,6 +56,7 @@ impl Cluster {
                 .collect(),
             proxies,
             dir: None,
+            clock_rates: Default::default(),
         };
         Cluster(ok(jepsen_lite::cluster::Cluster::start(options).await))
     }
