@@ -44,6 +44,7 @@ rm -rf "$out"
 mkdir -p "$out"
 failed=0
 started=$(date +%s)
+commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
 # run WORKLOAD NEMESIS LEVEL
 run() {
   local workload=$1 nemesis=$2 level=$3
@@ -95,7 +96,6 @@ for line in open(os.path.join(out, "runs.txt")):
     else:
         print(f"{workload:<9} {nemesis:<10} {level:<13} {verdict:<24} (no results: see {name}.log)")
 PY
-commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
 echo "seed $seed, $nodes nodes, ${seconds} s a run, --rate $rate --concurrency $concurrency, commit $commit, $(( $(date +%s) - started )) s in all"
 echo "histories, logs and reproduce commands under $out"
 exit $failed
