@@ -358,16 +358,21 @@ const REMOVAL_PROBE_TIMEOUT_MS: u64 = 500;
 ///   a removed follower usually never receives that membership itself.
 ///
 /// Only committed memberships count (index at most the reporting node's commit index): an
-/// uncommitted one may still be truncated away. Once removed, the node stands for no election
+/// uncommitted one may still be truncated away. And only once this node has been a member: a
+/// node that joins installs a snapshot whose membership predates it, and must not take that
+/// for its removal (t61 caught exactly that). Once removed, the node stands for no election
 /// and answers `410 removed` to every KV and cluster request (`NodeState::refuse_if_removed`),
 /// and `/ready` answers 503; it stays so until it stops. To come back, it joins as a new node.
 pub async fn watch_removal(state: Arc<NodeState>, stop: impl std::future::Future<Output = ()>) {
     let lease = Duration::from_millis(state.lease.leader_lease_ms());
     let mut metrics = state.raft.metrics();
     let mut last_probe: Option<Instant> = None;
+    let mut was_member = false;
     tokio::pin!(stop);
     loop {
+        was_member = was_member || is_member(&state);
         let evidence = match own_removal(&state) {
+            _ if !was_member => None,
             Some(removed) => Some(removed),
             None if should_probe(&state, last_probe, lease) => {
                 last_probe = Some(Instant::now());
@@ -393,6 +398,17 @@ pub async fn watch_removal(state: Arc<NodeState>, stop: impl std::future::Future
             _ = tokio::time::sleep(lease) => {}
         }
     }
+}
+
+/// This node's membership (committed or not) lists it.
+fn is_member(state: &NodeState) -> bool {
+    let metrics = state.raft.metrics();
+    let metrics = metrics.borrow();
+    metrics
+        .membership_config
+        .membership()
+        .get_node(&state.id)
+        .is_some()
 }
 
 /// This node's own log says it was removed: its membership is committed and does not list it.
