@@ -55,9 +55,9 @@ run() {
     --nemesis "$nemesis" --consistency "$level" --seed "$seed" --out "$dir" > "$dir.log" 2>&1 || code=$?
   if [ "$nemesis-$level" = clock-lease ]; then
     # Expected to be caught (see the header); only a harness failure fails the suite.
-    [ "$code" -eq 3 ] && failed=1
+    if [ "$code" -eq 3 ]; then failed=1; fi
   else
-    [ "$code" -eq 0 ] || failed=1
+    if [ "$code" -ne 0 ]; then failed=1; fi
   fi
   echo "$workload $nemesis $level $code" >> "$out/runs.txt"
   grep '^reproduce:' "$dir.log" >> "$out/reproduce.txt" || true
