@@ -207,6 +207,8 @@ fn precondition(headers: &HeaderMap, allow_absent: bool) -> Result<Precondition,
         (Some(_), Some(_)) => Err(ApiError::InvalidArgument(
             "use If-Match or If-None-Match, not both".into(),
         )),
+        // HTTP's `If-Match: *`: the key exists, whatever its version.
+        (Some(tag), None) if tag == "*" => Ok(Precondition::Exists),
         (Some(tag), None) => {
             let digits = tag.trim_start_matches("W/").trim_matches('"');
             digits
@@ -214,7 +216,7 @@ fn precondition(headers: &HeaderMap, allow_absent: bool) -> Result<Precondition,
                 .map(Precondition::ModIndex)
                 .map_err(|_| {
                     ApiError::InvalidArgument(format!(
-                        "If-Match must be a mod_index such as \"42\", got {tag}"
+                        "If-Match must be a mod_index such as \"42\", or *, got {tag}"
                     ))
                 })
         }

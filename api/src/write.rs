@@ -82,7 +82,7 @@ const MAX_COMMANDS_PER_ENTRY: usize = 128;
 /// frame; a single bigger command goes alone. With `max_body_bytes` (2 MiB) this keeps an entry
 /// under about 3 MiB, so that an AppendEntries of `max_payload_entries` of them stays under
 /// raft-net's frame limit.
-const MAX_BYTES_PER_ENTRY: usize = 1024 * 1024;
+pub const MAX_BYTES_PER_ENTRY: usize = 1024 * 1024;
 /// Entries of batched writes in flight at once; while one is, new writes queue up and form the
 /// next, bigger batch (the batch size adapts to the load; one client waits for nothing). One:
 /// every entry costs the cluster about as much CPU as 30 writes in it do (appending,

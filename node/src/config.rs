@@ -273,9 +273,36 @@ impl Flags {
         if api.max_connections == 0 || api.max_in_flight_requests == 0 {
             bail!("max_connections and max_in_flight_requests must be positive");
         }
+        if !(1..=MAX_REQUEST_TIMEOUT_MS).contains(&api.request_timeout_ms) {
+            bail!(
+                "request_timeout_ms must be between 1 and {MAX_REQUEST_TIMEOUT_MS} (ms), got {}",
+                api.request_timeout_ms
+            );
+        }
+        if api.max_value_bytes > api.max_body_bytes {
+            bail!(
+                "max_value_bytes ({}) must be at most max_body_bytes ({})",
+                api.max_value_bytes,
+                api.max_body_bytes
+            );
+        }
         let mut net = mirrorkv_raft_net::NetConfig::default();
         if let Some(max_frame_bytes) = flags.max_frame_bytes {
             net.max_frame_bytes = max_frame_bytes;
+        }
+        // The largest log entry: a batch of writes up to MAX_BYTES_PER_ENTRY, or one command as
+        // large as a request body goes alone. An AppendEntries carries up to
+        // MAX_PAYLOAD_ENTRIES of them and a forwarded frame one batch: both must fit a frame.
+        let largest_entry_bytes = (mirrorkv_api::write::MAX_BYTES_PER_ENTRY as u64)
+            .max((api.max_body_bytes + api.max_key_bytes) as u64 + ENTRY_OVERHEAD_BYTES);
+        if MAX_PAYLOAD_ENTRIES * largest_entry_bytes + ENTRY_OVERHEAD_BYTES
+            > u64::from(net.max_frame_bytes)
+        {
+            bail!(
+                "max_frame_bytes ({}) must hold {MAX_PAYLOAD_ENTRIES} log entries of up to {largest_entry_bytes} bytes (from max_body_bytes {}): raise max_frame_bytes or lower max_body_bytes",
+                net.max_frame_bytes,
+                api.max_body_bytes
+            );
         }
         let heartbeat_interval_ms = flags.heartbeat_interval_ms.unwrap_or(100);
         let election_timeout_min_ms = flags.election_timeout_min_ms.unwrap_or(500);
@@ -378,9 +405,49 @@ pub fn cluster_id(members: &BTreeMap<NodeId, NodeInfo>) -> String {
     format!("{hash:016x}")
 }
 
+/// Most log entries in one AppendEntries (openraft's `max_payload_entries`).
+pub const MAX_PAYLOAD_ENTRIES: u64 = 16;
+
+/// Room for an entry's framing and encoding besides its body, and for a frame's own.
+const ENTRY_OVERHEAD_BYTES: u64 = 64 * 1024;
+
+/// The longest `request_timeout_ms` accepted: an hour. Deadlines are `now + timeout`, and a
+/// timeout near `u64::MAX` ms would overflow the clock.
+pub const MAX_REQUEST_TIMEOUT_MS: u64 = 3_600_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_and_sizes_are_checked_against_each_other() {
+        let resolve = |extra: &str| {
+            let file: Flags = toml::from_str(&format!(
+                "id = 1\ndata_dir = \"/d\"\napi_addr = \"a:1\"\nraft_addr = \"r:1\"\n{extra}"
+            ))
+            .unwrap();
+            Flags::default()
+                .or(file)
+                .resolve()
+                .map_err(|e| e.to_string())
+        };
+        assert!(resolve("").is_ok(), "the defaults fit together");
+        let error = resolve("request_timeout_ms = 18446744073709551615").unwrap_err();
+        assert!(
+            error.contains("request_timeout_ms must be between 1 and 3600000"),
+            "{error}"
+        );
+        assert!(resolve("request_timeout_ms = 0").is_err());
+        assert!(resolve("request_timeout_ms = 3600000").is_ok());
+        let error = resolve("max_body_bytes = 8388608").unwrap_err();
+        assert!(
+            error.contains("raise max_frame_bytes or lower max_body_bytes"),
+            "{error}"
+        );
+        assert!(resolve("max_body_bytes = 8388608\nmax_frame_bytes = 268435456").is_ok());
+        let error = resolve("max_value_bytes = 4194304").unwrap_err();
+        assert!(error.contains("must be at most max_body_bytes"), "{error}");
+    }
 
     #[test]
     fn parses_initial_cluster_and_rejects_bad_specs() {

@@ -63,9 +63,10 @@ fn raft_config(config: &NodeConfig, cluster_id: &str) -> anyhow::Result<openraft
         // Keep a little log behind each snapshot so a briefly lagging follower catches up by
         // log instead of by a whole snapshot.
         max_in_snapshot_log_to_keep: (config.snapshot_threshold_entries / 10).min(1000),
-        // Bounded so that an AppendEntries stays under max_frame_bytes (64 MiB): the write
-        // batcher keeps an entry under about 3 MiB (api/src/write.rs, MAX_BYTES_PER_ENTRY).
-        max_payload_entries: 16,
+        // Bounded so that an AppendEntries stays under max_frame_bytes: the write batcher keeps
+        // an entry under about 3 MiB (api/src/write.rs, MAX_BYTES_PER_ENTRY), and the
+        // configuration checks the frame holds this many of the largest (config.rs).
+        max_payload_entries: config::MAX_PAYLOAD_ENTRIES,
         ..Default::default()
     };
     Ok(raft_config.validate()?)

@@ -145,6 +145,17 @@ async fn t41_every_read_level_keeps_its_promise() {
     .await;
     assert_eq!(got.status, 504);
     assert!(started.elapsed() < Duration::from_secs(9));
+    // If-Match: * is "the key exists, whatever its version".
+    let absent_url = format!("{}/v1/kv/never-written", cluster.api(b));
+    let response = cluster
+        .http
+        .put(&absent_url)
+        .header("if-match", "*")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 412, "If-Match: * on a missing key");
     // Conditional writes: If-Match / If-None-Match, 412 with the current mod_index.
     let url = format!("{}/v1/kv/promise", cluster.api(b));
     let response = cluster
@@ -190,6 +201,15 @@ async fn t41_every_read_level_keeps_its_promise() {
         .await
         .unwrap();
     assert_eq!(response.status(), 412);
+    let response = cluster
+        .http
+        .put(&url)
+        .header("if-match", "*")
+        .body("v4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "If-Match: * on a key that exists");
     let response = cluster.http.delete(&url).send().await.unwrap();
     assert_eq!(
         response.json::<Value>().await.unwrap()["deleted"],

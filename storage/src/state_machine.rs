@@ -711,6 +711,7 @@ fn check(
         Precondition::None => true,
         Precondition::ModIndex(m) => current == Some(m),
         Precondition::Absent => current.is_none(),
+        Precondition::Exists => current.is_some(),
     };
     Ok((!holds).then_some(CommandResult::PreconditionFailed { mod_index: current }))
 }

@@ -30,6 +30,9 @@ pub enum Precondition {
     ModIndex(u64),
     /// Apply only if the key does not exist (`If-None-Match: *`).
     Absent,
+    /// Apply only if the key exists, whatever its `mod_index` (`If-Match: *`). Last, so that
+    /// log entries written before it existed decode as before.
+    Exists,
 }
 
 /// A client write, as it is stored in the log and applied by every node.

@@ -30,6 +30,11 @@ enum Op {
         key: u8,
         value: Vec<u8>,
     },
+    /// `If-Match: *`: only if the key exists.
+    PutIfExists {
+        key: u8,
+        value: Vec<u8>,
+    },
     PutIfModIndex {
         key: u8,
         guess_current: bool,
@@ -73,6 +78,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (key.clone(), value.clone()).prop_map(|(key, value)| Op::Put { key, value }),
         2 => (key.clone(), value.clone()).prop_map(|(key, value)| Op::PutIfAbsent { key, value }),
+        1 => (key.clone(), value.clone()).prop_map(|(key, value)| Op::PutIfExists { key, value }),
         2 => (key.clone(), any::<bool>(), value).prop_map(|(key, guess_current, value)| Op::PutIfModIndex { key, guess_current, value }),
         3 => key.clone().prop_map(|key| Op::Delete { key }),
         1 => (key.clone(), any::<bool>()).prop_map(|(key, guess_current)| Op::DeleteIfModIndex { key, guess_current }),
@@ -219,6 +225,7 @@ impl Harness {
         let holds = match precondition {
             Precondition::None => true,
             Precondition::Absent => current.is_none(),
+            Precondition::Exists => current.is_some(),
             Precondition::ModIndex(m) => current.is_some_and(|r| r.mod_index == m),
         };
         (!holds).then(|| CommandResult::PreconditionFailed {
@@ -258,6 +265,11 @@ impl Harness {
                 key: key_name(key),
                 value,
                 precondition: Precondition::Absent,
+            },
+            Op::PutIfExists { key, value } => Command::Put {
+                key: key_name(key),
+                value,
+                precondition: Precondition::Exists,
             },
             Op::PutIfModIndex {
                 key,
