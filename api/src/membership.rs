@@ -282,8 +282,9 @@ pub async fn change_as_leader(
 
 /// Remove this node, the leader, from the cluster without leaving any write's outcome open.
 ///
-/// A removed leader keeps leading until the new membership is committed, then steps down, and
-/// an entry appended after the membership change would never be answered (`outcome: unknown`).
+/// A removed leader keeps leading until the new membership is committed, then steps down; a
+/// write it had appended but not yet answered by then is never answered by it (measured
+/// without the gate: one `504 outcome: unknown` for each client writing through it, t66).
 /// So the write gate closes first: writes arriving from now on are refused before anything is
 /// appended (503 to a local client, `NotLeader` to a forwarding node: both safe to retry on
 /// another node), and the writes already admitted are answered before the change is proposed.
