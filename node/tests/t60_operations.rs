@@ -90,6 +90,18 @@ async fn cluster_json(http: &reqwest::Client, api: &str) -> Value {
         .expect("cluster JSON")
 }
 
+/// Wait until the commit index that node `api` reports has grown by more than `entries`.
+async fn wait_for_commits(http: &reqwest::Client, api: &str, entries: u64, what: &str) {
+    let baseline = cluster_json(http, api).await["commit_index"]
+        .as_u64()
+        .unwrap_or(0);
+    wait_for(what, DEADLINE, || async {
+        let info = cluster_json(http, api).await;
+        (info["commit_index"].as_u64()? > baseline + entries).then_some(())
+    })
+    .await;
+}
+
 /// Test 1: a 3-node cluster with 100k keys grows a 4th node with `--join`; it catches up (by
 /// snapshot, then log), is checked key by key, is promoted, and then the *leader* is removed,
 /// while a client keeps writing. No acknowledged write is lost and the client sees no error that
@@ -219,13 +231,12 @@ async fn t61_join_100k_keys_promote_and_remove_the_leader_under_writes() {
     assert_ne!(new_leader, leader);
 
     // Let the client write through the new leader for a moment, then stop it.
-    let baseline = cluster_json(&http, &cluster.api(new_leader)).await["commit_index"]
-        .as_u64()
-        .unwrap_or(0);
-    wait_for("writes under the new leader", DEADLINE, || async {
-        let info = cluster_json(&http, &cluster.api(new_leader)).await;
-        (info["commit_index"].as_u64()? > baseline + 20).then_some(())
-    })
+    wait_for_commits(
+        &http,
+        &cluster.api(new_leader),
+        20,
+        "writes under the new leader",
+    )
     .await;
     let report = writer.finish().await;
 
@@ -837,14 +848,7 @@ async fn t66_leader_removing_itself_under_writes_through_it_leaves_no_unknown_ou
                 )
             })
             .collect();
-        let before = cluster_json(&http, &cluster.api(leader)).await["commit_index"]
-            .as_u64()
-            .unwrap_or(0);
-        wait_for("writes through the leader", DEADLINE, || async {
-            let info = cluster_json(&http, &cluster.api(leader)).await;
-            (info["commit_index"].as_u64()? > before + 30).then_some(())
-        })
-        .await;
+        wait_for_commits(&http, &cluster.api(leader), 30, "writes through the leader").await;
 
         // The leader is asked to remove itself.
         let response = http
@@ -885,13 +889,12 @@ async fn t66_leader_removing_itself_under_writes_through_it_leaves_no_unknown_ou
         assert!(cluster.terminate(leader).await.success());
         let new_leader = cluster.wait_for_leader().await;
         assert_ne!(new_leader, leader);
-        let baseline = cluster_json(&http, &cluster.api(new_leader)).await["commit_index"]
-            .as_u64()
-            .unwrap_or(0);
-        wait_for("writes under the new leader", DEADLINE, || async {
-            let info = cluster_json(&http, &cluster.api(new_leader)).await;
-            (info["commit_index"].as_u64()? > baseline + 20).then_some(())
-        })
+        wait_for_commits(
+            &http,
+            &cluster.api(new_leader),
+            20,
+            "writes under the new leader",
+        )
         .await;
         let mut reports = Vec::new();
         for writer in writers {
