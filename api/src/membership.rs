@@ -393,9 +393,12 @@ pub async fn watch_removal(state: Arc<NodeState>, stop: impl std::future::Future
             state.removed.send_replace(Some(removed));
             return;
         }
+        // Woken by a new membership, not by every metrics change (those come with every
+        // apply); the lease-long sleep paces the probe.
+        let seen = *metrics.borrow().membership_config.log_id();
         tokio::select! {
             _ = &mut stop => return,
-            _ = metrics.changed() => {}
+            _ = metrics.wait_for(|m| *m.membership_config.log_id() != seen) => {}
             _ = tokio::time::sleep(lease) => {}
         }
     }
