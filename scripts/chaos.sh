@@ -7,6 +7,7 @@
 # purpose, so that row is expected to be caught (it is reported, and does not fail the suite).
 #
 #   scripts/chaos.sh [SECONDS] [--nodes N] [--seed S] [--rate OPS_PER_S] [--concurrency N]
+#                    [--check-time-limit-s S]
 #
 # Nodes snapshot every 200 entries (jepsen-lite's default), so nodes that were killed or cut off
 # catch up through snapshot installs under the faults too; the table counts them.
@@ -20,13 +21,15 @@ nodes=5
 seed=$(date +%s)
 rate=100
 concurrency=5
+check_time_limit_s=120
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --concurrency) concurrency=$2; shift 2 ;;
-    *) echo "usage: scripts/chaos.sh [SECONDS] [--nodes N] [--seed S] [--rate OPS_PER_S] [--concurrency N]" >&2; exit 2 ;;
+    --check-time-limit-s) check_time_limit_s=$2; shift 2 ;;
+    *) echo "usage: scripts/chaos.sh [SECONDS] [--nodes N] [--seed S] [--rate OPS_PER_S] [--concurrency N] [--check-time-limit-s S]" >&2; exit 2 ;;
   esac
 done
 "$repo/scripts/deps.sh"
@@ -51,7 +54,7 @@ run() {
   local name=$workload-$nemesis-$level
   local dir=$out/$name code=0
   "$bin/jepsen-lite" test --nodes "$nodes" --time-limit "$seconds" \
-    --rate "$rate" --concurrency "$concurrency" --workload "$workload" \
+    --rate "$rate" --concurrency "$concurrency" --check-time-limit-s "$check_time_limit_s" --workload "$workload" \
     --nemesis "$nemesis" --consistency "$level" --seed "$seed" --out "$dir" > "$dir.log" 2>&1 || code=$?
   if [ "$nemesis-$level" = clock-lease ]; then
     # Expected to be caught (see the header); only a harness failure fails the suite.

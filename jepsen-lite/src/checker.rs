@@ -20,7 +20,8 @@ use crate::model::Model;
 pub enum Verdict {
     Linearizable,
     NotLinearizable,
-    /// The time limit passed (or another key's violation stopped the search) first.
+    /// The time limit or the memory bound passed (or another key's violation stopped the
+    /// search) first.
     Unknown,
 }
 
@@ -42,6 +43,20 @@ pub struct KeyResult {
     pub verdict: Verdict,
     pub operations: usize,
     pub violation: Option<Violation>,
+    /// Why the answer is `Unknown`, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gave_up: Option<GaveUp>,
+}
+
+/// What stopped a key's search before it had an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GaveUp {
+    TimeLimit,
+    /// The memo of visited (linearized set, state) pairs reached `max_states_per_key`.
+    StateLimit,
+    /// Another key was found not linearizable.
+    Stopped,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,13 +74,24 @@ pub struct CheckOptions {
     pub time_limit: Duration,
     /// Keys checked at once.
     pub threads: usize,
+    /// The memo of one key's search holds at most this many visited (linearized set, state)
+    /// pairs; past it the key's answer is `Unknown` (`state_limit`). This bounds memory: a
+    /// history with many open (`info`) writes on a key makes the memo grow exponentially in
+    /// them. About 100 bytes a state plus the linearized set (operations / 8 bytes), per
+    /// thread.
+    pub max_states_per_key: usize,
 }
+
+/// The default of `CheckOptions::max_states_per_key`: about 1 GB a thread for keys of a few
+/// hundred operations.
+pub const DEFAULT_MAX_STATES_PER_KEY: usize = 8_000_000;
 
 impl Default for CheckOptions {
     fn default() -> Self {
         Self {
             time_limit: Duration::from_secs(60),
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_states_per_key: DEFAULT_MAX_STATES_PER_KEY,
         }
     }
 }
@@ -95,9 +121,10 @@ pub fn check<M: Model>(model: &M, operations: &[Operation], options: CheckOption
                         verdict: Verdict::Unknown,
                         operations: ops.len(),
                         violation: None,
+                        gave_up: Some(GaveUp::Stopped),
                     }
                 } else {
-                    check_key(model, key, ops, deadline, &stop)
+                    check_key(model, key, ops, deadline, options.max_states_per_key, &stop)
                 };
                 if result.verdict == Verdict::NotLinearizable {
                     stop.store(true, Ordering::Relaxed);
@@ -161,6 +188,7 @@ fn check_key<M: Model>(
     key: &str,
     ops: &[&Operation],
     deadline: Instant,
+    max_states: usize,
     stop: &AtomicBool,
 ) -> KeyResult {
     let n = ops.len();
@@ -223,15 +251,27 @@ fn check_key<M: Model>(
         verdict,
         operations: n,
         violation,
+        gave_up: None,
+    };
+    let gave_up = |why| KeyResult {
+        gave_up: Some(why),
+        ..result(Verdict::Unknown, None)
     };
     loop {
         if ok_remaining == 0 {
             return result(Verdict::Linearizable, None);
         }
         steps += 1;
-        if steps.is_multiple_of(1024) && (Instant::now() > deadline || stop.load(Ordering::Relaxed))
-        {
-            return result(Verdict::Unknown, None);
+        if steps.is_multiple_of(1024) {
+            if stop.load(Ordering::Relaxed) {
+                return gave_up(GaveUp::Stopped);
+            }
+            if Instant::now() > deadline {
+                return gave_up(GaveUp::TimeLimit);
+            }
+        }
+        if cache.len() >= max_states {
+            return gave_up(GaveUp::StateLimit);
         }
         debug_assert!(
             cur != NONE,
@@ -315,11 +355,11 @@ mod tests {
         }
     }
 
-    /// Twenty overlapping writes whose outcome is unknown, then a read nobody could explain:
+    /// `writes` overlapping writes whose outcome is unknown, then a read nobody could explain:
     /// proving it impossible means trying every subset and order of the writes.
-    fn hard_history() -> Vec<Operation> {
+    fn hard_history(writes: u64) -> Vec<Operation> {
         let mut events = Vec::new();
-        for p in 0..20 {
+        for p in 0..writes {
             events.push(ev(
                 p,
                 EventType::Invoke,
@@ -339,7 +379,7 @@ mod tests {
                 mod_index: None,
             }),
         ));
-        for p in 0..20 {
+        for p in 0..writes {
             events.push(ev(
                 p,
                 EventType::Info,
@@ -357,11 +397,28 @@ mod tests {
         let options = CheckOptions {
             time_limit: Duration::ZERO,
             threads: 1,
+            max_states_per_key: DEFAULT_MAX_STATES_PER_KEY,
         };
-        assert_eq!(
-            check(&Register, &hard_history(), options).verdict,
-            Verdict::Unknown
-        );
+        let result = check(&Register, &hard_history(20), options);
+        assert_eq!(result.verdict, Verdict::Unknown);
+        assert_eq!(result.keys[0].gave_up, Some(GaveUp::TimeLimit));
+    }
+
+    #[test]
+    fn past_the_state_bound_the_answer_is_unknown_not_a_guess() {
+        let options = CheckOptions {
+            time_limit: Duration::from_secs(60),
+            threads: 1,
+            max_states_per_key: 1_000,
+        };
+        // 2^10 subsets of the writes, times the value each leaves: ~10k states to visit.
+        let result = check(&Register, &hard_history(10), options);
+        assert_eq!(result.verdict, Verdict::Unknown);
+        assert_eq!(result.keys[0].gave_up, Some(GaveUp::StateLimit));
+        // The same history with room to search has an answer.
+        let unbounded = check(&Register, &hard_history(10), CheckOptions::default());
+        assert_eq!(unbounded.verdict, Verdict::NotLinearizable);
+        assert_eq!(unbounded.keys[0].gave_up, None);
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub struct TestOptions {
     pub rate: u64,
     pub concurrency: u64,
     pub keys: u64,
+    /// About how many operations a register key sees before the key set rotates.
+    pub ops_per_key: u64,
+    /// The checker's budget at the end of a register run.
+    pub check_time_limit_s: u64,
     pub nemesis: NemesisKind,
     /// The read level clients use.
     pub consistency: String,
@@ -49,6 +53,19 @@ pub struct TestOptions {
     /// The nodes' `--snapshot-threshold-entries`: small, so that a run builds many snapshots
     /// and a node that was killed or cut off catches up through a snapshot install.
     pub snapshot_threshold_entries: u64,
+}
+
+impl TestOptions {
+    /// How long one set of register keys is used: enough for each key to see about
+    /// `ops_per_key` operations at `rate`, between 1 s and 5 s.
+    pub fn key_window_ms(&self) -> u64 {
+        (self
+            .ops_per_key
+            .saturating_mul(self.keys)
+            .saturating_mul(1000)
+            / self.rate.max(1))
+        .clamp(1000, 5000)
+    }
 }
 
 /// What a run found.
@@ -206,7 +223,7 @@ async fn client(slot: u64, options: Arc<TestOptions>, ctx: ClientContext, record
             break;
         }
         // A rotating window of keys: each key sees a burst of operations, then rests.
-        let epoch = recorder.started.elapsed().as_secs() / 5;
+        let epoch = recorder.started.elapsed().as_millis() as u64 / options.key_window_ms();
         let key = format!("r{}", epoch * options.keys + rng.below(options.keys));
         counter += 1;
         let input = match rng.below(4) {
@@ -519,7 +536,7 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
                 &KeyValue,
                 &operations,
                 CheckOptions {
-                    time_limit: Duration::from_secs(120),
+                    time_limit: Duration::from_secs(options.check_time_limit_s),
                     ..CheckOptions::default()
                 },
             );

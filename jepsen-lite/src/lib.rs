@@ -28,5 +28,5 @@ pub mod parse;
 pub mod report;
 pub mod workloads;
 
-pub use checker::{check, CheckOptions, CheckResult, Verdict};
+pub use checker::{check, CheckOptions, CheckResult, GaveUp, Verdict, DEFAULT_MAX_STATES_PER_KEY};
 pub use history::{Event, EventType, History, Input, Operation, Output};

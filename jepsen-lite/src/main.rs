@@ -39,6 +39,10 @@ enum Command {
         /// Give up (verdict unknown) after this long.
         #[arg(long, default_value_t = 60)]
         time_limit_s: u64,
+        /// Give up on a key (verdict unknown) once its search has memoized this many states:
+        /// bounds the checker's memory (about 100 bytes a state, per thread).
+        #[arg(long, default_value_t = jepsen_lite::DEFAULT_MAX_STATES_PER_KEY)]
+        max_states_per_key: usize,
         /// Print the whole result as JSON.
         #[arg(long)]
         json: bool,
@@ -62,9 +66,18 @@ enum Command {
         rate: u64,
         #[arg(long, default_value_t = 5)]
         concurrency: u64,
-        /// Keys written at a time (the set rotates every 5 s).
+        /// Keys written at a time. The set rotates every 5 s, or sooner at high rates so that
+        /// each key sees about `--ops-per-key` operations.
         #[arg(long, default_value_t = 3)]
         keys: u64,
+        /// About how many operations each register key sees before the set rotates (not
+        /// below 1 s a set). Open (`info`) writes make the check of a key exponential in
+        /// their number; bounding a key's operations keeps a long, fast run checkable.
+        #[arg(long, default_value_t = 200)]
+        ops_per_key: u64,
+        /// The checker's budget at the end of a register run; past it the verdict is unknown.
+        #[arg(long, default_value_t = 120)]
+        check_time_limit_s: u64,
         #[arg(long, value_enum, default_value = "register")]
         workload: Workload,
         #[arg(long, value_enum, default_value = "partition")]
@@ -225,6 +238,8 @@ fn main() -> ExitCode {
             rate,
             concurrency,
             keys,
+            ops_per_key,
+            check_time_limit_s,
             workload,
             nemesis,
             consistency,
@@ -247,6 +262,8 @@ fn main() -> ExitCode {
                 rate,
                 concurrency,
                 keys,
+                ops_per_key,
+                check_time_limit_s,
                 nemesis,
                 consistency: consistency.clone(),
                 seed,
@@ -255,7 +272,7 @@ fn main() -> ExitCode {
                 snapshot_threshold_entries,
             };
             let reproduce = format!(
-                "jepsen-lite test --nodes {nodes} --time-limit {time_limit} --rate {rate} --concurrency {concurrency} --keys {keys} --workload {} --nemesis {} --consistency {consistency} --seed {seed} --snapshot-threshold-entries {snapshot_threshold_entries} --out {}",
+                "jepsen-lite test --nodes {nodes} --time-limit {time_limit} --rate {rate} --concurrency {concurrency} --keys {keys} --ops-per-key {ops_per_key} --check-time-limit-s {check_time_limit_s} --workload {} --nemesis {} --consistency {consistency} --seed {seed} --snapshot-threshold-entries {snapshot_threshold_entries} --out {}",
                 workload.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()),
                 nemesis.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()),
                 out.display()
@@ -305,6 +322,7 @@ fn main() -> ExitCode {
             file,
             model,
             time_limit_s,
+            max_states_per_key,
             json,
             failed_cas,
         } => {
@@ -327,6 +345,7 @@ fn main() -> ExitCode {
             };
             let options = CheckOptions {
                 time_limit: Duration::from_secs(time_limit_s),
+                max_states_per_key,
                 ..CheckOptions::default()
             };
             let result = match model {

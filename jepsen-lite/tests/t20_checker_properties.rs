@@ -213,6 +213,7 @@ fn runner(seed: u64) -> TestRunner {
 const OPTIONS: CheckOptions = CheckOptions {
     time_limit: Duration::from_secs(30),
     threads: 2,
+    max_states_per_key: jepsen_lite::DEFAULT_MAX_STATES_PER_KEY,
 };
 
 #[test]

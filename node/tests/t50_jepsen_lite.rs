@@ -16,6 +16,8 @@ fn options(consistency: &str, seed: u64, out: PathBuf) -> TestOptions {
         rate: 100,
         concurrency: 5,
         keys: 3,
+        ops_per_key: 200,
+        check_time_limit_s: 120,
         nemesis: NemesisKind::Partition,
         consistency: consistency.to_string(),
         seed,
