@@ -41,6 +41,9 @@ pub enum ApiError {
     /// This node was removed from the cluster: it serves nothing any more; another member does.
     #[error("{0}")]
     Removed(String),
+    /// The client did not send its request in time (`body_read_timeout_ms`).
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -51,6 +54,19 @@ impl From<StorageError> for ApiError {
             // Clears by itself within seconds; another node can answer meanwhile.
             StorageError::Installing => ApiError::Unavailable(e.to_string()),
             e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<&mirrorkv_storage::ApplyRefusal> for ApiError {
+    fn from(refusal: &mirrorkv_storage::ApplyRefusal) -> Self {
+        match refusal {
+            mirrorkv_storage::ApplyRefusal::ResponseTooLarge { .. } => {
+                ApiError::TooLarge(refusal.to_string())
+            }
+            mirrorkv_storage::ApplyRefusal::NestedCommand => {
+                ApiError::InvalidArgument(refusal.to_string())
+            }
         }
     }
 }
@@ -83,6 +99,7 @@ impl ApiError {
             // Nothing was done, and another member can serve it (the message names them); this
             // node will answer the same for as long as it runs.
             ApiError::Removed(_) => (StatusCode::GONE, "removed", true),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout", true),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
         }
     }

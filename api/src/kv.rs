@@ -300,6 +300,7 @@ async fn run_write(
                 ApiError::PreconditionFailed { mod_index }.into_response(),
             ))
         }
+        CommandResult::Refused(refusal) => return Err(ApiError::from(&refusal)),
         other => {
             return Err(ApiError::Internal(format!(
                 "a single-key write applied as {other:?}"

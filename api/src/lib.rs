@@ -111,21 +111,111 @@ async fn front_door(
     };
     let response = match (removed, door.in_flight.admit()) {
         (Some(removed), _) => axum::response::IntoResponse::into_response(removed),
-        (None, Ok(_permit)) => next.run(request).await,
+        (None, Ok(_permit)) => match read_body(&door.state.config, request).await {
+            Ok(request) => next.run(request).await,
+            Err(error) => axum::response::IntoResponse::into_response(error),
+        },
         (None, Err(overloaded)) => axum::response::IntoResponse::into_response(overloaded),
     };
     timer.finish(&door.state.metrics, response.status());
     response
 }
 
+/// The request with its whole body read, within `body_read_timeout_ms` and `max_body_bytes`:
+/// a client sending its body slowly cannot hold a handler (and a connection) for long.
+async fn read_body(
+    config: &ApiConfig,
+    request: axum::extract::Request,
+) -> Result<axum::extract::Request, ApiError> {
+    use axum::body::HttpBody;
+    if request.body().size_hint().exact() == Some(0) {
+        return Ok(request);
+    }
+    let (parts, body) = request.into_parts();
+    let timeout = std::time::Duration::from_millis(config.body_read_timeout_ms);
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, config.max_body_bytes)).await {
+        Ok(Ok(bytes)) => Ok(axum::extract::Request::from_parts(
+            parts,
+            axum::body::Body::from(bytes),
+        )),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                ApiError::TooLarge(format!(
+                    "request body exceeds max_body_bytes={}",
+                    config.max_body_bytes
+                ))
+            } else {
+                ApiError::InvalidArgument(format!("could not read the request body: {e}"))
+            })
+        }
+        Err(_) => Err(ApiError::RequestTimeout(format!(
+            "the request body did not arrive within body_read_timeout_ms={}",
+            config.body_read_timeout_ms
+        ))),
+    }
+}
+
 /// Serve the API on `listener` until `shutdown` resolves; in-flight requests finish first.
+/// HTTP/1.1 with keep-alive; each connection has the deadlines of `limits` (idle, header,
+/// body, write).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<NodeState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = limits::LimitedListener::new(listener, state.config.max_connections);
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    use tower::ServiceExt;
+    let config = &state.config;
+    let mut listener = limits::LimitedListener::new(
+        listener,
+        config.max_connections,
+        limits::ConnDeadlines {
+            idle_timeout_ms: config.idle_timeout_ms,
+            write_timeout_ms: config.write_timeout_ms,
+            closed: state.metrics.connections_closed.clone(),
+        },
+    );
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_millis(
+            config.header_read_timeout_ms,
+        ))
+        .keep_alive(true);
+    let closed = state.metrics.connections_closed.clone();
+    let router = router(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            stream = listener.accept() => stream,
+            () = &mut shutdown => break,
+        };
+        let busy = stream.busy_counter();
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let busy = limits::Busy::enter(&busy);
+            let router = router.clone();
+            async move {
+                let response = router.oneshot(request).await;
+                drop(busy);
+                response
+            }
+        });
+        let connection =
+            graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        let closed = closed.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                if e.is_timeout() {
+                    closed.with_label_values(&["header"]).inc();
+                }
+                tracing::debug!(error = %e, "API connection ended");
+            }
+        });
+    }
+    drop(listener);
+    // Stops keep-alive on every connection and waits for their requests to finish.
+    graceful.shutdown().await;
+    Ok(())
 }

@@ -43,6 +43,9 @@ pub struct Metrics {
     log_bytes: IntGauge,
     state_bytes: IntGauge,
     db_dir_bytes: IntGauge,
+    /// API connections this node closed on a deadline, by `reason`: `idle`, `header`,
+    /// `write_stall` (the limits module).
+    pub connections_closed: IntCounterVec,
 }
 
 /// Register `metric` (built from constant, valid names) and return a handle to it.
@@ -133,6 +136,16 @@ impl Default for Metrics {
                 "mirrorkv_replication_lag_entries",
                 "On the leader: log entries each follower is behind the leader's last log index.",
                 &["follower"],
+            ),
+            connections_closed: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "mirrorkv_api_connections_closed_total",
+                        "API connections closed by this node on a deadline, by reason (idle, header, write_stall).",
+                    ),
+                    &["reason"],
+                ),
             ),
             snapshots_built: counter(
                 r,

@@ -21,6 +21,15 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// Requests in flight at once; past it a request is answered 429 at once.
     pub max_in_flight_requests: usize,
+    /// A connection with no request in progress and no byte moving is closed after this.
+    pub idle_timeout_ms: u64,
+    /// A request's head (request line and headers) must arrive within this.
+    pub header_read_timeout_ms: u64,
+    /// A request's body must arrive within this, or the answer is 408.
+    pub body_read_timeout_ms: u64,
+    /// A response that makes no progress (the client reads nothing) for this long closes the
+    /// connection.
+    pub write_timeout_ms: u64,
     /// Deadline of a request that needs the cluster (a write, a linearizable read).
     pub request_timeout_ms: u64,
     /// How long a write's `Idempotency-Key` is remembered.
@@ -44,6 +53,10 @@ impl Default for ApiConfig {
             max_body_bytes: 2 * 1024 * 1024,
             max_connections: 1024,
             max_in_flight_requests: 4096,
+            idle_timeout_ms: 60_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            write_timeout_ms: 30_000,
             request_timeout_ms: 5000,
             idempotency_window_s: 600,
             max_idempotency_key_bytes: 128,
@@ -58,6 +71,16 @@ impl Default for ApiConfig {
 impl ApiConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// What every client command must keep, on every path into this node.
+    pub fn command_limits(&self) -> mirrorkv_storage::CommandLimits {
+        mirrorkv_storage::CommandLimits {
+            max_key_bytes: self.max_key_bytes,
+            max_value_bytes: self.max_value_bytes,
+            max_txn_ops: self.max_txn_ops,
+            max_idempotency_key_bytes: self.max_idempotency_key_bytes,
+        }
     }
 }
 

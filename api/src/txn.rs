@@ -176,6 +176,9 @@ pub async fn txn(
         let command = kv::with_idempotency(&state, &headers, Command::Txn(txn))?;
         let deadline = Instant::now() + state.config.request_timeout();
         let response = write::write(&state, command, deadline).await?;
+        if let CommandResult::Refused(refusal) = &response.result {
+            return Err(ApiError::from(refusal));
+        }
         let CommandResult::Txn { succeeded, results } = response.result else {
             return Err(ApiError::Internal(format!(
                 "a transaction applied as {:?}",

@@ -10,8 +10,8 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use mirrorkv_raft_net::{ForwardError, NetError};
-use mirrorkv_storage::{Command, CommandResult, NodeId, NodeInfo, Response};
+use mirrorkv_raft_net::{ForwardError, NetError, Refusal};
+use mirrorkv_storage::{Command, CommandResult, InvalidCommand, NodeId, NodeInfo, Response};
 use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -44,7 +44,35 @@ pub async fn apply_many_as_leader(
     state: &NodeState,
     commands: Vec<Command>,
 ) -> Vec<Result<Response, ForwardError>> {
-    state.write_batcher.submit_many(commands).await
+    // A forwarding node checked these already; this node checks again with its own limits,
+    // so that nothing reaches the log unchecked whoever speaks raft-net to it.
+    let limits = state.config.command_limits();
+    let mut answers: Vec<Option<Result<Response, ForwardError>>> =
+        Vec::with_capacity(commands.len());
+    let mut valid = Vec::with_capacity(commands.len());
+    for command in commands {
+        match command.validate(&limits) {
+            Ok(()) => {
+                answers.push(None);
+                valid.push(command);
+            }
+            Err(invalid) => answers.push(Some(Err(ForwardError::Refused {
+                refusal: Refusal::InvalidArgument,
+                message: invalid.to_string(),
+            }))),
+        }
+    }
+    let mut applied = state.write_batcher.submit_many(valid).await.into_iter();
+    answers
+        .into_iter()
+        .map(|answer| {
+            answer.unwrap_or_else(|| {
+                applied.next().unwrap_or(Err(ForwardError::Unavailable(
+                    "the batcher answered fewer writes than it was given".into(),
+                )))
+            })
+        })
+        .collect()
 }
 
 /// Append one (possibly batched) command through the write gate and wait for its answer.
@@ -298,6 +326,12 @@ pub async fn write(
     command: Command,
     deadline: Instant,
 ) -> Result<Response, ApiError> {
+    command
+        .validate(&state.config.command_limits())
+        .map_err(|invalid| match invalid {
+            InvalidCommand::TooLarge(message) => ApiError::TooLarge(message),
+            InvalidCommand::Malformed(message) => ApiError::InvalidArgument(message),
+        })?;
     loop {
         // Checked before every attempt: nothing is delivered from a removed node.
         state.refuse_if_removed()?;
@@ -343,9 +377,11 @@ pub async fn write(
             Some(Err(e)) if e.not_delivered() => {
                 tracing::debug!(error = %e, "forwarding a write failed before delivery");
             }
+            // Checked and refused before it was proposed (the leader's limits are lower than
+            // this node's): nothing was applied.
             Some(Ok(Err(ForwardError::Refused { message, .. }))) => {
-                return Err(ApiError::Internal(format!(
-                    "the leader refused a write: {message}"
+                return Err(ApiError::InvalidArgument(format!(
+                    "the leader refused the write, nothing was applied: {message}"
                 )))
             }
             Some(Ok(Err(ForwardError::Unavailable(message)))) => {

@@ -507,6 +507,7 @@ impl Stores {
                     proxies: false,
                     dir: None,
                     clock_rates: BTreeMap::new(),
+                    env: Vec::new(),
                 })
                 .await?;
                 cluster.wait_for_leader().await?;

@@ -69,6 +69,9 @@ pub struct ClusterOptions {
     pub dir: Option<PathBuf>,
     /// Nodes whose clocks run at another rate (under libfaketime, [`libfaketime`]), by id.
     pub clock_rates: BTreeMap<u64, f64>,
+    /// Environment variables of every node (settings as `MIRRORKV_*`: a binary that does not
+    /// know one ignores it, so a test can run against an older build).
+    pub env: Vec<(String, String)>,
 }
 
 /// Where Debian's `libfaketime` package puts the library (`MIRRORKV_LIBFAKETIME` overrides).
@@ -100,6 +103,7 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, NodeProc>,
     bin: PathBuf,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     pub http: reqwest::Client,
     /// With proxies: the proxy of every directed link (from, to).
     pub links: BTreeMap<(u64, u64), Proxy>,
@@ -336,6 +340,7 @@ impl Cluster {
             nodes,
             bin: options.bin.clone(),
             extra_args: options.extra_args.clone(),
+            env: options.env.clone(),
             http,
             links,
         };
@@ -425,6 +430,7 @@ impl Cluster {
             .args(&self.extra_args)
             .args(&node.own_args)
             .args(peers)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),

@@ -394,6 +394,7 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
         proxies: true,
         dir: Some(options.out.join("nodes")),
         clock_rates: Default::default(),
+        env: Vec::new(),
     })
     .await?;
     cluster.wait_for_leader().await?;

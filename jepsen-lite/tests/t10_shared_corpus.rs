@@ -43,6 +43,7 @@ fn t10_checker_agrees_with_every_etcd_verdict() {
             &operations,
             CheckOptions {
                 time_limit: Duration::from_secs(60),
+                max_states_per_key: jepsen_lite::DEFAULT_MAX_STATES_PER_KEY,
                 threads: 2,
             },
         );

@@ -71,6 +71,21 @@ pub struct Flags {
     /// Deadline of a write or a linearizable read.
     #[arg(long, env = "MIRRORKV_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+    /// An API connection with no request in progress and no byte moving for this long is
+    /// closed (default 60000).
+    #[arg(long, env = "MIRRORKV_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// A request's line and headers must arrive within this, from the connection's start or
+    /// the request's first byte (default 10000).
+    #[arg(long, env = "MIRRORKV_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// A request's body must arrive within this, or the answer is 408 (default 30000).
+    #[arg(long, env = "MIRRORKV_BODY_READ_TIMEOUT_MS")]
+    pub body_read_timeout_ms: Option<u64>,
+    /// A response the client reads none of for this long closes its connection (default
+    /// 30000).
+    #[arg(long, env = "MIRRORKV_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
     #[arg(long, env = "MIRRORKV_HEARTBEAT_INTERVAL_MS")]
     pub heartbeat_interval_ms: Option<u64>,
     #[arg(long, env = "MIRRORKV_ELECTION_TIMEOUT_MIN_MS")]
@@ -170,6 +185,10 @@ impl Flags {
             max_connections: self.max_connections.or(file.max_connections),
             max_in_flight_requests: self.max_in_flight_requests.or(file.max_in_flight_requests),
             request_timeout_ms: self.request_timeout_ms.or(file.request_timeout_ms),
+            idle_timeout_ms: self.idle_timeout_ms.or(file.idle_timeout_ms),
+            header_read_timeout_ms: self.header_read_timeout_ms.or(file.header_read_timeout_ms),
+            body_read_timeout_ms: self.body_read_timeout_ms.or(file.body_read_timeout_ms),
+            write_timeout_ms: self.write_timeout_ms.or(file.write_timeout_ms),
             heartbeat_interval_ms: self.heartbeat_interval_ms.or(file.heartbeat_interval_ms),
             election_timeout_min_ms: self
                 .election_timeout_min_ms
@@ -262,6 +281,18 @@ impl Flags {
             request_timeout_ms: flags
                 .request_timeout_ms
                 .unwrap_or(api_defaults.request_timeout_ms),
+            idle_timeout_ms: flags
+                .idle_timeout_ms
+                .unwrap_or(api_defaults.idle_timeout_ms),
+            header_read_timeout_ms: flags
+                .header_read_timeout_ms
+                .unwrap_or(api_defaults.header_read_timeout_ms),
+            body_read_timeout_ms: flags
+                .body_read_timeout_ms
+                .unwrap_or(api_defaults.body_read_timeout_ms),
+            write_timeout_ms: flags
+                .write_timeout_ms
+                .unwrap_or(api_defaults.write_timeout_ms),
             idempotency_window_s: flags
                 .idempotency_window_s
                 .unwrap_or(api_defaults.idempotency_window_s),
@@ -272,6 +303,16 @@ impl Flags {
         };
         if api.max_connections == 0 || api.max_in_flight_requests == 0 {
             bail!("max_connections and max_in_flight_requests must be positive");
+        }
+        for (name, ms) in [
+            ("idle_timeout_ms", api.idle_timeout_ms),
+            ("header_read_timeout_ms", api.header_read_timeout_ms),
+            ("body_read_timeout_ms", api.body_read_timeout_ms),
+            ("write_timeout_ms", api.write_timeout_ms),
+        ] {
+            if !(1..=MAX_REQUEST_TIMEOUT_MS).contains(&ms) {
+                bail!("{name} must be between 1 and {MAX_REQUEST_TIMEOUT_MS} (ms), got {ms}");
+            }
         }
         if !(1..=MAX_REQUEST_TIMEOUT_MS).contains(&api.request_timeout_ms) {
             bail!(
@@ -284,6 +325,16 @@ impl Flags {
                 "max_value_bytes ({}) must be at most max_body_bytes ({})",
                 api.max_value_bytes,
                 api.max_body_bytes
+            );
+        }
+        // A txn may get any key, and its answer is capped by MAX_TXN_RESPONSE_BYTES in apply.
+        if (api.max_value_bytes + api.max_key_bytes) as u64
+            > mirrorkv_storage::MAX_TXN_RESPONSE_BYTES
+        {
+            bail!(
+                "max_value_bytes + max_key_bytes ({}) must be at most {} (the most a transaction's answer may carry), so that any key can be read in a transaction",
+                api.max_value_bytes + api.max_key_bytes,
+                mirrorkv_storage::MAX_TXN_RESPONSE_BYTES
             );
         }
         let mut net = mirrorkv_raft_net::NetConfig::default();

@@ -26,8 +26,9 @@ use crate::stream::{self, View};
 use std::collections::{BTreeMap, HashMap};
 
 use crate::types::{
-    Command, CommandResult, CompareTarget, Entry, KeyRecord, LogId, Precondition, RaftStorageError,
-    Response, SnapshotMeta, StoredMembership, Txn, TxnOp, TxnOpResult, TypeConfig,
+    ApplyRefusal, Command, CommandResult, CompareTarget, Entry, KeyRecord, LogId, Precondition,
+    RaftStorageError, Response, SnapshotMeta, StoredMembership, Txn, TxnOp, TxnOpResult,
+    TypeConfig, MAX_TXN_RESPONSE_BYTES,
 };
 
 /// The record of a snapshot in RocksDB: its metadata and the name of its file in the snapshot
@@ -521,6 +522,10 @@ impl StateMachine {
         reads: &mut Reads<'_>,
         batch: &mut WriteBatch,
     ) -> Result<Response> {
+        let refused = |refusal| Response {
+            index,
+            result: CommandResult::Refused(refusal),
+        };
         if let Command::Idempotent {
             key,
             issued_at_ms,
@@ -528,6 +533,9 @@ impl StateMachine {
             command,
         } = command
         {
+            if matches!(*command, Command::Idempotent { .. } | Command::Batch(_)) {
+                return Ok(refused(ApplyRefusal::NestedCommand));
+            }
             return self.execute_idempotent(
                 index,
                 &key,
@@ -543,10 +551,11 @@ impl StateMachine {
             reads.prefetch(&commands)?;
             let mut responses = Vec::with_capacity(commands.len());
             for command in commands {
-                if matches!(command, Command::Batch(_)) {
-                    return Err(StorageError::Invariant("nested batch".into()));
-                }
-                responses.push(self.execute(index, command, reads, batch)?);
+                responses.push(if matches!(command, Command::Batch(_)) {
+                    refused(ApplyRefusal::NestedCommand)
+                } else {
+                    self.execute(index, command, reads, batch)?
+                });
             }
             return Ok(Response {
                 index,
@@ -572,10 +581,19 @@ impl StateMachine {
                     deleted: overlay.delete(&key)?,
                 },
             },
-            Command::Txn(txn) => run_txn(&mut overlay, index, txn)?,
+            Command::Txn(txn) => match run_txn(&mut overlay, index, txn)? {
+                // Nothing of a refused transaction is staged.
+                refused @ CommandResult::Refused(_) => {
+                    return Ok(Response {
+                        index,
+                        result: refused,
+                    })
+                }
+                result => result,
+            },
             Command::Barrier => CommandResult::Nothing,
             Command::Idempotent { .. } | Command::Batch(_) => {
-                return Err(StorageError::Invariant("unreachable: handled above".into()))
+                unreachable!("handled above")
             }
         };
         overlay.stage(batch)?;
@@ -733,7 +751,18 @@ fn run_txn(overlay: &mut Overlay<'_, '_>, index: u64, txn: Txn) -> Result<Comman
     }
     let ops = if succeeded { txn.success } else { txn.failure };
     let mut results = Vec::with_capacity(ops.len());
+    let mut answer_bytes = 0u64;
     for op in ops {
+        if let TxnOp::Get { key } = &op {
+            let value_bytes = overlay.record(key)?.map_or(0, |r| r.value.len());
+            answer_bytes += (key.len() + value_bytes) as u64;
+            if answer_bytes > MAX_TXN_RESPONSE_BYTES {
+                return Ok(CommandResult::Refused(ApplyRefusal::ResponseTooLarge {
+                    at_least_bytes: answer_bytes,
+                    max_bytes: MAX_TXN_RESPONSE_BYTES,
+                }));
+            }
+        }
         results.push(match op {
             TxnOp::Put { key, value } => TxnOpResult::Put {
                 prev_mod_index: overlay.put(index, &key, value)?,
@@ -1226,5 +1255,115 @@ mod tests {
         let record = target.reader().get("k").unwrap().value.unwrap();
         assert_eq!((record.mod_index, record.create_index), (4, 3));
         assert_eq!(target.index.get("k").map(|m| m.create_index), Some(3));
+    }
+
+    fn entry(index: u64, command: Command) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    /// The poison pill of issue 19: an idempotent transaction of many gets of a large value
+    /// made an idempotency record larger than a snapshot frame, and every snapshot build
+    /// failed from then on. Apply now refuses the transaction whole, the record stays small,
+    /// and snapshots build.
+    #[tokio::test]
+    async fn a_transaction_answering_too_much_is_refused_whole_and_snapshots_still_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm) = crate::open(dir.path()).unwrap();
+        let big = Command::Put {
+            key: "big".into(),
+            value: vec![7; 1 << 20],
+            precondition: Precondition::None,
+        };
+        let mut success: Vec<TxnOp> = (0..70).map(|_| TxnOp::Get { key: "big".into() }).collect();
+        success.insert(
+            0,
+            TxnOp::Put {
+                key: "side-effect".into(),
+                value: b"x".to_vec(),
+            },
+        );
+        let txn = Command::Idempotent {
+            key: "pill".into(),
+            issued_at_ms: 1,
+            window_ms: 600_000,
+            command: Box::new(Command::Txn(Txn {
+                compare: vec![],
+                success,
+                failure: vec![],
+            })),
+        };
+        let answers = sm.apply([entry(1, big), entry(2, txn)]).await.unwrap();
+        match &answers[1].result {
+            CommandResult::Refused(ApplyRefusal::ResponseTooLarge {
+                at_least_bytes,
+                max_bytes,
+            }) => {
+                assert_eq!(*max_bytes, MAX_TXN_RESPONSE_BYTES);
+                assert!(*at_least_bytes > MAX_TXN_RESPONSE_BYTES);
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(
+            sm.reader().get("side-effect").unwrap().value.is_none(),
+            "nothing of a refused transaction is applied"
+        );
+        // Seven gets of 1 MiB fit.
+        let fits = Command::Txn(Txn {
+            compare: vec![],
+            success: (0..7).map(|_| TxnOp::Get { key: "big".into() }).collect(),
+            failure: vec![],
+        });
+        let answers = sm.apply([entry(3, fits)]).await.unwrap();
+        assert!(
+            matches!(&answers[0].result, CommandResult::Txn { results, .. } if results.len() == 7)
+        );
+        let mut builder = sm.get_snapshot_builder().await;
+        builder.build_snapshot().await.expect("the snapshot builds");
+    }
+
+    /// Apply is total: shapes the API never proposes are answered `Refused`, not an error that
+    /// would stop the raft core on every node (a batch nested in a batch used to).
+    #[tokio::test]
+    async fn nested_commands_are_refused_and_the_rest_of_the_entry_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm) = crate::open(dir.path()).unwrap();
+        let put_cmd = |key: &str| Command::Put {
+            key: key.into(),
+            value: b"v".to_vec(),
+            precondition: Precondition::None,
+        };
+        let batch = Command::Batch(vec![
+            put_cmd("a"),
+            Command::Batch(vec![put_cmd("nested")]),
+            Command::Idempotent {
+                key: "i".into(),
+                issued_at_ms: 1,
+                window_ms: 1,
+                command: Box::new(Command::Idempotent {
+                    key: "j".into(),
+                    issued_at_ms: 1,
+                    window_ms: 1,
+                    command: Box::new(put_cmd("doubly")),
+                }),
+            },
+            put_cmd("b"),
+        ]);
+        let answers = sm.apply([entry(1, batch)]).await.unwrap();
+        let CommandResult::Batch(results) = &answers[0].result else {
+            panic!("{answers:?}")
+        };
+        let refused = CommandResult::Refused(ApplyRefusal::NestedCommand);
+        assert_eq!(results[1].result, refused);
+        assert_eq!(results[2].result, refused);
+        assert!(matches!(results[0].result, CommandResult::Put { .. }));
+        assert!(matches!(results[3].result, CommandResult::Put { .. }));
+        let reader = sm.reader();
+        assert!(reader.get("a").unwrap().value.is_some());
+        assert!(reader.get("b").unwrap().value.is_some());
+        assert!(reader.get("nested").unwrap().value.is_none());
+        assert!(reader.get("doubly").unwrap().value.is_none());
     }
 }

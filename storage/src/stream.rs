@@ -30,6 +30,11 @@ pub const MAGIC: &[u8; 16] = b"MIRRORKV-BACKUP\n";
 pub const FORMAT_VERSION: u32 = 1;
 /// Largest frame a reader accepts: a bound on what a corrupted length can make it allocate.
 pub const MAX_FRAME_BYTES: u32 = 64 * 1024 * 1024;
+// Every record apply can write fits one frame: a key record holds one value (at most
+// MAX_TXN_RESPONSE_BYTES, see node config), an idempotency record one answer (a transaction's
+// answer is capped at MAX_TXN_RESPONSE_BYTES by apply, plus a little per op).
+const _: () = assert!(2 * crate::types::MAX_TXN_RESPONSE_BYTES <= MAX_FRAME_BYTES as u64);
+
 /// `Entries` frames are cut at about this many payload bytes; it bounds the memory a writer or
 /// a reader of any size of state needs.
 const TARGET_FRAME_BYTES: usize = 1024 * 1024;

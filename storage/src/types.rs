@@ -70,7 +70,113 @@ pub enum Command {
     Batch(Vec<Command>),
 }
 
+/// The limits a client command must keep, checked by [`Command::validate`] wherever a
+/// command enters a node: an HTTP request, a write forwarded by another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandLimits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Compares and ops of both branches together.
+    pub max_txn_ops: usize,
+    pub max_idempotency_key_bytes: usize,
+}
+
+/// Why [`Command::validate`] refused a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidCommand {
+    /// A key, value or transaction over its limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A shape no client command has.
+    #[error("{0}")]
+    Malformed(String),
+}
+
 impl Command {
+    /// Check a client command against `limits` before it is proposed: a `Put`, `Delete`, `Txn`
+    /// or `Barrier`, optionally inside one `Idempotent`. `Batch` is the leader's own grouping
+    /// and never comes from a client. Apply stays total for any command (it answers
+    /// `CommandResult::Refused` to shapes it cannot run); this keeps the log free of them.
+    pub fn validate(&self, limits: &CommandLimits) -> Result<(), InvalidCommand> {
+        let key = |key: &str, what: &str| {
+            if key.len() > limits.max_key_bytes {
+                return Err(InvalidCommand::TooLarge(format!(
+                    "{what} of {} bytes exceeds max_key_bytes={}",
+                    key.len(),
+                    limits.max_key_bytes
+                )));
+            }
+            Ok(())
+        };
+        let value = |value: &[u8]| {
+            if value.len() > limits.max_value_bytes {
+                return Err(InvalidCommand::TooLarge(format!(
+                    "value of {} bytes exceeds max_value_bytes={}",
+                    value.len(),
+                    limits.max_value_bytes
+                )));
+            }
+            Ok(())
+        };
+        match self {
+            Command::Put {
+                key: k, value: v, ..
+            } => {
+                key(k, "key")?;
+                value(v)
+            }
+            Command::Delete { key: k, .. } => key(k, "key"),
+            Command::Txn(txn) => {
+                let ops = txn.compare.len() + txn.success.len() + txn.failure.len();
+                if ops > limits.max_txn_ops {
+                    return Err(InvalidCommand::TooLarge(format!(
+                        "a transaction of {ops} compares and ops exceeds max_txn_ops={}",
+                        limits.max_txn_ops
+                    )));
+                }
+                for compare in &txn.compare {
+                    key(&compare.key, "key")?;
+                    if let CompareTarget::Value(v) = &compare.target {
+                        value(v)?;
+                    }
+                }
+                for op in txn.success.iter().chain(&txn.failure) {
+                    match op {
+                        TxnOp::Put { key: k, value: v } => {
+                            key(k, "key")?;
+                            value(v)?;
+                        }
+                        TxnOp::Delete { key: k } | TxnOp::Get { key: k } => key(k, "key")?,
+                    }
+                }
+                Ok(())
+            }
+            Command::Barrier => Ok(()),
+            Command::Idempotent {
+                key: k, command, ..
+            } => {
+                if k.len() > limits.max_idempotency_key_bytes {
+                    return Err(InvalidCommand::TooLarge(format!(
+                        "Idempotency-Key of {} bytes exceeds max_idempotency_key_bytes={}",
+                        k.len(),
+                        limits.max_idempotency_key_bytes
+                    )));
+                }
+                match **command {
+                    Command::Idempotent { .. } | Command::Batch(_) | Command::Barrier => {
+                        Err(InvalidCommand::Malformed(
+                            "an idempotent command holds a put, a delete or a transaction".into(),
+                        ))
+                    }
+                    ref inner => inner.validate(limits),
+                }
+            }
+            Command::Batch(_) => Err(InvalidCommand::Malformed(
+                "a client command cannot be a batch".into(),
+            )),
+        }
+    }
+
     /// What this command reads or writes, tagged by namespace (`d` data key, `i` idempotency
     /// key): two commands with disjoint sets commute and may share one log entry.
     pub fn conflict_keys(&self) -> Vec<(u8, &str)> {
@@ -212,7 +318,45 @@ pub enum CommandResult {
     },
     /// The answers of a `Command::Batch`, in order.
     Batch(Vec<Response>),
+    /// The command was not applied and changed nothing: its shape is one the API never
+    /// proposes (a batch inside a batch, an idempotent command inside another), or its answer
+    /// would exceed what an answer may carry (`MAX_TXN_RESPONSE_BYTES`). Deciding this in
+    /// apply, from the command and the state alone, keeps apply total: every node answers the
+    /// same, and no command can make apply fail (storage/DESIGN.md, "No input may make apply
+    /// fail").
+    Refused(ApplyRefusal),
 }
+
+/// Why a command was refused by apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyRefusal {
+    /// A `Batch` inside a `Batch`, or an `Idempotent` inside an `Idempotent`.
+    NestedCommand,
+    /// The transaction's gets would answer more than `max_bytes` bytes of keys and values
+    /// (`at_least_bytes` counted when the limit was passed).
+    ResponseTooLarge { at_least_bytes: u64, max_bytes: u64 },
+}
+
+impl fmt::Display for ApplyRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApplyRefusal::NestedCommand => write!(f, "a batch or idempotent command nested in another"),
+            ApplyRefusal::ResponseTooLarge {
+                at_least_bytes,
+                max_bytes,
+            } => write!(
+                f,
+                "the transaction's gets would answer at least {at_least_bytes} bytes, more than the {max_bytes} bytes an answer may carry; nothing was applied (split the gets over several transactions or reads)"
+            ),
+        }
+    }
+}
+
+/// Most bytes of keys and values one transaction's gets may answer. A constant, not a setting:
+/// apply decides with it, and every node must decide the same. It bounds what one apply keeps in
+/// memory, what an idempotency record stores (and so every record of a snapshot or backup
+/// stream, whose frames hold at most `stream::MAX_FRAME_BYTES`), and a forwarded answer.
+pub const MAX_TXN_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The answer of the state machine for one applied entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

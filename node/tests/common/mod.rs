@@ -46,8 +46,24 @@ impl Cluster {
         node_args: &[(u64, &[&str])],
         proxies: bool,
     ) -> Cluster {
+        Self::start_with_env(n, extra_args, node_args, proxies, &[]).await
+    }
+
+    /// Start `n` nodes with `env` set in each (`MIRRORKV_*` settings, which a build that does
+    /// not know them ignores). `MIRRORKV_TEST_BIN` runs another `mirrorkv` binary than this
+    /// build's, e.g. an older one to see a test fail on it.
+    pub async fn start_with_env(
+        n: u64,
+        extra_args: &[&str],
+        node_args: &[(u64, &[&str])],
+        proxies: bool,
+        env: &[(&str, &str)],
+    ) -> Cluster {
+        let bin = std::env::var_os("MIRRORKV_TEST_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mirrorkv")));
         let options = ClusterOptions {
-            bin: PathBuf::from(env!("CARGO_BIN_EXE_mirrorkv")),
+            bin,
             nodes: n,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             node_args: node_args
@@ -57,6 +73,10 @@ impl Cluster {
             proxies,
             dir: None,
             clock_rates: Default::default(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         Cluster(ok(jepsen_lite::cluster::Cluster::start(options).await))
     }

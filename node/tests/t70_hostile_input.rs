@@ -1,0 +1,292 @@
+//! No request may stop the cluster: each test here is an attack a client (or anyone who reaches
+//! a port) could make, run against real `mirrorkv` processes on 127.0.0.1, and what must hold
+//! afterwards.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{metric_sample, wait_for, Cluster, DEADLINE};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .build()
+        .expect("http client")
+}
+
+/// `host:port` of node `id`'s API.
+fn api_addr(cluster: &Cluster, id: u64) -> String {
+    cluster
+        .api(id)
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// Read from `stream` until what arrived contains `needle` (or the stream ends); panics past
+/// `DEADLINE`.
+async fn read_until(stream: &mut TcpStream, needle: &str) -> String {
+    let mut received = Vec::new();
+    let started = Instant::now();
+    loop {
+        let text = String::from_utf8_lossy(&received).to_string();
+        if text.contains(needle) {
+            return text;
+        }
+        let left = DEADLINE.saturating_sub(started.elapsed());
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return text,
+            Ok(Ok(n)) => received.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("no {needle:?} within {DEADLINE:?}; got {text}"),
+        }
+    }
+}
+
+async fn put_ok(http: &reqwest::Client, api: &str, key: &str, value: &str) {
+    let response = http
+        .put(format!("{api}/v1/kv/{key}"))
+        .body(value.to_string())
+        .send()
+        .await
+        .expect("put sent");
+    assert_eq!(response.status(), 200, "put through {api}");
+}
+
+/// The first confirmed attack of issue 19: an idempotent transaction of 70 gets of a 1 MiB value
+/// used to store a ~73 MB answer, which no snapshot frame could hold; every snapshot build then
+/// failed, openraft stopped its core, and every write answered 503 on every node, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t71_a_transaction_answering_too_much_is_refused_and_the_cluster_keeps_working() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let http = http();
+    let api = cluster.api(leader);
+    let big = "x".repeat(1 << 20);
+    put_ok(&http, &api, "big", &big).await;
+    let gets: Vec<Value> = (0..70).map(|_| json!({"get": {"key": "big"}})).collect();
+    let response = http
+        .post(format!("{api}/v1/txn"))
+        .header("Idempotency-Key", "pill")
+        .json(&json!({"compare": [], "success": gets, "failure": []}))
+        .send()
+        .await
+        .expect("txn sent");
+    let status = response.status();
+    let body: Value = response.json().await.expect("a JSON answer");
+    // The old code answered 200 with ~73 MB: show only its start.
+    let shown: String = body.to_string().chars().take(300).collect();
+    assert_eq!(status, 413, "{shown}");
+    assert_eq!(body["error"]["code"], "too_large", "{shown}");
+    assert_eq!(body["error"]["retryable"], false, "{shown}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("nothing was applied"), "{message}");
+    // Every node builds a snapshot (the old code failed here on each), and then every node
+    // still takes writes.
+    for id in cluster.ids() {
+        let response = http
+            .post(format!("{}/v1/snapshot", cluster.api(id)))
+            .send()
+            .await
+            .expect("snapshot sent");
+        let status = response.status();
+        assert_eq!(
+            status,
+            200,
+            "snapshot on node {id}: {:?}",
+            response.text().await
+        );
+    }
+    for id in cluster.ids() {
+        put_ok(&http, &cluster.api(id), &format!("after/{id}"), "ok").await;
+    }
+    // A transaction that fits still answers.
+    let gets: Vec<Value> = (0..3).map(|_| json!({"get": {"key": "big"}})).collect();
+    let response = http
+        .post(format!("{api}/v1/txn"))
+        .json(&json!({"compare": [], "success": gets, "failure": []}))
+        .send()
+        .await
+        .expect("txn sent");
+    assert_eq!(response.status(), 200);
+}
+
+/// The second confirmed attack: idle TCP connections to the API port used to hold every
+/// connection slot for as long as they stayed open, and `/health` timed out. Now a connection
+/// that sends nothing is closed by a deadline, and the node answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t72_idle_connections_are_closed_and_the_node_answers_again() {
+    const MAX_CONNECTIONS: usize = 32;
+    let cluster = Cluster::start_with_env(
+        1,
+        &["--max-connections", "32"],
+        &[],
+        false,
+        &[
+            ("MIRRORKV_HEADER_READ_TIMEOUT_MS", "1000"),
+            ("MIRRORKV_IDLE_TIMEOUT_MS", "1000"),
+        ],
+    )
+    .await;
+    cluster.wait_for_leader().await;
+    let addr = api_addr(&cluster, 1);
+    // More idle connections than the node serves at once.
+    let mut idle = Vec::new();
+    for _ in 0..MAX_CONNECTIONS + 16 {
+        idle.push(TcpStream::connect(&addr).await.expect("connect"));
+    }
+    let started = Instant::now();
+    let health = http()
+        .get(format!("{}/health", cluster.api(1)))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await;
+    let health = health.expect("/health answers while idle connections are open");
+    assert_eq!(health.status(), 200);
+    println!(
+        "/health answered after {} ms with {} idle connections open",
+        started.elapsed().as_millis(),
+        idle.len()
+    );
+    // The node closed them: each reads as the end of the stream.
+    for stream in &mut idle {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(DEADLINE, stream.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "an idle connection was closed: {read:?}"
+        );
+    }
+    let page = cluster.metrics(1).await;
+    let closed = metric_sample(
+        &page,
+        "mirrorkv_api_connections_closed_total{reason=\"header\"}",
+    )
+    .unwrap_or(0.0)
+        + metric_sample(
+            &page,
+            "mirrorkv_api_connections_closed_total{reason=\"idle\"}",
+        )
+        .unwrap_or(0.0);
+    assert!(closed >= idle.len() as f64, "closed {closed}\n{page}");
+}
+
+/// Slowloris: a request head sent one byte at a time must arrive whole within
+/// `header_read_timeout_ms`; a body sent slowly within `body_read_timeout_ms` (408).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t73_slow_heads_and_bodies_are_cut_off_by_their_deadlines() {
+    let cluster = Cluster::start_with_env(
+        1,
+        &[],
+        &[],
+        false,
+        &[
+            ("MIRRORKV_HEADER_READ_TIMEOUT_MS", "1000"),
+            ("MIRRORKV_BODY_READ_TIMEOUT_MS", "1000"),
+        ],
+    )
+    .await;
+    cluster.wait_for_leader().await;
+    let addr = api_addr(&cluster, 1);
+    // A head that never ends: a header line every 100 ms.
+    let mut slow = TcpStream::connect(&addr).await.expect("connect");
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let closed_after = loop {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "a slow head kept its connection"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if slow.write_all(b"X-Slow: 1\r\n").await.is_err() {
+            break started.elapsed();
+        }
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), slow.read(&mut byte)).await
+        {
+            break started.elapsed();
+        }
+    };
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "closed after {closed_after:?}"
+    );
+    // A body that arrives slower than body_read_timeout_ms: 408.
+    let mut slow = TcpStream::connect(&addr).await.expect("connect");
+    slow.write_all(b"PUT /v1/kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+        .await
+        .expect("write");
+    let answer = read_until(&mut slow, "body_read_timeout_ms").await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_read_timeout_ms"), "{answer}");
+    // And the node still serves.
+    let health = http()
+        .get(format!("{}/health", cluster.api(1)))
+        .send()
+        .await
+        .expect("/health");
+    assert_eq!(health.status(), 200);
+}
+
+/// A backup whose client never reads used to hold a blocking thread and a RocksDB snapshot for
+/// as long as the connection stayed open. Now a response that makes no progress for
+/// `write_timeout_ms` closes the connection, which ends the backup's producer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t74_a_backup_nobody_reads_is_ended_by_the_write_deadline() {
+    let cluster =
+        Cluster::start_with_env(1, &[], &[], false, &[("MIRRORKV_WRITE_TIMEOUT_MS", "1000")]).await;
+    cluster.wait_for_leader().await;
+    let http = http();
+    let api = cluster.api(1);
+    // More state than the socket buffers of both ends hold.
+    let value = "v".repeat(1 << 20);
+    for i in 0..24 {
+        put_ok(&http, &api, &format!("bulk/{i}"), &value).await;
+    }
+    let mut stalled = TcpStream::connect(api_addr(&cluster, 1))
+        .await
+        .expect("connect");
+    stalled
+        .write_all(b"GET /v1/backup?consistency=stale HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    wait_for("the stalled backup's connection closed", DEADLINE, || {
+        let cluster = &cluster;
+        async move {
+            let page = cluster.metrics(1).await;
+            metric_sample(
+                &page,
+                "mirrorkv_api_connections_closed_total{reason=\"write_stall\"}",
+            )
+            .filter(|n| *n >= 1.0)
+        }
+    })
+    .await;
+    // What arrived is a cut-off stream, far from the 24 MiB of state.
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, stalled.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the connection ended");
+    assert!(
+        received.len() < 24 << 20,
+        "got {} bytes: the whole backup",
+        received.len()
+    );
+    // Backups that are read still work.
+    let full = http
+        .get(format!("{api}/v1/backup?consistency=stale"))
+        .send()
+        .await
+        .expect("backup")
+        .bytes()
+        .await
+        .expect("backup bytes");
+    assert!(full.len() > 24 << 20);
+}
