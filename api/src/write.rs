@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use mirrorkv_raft_net::{ForwardError, NetError, Refusal};
-use mirrorkv_storage::{Command, CommandResult, InvalidCommand, NodeId, NodeInfo, Response};
+use mirrorkv_storage::{
+    Command, CommandResult, InvalidCommand, NodeId, NodeInfo, Response, MAX_ANSWER_BYTES_PER_BATCH,
+};
 use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -213,6 +215,7 @@ impl WriteBatcher {
         else {
             return;
         };
+        let max_value_bytes = state.config.max_value_bytes;
         let in_flight = state.write_batcher.in_flight.clone();
         let mut carried: Option<Submitted> = None;
         tokio::pin!(stop);
@@ -229,6 +232,7 @@ impl WriteBatcher {
                 _ = &mut stop => return,
             };
             let mut bytes = first.command.approx_bytes();
+            let mut answer_bytes = first.command.max_answer_bytes(max_value_bytes);
             let mut batch = vec![first];
             {
                 let mut keys: HashSet<u64> = HashSet::new();
@@ -237,8 +241,10 @@ impl WriteBatcher {
                     let Ok(next) = receiver.try_recv() else { break };
                     let next_keys = key_hashes(&next.command);
                     let next_bytes = next.command.approx_bytes();
+                    let next_answer_bytes = next.command.max_answer_bytes(max_value_bytes);
                     if next_keys.iter().any(|k| keys.contains(k))
                         || bytes + next_bytes > MAX_BYTES_PER_ENTRY
+                        || answer_bytes + next_answer_bytes > MAX_ANSWER_BYTES_PER_BATCH
                     {
                         // Conflicts with this batch, or would make it too big: it opens the
                         // next one.
@@ -247,6 +253,7 @@ impl WriteBatcher {
                     }
                     keys.extend(next_keys);
                     bytes += next_bytes;
+                    answer_bytes += next_answer_bytes;
                     batch.push(next);
                 }
             }
@@ -521,6 +528,7 @@ impl Forwarder {
         else {
             return;
         };
+        let max_value_bytes = state.config.max_value_bytes;
         let in_flight = Arc::new(Semaphore::new(MAX_FRAMES_IN_FLIGHT));
         let mut carried: Option<Forwarded> = None;
         tokio::pin!(stop);
@@ -535,16 +543,23 @@ impl Forwarder {
                 continue;
             }
             let mut bytes = first.command.approx_bytes();
+            let mut answer_bytes = first.command.max_answer_bytes(max_value_bytes);
             let mut frame = vec![first];
             while frame.len() < MAX_COMMANDS_PER_ENTRY {
                 let Ok(next) = receiver.try_recv() else { break };
                 let next_bytes = next.command.approx_bytes();
-                if next.leader != frame[0].leader || bytes + next_bytes > MAX_BYTES_PER_ENTRY {
+                let next_answer_bytes = next.command.max_answer_bytes(max_value_bytes);
+                // The answers come back in one frame: bounded like an entry's.
+                if next.leader != frame[0].leader
+                    || bytes + next_bytes > MAX_BYTES_PER_ENTRY
+                    || answer_bytes + next_answer_bytes > MAX_ANSWER_BYTES_PER_BATCH
+                {
                     carried = Some(next);
                     break;
                 }
                 if next.take() {
                     bytes += next_bytes;
+                    answer_bytes += next_answer_bytes;
                     frame.push(next);
                 }
             }

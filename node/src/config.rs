@@ -109,6 +109,14 @@ pub struct Flags {
     /// Largest node-to-node frame.
     #[arg(long, env = "MIRRORKV_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<u32>,
+    /// A node-to-node frame whose first byte arrived must be whole within this (default
+    /// 30000).
+    #[arg(long, env = "MIRRORKV_RAFT_FRAME_TIMEOUT_MS")]
+    pub raft_frame_timeout_ms: Option<u64>,
+    /// An inbound node-to-node connection that sends no frame for this long is closed
+    /// (default 60000).
+    #[arg(long, env = "MIRRORKV_RAFT_IDLE_TIMEOUT_MS")]
+    pub raft_idle_timeout_ms: Option<u64>,
     /// Memory RocksDB may use for its block cache and memtables together (default 256).
     #[arg(long, env = "MIRRORKV_STORAGE_MEMORY_MIB")]
     pub storage_memory_mib: Option<u64>,
@@ -203,6 +211,8 @@ impl Flags {
                 .or(file.snapshot_threshold_entries),
             snapshot_chunk_bytes: self.snapshot_chunk_bytes.or(file.snapshot_chunk_bytes),
             max_frame_bytes: self.max_frame_bytes.or(file.max_frame_bytes),
+            raft_frame_timeout_ms: self.raft_frame_timeout_ms.or(file.raft_frame_timeout_ms),
+            raft_idle_timeout_ms: self.raft_idle_timeout_ms.or(file.raft_idle_timeout_ms),
             storage_memory_mib: self.storage_memory_mib.or(file.storage_memory_mib),
             key_index_mib: self.key_index_mib.or(file.key_index_mib),
             fault_log_sync_delay_ms: self
@@ -341,6 +351,18 @@ impl Flags {
         if let Some(max_frame_bytes) = flags.max_frame_bytes {
             net.max_frame_bytes = max_frame_bytes;
         }
+        net.frame_read_timeout_ms = flags
+            .raft_frame_timeout_ms
+            .unwrap_or(net.frame_read_timeout_ms);
+        net.idle_timeout_ms = flags.raft_idle_timeout_ms.unwrap_or(net.idle_timeout_ms);
+        for (name, ms) in [
+            ("raft_frame_timeout_ms", net.frame_read_timeout_ms),
+            ("raft_idle_timeout_ms", net.idle_timeout_ms),
+        ] {
+            if !(1..=MAX_REQUEST_TIMEOUT_MS).contains(&ms) {
+                bail!("{name} must be between 1 and {MAX_REQUEST_TIMEOUT_MS} (ms), got {ms}");
+            }
+        }
         // The largest log entry: a batch of writes up to MAX_BYTES_PER_ENTRY, or one command as
         // large as a request body goes alone. An AppendEntries carries up to
         // MAX_PAYLOAD_ENTRIES of them and a forwarded frame one batch: both must fit a frame.
@@ -353,6 +375,16 @@ impl Flags {
                 "max_frame_bytes ({}) must hold {MAX_PAYLOAD_ENTRIES} log entries of up to {largest_entry_bytes} bytes (from max_body_bytes {}): raise max_frame_bytes or lower max_body_bytes",
                 net.max_frame_bytes,
                 api.max_body_bytes
+            );
+        }
+        // The answers of one entry or one forwarded frame come back in one frame.
+        if (mirrorkv_storage::MAX_ANSWER_BYTES_PER_BATCH as u64) + ENTRY_OVERHEAD_BYTES
+            > u64::from(net.max_frame_bytes)
+        {
+            bail!(
+                "max_frame_bytes ({}) must hold the answers of one batch of writes ({} bytes)",
+                net.max_frame_bytes,
+                mirrorkv_storage::MAX_ANSWER_BYTES_PER_BATCH
             );
         }
         let heartbeat_interval_ms = flags.heartbeat_interval_ms.unwrap_or(100);

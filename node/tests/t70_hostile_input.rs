@@ -290,3 +290,122 @@ async fn t74_a_backup_nobody_reads_is_ended_by_the_write_deadline() {
         .expect("backup bytes");
     assert!(full.len() > 24 << 20);
 }
+
+/// A client of node `id`'s raft port, as any peer (or anyone who reaches the port) is.
+fn raft_client(cluster: &Cluster, id: u64) -> std::sync::Arc<mirrorkv_raft_net::PeerClient> {
+    let pool = mirrorkv_raft_net::PeerPool::new(Default::default(), Default::default());
+    let node = mirrorkv_storage::NodeInfo {
+        raft_addr: cluster.nodes[&id].raft_addr.clone(),
+        api_addr: String::new(),
+    };
+    pool.client(id, &node)
+}
+
+/// Forwarded writes skipped every check: a `Batch` nested in a forwarded batch was appended,
+/// then failed apply on every node (and again after every restart), and forwarded commands
+/// skipped the key, value and txn limits. Now the leader checks each forwarded command as it
+/// checks an HTTP one, refuses the bad ones on their own, and applies the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t75_forwarded_writes_are_checked_like_client_writes() {
+    use mirrorkv_raft_net::{ForwardError, RpcRequest, RpcResponse};
+    use mirrorkv_storage::{Command, CommandResult, Precondition};
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let put = |key: &str| Command::Put {
+        key: key.into(),
+        value: b"v".to_vec(),
+        precondition: Precondition::None,
+    };
+    let request = RpcRequest::ClientWrites(vec![
+        Command::Batch(vec![put("nested")]),
+        Command::Put {
+            key: "k".repeat(100_000),
+            value: vec![],
+            precondition: Precondition::None,
+        },
+        put("fine"),
+    ]);
+    let answer = raft_client(&cluster, leader)
+        .call(&request, DEADLINE)
+        .await
+        .expect("the leader answers");
+    let RpcResponse::ClientWrites(answers) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(answers.len(), 3);
+    assert!(
+        matches!(&answers[0], Err(ForwardError::Refused { message, .. }) if message.contains("batch")),
+        "{:?}",
+        answers[0]
+    );
+    assert!(
+        matches!(&answers[1], Err(ForwardError::Refused { message, .. }) if message.contains("max_key_bytes")),
+        "{:?}",
+        answers[1]
+    );
+    assert!(
+        matches!(&answers[2], Ok(r) if matches!(r.result, CommandResult::Put { .. })),
+        "{:?}",
+        answers[2]
+    );
+    // The cluster still takes writes through every node, and a restarted node applies its log.
+    let http = http();
+    for id in cluster.ids() {
+        put_ok(&http, &cluster.api(id), &format!("after/{id}"), "ok").await;
+    }
+    let mut cluster = cluster;
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    cluster.kill(follower);
+    cluster.restart(follower).await;
+    cluster.wait_ready(follower).await;
+    put_ok(&http, &cluster.api(follower), "after/restart", "ok").await;
+    let nested = http
+        .get(format!("{}/v1/kv/nested", cluster.api(follower)))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(nested.status(), 404, "the refused batch applied nothing");
+}
+
+/// Idle sockets on the raft port used to hold every one of its connection slots for good, so
+/// no peer could connect. Now a connection that sends no frame for `raft_idle_timeout_ms` is
+/// said goodbye to and closed, and a peer gets in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t76_idle_raft_connections_are_closed_and_peers_get_in_again() {
+    use mirrorkv_raft_net::{RpcRequest, RpcResponse};
+    let cluster = Cluster::start_with_env(
+        1,
+        &[],
+        &[],
+        false,
+        &[("MIRRORKV_RAFT_IDLE_TIMEOUT_MS", "1000")],
+    )
+    .await;
+    cluster.wait_for_leader().await;
+    let raft_addr = cluster.nodes[&1].raft_addr.clone();
+    // More than the 256 connections the port serves at once.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(&raft_addr).await.expect("connect"));
+    }
+    let started = Instant::now();
+    let status = wait_for("a peer connection is served again", DEADLINE, || {
+        let client = raft_client(&cluster, 1);
+        async move {
+            match client
+                .call(&RpcRequest::Status, Duration::from_secs(1))
+                .await
+            {
+                Ok(RpcResponse::Status(status)) => Some(status),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    println!(
+        "a peer got in after {} ms with {} idle connections opened",
+        started.elapsed().as_millis(),
+        idle.len()
+    );
+    assert!(status.applied_index > 0, "{status:?}");
+}

@@ -160,6 +160,7 @@ impl PeerClient {
             }
         }
         let max_frame_bytes = self.config.max_frame_bytes;
+        let frame_read_timeout_ms = self.config.frame_read_timeout_ms;
         let dial = tokio::time::timeout(
             Duration::from_millis(self.config.connect_timeout_ms),
             async {
@@ -168,7 +169,7 @@ impl PeerClient {
                 // Requests go only on a connection the server has accepted: it greets first.
                 // A connection that is never accepted (the server is stopping) thus never
                 // carries a request, so its loss is harmless.
-                match frame::read(&mut stream, max_frame_bytes).await? {
+                match frame::read(&mut stream, max_frame_bytes, frame_read_timeout_ms).await? {
                     Some(hello)
                         if hello.request_id == GOING_AWAY_REQUEST_ID
                             && matches!(
@@ -271,7 +272,13 @@ fn spawn_connection(stream: TcpStream, addr: String, config: NetConfig) -> Conne
         let going_away = going_away.clone();
         async move {
             loop {
-                match frame::read(&mut read_half, config.max_frame_bytes).await {
+                match frame::read(
+                    &mut read_half,
+                    config.max_frame_bytes,
+                    config.frame_read_timeout_ms,
+                )
+                .await
+                {
                     Ok(Some(frame)) if frame.request_id == GOING_AWAY_REQUEST_ID => {
                         tracing::debug!(%addr, "peer is going away");
                         going_away.store(true, Ordering::Release);

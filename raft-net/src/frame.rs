@@ -8,6 +8,8 @@
 //! `length` counts everything after itself. A frame whose length is below the header size or
 //! above the configured limit, or whose version is unknown, closes the connection.
 
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::NetError;
@@ -57,17 +59,38 @@ pub fn encode(request_id: u64, payload: &[u8], max_frame_bytes: u32) -> Result<V
     Ok(out)
 }
 
-/// Read one frame. `Ok(None)` is a clean end of stream between frames.
+/// Read one frame. `Ok(None)` is a clean end of stream between frames. Waiting for a frame to
+/// start has no deadline (the caller bounds idleness); once its first byte is in, the rest must
+/// arrive within `frame_read_timeout_ms`. The payload buffer grows as bytes arrive, never
+/// ahead of them from the claimed length: a peer that claims 64 MiB and sends 10 bytes costs
+/// 64 KiB, not 64 MiB.
 pub async fn read<R: AsyncRead + Unpin>(
     reader: &mut R,
     max_frame_bytes: u32,
+    frame_read_timeout_ms: u64,
 ) -> Result<Option<Frame>, NetError> {
-    let mut length_bytes = [0u8; 4];
-    match reader.read_exact(&mut length_bytes).await {
+    let mut first = [0u8; 1];
+    match reader.read_exact(&mut first).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
+    let rest = read_rest(reader, first[0], max_frame_bytes);
+    match tokio::time::timeout(Duration::from_millis(frame_read_timeout_ms), rest).await {
+        Ok(frame) => frame.map(Some),
+        Err(_) => Err(NetError::Timeout {
+            timeout_ms: frame_read_timeout_ms,
+        }),
+    }
+}
+
+async fn read_rest<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    first_byte: u8,
+    max_frame_bytes: u32,
+) -> Result<Frame, NetError> {
+    let mut length_bytes = [first_byte, 0, 0, 0];
+    reader.read_exact(&mut length_bytes[1..]).await?;
     let length = u32::from_be_bytes(length_bytes);
     check_length(length, max_frame_bytes)?;
     let mut header = [0u8; HEADER_BYTES as usize];
@@ -79,12 +102,23 @@ pub async fn read<R: AsyncRead + Unpin>(
         )));
     }
     let request_id = u64::from_be_bytes(header[1..9].try_into().expect("8 bytes"));
-    let mut payload = vec![0u8; (length - HEADER_BYTES) as usize];
-    reader.read_exact(&mut payload).await?;
-    Ok(Some(Frame {
+    let payload_bytes = (length - HEADER_BYTES) as usize;
+    let mut payload = Vec::with_capacity(payload_bytes.min(IO_BUFFER_BYTES));
+    let read = (&mut *reader)
+        .take(payload_bytes as u64)
+        .read_to_end(&mut payload)
+        .await?;
+    if read < payload_bytes {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("frame cut off after {read} of {payload_bytes} payload bytes"),
+        )
+        .into());
+    }
+    Ok(Frame {
         request_id,
         payload,
-    }))
+    })
 }
 
 /// Bytes a connection buffers on each side: a frame smaller than this shares its system call
@@ -122,7 +156,7 @@ mod tests {
     async fn round_trip() {
         let bytes = encode(7, b"hello", 1024).unwrap();
         let mut reader = &bytes[..];
-        let frame = read(&mut reader, 1024).await.unwrap().unwrap();
+        let frame = read(&mut reader, 1024, 1000).await.unwrap().unwrap();
         assert_eq!(
             frame,
             Frame {
@@ -130,7 +164,7 @@ mod tests {
                 payload: b"hello".to_vec()
             }
         );
-        assert!(read(&mut reader, 1024).await.unwrap().is_none());
+        assert!(read(&mut reader, 1024, 1000).await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -141,18 +175,18 @@ mod tests {
         ));
         let mut big = &(1_000_000u32).to_be_bytes()[..];
         assert!(matches!(
-            read(&mut big, 1024).await,
+            read(&mut big, 1024, 1000).await,
             Err(NetError::FrameTooLarge { .. })
         ));
         let mut short = &(3u32).to_be_bytes()[..];
         assert!(matches!(
-            read(&mut short, 1024).await,
+            read(&mut short, 1024, 1000).await,
             Err(NetError::Malformed(_))
         ));
         let mut bytes = encode(1, b"x", 1024).unwrap();
         bytes[4] = 99;
         assert!(matches!(
-            read(&mut &bytes[..], 1024).await,
+            read(&mut &bytes[..], 1024, 1000).await,
             Err(NetError::Malformed(_))
         ));
     }
@@ -178,13 +212,13 @@ mod tests {
         let written = out.into_inner();
         let mut reader = &written[..];
         for id in 1..=MAX_FRAMES_PER_FLUSH as u64 {
-            let frame = read(&mut reader, 1024).await.unwrap().unwrap();
+            let frame = read(&mut reader, 1024, 1000).await.unwrap().unwrap();
             assert_eq!(
                 (frame.request_id, frame.payload),
                 (id, id.to_be_bytes().to_vec())
             );
         }
-        assert!(read(&mut reader, 1024).await.unwrap().is_none());
+        assert!(read(&mut reader, 1024, 1000).await.unwrap().is_none());
         assert_eq!(rx.len(), 100 - MAX_FRAMES_PER_FLUSH);
     }
 
@@ -192,6 +226,34 @@ mod tests {
     async fn truncated_frame_is_an_error_not_a_clean_end() {
         let bytes = encode(1, b"hello", 1024).unwrap();
         let mut truncated = &bytes[..bytes.len() - 2];
-        assert!(read(&mut truncated, 1024).await.is_err());
+        assert!(read(&mut truncated, 1024, 1000).await.is_err());
+    }
+
+    /// A frame that starts and then stalls ends in a timeout after frame_read_timeout_ms, and
+    /// what it claims is not allocated ahead of its bytes.
+    #[tokio::test]
+    async fn a_stalled_frame_times_out() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let claimed = 64 * 1024 * 1024u32;
+        client.write_all(&claimed.to_be_bytes()).await.unwrap();
+        client.write_all(&[FRAME_VERSION]).await.unwrap();
+        client.write_all(&7u64.to_be_bytes()).await.unwrap();
+        client.write_all(b"only this").await.unwrap();
+        let started = std::time::Instant::now();
+        let stalled = read(&mut server, claimed, 200).await;
+        assert!(
+            matches!(stalled, Err(NetError::Timeout { timeout_ms: 200 })),
+            "{stalled:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Cut off instead of stalled: an error too, not a short frame.
+        drop(server);
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(&claimed.to_be_bytes()).await.unwrap();
+        client.write_all(&[FRAME_VERSION]).await.unwrap();
+        client.write_all(&7u64.to_be_bytes()).await.unwrap();
+        client.write_all(b"cut").await.unwrap();
+        drop(client);
+        assert!(read(&mut server, claimed, 1000).await.is_err());
     }
 }

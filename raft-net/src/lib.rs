@@ -48,6 +48,11 @@ pub struct NetConfig {
     pub max_backoff_ms: u64,
     /// Longest time the server spends on one request before answering `Failed`.
     pub serve_timeout_ms: u64,
+    /// A frame whose first byte arrived must be whole within this (both ends).
+    pub frame_read_timeout_ms: u64,
+    /// An inbound connection that sends no frame for this long is said goodbye to and closed
+    /// (its client dials again when it next needs to); a leader's heartbeats keep its own busy.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for NetConfig {
@@ -60,6 +65,8 @@ impl Default for NetConfig {
             min_backoff_ms: 20,
             max_backoff_ms: 1000,
             serve_timeout_ms: 10_000,
+            frame_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
         }
     }
 }

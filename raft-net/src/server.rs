@@ -146,7 +146,7 @@ async fn serve_connection<H: AppHandler>(
     let mut stopping = false;
     let result = loop {
         let read = tokio::select! {
-            read = frame::read(&mut read_half, config.max_frame_bytes) => read,
+            read = next_frame(&mut read_half, &config) => read,
             // A frame half read here is dropped unanswered, which the goodbye covers.
             _ = stop.wait_for(|stop| *stop) => {
                 stopping = true;
@@ -154,8 +154,17 @@ async fn serve_connection<H: AppHandler>(
             }
         };
         let frame = match read {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break Ok(()),
+            Ok(Next::Frame(frame)) => frame,
+            Ok(Next::End) => break Ok(()),
+            Ok(Next::Idle) => {
+                // Said goodbye like a shutdown: the client knows nothing unanswered was read.
+                tracing::debug!(
+                    idle_timeout_ms = config.idle_timeout_ms,
+                    "closing an idle raft-net connection"
+                );
+                stopping = true;
+                break Ok(());
+            }
             Err(e) => break Err(e),
         };
         let request: RpcRequest = match codec::decode(&frame.payload) {
@@ -221,6 +230,36 @@ async fn serve_connection<H: AppHandler>(
     // Answers still being computed keep the writer alive until they are sent.
     let _ = writer.await;
     result
+}
+
+enum Next {
+    Frame(frame::Frame),
+    /// The peer closed the connection between frames.
+    End,
+    /// No frame started within `idle_timeout_ms`.
+    Idle,
+}
+
+/// The next frame, within the connection's deadlines: one must start within
+/// `idle_timeout_ms`, and once started be whole within `frame_read_timeout_ms`.
+async fn next_frame<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    config: &NetConfig,
+) -> Result<Next, NetError> {
+    use tokio::io::AsyncBufReadExt;
+    let idle = Duration::from_millis(config.idle_timeout_ms);
+    match tokio::time::timeout(idle, reader.fill_buf()).await {
+        Err(_) => return Ok(Next::Idle),
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok([])) => return Ok(Next::End),
+        Ok(Ok(_)) => {}
+    }
+    Ok(
+        match frame::read(reader, config.max_frame_bytes, config.frame_read_timeout_ms).await? {
+            Some(frame) => Next::Frame(frame),
+            None => Next::End,
+        },
+    )
 }
 
 async fn handle<H: AppHandler>(

@@ -36,7 +36,11 @@ pub enum Precondition {
 }
 
 /// A client write, as it is stored in the log and applied by every node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Decoding is depth-limited (`MAX_COMMAND_DEPTH`, see the `Deserialize` impl below): the type
+/// nests (`Idempotent`, `Batch`), postcard has no depth limit of its own, and a frame of a few
+/// kilobytes of nested commands from any peer would otherwise overflow the stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Command {
     /// Set `key` to `value`.
     Put {
@@ -67,6 +71,72 @@ pub enum Command {
     /// own result. The proposer (the API's write batcher) only groups commands whose
     /// `conflict_keys` are pairwise disjoint, so no key changes twice at one index and a key's
     /// `mod_index` still names exactly one version of it.
+    Batch(Vec<Command>),
+}
+
+/// The deepest nesting of commands a decoder accepts: a batch holds idempotent commands that
+/// hold a command (3), with room to spare. Deeper is refused as malformed.
+pub const MAX_COMMAND_DEPTH: u32 = 8;
+
+thread_local! {
+    /// Commands being decoded on this thread, outermost first (decoding is synchronous).
+    static COMMAND_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one level of command decoding while it lives.
+struct DepthGuard;
+
+impl DepthGuard {
+    fn enter() -> Option<Self> {
+        COMMAND_DEPTH.with(|depth| {
+            let current = depth.get();
+            (current < MAX_COMMAND_DEPTH).then(|| {
+                depth.set(current + 1);
+                DepthGuard
+            })
+        })
+    }
+}
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        COMMAND_DEPTH.with(|depth| depth.set(depth.get() - 1));
+    }
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Some(_level) = DepthGuard::enter() else {
+            return Err(serde::de::Error::custom(format!(
+                "commands nested more than {MAX_COMMAND_DEPTH} deep"
+            )));
+        };
+        CommandWire::deserialize(deserializer)
+    }
+}
+
+/// `Command`'s shape for decoding, field for field (serde's remote derive); its nested
+/// commands decode through `Command`'s own impl, so every level is counted.
+#[derive(Deserialize)]
+#[serde(remote = "Command")]
+enum CommandWire {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        precondition: Precondition,
+    },
+    Delete {
+        key: String,
+        precondition: Precondition,
+    },
+    Txn(Txn),
+    Barrier,
+    Idempotent {
+        key: String,
+        issued_at_ms: u64,
+        window_ms: u64,
+        command: Box<Command>,
+    },
     Batch(Vec<Command>),
 }
 
@@ -174,6 +244,40 @@ impl Command {
             Command::Batch(_) => Err(InvalidCommand::Malformed(
                 "a client command cannot be a batch".into(),
             )),
+        }
+    }
+
+    /// The most bytes this command's answer can take encoded, if every key it gets holds a
+    /// value of `max_value_bytes`. Batches are bounded with it too, so that the answers of one
+    /// entry (kept in memory by every node's apply) and of one forwarded frame stay under
+    /// [`MAX_ANSWER_BYTES_PER_BATCH`].
+    pub fn max_answer_bytes(&self, max_value_bytes: usize) -> usize {
+        const PART_BYTES: usize = 32;
+        match self {
+            Command::Put { .. } | Command::Delete { .. } | Command::Barrier => 2 * PART_BYTES,
+            Command::Txn(txn) => {
+                let ops = txn.success.len().max(txn.failure.len());
+                let gets: usize = txn
+                    .success
+                    .iter()
+                    .chain(&txn.failure)
+                    .map(|op| match op {
+                        TxnOp::Get { key } => PART_BYTES + key.len() + max_value_bytes,
+                        _ => 0,
+                    })
+                    .sum();
+                2 * PART_BYTES
+                    + ops * PART_BYTES
+                    + gets.min(MAX_TXN_RESPONSE_BYTES as usize + ops * PART_BYTES)
+            }
+            Command::Idempotent { command, .. } => command.max_answer_bytes(max_value_bytes),
+            Command::Batch(commands) => {
+                PART_BYTES
+                    + commands
+                        .iter()
+                        .map(|c| c.max_answer_bytes(max_value_bytes))
+                        .sum::<usize>()
+            }
         }
     }
 
@@ -358,6 +462,11 @@ impl fmt::Display for ApplyRefusal {
 /// stream, whose frames hold at most `stream::MAX_FRAME_BYTES`), and a forwarded answer.
 pub const MAX_TXN_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Most bytes of answers (`Command::max_answer_bytes`) one batch of commands may produce: one
+/// log entry, or one forwarded frame (whose answers come back in one frame); a single command
+/// that could answer more goes alone. Twice the largest transaction answer.
+pub const MAX_ANSWER_BYTES_PER_BATCH: usize = 2 * MAX_TXN_RESPONSE_BYTES as usize;
+
 /// The answer of the state machine for one applied entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
@@ -458,5 +567,41 @@ mod tests {
                 command.approx_bytes()
             );
         }
+    }
+
+    /// Thousands of nested commands in a few kilobytes: refused as malformed, not a stack
+    /// overflow (which aborted the process before the depth limit).
+    #[test]
+    fn deeply_nested_commands_are_refused_not_a_stack_overflow() {
+        // Idempotent is variant 4: empty key, issued_at 0, window 0, then the inner command.
+        let mut bytes = Vec::new();
+        for _ in 0..1_000_000 {
+            bytes.extend_from_slice(&[4, 0, 0, 0]);
+        }
+        bytes.push(3); // Barrier
+        let decoded = std::thread::spawn(move || crate::codec::decode::<Command>(&bytes))
+            .join()
+            .expect("decoding does not overflow the stack");
+        assert!(decoded.is_err());
+        // Batches nest through Vec: variant 5, one element.
+        let mut bytes = Vec::new();
+        for _ in 0..1_000_000 {
+            bytes.extend_from_slice(&[5, 1]);
+        }
+        bytes.push(3);
+        let decoded = std::thread::spawn(move || crate::codec::decode::<Command>(&bytes))
+            .join()
+            .expect("decoding does not overflow the stack");
+        assert!(decoded.is_err());
+        // Every legitimate shape still round-trips, and the depth count starts over after
+        // an error.
+        let nested = Command::Batch(vec![Command::Idempotent {
+            key: "k".into(),
+            issued_at_ms: 1,
+            window_ms: 2,
+            command: Box::new(Command::Txn(Txn::default())),
+        }]);
+        let encoded = crate::codec::encode(&nested).unwrap();
+        assert_eq!(crate::codec::decode::<Command>(&encoded).unwrap(), nested);
     }
 }
