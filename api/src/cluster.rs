@@ -99,8 +99,8 @@ pub async fn health() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-/// Ready once the node knows a leader it has actually heard from (a leader: it leads; a
-/// follower: an accepted AppendEntries within one leader lease — a restarted node remembers
+/// Ready once the node knows a leader it has actually heard from (a leader: a quorum
+/// acknowledged it within one leader lease, asked again if need be; a follower: an accepted AppendEntries within one leader lease — a restarted node remembers
 /// its last leader but has not heard from it) and has applied everything that leader had
 /// committed when it last heard.
 pub async fn ready(State(state): State<Arc<NodeState>>) -> Response {
@@ -112,6 +112,13 @@ pub async fn ready(State(state): State<Arc<NodeState>>) -> Response {
         Err(e) => return ApiError::from(e).into_response(),
     };
     let (leader, committed) = if state.is_leader() {
+        let lease_ms = state.lease.leader_lease_ms();
+        if !state.leader_quorum_acked_within(lease_ms).await {
+            return ApiError::Unavailable(format!(
+                "this node leads, but no quorum acknowledged it in the last {lease_ms} ms"
+            ))
+            .into_response();
+        }
         (state.id, state.committed_index())
     } else {
         let fresh_ms = state.lease.leader_lease_ms();

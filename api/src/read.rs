@@ -62,7 +62,7 @@ pub async fn prepare(
         ReadLevel::Stale => None,
     };
     if let Some(max_staleness_ms) = request.max_staleness_ms {
-        check_staleness(state, max_staleness_ms)?;
+        check_staleness(state, max_staleness_ms).await?;
     }
     if let Some(target) = wait_for.max(request.min_index) {
         wait_applied(state, target, deadline).await?;
@@ -71,10 +71,16 @@ pub async fn prepare(
 }
 
 /// `max_staleness_ms`: this node heard from a leader within the bound and has applied what that
-/// leader had committed then.
-fn check_staleness(state: &NodeState, max_staleness_ms: u64) -> Result<(), ApiError> {
+/// leader had committed then. On the leader: a quorum acknowledged it within the bound (a
+/// leader cut off from its quorum is as stale as a cut-off follower).
+async fn check_staleness(state: &NodeState, max_staleness_ms: u64) -> Result<(), ApiError> {
     if state.is_leader() {
-        return Ok(());
+        if state.leader_quorum_acked_within(max_staleness_ms).await {
+            return Ok(());
+        }
+        return Err(ApiError::StaleRead(format!(
+            "this node leads, but no quorum acknowledged it within max_staleness_ms={max_staleness_ms}"
+        )));
     }
     let Some(contact) = state.contact.last() else {
         return Err(ApiError::StaleRead(

@@ -242,6 +242,17 @@ impl Lease {
         }
     }
 
+    /// When the newest confirmation of `term` (a quorum acknowledging this node as leader)
+    /// started, if there is one.
+    pub fn confirmed_at(&self, term: u64) -> Option<std::time::Instant> {
+        let held = (*self.held.lock().expect("lease lock"))?;
+        let valid_ms = self
+            .config
+            .leader_lease_ms
+            .saturating_sub(self.config.lease_margin_ms);
+        (held.term == term).then(|| held.expires - Duration::from_millis(valid_ms))
+    }
+
     /// The read index to wait for if the lease of `term` holds now.
     pub fn valid(&self, term: u64) -> Option<u64> {
         let held = (*self.held.lock().expect("lease lock"))?;

@@ -409,3 +409,54 @@ async fn t76_idle_raft_connections_are_closed_and_peers_get_in_again() {
     );
     assert!(status.applied_index > 0, "{status:?}");
 }
+
+/// A leader cut off from its quorum stays leader in its own eyes (it hears no higher term); it
+/// used to pass `max_staleness_ms` and `/ready` for as long as the cut lasted, because the
+/// checks trusted `is_leader()`. Now it counts the time since a quorum last acknowledged it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t77_a_cut_off_leader_fails_max_staleness_and_ready() {
+    let cluster = Cluster::start_with_proxies(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let http = http();
+    let api = cluster.api(leader);
+    put_ok(&http, &api, "k", "v").await;
+    let bounded = format!("{api}/v1/kv/k?consistency=stale&max_staleness_ms=500");
+    let healthy = http.get(&bounded).send().await.expect("read");
+    assert_eq!(healthy.status(), 200, "a healthy leader passes");
+    let ready = http
+        .get(format!("{api}/ready"))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(ready.status(), 200);
+    cluster.isolate(leader);
+    wait_for(
+        "the cut-off leader refuses a bounded-staleness read",
+        DEADLINE,
+        || {
+            let (http, bounded) = (&http, &bounded);
+            async move {
+                let response = http.get(bounded.as_str()).send().await.ok()?;
+                (response.status() == 503).then_some(())
+            }
+        },
+    )
+    .await;
+    let body: Value = http
+        .get(&bounded)
+        .send()
+        .await
+        .expect("read")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["error"]["code"], "stale_read", "{body}");
+    wait_for("the cut-off leader is not ready", DEADLINE, || {
+        let (http, api) = (&http, &api);
+        async move {
+            let response = http.get(format!("{api}/ready")).send().await.ok()?;
+            (response.status() == 503).then_some(())
+        }
+    })
+    .await;
+}
