@@ -41,6 +41,9 @@ pub enum ApiError {
     /// This node was removed from the cluster: it serves nothing any more; another member does.
     #[error("{0}")]
     Removed(String),
+    /// An `Idempotency-Key` reused for a different request within its window.
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
     /// The client did not send its request in time (`body_read_timeout_ms`).
     #[error("{0}")]
     RequestTimeout(String),
@@ -66,6 +69,9 @@ impl From<&mirrorkv_storage::ApplyRefusal> for ApiError {
             }
             mirrorkv_storage::ApplyRefusal::NestedCommand => {
                 ApiError::InvalidArgument(refusal.to_string())
+            }
+            mirrorkv_storage::ApplyRefusal::IdempotencyKeyReused => {
+                ApiError::IdempotencyKeyReused(refusal.to_string())
             }
         }
     }
@@ -99,6 +105,11 @@ impl ApiError {
             // Nothing was done, and another member can serve it (the message names them); this
             // node will answer the same for as long as it runs.
             ApiError::Removed(_) => (StatusCode::GONE, "removed", true),
+            ApiError::IdempotencyKeyReused(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                false,
+            ),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout", true),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
         }

@@ -294,8 +294,32 @@ fn key_hashes(command: &Command) -> Vec<u64> {
         .collect()
 }
 
+/// The leader's stamp on an idempotent command: its own wall clock and its own
+/// `idempotency_window_s`, whichever node received the request. A retry is thus judged on one
+/// clock, the leader's, instead of the clocks of the nodes that took the first attempt and the
+/// retry (which may differ by any skew). Apply compares only these logged numbers, so every
+/// node decides the same.
+fn stamp_idempotency(command: &mut Command, now_ms: u64, leader_window_ms: u64) {
+    if let Command::Idempotent {
+        issued_at_ms,
+        window_ms,
+        ..
+    } = command
+    {
+        *issued_at_ms = now_ms;
+        *window_ms = leader_window_ms;
+    }
+}
+
 /// Append `batch` as one entry and hand every command its own answer.
 async fn append_batch(state: &NodeState, mut batch: Vec<Submitted>) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let window_ms = state.config.idempotency_window_s.saturating_mul(1000);
+    for submitted in &mut batch {
+        stamp_idempotency(&mut submitted.command, now_ms, window_ms);
+    }
     if batch.len() == 1 {
         let Submitted { command, answer } = batch.pop().expect("one");
         let _ = answer.send(append_through_gate(state, command).await);

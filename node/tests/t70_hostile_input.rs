@@ -460,3 +460,68 @@ async fn t77_a_cut_off_leader_fails_max_staleness_and_ready() {
     })
     .await;
 }
+
+/// An `Idempotency-Key` reused with another method, key or body used to return the first
+/// result silently (a DELETE got a put's answer, a txn a 500). Now it is `422
+/// idempotency_key_reused` and nothing is applied; the same request again is still a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t78_an_idempotency_key_reused_for_another_request_is_refused() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let http = http();
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let (api, other_api) = (cluster.api(leader), cluster.api(follower));
+    let first = http
+        .put(format!("{api}/v1/kv/a"))
+        .header("Idempotency-Key", "op-1")
+        .body("x")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.expect("json");
+    // The same request again, through another node: the first answer, applied once.
+    let retry: Value = http
+        .put(format!("{other_api}/v1/kv/a"))
+        .header("Idempotency-Key", "op-1")
+        .body("x")
+        .send()
+        .await
+        .expect("retry")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(retry["index"], first["index"], "{retry}");
+    let reuses = [
+        http.delete(format!("{api}/v1/kv/a")),
+        http.put(format!("{api}/v1/kv/b")).body("x"),
+        http.put(format!("{other_api}/v1/kv/a")).body("y"),
+        http.post(format!("{api}/v1/txn"))
+            .json(&json!({"compare": [], "success": [{"get": {"key": "a"}}], "failure": []})),
+    ];
+    for request in reuses {
+        let response = request
+            .header("Idempotency-Key", "op-1")
+            .send()
+            .await
+            .expect("sent");
+        let status = response.status();
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["error"]["code"], "idempotency_key_reused", "{body}");
+        assert_eq!(body["error"]["retryable"], false, "{body}");
+    }
+    let a = http
+        .get(format!("{api}/v1/kv/a"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(a.headers()["etag"], format!("\"{}\"", first["index"]));
+    assert_eq!(a.text().await.unwrap(), "x");
+    let b = http
+        .get(format!("{api}/v1/kv/b"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(b.status(), 404, "nothing of a refused request applied");
+}

@@ -44,6 +44,44 @@ struct StoredSnapshot {
 struct IdempotencyRecord {
     issued_at_ms: u64,
     response: Response,
+    /// `command_fingerprint` of the command it answered: a retry must be the same command.
+    /// `None` for records written before fingerprints (`IdempotencyRecordV1`), which are
+    /// trusted as before until they expire.
+    fingerprint: Option<u64>,
+}
+
+/// The record as written before fingerprints; read when a stored record does not decode as
+/// the current one (postcard is not self-describing: the two never decode as each other, as
+/// `codec::decode` refuses leftover bytes and a short read alike).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IdempotencyRecordV1 {
+    issued_at_ms: u64,
+    response: Response,
+}
+
+fn decode_idempotency_record(bytes: &[u8]) -> Result<IdempotencyRecord> {
+    match codec::decode::<IdempotencyRecord>(bytes) {
+        Ok(record) => Ok(record),
+        Err(_) => {
+            let v1: IdempotencyRecordV1 = codec::decode(bytes)?;
+            Ok(IdempotencyRecord {
+                issued_at_ms: v1.issued_at_ms,
+                response: v1.response,
+                fingerprint: None,
+            })
+        }
+    }
+}
+
+/// A stable 64-bit fingerprint of a command (FNV-1a over its encoding): the same on every node
+/// and every build that encodes the command the same way.
+fn command_fingerprint(command: &Command) -> Result<u64> {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in codec::encode(command)? {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(hash)
 }
 
 /// Most expired idempotency records removed per applied idempotent command: bounds the work of
@@ -63,6 +101,11 @@ struct Reads<'a> {
     /// The index changes the entry's writes make, in order; applied to the index only once the
     /// entry's write batch is in RocksDB.
     index_updates: Vec<(String, Option<KeyMeta>)>,
+    /// Idempotency keys this entry wrote records for, and the oldest issue time still inside
+    /// a window among its commands: expired records are pruned once per entry, after its
+    /// commands, and never one this entry wrote.
+    idempotency_written: std::collections::HashSet<String>,
+    idempotency_expired_before_ms: Option<u64>,
 }
 
 impl<'a> Reads<'a> {
@@ -72,6 +115,8 @@ impl<'a> Reads<'a> {
             index,
             records: HashMap::new(),
             index_updates: Vec::new(),
+            idempotency_written: std::collections::HashSet::new(),
+            idempotency_expired_before_ms: None,
         }
     }
 
@@ -612,11 +657,19 @@ impl StateMachine {
         let cf = db::cf(&self.db, CF_SM);
         let previous: Option<IdempotencyRecord> =
             match self.db.get_pinned_cf(cf, db::idempotency_key(key))? {
-                Some(bytes) => Some(codec::decode(&bytes)?),
+                Some(bytes) => Some(decode_idempotency_record(&bytes)?),
                 None => None,
             };
+        let fingerprint = command_fingerprint(&command)?;
         if let Some(previous) = &previous {
             if previous.issued_at_ms.saturating_add(window_ms) >= issued_at_ms {
+                if previous.fingerprint.is_some_and(|f| f != fingerprint) {
+                    // The key names another request: refuse, change nothing.
+                    return Ok(Response {
+                        index,
+                        result: CommandResult::Refused(ApplyRefusal::IdempotencyKeyReused),
+                    });
+                }
                 // A retry within the window: answer the first result, change nothing.
                 return Ok(previous.response.clone());
             }
@@ -628,18 +681,27 @@ impl StateMachine {
         let record = IdempotencyRecord {
             issued_at_ms,
             response: response.clone(),
+            fingerprint: Some(fingerprint),
         };
         batch.put_cf(cf, db::idempotency_key(key), codec::encode(&record)?);
         batch.put_cf(cf, db::idempotency_time_key(issued_at_ms, key), []);
-        self.prune_idempotency(issued_at_ms.saturating_sub(window_ms), key, batch)?;
+        reads.idempotency_written.insert(key.to_string());
+        let expired_before_ms = issued_at_ms.saturating_sub(window_ms);
+        reads.idempotency_expired_before_ms = Some(
+            reads
+                .idempotency_expired_before_ms
+                .map_or(expired_before_ms, |t| t.min(expired_before_ms)),
+        );
         Ok(response)
     }
 
-    /// Remove up to `MAX_EXPIRED_PRUNED_PER_APPLY` records issued before `expired_before_ms`.
+    /// Remove up to `MAX_EXPIRED_PRUNED_PER_APPLY` records issued before `expired_before_ms`,
+    /// except those of `keep` (written by the entry being applied: its batch already holds
+    /// their new records, which deleting the old key would remove).
     fn prune_idempotency(
         &self,
         expired_before_ms: u64,
-        keep: &str,
+        keep: &std::collections::HashSet<String>,
         batch: &mut WriteBatch,
     ) -> Result<()> {
         let cf = db::cf(&self.db, CF_SM);
@@ -658,7 +720,7 @@ impl StateMachine {
                     "malformed idempotency expiry key".into(),
                 ));
             };
-            if key == keep {
+            if keep.contains(key) {
                 continue;
             }
             batch.delete_cf(cf, &time_key);
@@ -694,6 +756,13 @@ impl StateMachine {
             EntryPayload::Normal(command) => {
                 let mut reads = Reads::new(&self.db, &self.index);
                 let response = self.execute(log_id.index, command, &mut reads, &mut batch)?;
+                if let Some(expired_before_ms) = reads.idempotency_expired_before_ms {
+                    self.prune_idempotency(
+                        expired_before_ms,
+                        &reads.idempotency_written,
+                        &mut batch,
+                    )?;
+                }
                 index_updates = reads.index_updates;
                 response
             }
@@ -1365,5 +1434,53 @@ mod tests {
         assert!(reader.get("b").unwrap().value.is_some());
         assert!(reader.get("nested").unwrap().value.is_none());
         assert!(reader.get("doubly").unwrap().value.is_none());
+    }
+
+    /// One entry re-writes the record of key `a` (its old one expired) and, in a later command
+    /// of the same batch, prunes expired records: the prune used to see `a`'s old record in
+    /// RocksDB and delete the key, taking the new record with it, so a retry of `a` applied
+    /// again. Also: a key reused for another command is refused within its window.
+    #[tokio::test]
+    async fn idempotency_records_survive_their_own_entry_and_refuse_other_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm) = crate::open(dir.path()).unwrap();
+        let idempotent = |key: &str, issued_at_ms: u64, value: &str| Command::Idempotent {
+            key: key.into(),
+            issued_at_ms,
+            window_ms: 10,
+            command: Box::new(Command::Put {
+                key: format!("data/{key}"),
+                value: value.as_bytes().to_vec(),
+                precondition: Precondition::None,
+            }),
+        };
+        sm.apply([entry(1, idempotent("a", 0, "first"))])
+            .await
+            .unwrap();
+        let batch = Command::Batch(vec![idempotent("a", 100, "x"), idempotent("b", 100, "y")]);
+        sm.apply([entry(2, batch)]).await.unwrap();
+        let retry = sm
+            .apply([entry(3, idempotent("a", 101, "x"))])
+            .await
+            .unwrap();
+        assert_eq!(
+            retry[0].index, 2,
+            "the retry answers the first attempt: {retry:?}"
+        );
+        let record = sm.reader().get("data/a").unwrap().value.unwrap();
+        assert_eq!(record.mod_index, 2, "applied once");
+        // Another command under the same key, within the window: refused, nothing applied.
+        let other = sm
+            .apply([entry(4, idempotent("a", 102, "other"))])
+            .await
+            .unwrap();
+        assert_eq!(
+            other[0].result,
+            CommandResult::Refused(ApplyRefusal::IdempotencyKeyReused)
+        );
+        assert_eq!(
+            sm.reader().get("data/a").unwrap().value.unwrap().value,
+            b"x"
+        );
     }
 }

@@ -439,12 +439,19 @@ pub enum ApplyRefusal {
     /// The transaction's gets would answer more than `max_bytes` bytes of keys and values
     /// (`at_least_bytes` counted when the limit was passed).
     ResponseTooLarge { at_least_bytes: u64, max_bytes: u64 },
+    /// The `Idempotency-Key` answered another request (another method, key or body) within
+    /// its window.
+    IdempotencyKeyReused,
 }
 
 impl fmt::Display for ApplyRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ApplyRefusal::NestedCommand => write!(f, "a batch or idempotent command nested in another"),
+            ApplyRefusal::IdempotencyKeyReused => write!(
+                f,
+                "this Idempotency-Key was used for a different request (method, key or body) within its window; nothing was applied (use a new key for a new request)"
+            ),
             ApplyRefusal::ResponseTooLarge {
                 at_least_bytes,
                 max_bytes,
