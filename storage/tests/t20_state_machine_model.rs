@@ -84,7 +84,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (key.clone(), any::<bool>()).prop_map(|(key, guess_current)| Op::DeleteIfModIndex { key, guess_current }),
         2 => (key.clone(), any::<bool>(), key.clone(), proptest::collection::vec(any::<u8>(), 0..8))
             .prop_map(|(key, guess_current, put_key, value)| Op::Txn { key, guess_current, put_key, value }),
-        2 => (0u8..3, 0u64..60, key, proptest::collection::vec(any::<u8>(), 0..8))
+        // Values from a small set, so that a key's next use is often the same request (a retry)
+        // and often another one (refused within the window).
+        2 => (0u8..3, 0u64..60, key, prop_oneof![Just(vec![1u8]), Just(vec![2u8])])
             .prop_map(|(idem, advance_ms, key, value)| Op::IdempotentPut { idem, advance_ms, key, value }),
         2 => (proptest::collection::btree_set(0u8..12, 1..6), proptest::collection::vec(any::<u8>(), 0..8))
             .prop_map(|(keys, value)| Op::Batch { keys: keys.into_iter().collect(), value }),
@@ -104,8 +106,8 @@ struct Harness {
     _log: LogStore,
     sm: StateMachine,
     model: BTreeMap<String, KeyRecord>,
-    /// Idempotency key → (issued_at_ms, first response).
-    idempotency: HashMap<String, (u64, Response)>,
+    /// Idempotency key → (issued_at_ms, the command, first response).
+    idempotency: HashMap<String, (u64, Command, Response)>,
     now_ms: u64,
     next_index: u64,
     /// The store's options: the key index bound varies by case (see `KEY_INDEX_BOUNDS`).
@@ -206,14 +208,25 @@ impl Harness {
                 window_ms,
                 command,
             } => {
-                if let Some((first_at, response)) = self.idempotency.get(key) {
+                if let Some((first_at, first_command, response)) = self.idempotency.get(key) {
                     if first_at + window_ms >= *issued_at_ms {
+                        if first_command != &**command {
+                            // The key names another request within its window.
+                            return Response {
+                                index,
+                                result: CommandResult::Refused(
+                                    mirrorkv_storage::ApplyRefusal::IdempotencyKeyReused,
+                                ),
+                            };
+                        }
                         return response.clone();
                     }
                 }
                 let response = self.model_apply(index, command);
-                self.idempotency
-                    .insert(key.clone(), (*issued_at_ms, response.clone()));
+                self.idempotency.insert(
+                    key.clone(),
+                    (*issued_at_ms, (**command).clone(), response.clone()),
+                );
                 return response;
             }
         };
