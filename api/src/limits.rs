@@ -114,9 +114,10 @@ impl LimitedStream {
         self.busy.clone()
     }
 
+    /// Bytes moved. The idle timer is not touched here (that would be a timer-wheel update per
+    /// request): it is checked against `last_progress` when it fires, and moved then.
     fn progressed(&mut self) {
         self.last_progress = Instant::now();
-        self.idle = None;
     }
 }
 
@@ -162,11 +163,25 @@ impl AsyncRead for LimitedStream {
                     return Poll::Ready(Ok(()));
                 }
                 if this.busy.load(Ordering::Relaxed) > 0 {
-                    this.idle = None;
+                    // A handler runs: hyper reads again once it has answered, and the timer is
+                    // checked then.
                     return Poll::Pending;
                 }
-                let at = this.last_progress + Duration::from_millis(this.deadlines.idle_timeout_ms);
-                if fired(&mut this.idle, at, cx) {
+                let idle = Duration::from_millis(this.deadlines.idle_timeout_ms);
+                let last_progress = this.last_progress;
+                let sleep = this.idle.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(last_progress + idle))
+                });
+                loop {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // Fired, but bytes may have moved since it was set: then move it.
+                    let due = last_progress + idle;
+                    if Instant::now() < due {
+                        sleep.as_mut().reset(due);
+                        continue;
+                    }
                     // Read as the end of the stream: hyper closes the connection quietly.
                     this.idle_closed = true;
                     this.deadlines.closed.with_label_values(&["idle"]).inc();
@@ -176,7 +191,6 @@ impl AsyncRead for LimitedStream {
                     );
                     return Poll::Ready(Ok(()));
                 }
-                Poll::Pending
             }
         }
     }
