@@ -314,22 +314,13 @@ impl Flags {
         if api.max_connections == 0 || api.max_in_flight_requests == 0 {
             bail!("max_connections and max_in_flight_requests must be positive");
         }
-        for (name, ms) in [
+        check_timeouts_ms(&[
+            ("request_timeout_ms", api.request_timeout_ms),
             ("idle_timeout_ms", api.idle_timeout_ms),
             ("header_read_timeout_ms", api.header_read_timeout_ms),
             ("body_read_timeout_ms", api.body_read_timeout_ms),
             ("write_timeout_ms", api.write_timeout_ms),
-        ] {
-            if !(1..=MAX_REQUEST_TIMEOUT_MS).contains(&ms) {
-                bail!("{name} must be between 1 and {MAX_REQUEST_TIMEOUT_MS} (ms), got {ms}");
-            }
-        }
-        if !(1..=MAX_REQUEST_TIMEOUT_MS).contains(&api.request_timeout_ms) {
-            bail!(
-                "request_timeout_ms must be between 1 and {MAX_REQUEST_TIMEOUT_MS} (ms), got {}",
-                api.request_timeout_ms
-            );
-        }
+        ])?;
         if api.max_value_bytes > api.max_body_bytes {
             bail!(
                 "max_value_bytes ({}) must be at most max_body_bytes ({})",
@@ -355,14 +346,10 @@ impl Flags {
             .raft_frame_timeout_ms
             .unwrap_or(net.frame_read_timeout_ms);
         net.idle_timeout_ms = flags.raft_idle_timeout_ms.unwrap_or(net.idle_timeout_ms);
-        for (name, ms) in [
+        check_timeouts_ms(&[
             ("raft_frame_timeout_ms", net.frame_read_timeout_ms),
             ("raft_idle_timeout_ms", net.idle_timeout_ms),
-        ] {
-            if !(1..=MAX_REQUEST_TIMEOUT_MS).contains(&ms) {
-                bail!("{name} must be between 1 and {MAX_REQUEST_TIMEOUT_MS} (ms), got {ms}");
-            }
-        }
+        ])?;
         // The largest log entry: a batch of writes up to MAX_BYTES_PER_ENTRY, or one command as
         // large as a request body goes alone. An AppendEntries carries up to
         // MAX_PAYLOAD_ENTRIES of them and a forwarded frame one batch: both must fit a frame.
@@ -497,6 +484,16 @@ const ENTRY_OVERHEAD_BYTES: u64 = 64 * 1024;
 /// The longest `request_timeout_ms` accepted: an hour. Deadlines are `now + timeout`, and a
 /// timeout near `u64::MAX` ms would overflow the clock.
 pub const MAX_REQUEST_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Every timeout is 1 to `MAX_REQUEST_TIMEOUT_MS` ms: deadlines are `now + timeout`.
+fn check_timeouts_ms(timeouts: &[(&str, u64)]) -> anyhow::Result<()> {
+    for (name, ms) in timeouts {
+        if !(1..=MAX_REQUEST_TIMEOUT_MS).contains(ms) {
+            bail!("{name} must be between 1 and {MAX_REQUEST_TIMEOUT_MS} (ms), got {ms}");
+        }
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {

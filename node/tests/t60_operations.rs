@@ -8,22 +8,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_no_acked_write_lost, metric_sample as sample, mirrorkv, scan_all, wait_for, Cluster,
-    Writer, DEADLINE,
+    assert_no_acked_write_lost, http, metric_sample as sample, mirrorkv, scan_all, wait_for,
+    Cluster, Writer, DEADLINE,
 };
 use serde_json::{json, Value};
 
 /// Longest any test here waits for a condition that needs a bulk transfer (a 100k-key
 /// snapshot, a promotion).
 const BULK_DEADLINE: Duration = Duration::from_secs(120);
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .tcp_nodelay(true)
-        .build()
-        .expect("http client")
-}
 
 /// The value stored under preloaded key number `i`.
 fn preload_value(i: usize) -> String {

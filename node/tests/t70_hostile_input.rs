@@ -6,18 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{metric_sample, wait_for, Cluster, DEADLINE};
+use common::{http, metric_sample, wait_for, Cluster, DEADLINE};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .tcp_nodelay(true)
-        .build()
-        .expect("http client")
-}
 
 /// `host:port` of node `id`'s API.
 fn api_addr(cluster: &Cluster, id: u64) -> String {

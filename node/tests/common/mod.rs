@@ -145,6 +145,15 @@ impl Cluster {
     }
 }
 
+/// An HTTP client for the tests: one minute per request at most, `TCP_NODELAY`.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .build()
+        .expect("http client")
+}
+
 /// Run `mirrorkv` with `args` (e.g. `ctl ...`, `restore ...`); returns (success, stdout,
 /// stderr).
 pub fn mirrorkv(args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {
