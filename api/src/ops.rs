@@ -27,7 +27,8 @@ const PURGE_WAIT_MS: u64 = 2_000;
 const BACKUP_BUFFERED_CHUNKS: usize = 4;
 
 /// `POST /v1/snapshot`: build a snapshot of this node's applied state now and purge the log
-/// behind it. Acts on the node that receives it (like `etcdctl defrag` per endpoint).
+/// behind it, keeping the newest `max_in_snapshot_log_to_keep` entries as the automatic policy
+/// does. Acts on the node that receives it (like `etcdctl defrag` per endpoint).
 pub async fn snapshot(State(state): State<Arc<NodeState>>) -> Result<Response, ApiError> {
     let applied = state.reader.applied_index()?;
     let started = Instant::now();
@@ -51,17 +52,23 @@ pub async fn snapshot(State(state): State<Arc<NodeState>>) -> Result<Response, A
             ))
         })?;
     let snapshot_index = metrics.snapshot.map_or(0, |id| id.index);
-    state
-        .raft
-        .trigger()
-        .purge_log(snapshot_index)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("raft is not running: {e}")))?;
+    // The same tail the automatic policy keeps (`max_in_snapshot_log_to_keep`): a follower
+    // a little behind catches up from the log instead of needing a whole snapshot.
+    let kept_entries = state.raft.config().max_in_snapshot_log_to_keep;
+    let purge_to = snapshot_index.saturating_sub(kept_entries);
+    if purge_to > 0 {
+        state
+            .raft
+            .trigger()
+            .purge_log(purge_to)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("raft is not running: {e}")))?;
+    }
     let purged = match state
         .raft
         .wait(Some(Duration::from_millis(PURGE_WAIT_MS)))
         .metrics(
-            |m| m.purged.map_or(0, |id| id.index) >= snapshot_index,
+            |m| m.purged.map_or(0, |id| id.index) >= purge_to,
             "log purged",
         )
         .await
@@ -74,6 +81,7 @@ pub async fn snapshot(State(state): State<Arc<NodeState>>) -> Result<Response, A
     Ok(Json(json!({
         "index": snapshot_index,
         "purged_index": purged.map(|id| id.index),
+        "kept_entries": kept_entries,
         "snapshot_bytes": snapshot_bytes,
         "took_ms": started.elapsed().as_millis() as u64,
     }))

@@ -517,3 +517,34 @@ async fn t78_an_idempotency_key_reused_for_another_request_is_refused() {
         .expect("get");
     assert_eq!(b.status(), 404, "nothing of a refused request applied");
 }
+
+/// `POST /v1/snapshot` used to purge the log right up to the snapshot, so any follower a few
+/// entries behind needed a whole snapshot install. It now keeps the same tail as the automatic
+/// policy (`min(threshold / 10, 1000)` entries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t79_a_snapshot_on_demand_keeps_the_log_tail() {
+    let cluster = Cluster::start(1, &["--snapshot-threshold-entries", "1000"]).await;
+    cluster.wait_for_leader().await;
+    let http = http();
+    let api = cluster.api(1);
+    for i in 0..150 {
+        put_ok(&http, &api, &format!("k/{i}"), "v").await;
+    }
+    let answer: Value = http
+        .post(format!("{api}/v1/snapshot"))
+        .send()
+        .await
+        .expect("snapshot")
+        .json()
+        .await
+        .expect("json");
+    let index = answer["index"].as_u64().expect("index");
+    let purged = answer["purged_index"].as_u64().unwrap_or(0);
+    assert!(index >= 150, "{answer}");
+    assert_eq!(
+        purged,
+        index - 100,
+        "the newest 100 entries (threshold / 10) stay in the log: {answer}"
+    );
+    assert_eq!(answer["kept_entries"], 100, "{answer}");
+}
