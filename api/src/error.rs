@@ -61,6 +61,17 @@ impl From<StorageError> for ApiError {
     }
 }
 
+impl From<mirrorkv_storage::InvalidCommand> for ApiError {
+    fn from(invalid: mirrorkv_storage::InvalidCommand) -> Self {
+        match invalid {
+            mirrorkv_storage::InvalidCommand::TooLarge(message) => ApiError::TooLarge(message),
+            mirrorkv_storage::InvalidCommand::Invalid(message) => {
+                ApiError::InvalidArgument(message)
+            }
+        }
+    }
+}
+
 impl From<&mirrorkv_storage::ApplyRefusal> for ApiError {
     fn from(refusal: &mirrorkv_storage::ApplyRefusal) -> Self {
         match refusal {

@@ -268,6 +268,8 @@ pub fn with_idempotency(
             state.config.max_idempotency_key_bytes
         )));
     }
+    // The leader stamps its own time and window as it forms the entry
+    // (`write::stamp_idempotency`); these are placeholders until then.
     let issued_at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

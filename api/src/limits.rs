@@ -78,7 +78,6 @@ impl LimitedListener {
                         last_progress: Instant::now(),
                         idle: None,
                         idle_closed: false,
-                        write_pending_since: None,
                         write_stall: None,
                     };
                 }
@@ -104,7 +103,7 @@ pub struct LimitedStream {
     idle: Option<Pin<Box<Sleep>>>,
     /// The idle deadline passed: every later read is the end of the stream.
     idle_closed: bool,
-    write_pending_since: Option<Instant>,
+    /// Armed at the first write that returns `Pending` after progress; dropped on progress.
     write_stall: Option<Pin<Box<Sleep>>>,
 }
 
@@ -135,15 +134,6 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Poll `timer` (armed at `at` if unset): `true` once it has fired.
-fn fired(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant, cx: &mut Context<'_>) -> bool {
-    let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-    if sleep.deadline() != at {
-        sleep.as_mut().reset(at);
-    }
-    sleep.as_mut().poll(cx).is_ready()
 }
 
 impl AsyncRead for LimitedStream {
@@ -198,11 +188,13 @@ impl AsyncRead for LimitedStream {
 
 impl LimitedStream {
     /// A write (or flush) that returned `Pending`: an error once writes have made no progress
-    /// for `write_timeout_ms`.
+    /// for `write_timeout_ms` (the timer starts at the first `Pending` after progress).
     fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        let since = *self.write_pending_since.get_or_insert_with(Instant::now);
-        let at = since + Duration::from_millis(self.deadlines.write_timeout_ms);
-        if fired(&mut self.write_stall, at, cx) {
+        let timeout = Duration::from_millis(self.deadlines.write_timeout_ms);
+        let stall = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stall.as_mut().poll(cx).is_ready() {
             self.deadlines
                 .closed
                 .with_label_values(&["write_stall"])
@@ -225,7 +217,6 @@ impl LimitedStream {
     ) -> Poll<io::Result<T>> {
         match result {
             Poll::Ready(result) => {
-                self.write_pending_since = None;
                 self.write_stall = None;
                 self.progressed();
                 Poll::Ready(result)

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use mirrorkv_raft_net::{ForwardError, NetError, Refusal};
 use mirrorkv_storage::{
-    Command, CommandResult, InvalidCommand, NodeId, NodeInfo, Response, MAX_ANSWER_BYTES_PER_BATCH,
+    Command, CommandResult, NodeId, NodeInfo, Response, MAX_ANSWER_BYTES_PER_BATCH,
 };
 use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -113,6 +113,45 @@ const MAX_COMMANDS_PER_ENTRY: usize = 128;
 /// under about 3 MiB, so that an AppendEntries of `max_payload_entries` of them stays under
 /// raft-net's frame limit.
 pub const MAX_BYTES_PER_ENTRY: usize = 1024 * 1024;
+/// What a batch (a log entry, or a forwarded frame) has used of its bounds: command bytes
+/// (`MAX_BYTES_PER_ENTRY`) and the bytes its answers may take (`MAX_ANSWER_BYTES_PER_BATCH`).
+/// The first command always fits, whatever its size.
+struct BatchBudget {
+    command_bytes: usize,
+    answer_bytes: usize,
+    max_value_bytes: usize,
+}
+
+impl BatchBudget {
+    fn new(first: &Command, max_value_bytes: usize) -> Self {
+        Self {
+            command_bytes: first.approx_bytes(),
+            answer_bytes: first.max_answer_bytes(max_value_bytes),
+            max_value_bytes,
+        }
+    }
+
+    fn fits(&self, next: &Command) -> bool {
+        self.command_bytes + next.approx_bytes() <= MAX_BYTES_PER_ENTRY
+            && self.answer_bytes + next.max_answer_bytes(self.max_value_bytes)
+                <= MAX_ANSWER_BYTES_PER_BATCH
+    }
+
+    fn add(&mut self, next: &Command) {
+        self.command_bytes += next.approx_bytes();
+        self.answer_bytes += next.max_answer_bytes(self.max_value_bytes);
+    }
+
+    /// Add `next` if it fits; false (and unchanged) if not.
+    fn admit(&mut self, next: &Command) -> bool {
+        let fits = self.fits(next);
+        if fits {
+            self.add(next);
+        }
+        fits
+    }
+}
+
 /// Entries of batched writes in flight at once; while one is, new writes queue up and form the
 /// next, bigger batch (the batch size adapts to the load; one client waits for nothing). One:
 /// every entry costs the cluster about as much CPU as 30 writes in it do (appending,
@@ -231,8 +270,7 @@ impl WriteBatcher {
                 },
                 _ = &mut stop => return,
             };
-            let mut bytes = first.command.approx_bytes();
-            let mut answer_bytes = first.command.max_answer_bytes(max_value_bytes);
+            let mut budget = BatchBudget::new(&first.command, max_value_bytes);
             let mut batch = vec![first];
             {
                 let mut keys: HashSet<u64> = HashSet::new();
@@ -240,20 +278,13 @@ impl WriteBatcher {
                 while batch.len() < MAX_COMMANDS_PER_ENTRY {
                     let Ok(next) = receiver.try_recv() else { break };
                     let next_keys = key_hashes(&next.command);
-                    let next_bytes = next.command.approx_bytes();
-                    let next_answer_bytes = next.command.max_answer_bytes(max_value_bytes);
-                    if next_keys.iter().any(|k| keys.contains(k))
-                        || bytes + next_bytes > MAX_BYTES_PER_ENTRY
-                        || answer_bytes + next_answer_bytes > MAX_ANSWER_BYTES_PER_BATCH
-                    {
+                    if next_keys.iter().any(|k| keys.contains(k)) || !budget.admit(&next.command) {
                         // Conflicts with this batch, or would make it too big: it opens the
                         // next one.
                         carried = Some(next);
                         break;
                     }
                     keys.extend(next_keys);
-                    bytes += next_bytes;
-                    answer_bytes += next_answer_bytes;
                     batch.push(next);
                 }
             }
@@ -357,12 +388,7 @@ pub async fn write(
     command: Command,
     deadline: Instant,
 ) -> Result<Response, ApiError> {
-    command
-        .validate(&state.config.command_limits())
-        .map_err(|invalid| match invalid {
-            InvalidCommand::TooLarge(message) => ApiError::TooLarge(message),
-            InvalidCommand::Malformed(message) => ApiError::InvalidArgument(message),
-        })?;
+    command.validate(&state.config.command_limits())?;
     loop {
         // Checked before every attempt: nothing is delivered from a removed node.
         state.refuse_if_removed()?;
@@ -566,24 +592,17 @@ impl Forwarder {
             if !first.take() {
                 continue;
             }
-            let mut bytes = first.command.approx_bytes();
-            let mut answer_bytes = first.command.max_answer_bytes(max_value_bytes);
+            // The answers come back in one frame: bounded like an entry's.
+            let mut budget = BatchBudget::new(&first.command, max_value_bytes);
             let mut frame = vec![first];
             while frame.len() < MAX_COMMANDS_PER_ENTRY {
                 let Ok(next) = receiver.try_recv() else { break };
-                let next_bytes = next.command.approx_bytes();
-                let next_answer_bytes = next.command.max_answer_bytes(max_value_bytes);
-                // The answers come back in one frame: bounded like an entry's.
-                if next.leader != frame[0].leader
-                    || bytes + next_bytes > MAX_BYTES_PER_ENTRY
-                    || answer_bytes + next_answer_bytes > MAX_ANSWER_BYTES_PER_BATCH
-                {
+                if next.leader != frame[0].leader || !budget.fits(&next.command) {
                     carried = Some(next);
                     break;
                 }
                 if next.take() {
-                    bytes += next_bytes;
-                    answer_bytes += next_answer_bytes;
+                    budget.add(&next.command);
                     frame.push(next);
                 }
             }

@@ -185,7 +185,8 @@ async fn t73_slow_heads_and_bodies_are_cut_off_by_their_deadlines() {
     .await;
     cluster.wait_for_leader().await;
     let addr = api_addr(&cluster, 1);
-    // A head that never ends: a header line every 100 ms.
+    // A head that never ends: a header line every 100 ms (the attack's pace, not a wait for
+    // anything; the loop ends when the node closes the connection, or fails at DEADLINE).
     let mut slow = TcpStream::connect(&addr).await.expect("connect");
     slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
         .await

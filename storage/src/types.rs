@@ -59,8 +59,9 @@ pub enum Command {
     /// the read with every write in the log.
     Barrier,
     /// `command`, applied at most once per idempotency `key` within `window_ms`: a repeat answers
-    /// the first result. `issued_at_ms` is the proposing node's wall clock; every node compares
-    /// the same logged numbers, so the outcome is deterministic.
+    /// the first result; the same key on another command within the window is refused.
+    /// `issued_at_ms` and `window_ms` are the leader's (its batcher stamps them as it forms the
+    /// entry); every node compares the same logged numbers, so the outcome is deterministic.
     Idempotent {
         key: String,
         issued_at_ms: u64,
@@ -154,12 +155,13 @@ pub struct CommandLimits {
 /// Why [`Command::validate`] refused a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidCommand {
-    /// A key, value or transaction over its limit.
+    /// A key or value over its limit (413).
     #[error("{0}")]
     TooLarge(String),
-    /// A shape no client command has.
+    /// A shape no client command has, or a transaction of too many operations (400, as the
+    /// API answers a txn over `max_txn_ops`).
     #[error("{0}")]
-    Malformed(String),
+    Invalid(String),
 }
 
 impl Command {
@@ -199,7 +201,7 @@ impl Command {
             Command::Txn(txn) => {
                 let ops = txn.compare.len() + txn.success.len() + txn.failure.len();
                 if ops > limits.max_txn_ops {
-                    return Err(InvalidCommand::TooLarge(format!(
+                    return Err(InvalidCommand::Invalid(format!(
                         "a transaction of {ops} compares and ops exceeds max_txn_ops={}",
                         limits.max_txn_ops
                     )));
@@ -234,14 +236,14 @@ impl Command {
                 }
                 match **command {
                     Command::Idempotent { .. } | Command::Batch(_) | Command::Barrier => {
-                        Err(InvalidCommand::Malformed(
+                        Err(InvalidCommand::Invalid(
                             "an idempotent command holds a put, a delete or a transaction".into(),
                         ))
                     }
                     ref inner => inner.validate(limits),
                 }
             }
-            Command::Batch(_) => Err(InvalidCommand::Malformed(
+            Command::Batch(_) => Err(InvalidCommand::Invalid(
                 "a client command cannot be a batch".into(),
             )),
         }
