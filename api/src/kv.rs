@@ -9,7 +9,7 @@ use axum::extract::{OriginalUri, Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use mirrorkv_storage::{Command, CommandResult, Precondition};
+use mirrorkv_storage::{Command, CommandResult, Precondition, RangeRequest};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -470,7 +470,18 @@ pub async fn range(State(state): State<Arc<NodeState>>, query: Params) -> Respon
         let deadline = Instant::now() + state.config.request_timeout();
         read::prepare(&state, request, deadline).await?;
         // The whole page comes from one point-in-time view of the state machine.
-        let read = state.reader.range(&start, end.as_deref(), limit)?;
+        let range = RangeRequest {
+            start,
+            end,
+            max_keys: limit,
+            max_bytes: state.config.max_range_page_bytes,
+            keys_only,
+        };
+        let reader = state.reader.clone();
+        // A page may take milliseconds to read: not on a runtime worker.
+        let read = tokio::task::spawn_blocking(move || reader.range(&range))
+            .await
+            .map_err(|e| ApiError::Internal(format!("the range read failed: {e}")))??;
         let items: Vec<serde_json::Value> = read
             .value
             .items

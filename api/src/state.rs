@@ -41,6 +41,9 @@ pub struct ApiConfig {
     /// Default and largest `limit` of a range read.
     pub default_range_limit: usize,
     pub max_range_limit: usize,
+    /// Most bytes of keys and values in one range page (it ends early, with `next`, past them;
+    /// a page always holds at least one key).
+    pub max_range_page_bytes: usize,
     /// A mirror more than this many log entries behind the leader is not promoted to voter.
     pub promote_max_lag_entries: u64,
 }
@@ -63,6 +66,7 @@ impl Default for ApiConfig {
             max_txn_ops: 128,
             default_range_limit: 1000,
             max_range_limit: 10_000,
+            max_range_page_bytes: 4 * 1024 * 1024,
             promote_max_lag_entries: 1000,
         }
     }

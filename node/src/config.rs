@@ -62,6 +62,10 @@ pub struct Flags {
     pub max_value_bytes: Option<usize>,
     #[arg(long, env = "MIRRORKV_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Most bytes of keys and values in one range page (default 4194304); the page ends early,
+    /// with `next`, before the key that would pass it.
+    #[arg(long, env = "MIRRORKV_MAX_RANGE_PAGE_BYTES")]
+    pub max_range_page_bytes: Option<usize>,
     /// HTTP connections served at once.
     #[arg(long, env = "MIRRORKV_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -190,6 +194,7 @@ impl Flags {
             max_key_bytes: self.max_key_bytes.or(file.max_key_bytes),
             max_value_bytes: self.max_value_bytes.or(file.max_value_bytes),
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
+            max_range_page_bytes: self.max_range_page_bytes.or(file.max_range_page_bytes),
             max_connections: self.max_connections.or(file.max_connections),
             max_in_flight_requests: self.max_in_flight_requests.or(file.max_in_flight_requests),
             request_timeout_ms: self.request_timeout_ms.or(file.request_timeout_ms),
@@ -282,6 +287,9 @@ impl Flags {
                 .max_value_bytes
                 .unwrap_or(api_defaults.max_value_bytes),
             max_body_bytes: flags.max_body_bytes.unwrap_or(api_defaults.max_body_bytes),
+            max_range_page_bytes: flags
+                .max_range_page_bytes
+                .unwrap_or(api_defaults.max_range_page_bytes),
             max_connections: flags
                 .max_connections
                 .unwrap_or(api_defaults.max_connections),
@@ -313,6 +321,9 @@ impl Flags {
         };
         if api.max_connections == 0 || api.max_in_flight_requests == 0 {
             bail!("max_connections and max_in_flight_requests must be positive");
+        }
+        if api.max_range_page_bytes == 0 {
+            bail!("max_range_page_bytes must be positive");
         }
         check_timeouts_ms(&[
             ("request_timeout_ms", api.request_timeout_ms),

@@ -549,3 +549,68 @@ async fn t79_a_snapshot_on_demand_keeps_the_log_tail() {
     );
     assert_eq!(answer["kept_entries"], 100, "{answer}");
 }
+
+/// A range page is capped in bytes as well as in keys (`--max-range-page-bytes`, 4 MiB by
+/// default): six 1 MiB values used to come back in one 6 MiB page. Walking `next` still yields
+/// every key once; `keys_only` pages count only keys, so the same six fit in one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t80_a_range_page_is_capped_in_bytes() {
+    let cluster = Cluster::start(1, &[]).await;
+    cluster.wait_for_leader().await;
+    let http = http();
+    let api = cluster.api(1);
+    let value = "v".repeat(1_000_000);
+    for i in 0..6 {
+        put_ok(&http, &api, &format!("big/{i}"), &value).await;
+    }
+    let mut keys = Vec::new();
+    let mut pages = 0;
+    let mut start = String::new();
+    loop {
+        let url = format!("{api}/v1/kv?prefix=big/&start={start}");
+        let page: Value = http
+            .get(url)
+            .send()
+            .await
+            .expect("range")
+            .json()
+            .await
+            .expect("json");
+        let items = page["items"].as_array().expect("items");
+        let page_bytes: usize = items
+            .iter()
+            .map(|item| item["key"].as_str().unwrap().len() + item["value"].as_str().unwrap().len())
+            .sum();
+        assert!(
+            page_bytes <= 4 * 1024 * 1024,
+            "a page of {page_bytes} bytes, over the default cap"
+        );
+        keys.extend(
+            items
+                .iter()
+                .map(|item| item["key"].as_str().unwrap().to_string()),
+        );
+        pages += 1;
+        match page["next"].as_str() {
+            Some(next) => start = next.to_string(),
+            None => break,
+        }
+        assert!(pages < 10, "the walk never ends");
+    }
+    let expected: Vec<String> = (0..6).map(|i| format!("big/{i}")).collect();
+    assert_eq!(keys, expected, "every key once, in order");
+    assert_eq!(pages, 2, "four 1 MB values fit in 4 MiB, a fifth does not");
+
+    let page: Value = http
+        .get(format!("{api}/v1/kv?prefix=big/&keys_only=true"))
+        .send()
+        .await
+        .expect("range")
+        .json()
+        .await
+        .expect("json");
+    let items = page["items"].as_array().expect("items");
+    assert_eq!(items.len(), 6, "keys_only counts only keys");
+    assert!(items.iter().all(|item| item.get("value").is_none()));
+    assert!(page["next"].is_null());
+}

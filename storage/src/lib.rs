@@ -41,7 +41,8 @@ pub use db::StoreOptions;
 pub use error::StorageError;
 pub use log_store::LogStore;
 pub use state_machine::{
-    DiskUsage, KvReader, MemoryUsage, RangePage, ReadAt, StateMachine, StorageCounters,
+    DiskUsage, KvReader, MemoryUsage, RangePage, RangeRequest, ReadAt, StateMachine,
+    StorageCounters,
 };
 pub use types::*;
 

@@ -463,48 +463,131 @@ impl KvReader {
         Ok(ReadAt { index, value })
     }
 
-    /// Read up to `limit` keys in `[start, end)` (an absent `end` is unbounded; bounds are raw
-    /// key bytes), all at one point in time. `next` is the first key after the page, if any.
-    pub fn range(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<ReadAt<RangePage>> {
+    /// Read one page of `request`'s range, all at one point in time. `next` is the first key
+    /// after the page, if any.
+    ///
+    /// Blocking (a page may take milliseconds to read): call it from a blocking thread.
+    pub fn range(&self, request: &RangeRequest) -> Result<ReadAt<RangePage>> {
         let (snapshot, applied) = consistent_view(&self.db)?;
         let index = applied.map_or(0, |id| id.index);
         let mut read_options = ReadOptions::default();
         read_options.set_snapshot(&snapshot);
-        let upper = match end {
+        let upper = match &request.end {
             Some(end) => db::tagged(db::DATA_TAG, end),
             None => vec![db::DATA_TAG_END],
         };
         read_options.set_iterate_upper_bound(upper);
-        let start_key = db::tagged(db::DATA_TAG, start);
+        let start_key = db::tagged(db::DATA_TAG, &request.start);
         let iter = self.db.iterator_cf_opt(
             db::cf(&self.db, CF_SM),
             read_options,
             IteratorMode::From(&start_key, Direction::Forward),
         );
         let mut page = RangePage::default();
+        let mut page_bytes = 0usize;
         for item in iter {
             let (key, value) = item?;
             let user_key = db::user_key(&key)
                 .ok_or_else(|| StorageError::Invariant("non-UTF-8 key in state machine".into()))?;
-            if page.items.len() == limit {
+            let record = if request.keys_only {
+                // The indexes only: the value's bytes are skipped, never copied.
+                let indexes: KeyRecordIndexes = codec::decode(&value)?;
+                KeyRecord {
+                    value: Vec::new(),
+                    mod_index: indexes.mod_index,
+                    create_index: indexes.create_index,
+                }
+            } else {
+                codec::decode(&value)?
+            };
+            let item_bytes = user_key.len() + record.value.len();
+            let full = page.items.len() == request.max_keys
+                || (!page.items.is_empty() && page_bytes + item_bytes > request.max_bytes);
+            if full {
                 page.next = Some(user_key.to_string());
                 break;
             }
-            page.items
-                .push((user_key.to_string(), codec::decode(&value)?));
+            page_bytes += item_bytes;
+            page.items.push((user_key.to_string(), record));
         }
         Ok(ReadAt { index, value: page })
+    }
+}
+
+/// What one range read asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeRequest {
+    /// First key of the range (raw bytes, inclusive).
+    pub start: Vec<u8>,
+    /// End of the range (exclusive); `None` is unbounded.
+    pub end: Option<Vec<u8>>,
+    /// Most keys in the page (at least 1).
+    pub max_keys: usize,
+    /// Most bytes of keys and values in the page: the page ends before the key that would pass
+    /// it, except that its first key is always included, so every page makes progress (one key
+    /// and value are bounded by the write limits).
+    pub max_bytes: usize,
+    /// Read only keys and indexes: each record's `value` is left empty and never read.
+    pub keys_only: bool,
+}
+
+impl RangeRequest {
+    /// Keys from `start` on, up to `max_keys`, with their values and no byte cap.
+    pub fn from(start: &[u8], max_keys: usize) -> Self {
+        Self {
+            start: start.to_vec(),
+            end: None,
+            max_keys,
+            max_bytes: usize::MAX,
+            keys_only: false,
+        }
+    }
+}
+
+/// A `KeyRecord` decoded without its value: postcard writes `Vec<u8>` as a length and the bytes,
+/// which `SkippedBytes` steps over (borrowing, never copying).
+#[derive(Deserialize)]
+struct KeyRecordIndexes {
+    #[serde(rename = "value")]
+    _value: SkippedBytes,
+    mod_index: u64,
+    create_index: u64,
+}
+
+/// A byte string read and dropped without a copy.
+struct SkippedBytes;
+
+impl<'de> Deserialize<'de> for SkippedBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SkippedBytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_borrowed_bytes<E: serde::de::Error>(
+                self,
+                _: &'de [u8],
+            ) -> std::result::Result<Self::Value, E> {
+                Ok(SkippedBytes)
+            }
+            fn visit_bytes<E: serde::de::Error>(
+                self,
+                _: &[u8],
+            ) -> std::result::Result<Self::Value, E> {
+                Ok(SkippedBytes)
+            }
+        }
+        deserializer.deserialize_bytes(Visitor)
     }
 }
 
 /// One page of a range read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RangePage {
+    /// Keys and records in key order (records without values for `keys_only`).
     pub items: Vec<(String, KeyRecord)>,
     /// The first key after this page: the `start` of the next one.
     pub next: Option<String>,
@@ -1224,14 +1307,14 @@ mod tests {
         let reader = target.reader();
         assert!(matches!(reader.get("old"), Err(StorageError::Installing)));
         assert!(matches!(
-            reader.range(b"", None, 10),
+            reader.range(&RangeRequest::from(b"", 10)),
             Err(StorageError::Installing)
         ));
         drop((reader, target));
 
         let (_log, mut reopened) = crate::open(target_dir.path()).unwrap();
         let reader = reopened.reader();
-        let page = reader.range(b"", None, 10).unwrap();
+        let page = reader.range(&RangeRequest::from(b"", 10)).unwrap();
         let keys: Vec<&str> = page.value.items.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use mirrorkv_storage::{
     Command, CommandResult, Compare, CompareTarget, Entry, KeyRecord, LogId, LogStore,
-    Precondition, Response, StateMachine, StoreOptions, Txn, TxnOp, TxnOpResult,
+    Precondition, RangeRequest, Response, StateMachine, StoreOptions, Txn, TxnOp, TxnOpResult,
 };
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload};
@@ -443,7 +443,7 @@ impl Harness {
 
     fn check_equal(&self) {
         let reader = self.sm.reader();
-        let all = reader.range(b"", None, 10_000).unwrap();
+        let all = reader.range(&RangeRequest::from(b"", 10_000)).unwrap();
         assert_eq!(all.value.next, None);
         let stored: BTreeMap<String, KeyRecord> = all.value.items.into_iter().collect();
         assert_eq!(stored, self.model, "state machine differs from the model");
@@ -459,7 +459,7 @@ impl Harness {
         let mut paged = Vec::new();
         let mut start = Vec::new();
         loop {
-            let page = reader.range(&start, None, 3).unwrap().value;
+            let page = reader.range(&RangeRequest::from(&start, 3)).unwrap().value;
             paged.extend(page.items.into_iter().map(|(k, _)| k));
             match page.next {
                 Some(next) => start = next.into_bytes(),
@@ -467,6 +467,51 @@ impl Harness {
             }
         }
         assert_eq!(paged, self.model.keys().cloned().collect::<Vec<_>>());
+        // Pages capped by bytes walk the same keys, each within its cap (or a single key).
+        for max_bytes in [1, 40, 1000] {
+            let mut paged = Vec::new();
+            let mut start = Vec::new();
+            loop {
+                let request = RangeRequest {
+                    max_bytes,
+                    ..RangeRequest::from(&start, 10_000)
+                };
+                let page = reader.range(&request).unwrap().value;
+                let page_bytes: usize = page
+                    .items
+                    .iter()
+                    .map(|(k, r)| k.len() + r.value.len())
+                    .sum();
+                assert!(
+                    page_bytes <= max_bytes || page.items.len() == 1,
+                    "a page of {page_bytes} bytes over its cap of {max_bytes}"
+                );
+                paged.extend(page.items.into_iter().map(|(k, _)| k));
+                match page.next {
+                    Some(next) => start = next.into_bytes(),
+                    None => break,
+                }
+            }
+            assert_eq!(paged, self.model.keys().cloned().collect::<Vec<_>>());
+        }
+        // keys_only: the same keys and indexes, no values.
+        let request = RangeRequest {
+            keys_only: true,
+            ..RangeRequest::from(b"", 10_000)
+        };
+        let keys_only = reader.range(&request).unwrap().value.items;
+        let expected: Vec<(String, KeyRecord)> = self
+            .model
+            .iter()
+            .map(|(k, r)| {
+                let indexes = KeyRecord {
+                    value: Vec::new(),
+                    ..r.clone()
+                };
+                (k.clone(), indexes)
+            })
+            .collect();
+        assert_eq!(keys_only, expected);
     }
 }
 
