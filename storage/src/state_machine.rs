@@ -59,6 +59,60 @@ struct IdempotencyRecordV1 {
     response: Response,
 }
 
+/// Check one raw `sm` entry of a state stream (a backup or a snapshot file) at applied index
+/// `applied_index`: it must be a record apply could have written by then. Restore and install
+/// write records as they are, so this is what keeps a crafted or damaged stream from planting a
+/// record that later reads or applies cannot handle. `Err` says what is wrong.
+pub(crate) fn check_stream_record(
+    key: &[u8],
+    value: &[u8],
+    applied_index: u64,
+) -> std::result::Result<(), String> {
+    let (&tag, rest) = key.split_first().ok_or("an empty key")?;
+    let text = |bytes: &[u8]| {
+        std::str::from_utf8(bytes)
+            .map(|_| ())
+            .map_err(|_| "a key that is not UTF-8".to_string())
+    };
+    match tag {
+        db::DATA_TAG => {
+            text(rest)?;
+            // The indexes only (the value is stepped over, not copied); decoding them checks
+            // the whole record's encoding all the same.
+            let record: KeyRecordIndexes =
+                codec::decode(value).map_err(|e| format!("an undecodable key record ({e})"))?;
+            if !(1 <= record.create_index
+                && record.create_index <= record.mod_index
+                && record.mod_index <= applied_index)
+            {
+                return Err(format!(
+                    "a key record with create_index {} and mod_index {} at applied index {applied_index}",
+                    record.create_index, record.mod_index
+                ));
+            }
+        }
+        db::IDEMPOTENCY_TAG => {
+            text(rest)?;
+            let record = decode_idempotency_record(value)
+                .map_err(|e| format!("an undecodable idempotency record ({e})"))?;
+            if record.response.index > applied_index {
+                return Err(format!(
+                    "an idempotency record answered at index {} past applied index {applied_index}",
+                    record.response.index
+                ));
+            }
+        }
+        db::IDEMPOTENCY_TIME_TAG => {
+            if rest.len() < 8 || !value.is_empty() {
+                return Err("a malformed idempotency expiry entry".into());
+            }
+            text(&rest[8..])?;
+        }
+        _ => return Err("a reserved key".into()),
+    }
+    Ok(())
+}
+
 fn decode_idempotency_record(bytes: &[u8]) -> Result<IdempotencyRecord> {
     match codec::decode::<IdempotencyRecord>(bytes) {
         Ok(record) => Ok(record),

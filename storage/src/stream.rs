@@ -10,8 +10,11 @@
 //! ```
 //! The frames are one `Header`, any number of `Entries` (raw `sm` entries in strictly ascending
 //! key order), and one `End` that repeats the counts. A frame whose checksum does not match is
-//! corruption; a stream that stops before `End` is truncated; keys out of order, a reserved key,
-//! a count that disagrees, or bytes after `End` are corruption. [`read_state`] checks all of it.
+//! corruption; a stream that stops before `End` is truncated; keys out of order, a count that
+//! disagrees, or bytes after `End` are corruption. So is any content apply could not have
+//! written: a header past the largest term or index, and an entry that is not a well-formed
+//! record of the applied index (`state_machine::check_stream_record`). [`read_state`] checks
+//! all of it.
 
 use std::io::Read;
 
@@ -21,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::db::{self, CF_SM};
 use crate::error::{Result, StorageError};
-use crate::state_machine::{consistent_view, read_membership};
-use crate::types::{LogId, NodeId, StoredMembership};
+use crate::state_machine::{check_stream_record, consistent_view, read_membership};
+use crate::types::{LogId, NodeId, StoredMembership, MAX_LOG_POSITION};
 
 /// First bytes of every stream.
 pub const MAGIC: &[u8; 16] = b"MIRRORKV-BACKUP\n";
@@ -243,6 +246,36 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
+/// Check a stream's header: log positions a cluster can reach, a membership no newer than the
+/// state and whose voters all have addresses. A term of `u64::MAX`, say, would be restored into
+/// the vote, and the first election after it would overflow.
+fn check_header(header: &BackupHeader) -> Result<()> {
+    let corrupted = |what: String| Err(StorageError::Backup(format!("corrupted header: {what}")));
+    let positions = [header.applied, *header.membership.log_id()];
+    for log_id in positions.into_iter().flatten() {
+        if log_id.leader_id.term >= MAX_LOG_POSITION || log_id.index >= MAX_LOG_POSITION {
+            return corrupted(format!(
+                "log id {log_id} is past the largest term or index ({MAX_LOG_POSITION})"
+            ));
+        }
+    }
+    if header.membership.log_id() > &header.applied {
+        return corrupted(format!(
+            "the membership of {:?} is newer than the state at {:?}",
+            header.membership.log_id(),
+            header.applied
+        ));
+    }
+    let membership = header.membership.membership();
+    if let Some(id) = membership
+        .voter_ids()
+        .find(|id| membership.get_node(id).is_none())
+    {
+        return corrupted(format!("voter {id} has no address"));
+    }
+    Ok(())
+}
+
 /// Read and check a whole stream from `input`: `header` is called with its header first, then
 /// `entries` with each chunk, in order. Every check of the module doc runs; `entries` may
 /// already have seen earlier chunks when a later one fails, so a caller that writes them must
@@ -270,17 +303,19 @@ pub(crate) fn read_state(
         Some(_) => return Err(StorageError::Backup("corrupted: no header frame".into())),
         None => return Err(StorageError::Backup("truncated: no header frame".into())),
     };
+    check_header(&first)?;
     header(&first)?;
+    let applied_index = first.applied.map_or(0, |id| id.index);
     let (mut count, mut entry_frames) = (0u64, 0u64);
     let mut last_key: Option<Vec<u8>> = None;
     loop {
         match reader.next()? {
             Some(Frame::Entries(chunk)) => {
                 let mut previous = last_key.as_deref();
-                for (key, _) in &chunk {
-                    if key.first() == Some(&db::META_TAG) || key.first() == Some(&0xff) {
-                        return Err(StorageError::Backup("corrupted: a reserved key".into()));
-                    }
+                for (key, value) in &chunk {
+                    check_stream_record(key, value, applied_index).map_err(|what| {
+                        StorageError::Backup(format!("corrupted: entry {}: {what}", count + 1))
+                    })?;
                     if previous.is_some_and(|previous| previous >= key.as_slice()) {
                         return Err(StorageError::Backup("corrupted: keys out of order".into()));
                     }
@@ -347,4 +382,135 @@ pub(crate) fn load_entries(db: &DB, input: impl Read) -> Result<(BackupHeader, B
             Ok(())
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use openraft::{CommittedLeaderId, Membership};
+
+    use super::*;
+    use crate::types::{KeyRecord, NodeInfo};
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn header(applied: LogId) -> BackupHeader {
+        let node = NodeInfo {
+            api_addr: "127.0.0.1:1".into(),
+            raft_addr: "127.0.0.1:2".into(),
+        };
+        let membership = Membership::new(vec![[1].into()], BTreeMap::from([(1, node)]));
+        BackupHeader {
+            applied: Some(applied),
+            membership: StoredMembership::new(Some(log_id(1, 1)), membership),
+            source_node: 1,
+            cluster_id: "test".into(),
+            created_unix_ms: 0,
+        }
+    }
+
+    /// A stream of `header` and one frame of `entries`, written as the writer would.
+    fn stream_of(header: BackupHeader, entries: Entries) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let count = entries.len() as u64;
+        for frame in [
+            Frame::Header(header),
+            Frame::Entries(entries),
+            Frame::End {
+                entries: count,
+                entry_frames: 1,
+            },
+        ] {
+            out.extend(frame_bytes(&frame).unwrap());
+        }
+        out
+    }
+
+    fn key_record(key: &str, create_index: u64, mod_index: u64) -> (Vec<u8>, Vec<u8>) {
+        let record = KeyRecord {
+            value: b"v".to_vec(),
+            mod_index,
+            create_index,
+        };
+        (db::data_key(key), codec::encode(&record).unwrap())
+    }
+
+    fn check(bytes: &[u8]) -> Result<BackupSummary> {
+        read_state(bytes, |_| Ok(()), |_| Ok(())).map(|(_, summary)| summary)
+    }
+
+    #[test]
+    fn a_well_formed_stream_is_read() {
+        let entries = vec![key_record("a", 2, 5), key_record("b", 3, 3)];
+        let summary = check(&stream_of(header(log_id(2, 5)), entries)).unwrap();
+        assert_eq!((summary.index, summary.entries), (5, 2));
+    }
+
+    #[test]
+    fn a_header_past_the_largest_term_or_index_is_refused() {
+        for applied in [log_id(u64::MAX, 5), log_id(2, u64::MAX), log_id(1 << 62, 5)] {
+            let error = check(&stream_of(header(applied), vec![])).unwrap_err();
+            assert!(
+                error.to_string().contains("past the largest term or index"),
+                "{applied}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_membership_newer_than_the_state_is_refused() {
+        let mut stream_header = header(log_id(2, 5));
+        let membership = stream_header.membership.membership().clone();
+        stream_header.membership = StoredMembership::new(Some(log_id(2, 6)), membership);
+        let error = check(&stream_of(stream_header, vec![])).unwrap_err();
+        assert!(
+            error.to_string().contains("newer than the state"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn records_apply_could_not_have_written_are_refused() {
+        let cases: Vec<((Vec<u8>, Vec<u8>), &str)> = vec![
+            (key_record("a", 2, 6), "mod_index 6 at applied index 5"),
+            (key_record("a", 0, 3), "create_index 0"),
+            (key_record("a", 4, 3), "create_index 4 and mod_index 3"),
+            ((db::data_key("a"), vec![0xff; 3]), "undecodable key record"),
+            (
+                (
+                    vec![db::DATA_TAG, 0xff, 0xfe],
+                    codec::encode(&KeyRecord {
+                        value: vec![],
+                        mod_index: 1,
+                        create_index: 1,
+                    })
+                    .unwrap(),
+                ),
+                "not UTF-8",
+            ),
+            ((b"m:applied".to_vec(), vec![]), "a reserved key"),
+            ((b"zzz".to_vec(), vec![]), "a reserved key"),
+            (
+                (db::idempotency_key("k"), vec![1, 2, 3]),
+                "undecodable idempotency record",
+            ),
+            (
+                (vec![db::IDEMPOTENCY_TIME_TAG, 1], vec![]),
+                "malformed idempotency expiry",
+            ),
+        ];
+        for ((key, value), expected) in cases {
+            let error = check(&stream_of(header(log_id(2, 5)), vec![(key.clone(), value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("corrupted") && error.contains(expected),
+                "{key:?}: {error}"
+            );
+        }
+    }
 }

@@ -476,6 +476,11 @@ pub const MAX_TXN_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
 /// that could answer more goes alone. Twice the largest transaction answer.
 pub const MAX_ANSWER_BYTES_PER_BATCH: usize = 2 * MAX_TXN_RESPONSE_BYTES as usize;
 
+/// Terms and log indexes at or past this are refused wherever they come from outside the log
+/// (a restored backup, an installed snapshot's header): no cluster gets there (2^62 entries at
+/// a million a second take 146,000 years), and openraft adds to both.
+pub const MAX_LOG_POSITION: u64 = 1 << 62;
+
 /// The answer of the state machine for one applied entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
