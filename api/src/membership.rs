@@ -4,7 +4,8 @@
 //! under concurrent writes; a non-leader forwards it over raft-net. Every change is idempotent
 //! (adding an existing mirror with the same addresses, promoting a voter, or removing an absent
 //! member is answered with the current membership), so a change whose answer was lost may be
-//! retried safely.
+//! retried safely. Adding a *voter* again is refused: that is what a voter whose data was lost
+//! asks when it `--join`s under its old id, and it must not count as a voter with an empty log.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -178,6 +179,17 @@ pub async fn change_as_leader(
         .collect();
     let result = match change {
         MembershipChange::AddMirror { id, node } => {
+            if voters.contains(&id) {
+                // Answering "already added" here would let a voter whose data was lost come
+                // back under its old id: a voter with an empty log, which can elect a leader
+                // that misses committed writes. It must come back as a new mirror.
+                return Err(refused(
+                    Refusal::InvalidArgument,
+                    format!(
+                        "member {id} is a voter and cannot be added again as a mirror; a node that lost its data must not rejoin under its old id (its empty log could elect a leader missing committed writes): remove it first (DELETE /v1/cluster/members/{id}), then join it again"
+                    ),
+                ));
+            }
             if let Some(existing) = nodes.get(&id) {
                 if *existing == node {
                     return Ok(current_index);

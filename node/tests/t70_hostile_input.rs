@@ -614,3 +614,104 @@ async fn t80_a_range_page_is_capped_in_bytes() {
     assert!(items.iter().all(|item| item.get("value").is_none()));
     assert!(page["next"].is_null());
 }
+
+/// The members of the cluster as node `via` sees them: id → role.
+async fn roles(http: &reqwest::Client, api: &str) -> Vec<(u64, String)> {
+    let cluster: Value = http
+        .get(format!("{api}/v1/cluster"))
+        .send()
+        .await
+        .expect("cluster")
+        .json()
+        .await
+        .expect("json");
+    cluster["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap(),
+                m["role"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A voter whose disk was wiped must not come back under its old id: its `--join` used to be
+/// answered "already a member" and it counted as a voter with an empty log (one that can elect
+/// a leader missing committed writes). Now the join is refused, the node exits saying why, and
+/// the way back works: remove the member, then join it again, as a mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t81_a_wiped_voter_cannot_rejoin_under_its_old_id() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let http = http();
+    let via = cluster.api(if leader == 1 { 2 } else { 1 });
+    let wiped = if leader == 3 { 2 } else { 3 };
+    put_ok(&http, &via, "before", "1").await;
+    cluster.kill(wiped);
+    let node = &cluster.nodes[&wiped];
+    std::fs::remove_dir_all(&node.data_dir).expect("wipe the data dir");
+    let join_via = via.trim_start_matches("http://").to_string();
+    let mut rejoin = tokio::process::Command::new(cluster.bin())
+        .args(["--id", &wiped.to_string(), "--data-dir"])
+        .arg(&node.data_dir)
+        .args(["--api-addr", &node.api_addr, "--raft-addr", &node.raft_addr])
+        .args(["--join", &join_via, "--join-timeout-ms", "30000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the wiped node");
+    let status = match tokio::time::timeout(DEADLINE, rejoin.wait()).await {
+        Ok(status) => status.expect("wait"),
+        Err(_) => panic!("the wiped voter's --join was accepted: it is still running"),
+    };
+    let mut stderr = String::new();
+    rejoin
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .await
+        .expect("stderr");
+    assert!(!status.success(), "the refused join must fail start-up");
+    assert!(
+        stderr.contains("is a voter and cannot be added again"),
+        "the reason is logged: {stderr}"
+    );
+    let members = roles(&http, &via).await;
+    assert!(
+        members.contains(&(wiped, "voter".to_string())) && members.len() == 3,
+        "the membership is unchanged: {members:?}"
+    );
+    put_ok(&http, &via, "during", "2").await;
+
+    // The way back: remove it, then join it again as a new mirror.
+    let removed = http
+        .delete(format!("{via}/v1/cluster/members/{wiped}"))
+        .send()
+        .await
+        .expect("remove");
+    assert_eq!(removed.status(), 200, "remove the wiped member");
+    std::fs::remove_dir_all(&cluster.nodes[&wiped].data_dir).ok();
+    cluster.nodes.get_mut(&wiped).unwrap().membership_args = vec!["--join".into(), join_via];
+    cluster.restart(wiped).await;
+    cluster.wait_ready(wiped).await;
+    let members = roles(&http, &via).await;
+    assert!(
+        members.contains(&(wiped, "mirror".to_string())),
+        "back as a mirror: {members:?}"
+    );
+    let api = cluster.api(wiped);
+    wait_for("the re-joined mirror has every write", DEADLINE, || async {
+        let response = http
+            .get(format!("{api}/v1/kv/during?consistency=stale"))
+            .send()
+            .await
+            .ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+}
