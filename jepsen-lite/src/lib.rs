@@ -3,6 +3,8 @@
 //! Modules, one job each:
 //! - [`history`]: events, the three outcomes (ok / fail / info), pairing into operations.
 //! - [`model`]: sequential specifications: `Register` and mirrorkv's `KeyValue`.
+//! - [`attack`]: `jepsen-lite attack`: the attacks that once stopped mirrorkv, then a write on
+//!   every node.
 //! - [`bench`]: `jepsen-lite bench`: mirrorkv and etcd under the same closed-loop clients.
 //! - [`checker`]: Wing–Gong–Lowe search with memoization, per key, in parallel, time-limited.
 //! - [`edn`]: a small EDN reader; [`edn_out`] writes histories as EDN.
@@ -15,6 +17,7 @@
 //!
 //! Why it is shaped this way: `jepsen-lite/DESIGN.md`.
 
+pub mod attack;
 pub mod bench;
 pub mod checker;
 pub mod cluster;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use jepsen_lite::attack::{self, AttackOptions};
 use jepsen_lite::bench::{self, BenchWorkload, Cell, CellLimits, DataShape, Store, Stores};
 use jepsen_lite::harness::{self, TestOptions, Workload};
 use jepsen_lite::model::{KeyValue, Register};
@@ -98,6 +99,22 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         snapshot_threshold_entries: u64,
     },
+    /// Run the attacks that once stopped mirrorkv (a poison-pill transaction, then 1,100 idle
+    /// API connections) against a fresh cluster with default settings; after each, every node
+    /// must still take writes. Exit code: 0 all held, 1 something did not, 3 the harness failed.
+    Attack {
+        /// The `mirrorkv` binary (default: next to this one).
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Idle connections opened to one node's API.
+        #[arg(long, default_value_t = 1100)]
+        idle_connections: usize,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure mirrorkv and etcd (3 nodes each, started here) under the same closed-loop
     /// clients; prints ops/s and p50/p99/p99.9 per cell and writes JSON.
     Bench {
@@ -154,6 +171,46 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Attack {
+            bin,
+            nodes,
+            idle_connections,
+            json,
+        } => {
+            let options = AttackOptions {
+                nodes,
+                idle_connections,
+                ..AttackOptions::new(bin.unwrap_or_else(default_mirrorkv_bin))
+            };
+            let Some(runtime) = runtime() else {
+                return ExitCode::from(3);
+            };
+            match runtime.block_on(attack::run(options)) {
+                Ok(report) => {
+                    if json {
+                        match serde_json::to_string_pretty(&report) {
+                            Ok(text) => println!("{text}"),
+                            Err(e) => eprintln!("jepsen-lite: {e}"),
+                        }
+                    }
+                    let failed = report.findings.iter().filter(|f| !f.passed).count();
+                    println!(
+                        "attack: {} checks, {failed} failed: {}",
+                        report.findings.len(),
+                        if report.passed() {
+                            "the cluster held"
+                        } else {
+                            "NOT HELD"
+                        }
+                    );
+                    ExitCode::from(if report.passed() { 0 } else { 1 })
+                }
+                Err(e) => {
+                    eprintln!("jepsen-lite attack: harness failure: {e}");
+                    ExitCode::from(3)
+                }
+            }
+        }
         Command::Bench {
             bin,
             etcd,

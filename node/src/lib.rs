@@ -6,6 +6,7 @@
 //! - `events`: structured log lines for every leadership and membership change.
 //! - [`restore`]: `mirrorkv restore`, a new data dir from a backup.
 //! - [`ctl`]: `mirrorkv ctl`, the command-line client.
+//! - [`open_files`]: the open-files limit, raised at start for `max_connections`.
 //! - this file: [`run`], the whole node as one function of (config, listeners, shutdown), so a
 //!   test can run a node on its own port-0 listeners.
 //!
@@ -15,6 +16,7 @@ pub mod config;
 pub mod ctl;
 mod events;
 mod join;
+pub mod open_files;
 pub mod restore;
 
 use std::future::Future;

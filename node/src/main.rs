@@ -69,6 +69,13 @@ fn run_node(flags: Flags) -> anyhow::Result<()> {
             .with_env_filter(filter)
             .init(),
     }
+    match mirrorkv_node::open_files::raise_open_files_limit() {
+        Ok(open_files) if open_files < config.api.max_connections as u64 + 256 => {
+            tracing::warn!(open_files, max_connections = config.api.max_connections, "the open-files limit is below max_connections plus room for peers and storage; raise `ulimit -Hn` (LimitNOFILE) or lower --max-connections")
+        }
+        Ok(open_files) => tracing::debug!(open_files, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

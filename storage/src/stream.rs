@@ -475,7 +475,8 @@ mod tests {
 
     #[test]
     fn records_apply_could_not_have_written_are_refused() {
-        let cases: Vec<((Vec<u8>, Vec<u8>), &str)> = vec![
+        type Case = ((Vec<u8>, Vec<u8>), &'static str);
+        let cases: Vec<Case> = vec![
             (key_record("a", 2, 6), "mod_index 6 at applied index 5"),
             (key_record("a", 0, 3), "create_index 0"),
             (key_record("a", 4, 3), "create_index 4 and mod_index 3"),
