@@ -647,3 +647,74 @@ async fn send_frame(state: &NodeState, frame: Vec<Forwarded>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mirrorkv_storage::{Precondition, Txn, TxnOp};
+
+    use super::*;
+
+    const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+    fn gets(count: usize) -> Command {
+        Command::Txn(Txn {
+            compare: Vec::new(),
+            success: (0..count)
+                .map(|i| TxnOp::Get {
+                    key: format!("k{i}"),
+                })
+                .collect(),
+            failure: Vec::new(),
+        })
+    }
+
+    fn put(i: usize) -> Command {
+        Command::Put {
+            key: format!("k{i}"),
+            value: vec![0; 16],
+            precondition: Precondition::None,
+        }
+    }
+
+    #[test]
+    fn transactions_that_could_answer_megabytes_do_not_share_a_batch() {
+        // Eight gets of 1 MiB values: up to 8 MiB of answer each.
+        let big = gets(8);
+        let mut budget = BatchBudget::new(&big, MAX_VALUE_BYTES);
+        assert!(budget.admit(&gets(4)), "8 + 4 MiB fit in 16 MiB");
+        assert!(!budget.admit(&big), "8 + 4 + 8 MiB do not");
+        assert!(budget.admit(&put(1)), "a put's answer is small");
+        // A transaction's answer is capped at 8 MiB, and two capped ones pass 16 MiB.
+        let mut capped = BatchBudget::new(&gets(128), MAX_VALUE_BYTES);
+        assert!(capped.admit(&gets(7)));
+        assert!(!capped.admit(&gets(128)));
+    }
+
+    #[test]
+    fn what_a_budget_admits_stays_within_both_bounds() {
+        let commands: Vec<Command> = (0..4000)
+            .map(|i| match i % 7 {
+                0 => gets(1 + i % 5),
+                _ => put(i),
+            })
+            .collect();
+        let mut rest = commands.as_slice();
+        while let Some((first, tail)) = rest.split_first() {
+            let mut budget = BatchBudget::new(first, MAX_VALUE_BYTES);
+            let mut answer_bytes = first.max_answer_bytes(MAX_VALUE_BYTES);
+            let mut taken = 1;
+            for next in tail {
+                if !budget.admit(next) {
+                    break;
+                }
+                answer_bytes += next.max_answer_bytes(MAX_VALUE_BYTES);
+                taken += 1;
+            }
+            assert!(
+                taken == 1 || answer_bytes <= MAX_ANSWER_BYTES_PER_BATCH,
+                "a batch of {taken} may answer {answer_bytes} bytes"
+            );
+            rest = &rest[taken..];
+        }
+    }
+}

@@ -424,6 +424,9 @@ impl Harness {
         let index = self.next_index;
         self.next_index += 1;
         let expected = self.model_apply(index, &command);
+        // Values here are under 16 bytes: the bound the batchers use (`max_answer_bytes`)
+        // must hold for every answer apply gives.
+        let answer_bound_bytes = command.max_answer_bytes(16);
         let entry = Entry {
             log_id: Self::log_id(index),
             payload: EntryPayload::Normal(command),
@@ -433,6 +436,13 @@ impl Harness {
             responses,
             vec![expected],
             "apply result differs from the model at index {index}"
+        );
+        let answer_bytes = mirrorkv_storage::codec::encode(&responses[0])
+            .unwrap()
+            .len();
+        assert!(
+            answer_bytes <= answer_bound_bytes,
+            "an answer of {answer_bytes} bytes over its bound of {answer_bound_bytes} at index {index}"
         );
     }
 
