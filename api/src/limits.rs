@@ -1,7 +1,14 @@
-//! Bounds on the HTTP side: connections served at once (`LimitedListener`: past the limit the
-//! node stops accepting, so the kernel backlog pushes back), deadlines on every connection
-//! (`ConnDeadlines`, enforced by `LimitedStream`), and requests in flight (past the limit a
-//! request is shed at once with `429 overloaded`).
+//! Bounds on the HTTP side: connections served at once (`LimitedListener`), deadlines on every
+//! connection (`ConnDeadlines`, enforced by `LimitedStream`), and requests in flight (past the
+//! limit a request is shed at once with `429 overloaded`).
+//!
+//! When all `max_connections` slots are taken, a new connection takes the slot of the one that
+//! has moved no byte for longest: it is closed as soon as no request of it is in progress (at
+//! once if it is idle; after its answer if not). So connections that hold a slot without using
+//! it (idle keep-alives, a flood of sockets that never send a byte) cannot lock anyone out, not
+//! even for the header-read deadline; a request in progress is never cut. Past the slots, the
+//! listener holds at most one accepted connection while its slot frees; the rest wait in the
+//! kernel backlog.
 //!
 //! The deadlines of a connection, so that no client can hold one of the `max_connections`
 //! slots without using it:
@@ -16,14 +23,16 @@
 //!   read) closes the connection, which ends a streaming body such as a backup and frees what
 //!   produces it.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -40,11 +49,58 @@ pub struct ConnDeadlines {
     pub closed: prometheus::IntCounterVec,
 }
 
-/// A TCP listener that holds one permit per open connection.
+/// A TCP listener that holds one permit per open connection, and takes the slot of the
+/// longest-unused connection for a new one when none is free (module doc).
 pub struct LimitedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
     deadlines: ConnDeadlines,
+    open: Arc<OpenConnections>,
+}
+
+/// The open connections, as the listener sees them.
+struct OpenConnections {
+    /// Time base of `ConnShared::last_progress_ms`.
+    started: Instant,
+    next_id: AtomicU64,
+    by_id: Mutex<HashMap<u64, Arc<ConnShared>>>,
+}
+
+/// What a connection shares with its listener.
+struct ConnShared {
+    /// Requests whose handler is running (`Busy`).
+    busy: Arc<AtomicUsize>,
+    /// When a byte last moved, in ms since `OpenConnections::started`.
+    last_progress_ms: AtomicU64,
+    /// Set by the listener: close the connection once no request of it is in progress.
+    evict: AtomicBool,
+    /// Wakes the connection's pending read when `evict` is set.
+    waker: AtomicWaker,
+}
+
+impl OpenConnections {
+    /// Mark for closing the connection that has moved no byte for longest, preferring one with
+    /// no request in progress; false if every connection is already marked.
+    fn evict_longest_unused(&self) -> bool {
+        let by_id = self.by_id.lock().expect("never poisoned");
+        let victim = by_id
+            .values()
+            .filter(|conn| !conn.evict.load(Ordering::Relaxed))
+            .min_by_key(|conn| {
+                (
+                    conn.busy.load(Ordering::Relaxed) > 0,
+                    conn.last_progress_ms.load(Ordering::Relaxed),
+                )
+            });
+        match victim {
+            Some(conn) => {
+                conn.evict.store(true, Ordering::Release);
+                conn.waker.wake();
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl LimitedListener {
@@ -53,33 +109,55 @@ impl LimitedListener {
             inner,
             permits: Arc::new(Semaphore::new(max_connections)),
             deadlines,
+            open: Arc::new(OpenConnections {
+                started: Instant::now(),
+                next_id: AtomicU64::new(0),
+                by_id: Mutex::default(),
+            }),
         }
     }
 
-    /// The next connection, once one of `max_connections` is free.
+    /// The next connection, with one of the `max_connections` slots: a free one, or else the
+    /// slot of the longest-unused connection, once that one has closed.
     pub async fn accept(&mut self) -> LimitedStream {
+        if self.permits.available_permits() == 0 {
+            // Nobody is waiting to get in yet: wait for a slot or a newcomer, whichever first.
+            tokio::select! {
+                permit = self.permits.clone().acquire_owned() => {
+                    let permit = permit.expect("semaphore never closed");
+                    let stream = self.accept_tcp().await;
+                    return self.open_stream(stream, permit);
+                }
+                stream = self.accept_tcp() => {
+                    self.open.evict_longest_unused();
+                    let permit = self
+                        .permits
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("semaphore never closed");
+                    return self.open_stream(stream, permit);
+                }
+            }
+        }
         let permit = self
             .permits
             .clone()
             .acquire_owned()
             .await
             .expect("semaphore never closed");
+        let stream = self.accept_tcp().await;
+        self.open_stream(stream, permit)
+    }
+
+    async fn accept_tcp(&self) -> TcpStream {
         loop {
             match self.inner.accept().await {
                 Ok((stream, _addr)) => {
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(error = %e, "could not set TCP_NODELAY on an API connection");
                     }
-                    return LimitedStream {
-                        stream,
-                        _permit: permit,
-                        deadlines: self.deadlines.clone(),
-                        busy: Arc::new(AtomicUsize::new(0)),
-                        last_progress: Instant::now(),
-                        idle: None,
-                        idle_closed: false,
-                        write_stall: None,
-                    };
+                    return stream;
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little instead of spinning.
@@ -88,6 +166,42 @@ impl LimitedListener {
                 }
             }
         }
+    }
+
+    fn open_stream(&self, stream: TcpStream, permit: OwnedSemaphorePermit) -> LimitedStream {
+        let now = Instant::now();
+        let busy = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(ConnShared {
+            busy: busy.clone(),
+            last_progress_ms: AtomicU64::new(self.open.millis_at(now)),
+            evict: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        });
+        let id = self.open.next_id.fetch_add(1, Ordering::Relaxed);
+        self.open
+            .by_id
+            .lock()
+            .expect("never poisoned")
+            .insert(id, shared.clone());
+        LimitedStream {
+            stream,
+            _permit: permit,
+            deadlines: self.deadlines.clone(),
+            busy,
+            last_progress: now,
+            idle: None,
+            idle_closed: false,
+            write_stall: None,
+            shared,
+            open: self.open.clone(),
+            id,
+        }
+    }
+}
+
+impl OpenConnections {
+    fn millis_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64
     }
 }
 
@@ -105,6 +219,20 @@ pub struct LimitedStream {
     idle_closed: bool,
     /// Armed at the first write that returns `Pending` after progress; dropped on progress.
     write_stall: Option<Pin<Box<Sleep>>>,
+    /// What the listener sees of this connection, under `id` in `open`.
+    shared: Arc<ConnShared>,
+    open: Arc<OpenConnections>,
+    id: u64,
+}
+
+impl Drop for LimitedStream {
+    fn drop(&mut self) {
+        self.open
+            .by_id
+            .lock()
+            .expect("never poisoned")
+            .remove(&self.id);
+    }
 }
 
 impl LimitedStream {
@@ -116,7 +244,11 @@ impl LimitedStream {
     /// Bytes moved. The idle timer is not touched here (that would be a timer-wheel update per
     /// request): it is checked against `last_progress` when it fires, and moved then.
     fn progressed(&mut self) {
-        self.last_progress = Instant::now();
+        let now = Instant::now();
+        self.last_progress = now;
+        self.shared
+            .last_progress_ms
+            .store(self.open.millis_at(now), Ordering::Relaxed);
     }
 }
 
@@ -150,6 +282,16 @@ impl AsyncRead for LimitedStream {
             }
             Poll::Pending => {
                 if this.idle_closed {
+                    return Poll::Ready(Ok(()));
+                }
+                this.shared.waker.register(cx.waker());
+                if this.shared.evict.load(Ordering::Acquire)
+                    && this.busy.load(Ordering::Relaxed) == 0
+                {
+                    // A newcomer needs this slot: read as the end of the stream.
+                    this.idle_closed = true;
+                    this.deadlines.closed.with_label_values(&["evicted"]).inc();
+                    tracing::debug!("closing the longest-unused API connection for a new one");
                     return Poll::Ready(Ok(()));
                 }
                 if this.busy.load(Ordering::Relaxed) > 0 {
@@ -280,5 +422,60 @@ impl InFlight {
                 self.max_in_flight_requests
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    fn deadlines() -> ConnDeadlines {
+        ConnDeadlines {
+            idle_timeout_ms: 60_000,
+            write_timeout_ms: 60_000,
+            closed: prometheus::IntCounterVec::new(
+                prometheus::Opts::new("closed", "closed connections"),
+                &["reason"],
+            )
+            .unwrap(),
+        }
+    }
+
+    /// With every slot taken, a newcomer gets the slot of the longest-unused connection with
+    /// no request in progress: that one reads as closed, a busy older one is left alone.
+    #[tokio::test]
+    async fn a_newcomer_takes_the_slot_of_the_longest_unused_idle_connection() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = LimitedListener::new(tcp, 2, deadlines());
+        let _client_a = TcpStream::connect(addr).await.unwrap();
+        let busy_a = listener.accept().await;
+        let _client_b = TcpStream::connect(addr).await.unwrap();
+        let mut idle_b = listener.accept().await;
+        // A is the oldest, but a request of it is in progress.
+        let _request = Busy::enter(&busy_a.busy_counter());
+
+        let _client_c = TcpStream::connect(addr).await.unwrap();
+        let newcomer = tokio::spawn(async move { listener.accept().await });
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(30), idle_b.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0))), "B reads as closed: {read:?}");
+        assert!(!busy_a.shared.evict.load(Ordering::Relaxed), "A is not cut");
+        assert_eq!(
+            idle_b
+                .deadlines
+                .closed
+                .with_label_values(&["evicted"])
+                .get(),
+            1
+        );
+        drop(idle_b);
+        let served = tokio::time::timeout(Duration::from_secs(30), newcomer)
+            .await
+            .expect("the newcomer gets B's slot")
+            .unwrap();
+        assert!(!served.shared.evict.load(Ordering::Relaxed));
     }
 }

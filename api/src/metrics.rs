@@ -142,7 +142,7 @@ impl Default for Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "mirrorkv_api_connections_closed_total",
-                        "API connections closed by this node on a deadline, by reason (idle, header, write_stall).",
+                        "API connections closed by this node, by reason: a deadline (idle, header, write_stall) or a new connection needing the slot of the longest-unused one (evicted).",
                     ),
                     &["reason"],
                 ),

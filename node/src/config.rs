@@ -66,7 +66,8 @@ pub struct Flags {
     /// with `next`, before the key that would pass it.
     #[arg(long, env = "MIRRORKV_MAX_RANGE_PAGE_BYTES")]
     pub max_range_page_bytes: Option<usize>,
-    /// HTTP connections served at once.
+    /// HTTP connections served at once (default 1024); past it a new connection takes the slot
+    /// of the longest-unused one (closed once no request of it is in progress).
     #[arg(long, env = "MIRRORKV_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// HTTP requests in flight at once; more are answered 429.

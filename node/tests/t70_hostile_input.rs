@@ -164,6 +164,11 @@ async fn t72_idle_connections_are_closed_and_the_node_answers_again() {
             &page,
             "mirrorkv_api_connections_closed_total{reason=\"idle\"}",
         )
+        .unwrap_or(0.0)
+        + metric_sample(
+            &page,
+            "mirrorkv_api_connections_closed_total{reason=\"evicted\"}",
+        )
         .unwrap_or(0.0);
     assert!(closed >= idle.len() as f64, "closed {closed}\n{page}");
 }
