@@ -191,6 +191,51 @@ mod tests {
         ));
     }
 
+    /// A reader of fixed bytes that records the largest buffer it was asked to fill.
+    struct Recording<'a> {
+        bytes: &'a [u8],
+        largest_buffer: usize,
+    }
+
+    impl tokio::io::AsyncRead for Recording<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.largest_buffer = self.largest_buffer.max(buf.remaining());
+            let n = buf.remaining().min(self.bytes.len());
+            buf.put_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A frame that claims 64 MiB and brings 10 bytes is an error, and the buffer never
+    /// grew ahead of the bytes that arrived (it used to be allocated at the claimed length).
+    #[tokio::test]
+    async fn a_claimed_length_allocates_nothing_ahead_of_the_bytes() {
+        const MAX_FRAME_BYTES: u32 = 64 * 1024 * 1024;
+        let mut bytes = MAX_FRAME_BYTES.to_be_bytes().to_vec();
+        bytes.push(FRAME_VERSION);
+        bytes.extend_from_slice(&7u64.to_be_bytes());
+        bytes.extend_from_slice(&[0u8; 10]);
+        let mut reader = Recording {
+            bytes: &bytes,
+            largest_buffer: 0,
+        };
+        let result = read(&mut reader, MAX_FRAME_BYTES, 1000).await;
+        assert!(
+            matches!(&result, Err(NetError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+            "{result:?}"
+        );
+        assert!(
+            reader.largest_buffer <= IO_BUFFER_BYTES,
+            "asked to fill {} bytes",
+            reader.largest_buffer
+        );
+    }
+
     /// Queued frames go out together, in order, each readable on its own; more than one
     /// flush's worth stays queued for the next call.
     #[tokio::test]
