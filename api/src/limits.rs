@@ -121,31 +121,20 @@ impl LimitedListener {
     /// slot of the longest-unused connection, once that one has closed.
     pub async fn accept(&mut self) -> LimitedStream {
         if self.permits.available_permits() == 0 {
-            // Nobody is waiting to get in yet: wait for a slot or a newcomer, whichever first.
+            // Wait for a slot to free or a newcomer to arrive, whichever comes first.
             tokio::select! {
-                permit = self.permits.clone().acquire_owned() => {
-                    let permit = permit.expect("semaphore never closed");
+                permit = acquire(&self.permits) => {
                     let stream = self.accept_tcp().await;
                     return self.open_stream(stream, permit);
                 }
                 stream = self.accept_tcp() => {
                     self.open.evict_longest_unused();
-                    let permit = self
-                        .permits
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("semaphore never closed");
+                    let permit = acquire(&self.permits).await;
                     return self.open_stream(stream, permit);
                 }
             }
         }
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closed");
+        let permit = acquire(&self.permits).await;
         let stream = self.accept_tcp().await;
         self.open_stream(stream, permit)
     }
@@ -197,6 +186,15 @@ impl LimitedListener {
             id,
         }
     }
+}
+
+/// One connection slot, once free.
+async fn acquire(permits: &Arc<Semaphore>) -> OwnedSemaphorePermit {
+    permits
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed")
 }
 
 impl OpenConnections {

@@ -124,6 +124,20 @@ async fn answer(response: reqwest::Response) -> (u16, String) {
     (status, body.chars().take(200).collect())
 }
 
+/// Whether `sent` was answered with `expected`, and what was seen.
+async fn answered_with(
+    sent: Result<reqwest::Response, reqwest::Error>,
+    expected: u16,
+) -> (bool, String) {
+    match sent {
+        Ok(response) => {
+            let (status, body) = answer(response).await;
+            (status == expected, format!("{status} {body}"))
+        }
+        Err(e) => (false, format!("no answer: {e}")),
+    }
+}
+
 /// An HTTP client that opens a new connection for every request: a connection kept from
 /// before an attack would not show whether the node still lets anyone in.
 fn fresh_client() -> Result<reqwest::Client, ClusterError> {
@@ -193,13 +207,7 @@ async fn poison_pill(
         .json(&json!({"compare": [], "success": gets, "failure": []}))
         .send()
         .await;
-    let (passed, detail) = match txn {
-        Ok(response) => {
-            let (status, body) = answer(response).await;
-            (status == 413, format!("{status} {body}"))
-        }
-        Err(e) => (false, format!("no answer: {e}")),
-    };
+    let (passed, detail) = answered_with(txn, 413).await;
     report.record(
         ATTACK,
         "the 73 MB transaction is refused with 413",
@@ -212,13 +220,7 @@ async fn poison_pill(
             .post(format!("{}/v1/snapshot", cluster.api(id)))
             .send()
             .await;
-        let (passed, detail) = match snapshot {
-            Ok(response) => {
-                let (status, body) = answer(response).await;
-                (status == 200, format!("{status} {body}"))
-            }
-            Err(e) => (false, format!("no answer: {e}")),
-        };
+        let (passed, detail) = answered_with(snapshot, 200).await;
         report.record(
             ATTACK,
             format!("node {id} builds a snapshot"),

@@ -40,6 +40,17 @@ async fn read_until(stream: &mut TcpStream, needle: &str) -> String {
     }
 }
 
+/// GET `url` and its JSON answer.
+async fn get_json(http: &reqwest::Client, url: String) -> Value {
+    http.get(url)
+        .send()
+        .await
+        .expect("GET sent")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
+
 async fn put_ok(http: &reqwest::Client, api: &str, key: &str, value: &str) {
     let response = http
         .put(format!("{api}/v1/kv/{key}"))
@@ -573,14 +584,7 @@ async fn t80_a_range_page_is_capped_in_bytes() {
     let mut start = String::new();
     loop {
         let url = format!("{api}/v1/kv?prefix=big/&start={start}");
-        let page: Value = http
-            .get(url)
-            .send()
-            .await
-            .expect("range")
-            .json()
-            .await
-            .expect("json");
+        let page = get_json(&http, url).await;
         let items = page["items"].as_array().expect("items");
         let page_bytes: usize = items
             .iter()
@@ -606,14 +610,7 @@ async fn t80_a_range_page_is_capped_in_bytes() {
     assert_eq!(keys, expected, "every key once, in order");
     assert_eq!(pages, 2, "four 1 MB values fit in 4 MiB, a fifth does not");
 
-    let page: Value = http
-        .get(format!("{api}/v1/kv?prefix=big/&keys_only=true"))
-        .send()
-        .await
-        .expect("range")
-        .json()
-        .await
-        .expect("json");
+    let page = get_json(&http, format!("{api}/v1/kv?prefix=big/&keys_only=true")).await;
     let items = page["items"].as_array().expect("items");
     assert_eq!(items.len(), 6, "keys_only counts only keys");
     assert!(items.iter().all(|item| item.get("value").is_none()));
@@ -622,14 +619,7 @@ async fn t80_a_range_page_is_capped_in_bytes() {
 
 /// The members of the cluster as node `via` sees them: id → role.
 async fn roles(http: &reqwest::Client, api: &str) -> Vec<(u64, String)> {
-    let cluster: Value = http
-        .get(format!("{api}/v1/cluster"))
-        .send()
-        .await
-        .expect("cluster")
-        .json()
-        .await
-        .expect("json");
+    let cluster = get_json(http, format!("{api}/v1/cluster")).await;
     cluster["members"]
         .as_array()
         .expect("members")
