@@ -42,7 +42,8 @@ pub struct Flags {
     /// data.
     #[arg(long, env = "MIRRORKV_JOIN")]
     pub join: Option<String>,
-    /// How long a joining node keeps asking the cluster to add it before giving up.
+    /// How long a joining node keeps asking the cluster to add it before giving up (default
+    /// 60000).
     #[arg(long, env = "MIRRORKV_JOIN_TIMEOUT_MS")]
     pub join_timeout_ms: Option<u64>,
     /// A mirror more than this many log entries behind the leader is not promoted.
@@ -73,7 +74,7 @@ pub struct Flags {
     /// HTTP requests in flight at once; more are answered 429.
     #[arg(long, env = "MIRRORKV_MAX_IN_FLIGHT_REQUESTS")]
     pub max_in_flight_requests: Option<usize>,
-    /// Deadline of a write or a linearizable read.
+    /// Deadline of a write or a linearizable read (default 5000; at most 3600000).
     #[arg(long, env = "MIRRORKV_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
     /// An API connection with no request in progress and no byte moving for this long is
