@@ -5,15 +5,18 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use mirrorkv_raft_net::Backoff;
 use mirrorkv_storage::NodeInfo;
 use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::config::NodeConfig;
 
-/// Wait between rounds over the join addresses; doubles up to `MAX_JOIN_BACKOFF_MS`.
-const MIN_JOIN_BACKOFF_MS: u64 = 100;
-const MAX_JOIN_BACKOFF_MS: u64 = 2_000;
+/// Wait between rounds over the join addresses: from 100 ms, doubling up to 2 s, jittered.
+const JOIN_BACKOFF: Backoff = Backoff {
+    min_ms: 100,
+    max_ms: 2_000,
+};
 
 #[derive(Deserialize)]
 struct Joined {
@@ -46,7 +49,7 @@ pub(crate) async fn ask_to_join(config: &NodeConfig, me: &NodeInfo) -> anyhow::R
     let body =
         serde_json::json!({"id": config.id, "api_addr": me.api_addr, "raft_addr": me.raft_addr});
     let deadline = Instant::now() + Duration::from_millis(config.join_timeout_ms);
-    let mut backoff_ms = MIN_JOIN_BACKOFF_MS;
+    let mut attempt = 0;
     let mut last_error = String::from("no attempt made");
     loop {
         for addr in &config.join {
@@ -79,15 +82,16 @@ pub(crate) async fn ask_to_join(config: &NodeConfig, me: &NodeInfo) -> anyhow::R
                 Err(e) => last_error = format!("{addr}: {e}"),
             }
         }
-        if Instant::now() + Duration::from_millis(backoff_ms) > deadline {
+        let backoff = JOIN_BACKOFF.delay(attempt);
+        attempt += 1;
+        if Instant::now() + backoff > deadline {
             bail!(
                 "could not join through {:?} within {} ms; last error: {last_error}",
                 config.join,
                 config.join_timeout_ms
             );
         }
-        tracing::info!(node_id = config.id, error = %last_error, retry_in_ms = backoff_ms, "join not accepted yet");
-        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-        backoff_ms = (backoff_ms * 2).min(MAX_JOIN_BACKOFF_MS);
+        tracing::info!(node_id = config.id, error = %last_error, retry_in_ms = backoff.as_millis() as u64, "join not accepted yet");
+        tokio::time::sleep(backoff).await;
     }
 }

@@ -211,11 +211,15 @@ impl PeerClient {
 
     fn dial_failed(&self, state: &mut DialState, error: NetError) -> NetError {
         state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-        let backoff_ms = self
-            .config
-            .min_backoff_ms
-            .saturating_mul(1u64 << state.consecutive_failures.min(16))
-            .min(self.config.max_backoff_ms);
+        let backoff = crate::Backoff {
+            min_ms: self.config.min_backoff_ms,
+            max_ms: self.config.max_backoff_ms,
+        };
+        let backoff_ms = backoff
+            .delay(state.consecutive_failures)
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX);
         state.next_attempt = Some(Instant::now() + Duration::from_millis(backoff_ms));
         tracing::debug!(addr = %self.addr, %error, backoff_ms, "dial failed");
         error

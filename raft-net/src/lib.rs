@@ -3,6 +3,7 @@
 //! one link (e.g. with a proxy given to `--peer`) cuts all traffic on that link.
 //!
 //! Modules, one job each:
+//! - [`backoff`]: retry delays (exponential, capped, jittered) for every retry loop, pure.
 //! - [`frame`]: the wire frame (length, version, request id, postcard payload), pure.
 //! - [`message`]: `RpcRequest` / `RpcResponse`, the messages carried.
 //! - [`client`]: `PeerPool` / `PeerClient`: reused multiplexed connections, backoff, deadlines.
@@ -12,6 +13,7 @@
 //!
 //! Why it is shaped this way: `raft-net/DESIGN.md`.
 
+pub mod backoff;
 pub mod client;
 pub mod error;
 pub mod frame;
@@ -22,6 +24,7 @@ pub mod server;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub use backoff::Backoff;
 pub use client::{PeerClient, PeerPool};
 pub use error::NetError;
 pub use message::{
@@ -43,7 +46,7 @@ pub struct NetConfig {
     pub max_connections: usize,
     /// Deadline for establishing a TCP connection.
     pub connect_timeout_ms: u64,
-    /// Backoff after a failed dial: doubles from min to max.
+    /// Backoff after a failed dial: doubles from min to max, jittered (`backoff::Backoff`).
     pub min_backoff_ms: u64,
     pub max_backoff_ms: u64,
     /// Longest time the server spends on one request before answering `Failed`.

@@ -2,7 +2,6 @@
 //! on the pooled peer connections, with openraft's per-RPC deadline.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use mirrorkv_storage::{NodeId, NodeInfo, TypeConfig};
 use openraft::error::{
@@ -140,8 +139,10 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
     fn backoff(&self) -> Backoff {
         // Retry an unreachable peer soon at first (a restart takes well under a second here),
         // then settle at one attempt per second.
-        Backoff::new(
-            (0..).map(|attempt: u32| Duration::from_millis((50u64 << attempt.min(5)).min(1000))),
-        )
+        const RETRY: crate::Backoff = crate::Backoff {
+            min_ms: 50,
+            max_ms: 1000,
+        };
+        Backoff::new((0..).map(|attempt: u32| RETRY.delay(attempt)))
     }
 }
