@@ -152,6 +152,44 @@ impl BatchBudget {
     }
 }
 
+/// Which queued writes share one log entry, decided one write at a time: no two touch the same
+/// key (so they commute: any order of apply gives the same state and answers), the entry's
+/// bytes and answers stay within `BatchBudget`, and it holds at most `MAX_COMMANDS_PER_ENTRY`.
+/// Pure, so the rule is tested alone (`tests`).
+struct BatchForm {
+    keys: HashSet<u64>,
+    budget: BatchBudget,
+    commands: usize,
+}
+
+impl BatchForm {
+    fn new(first: &Command, max_value_bytes: usize) -> Self {
+        Self {
+            keys: key_hashes(first).into_iter().collect(),
+            budget: BatchBudget::new(first, max_value_bytes),
+            commands: 1,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.commands >= MAX_COMMANDS_PER_ENTRY
+    }
+
+    /// Add `next` if it may join the batch; false (and unchanged) if not.
+    fn admit(&mut self, next: &Command) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        let next_keys = key_hashes(next);
+        if next_keys.iter().any(|key| self.keys.contains(key)) || !self.budget.admit(next) {
+            return false;
+        }
+        self.keys.extend(next_keys);
+        self.commands += 1;
+        true
+    }
+}
+
 /// Entries of batched writes in flight at once; while one is, new writes queue up and form the
 /// next, bigger batch (the batch size adapts to the load; one client waits for nothing). One:
 /// every entry costs the cluster about as much CPU as 30 writes in it do (appending,
@@ -270,23 +308,16 @@ impl WriteBatcher {
                 },
                 _ = &mut stop => return,
             };
-            let mut budget = BatchBudget::new(&first.command, max_value_bytes);
+            let mut form = BatchForm::new(&first.command, max_value_bytes);
             let mut batch = vec![first];
-            {
-                let mut keys: HashSet<u64> = HashSet::new();
-                keys.extend(key_hashes(&batch[0].command));
-                while batch.len() < MAX_COMMANDS_PER_ENTRY {
-                    let Ok(next) = receiver.try_recv() else { break };
-                    let next_keys = key_hashes(&next.command);
-                    if next_keys.iter().any(|k| keys.contains(k)) || !budget.admit(&next.command) {
-                        // Conflicts with this batch, or would make it too big: it opens the
-                        // next one.
-                        carried = Some(next);
-                        break;
-                    }
-                    keys.extend(next_keys);
-                    batch.push(next);
+            while !form.is_full() {
+                let Ok(next) = receiver.try_recv() else { break };
+                if !form.admit(&next.command) {
+                    // Conflicts with this batch, or would make it too big: it opens the next.
+                    carried = Some(next);
+                    break;
                 }
+                batch.push(next);
             }
             let state = state.clone();
             tokio::spawn(async move {
@@ -688,6 +719,52 @@ mod tests {
         let mut capped = BatchBudget::new(&gets(128), MAX_VALUE_BYTES);
         assert!(capped.admit(&gets(7)));
         assert!(!capped.admit(&gets(128)));
+    }
+
+    fn txn_of(ops: Vec<TxnOp>) -> Command {
+        Command::Txn(Txn {
+            compare: Vec::new(),
+            success: ops,
+            failure: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn writes_to_the_same_key_never_share_an_entry() {
+        let mut form = BatchForm::new(&put(1), MAX_VALUE_BYTES);
+        assert!(form.admit(&put(2)), "disjoint keys share");
+        assert!(!form.admit(&put(1)), "the same key twice does not");
+        let reads_k2 = txn_of(vec![TxnOp::Get { key: "k2".into() }]);
+        assert!(
+            !form.admit(&reads_k2),
+            "a txn reading a key the batch writes does not"
+        );
+        let idempotent = Command::Idempotent {
+            key: "op-1".into(),
+            issued_at_ms: 0,
+            window_ms: 0,
+            command: Box::new(put(3)),
+        };
+        assert!(form.admit(&idempotent));
+        let same_idempotency_key = Command::Idempotent {
+            key: "op-1".into(),
+            issued_at_ms: 0,
+            window_ms: 0,
+            command: Box::new(put(4)),
+        };
+        assert!(
+            !form.admit(&same_idempotency_key),
+            "one idempotency key once"
+        );
+        assert!(form.admit(&put(4)));
+    }
+
+    #[test]
+    fn an_entry_holds_at_most_max_commands() {
+        let mut form = BatchForm::new(&put(0), MAX_VALUE_BYTES);
+        let admitted = (1..1000).take_while(|&i| form.admit(&put(i))).count();
+        assert_eq!(admitted + 1, MAX_COMMANDS_PER_ENTRY);
+        assert!(form.is_full());
     }
 
     #[test]
