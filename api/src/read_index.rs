@@ -255,7 +255,77 @@ impl Lease {
 
     /// The read index to wait for if the lease of `term` holds now.
     pub fn valid(&self, term: u64) -> Option<u64> {
+        self.valid_at(term, std::time::Instant::now())
+    }
+
+    /// The read index to wait for if the lease of `term` holds at `now` (the clock is a
+    /// parameter so that the rule is tested alone).
+    fn valid_at(&self, term: u64, now: std::time::Instant) -> Option<u64> {
         let held = (*self.held.lock().expect("lease lock"))?;
-        (held.term == term && std::time::Instant::now() < held.expires).then_some(held.read_index)
+        (held.term == term && now < held.expires).then_some(held.read_index)
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn lease() -> Lease {
+        Lease::new(LeaseConfig {
+            leader_lease_ms: 1000,
+            lease_margin_ms: 200,
+        })
+    }
+
+    fn ms(value: u64) -> Duration {
+        Duration::from_millis(value)
+    }
+
+    #[test]
+    fn a_lease_holds_for_the_leader_lease_less_the_margin_from_when_its_round_started() {
+        let lease = lease();
+        let started = Instant::now();
+        assert_eq!(lease.valid_at(3, started), None, "no confirmation yet");
+        lease.extend(started, 3, 42);
+        assert_eq!(lease.valid_at(3, started + ms(799)), Some(42));
+        assert_eq!(lease.valid_at(3, started + ms(800)), None, "1000 - 200 ms");
+        assert_eq!(lease.valid_at(4, started), None, "another term");
+        assert_eq!(lease.confirmed_at(3), Some(started));
+        assert_eq!(lease.confirmed_at(4), None);
+    }
+
+    #[test]
+    fn an_older_confirmation_never_shortens_a_lease_and_a_new_term_replaces_it() {
+        let lease = lease();
+        let started = Instant::now();
+        lease.extend(started + ms(500), 3, 50);
+        lease.extend(started, 3, 40);
+        assert_eq!(
+            lease.valid_at(3, started + ms(1200)),
+            Some(50),
+            "the newer one stays"
+        );
+        lease.extend(started, 4, 60);
+        assert_eq!(lease.valid_at(3, started + ms(100)), None, "term 3 is over");
+        assert_eq!(lease.valid_at(4, started + ms(100)), Some(60));
+        lease.extend(started + ms(900), 3, 70);
+        assert_eq!(
+            lease.valid_at(4, started + ms(100)),
+            Some(60),
+            "a confirmation of an older term is ignored"
+        );
+    }
+
+    #[test]
+    fn a_margin_past_the_lease_leaves_no_lease() {
+        let lease = Lease::new(LeaseConfig {
+            leader_lease_ms: 100,
+            lease_margin_ms: 500,
+        });
+        let started = Instant::now();
+        lease.extend(started, 1, 1);
+        assert_eq!(lease.valid_at(1, started), None);
     }
 }
