@@ -100,9 +100,9 @@ pub async fn health() -> Response {
 }
 
 /// Ready once the node knows a leader it has actually heard from (a leader: a quorum
-/// acknowledged it within one leader lease, asked again if need be; a follower: an accepted AppendEntries within one leader lease — a restarted node remembers
-/// its last leader but has not heard from it) and has applied everything that leader had
-/// committed when it last heard.
+/// acknowledged it within one leader lease, asked again if need be; a follower: an accepted
+/// AppendEntries within one leader lease — a restarted node remembers its last leader but has
+/// not heard from it) and has applied everything that leader had committed when it last heard.
 pub async fn ready(State(state): State<Arc<NodeState>>) -> Response {
     if let Err(removed) = state.refuse_if_removed() {
         return ApiError::Unavailable(removed.to_string()).into_response();

@@ -73,7 +73,7 @@ pub async fn prepare(
 /// `max_staleness_ms`: this node heard from a leader within the bound and has applied what that
 /// leader had committed then. On the leader: a quorum acknowledged it within the bound (a
 /// leader cut off from its quorum is as stale as a cut-off follower).
-async fn check_staleness(state: &NodeState, max_staleness_ms: u64) -> Result<(), ApiError> {
+async fn check_staleness(state: &Arc<NodeState>, max_staleness_ms: u64) -> Result<(), ApiError> {
     if state.is_leader() {
         if state.leader_quorum_acked_within(max_staleness_ms).await {
             return Ok(());

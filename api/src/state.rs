@@ -226,26 +226,26 @@ impl NodeState {
     }
 
     /// On a leader: whether a quorum acknowledged this node as leader within the last
-    /// `within_ms`. If its newest acknowledgement (a read-index confirmation) is older, one
-    /// more confirmation round is run, for at most one leader lease. A leader cut off from its
-    /// quorum stays leader in its own eyes until it hears a higher term; this is how it knows
-    /// it is cut off (`max_staleness_ms`, `/ready`).
-    pub async fn leader_quorum_acked_within(&self, within_ms: u64) -> bool {
+    /// `within_ms`. If its newest acknowledgement (a read-index confirmation) is older, it
+    /// joins the next batched confirmation round (`ReadIndexBatcher`, shared with linearizable
+    /// reads), waiting at most one leader lease, and answers whether that round confirmed this
+    /// node in its term. A leader cut off from its quorum stays leader in its own eyes until it
+    /// hears a higher term; this is how it knows it is cut off (`max_staleness_ms`, `/ready`).
+    pub async fn leader_quorum_acked_within(self: &Arc<Self>, within_ms: u64) -> bool {
         let term = self.term();
         let fresh = |at: std::time::Instant| at.elapsed().as_millis() as u64 <= within_ms;
         if self.lease.confirmed_at(term).is_some_and(fresh) {
             return true;
         }
-        let started = std::time::Instant::now();
-        let round = Duration::from_millis(self.lease.leader_lease_ms());
-        match tokio::time::timeout(round, self.raft.get_read_log_id()).await {
-            Ok(Ok((read_log_id, _))) => {
-                self.lease
-                    .extend(started, term, read_log_id.map_or(0, |id| id.index));
-                true
-            }
-            _ => false,
-        }
+        let asked = std::time::Instant::now();
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.lease.leader_lease_ms());
+        // The round renews the lease of `term` only if this node still leads in it (a round
+        // answered by another leader leaves it as it was).
+        let _ = self.read_index.read_index(self, deadline).await;
+        self.lease
+            .confirmed_at(term)
+            .is_some_and(|confirmed| confirmed >= asked)
     }
 
     /// Refuse with `410 removed` once this node knows it was removed from the cluster.
