@@ -80,8 +80,8 @@ struct ConnShared {
 
 impl OpenConnections {
     /// Mark for closing the connection that has moved no byte for longest, preferring one with
-    /// no request in progress; false if every connection is already marked.
-    fn evict_longest_unused(&self) -> bool {
+    /// no request in progress (none if every connection is already marked).
+    fn evict_longest_unused(&self) {
         let by_id = self.by_id.lock().expect("never poisoned");
         let victim = by_id
             .values()
@@ -92,14 +92,14 @@ impl OpenConnections {
                     conn.last_progress_ms.load(Ordering::Relaxed),
                 )
             });
-        match victim {
-            Some(conn) => {
-                conn.evict.store(true, Ordering::Release);
-                conn.waker.wake();
-                true
-            }
-            None => false,
+        if let Some(conn) = victim {
+            conn.evict.store(true, Ordering::Release);
+            conn.waker.wake();
         }
+    }
+
+    fn millis_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64
     }
 }
 
@@ -158,11 +158,9 @@ impl LimitedListener {
     }
 
     fn open_stream(&self, stream: TcpStream, permit: OwnedSemaphorePermit) -> LimitedStream {
-        let now = Instant::now();
-        let busy = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(ConnShared {
-            busy: busy.clone(),
-            last_progress_ms: AtomicU64::new(self.open.millis_at(now)),
+            busy: Arc::new(AtomicUsize::new(0)),
+            last_progress_ms: AtomicU64::new(self.open.millis_at(Instant::now())),
             evict: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         });
@@ -176,8 +174,6 @@ impl LimitedListener {
             stream,
             _permit: permit,
             deadlines: self.deadlines.clone(),
-            busy,
-            last_progress: now,
             idle: None,
             idle_closed: false,
             write_stall: None,
@@ -197,27 +193,19 @@ async fn acquire(permits: &Arc<Semaphore>) -> OwnedSemaphorePermit {
         .expect("the semaphore is never closed")
 }
 
-impl OpenConnections {
-    fn millis_at(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.started).as_millis() as u64
-    }
-}
-
 /// A connection, the permit it holds until it closes, and its deadlines.
 pub struct LimitedStream {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
     deadlines: ConnDeadlines,
-    /// Requests of this connection whose handler is running (`Busy`): while one is, the
-    /// connection is not idle however long the handler waits.
-    busy: Arc<AtomicUsize>,
-    last_progress: Instant,
     idle: Option<Pin<Box<Sleep>>>,
     /// The idle deadline passed: every later read is the end of the stream.
     idle_closed: bool,
     /// Armed at the first write that returns `Pending` after progress; dropped on progress.
     write_stall: Option<Pin<Box<Sleep>>>,
-    /// What the listener sees of this connection, under `id` in `open`.
+    /// What the listener sees of this connection, under `id` in `open`: its requests in
+    /// progress (while one is, the connection is not idle however long the handler waits) and
+    /// when a byte last moved.
     shared: Arc<ConnShared>,
     open: Arc<OpenConnections>,
     id: u64,
@@ -236,17 +224,21 @@ impl Drop for LimitedStream {
 impl LimitedStream {
     /// The counter a request holds (`Busy::enter`) while its handler runs.
     pub fn busy_counter(&self) -> Arc<AtomicUsize> {
-        self.busy.clone()
+        self.shared.busy.clone()
     }
 
     /// Bytes moved. The idle timer is not touched here (that would be a timer-wheel update per
     /// request): it is checked against `last_progress` when it fires, and moved then.
-    fn progressed(&mut self) {
-        let now = Instant::now();
-        self.last_progress = now;
+    fn progressed(&self) {
         self.shared
             .last_progress_ms
-            .store(self.open.millis_at(now), Ordering::Relaxed);
+            .store(self.open.millis_at(Instant::now()), Ordering::Relaxed);
+    }
+
+    /// When a byte last moved (to the millisecond).
+    fn last_progress(&self) -> Instant {
+        let ms = self.shared.last_progress_ms.load(Ordering::Relaxed);
+        self.open.started + Duration::from_millis(ms)
     }
 }
 
@@ -284,7 +276,7 @@ impl AsyncRead for LimitedStream {
                 }
                 this.shared.waker.register(cx.waker());
                 if this.shared.evict.load(Ordering::Acquire)
-                    && this.busy.load(Ordering::Relaxed) == 0
+                    && this.shared.busy.load(Ordering::Relaxed) == 0
                 {
                     // A newcomer needs this slot: read as the end of the stream.
                     this.idle_closed = true;
@@ -292,13 +284,13 @@ impl AsyncRead for LimitedStream {
                     tracing::debug!("closing the longest-unused API connection for a new one");
                     return Poll::Ready(Ok(()));
                 }
-                if this.busy.load(Ordering::Relaxed) > 0 {
+                if this.shared.busy.load(Ordering::Relaxed) > 0 {
                     // A handler runs: hyper reads again once it has answered, and the timer is
                     // checked then.
                     return Poll::Pending;
                 }
                 let idle = Duration::from_millis(this.deadlines.idle_timeout_ms);
-                let last_progress = this.last_progress;
+                let last_progress = this.last_progress();
                 let sleep = this.idle.get_or_insert_with(|| {
                     Box::pin(tokio::time::sleep_until(last_progress + idle))
                 });

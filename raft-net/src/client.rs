@@ -215,13 +215,9 @@ impl PeerClient {
             min_ms: self.config.min_backoff_ms,
             max_ms: self.config.max_backoff_ms,
         };
-        let backoff_ms = backoff
-            .delay(state.consecutive_failures)
-            .as_millis()
-            .try_into()
-            .unwrap_or(u64::MAX);
-        state.next_attempt = Some(Instant::now() + Duration::from_millis(backoff_ms));
-        tracing::debug!(addr = %self.addr, %error, backoff_ms, "dial failed");
+        let wait = backoff.delay(state.consecutive_failures);
+        state.next_attempt = Some(Instant::now() + wait);
+        tracing::debug!(addr = %self.addr, %error, backoff_ms = wait.as_millis() as u64, "dial failed");
         error
     }
 }

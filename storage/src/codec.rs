@@ -44,6 +44,31 @@ impl postcard::ser_flavors::Flavor for Exact {
     }
 }
 
+/// A stable 64-bit fingerprint of a value: FNV-1a over its encoding, hashed as it is encoded
+/// (nothing is allocated). The same on every node and build that encodes the value the same way.
+pub fn fingerprint<T: Serialize + ?Sized>(value: &T) -> Result<u64, CodecError> {
+    Ok(postcard::serialize_with_flavor(
+        value,
+        Fnv1a(0xcbf2_9ce4_8422_2325),
+    )?)
+}
+
+/// A postcard output that only hashes the bytes.
+struct Fnv1a(u64);
+
+impl postcard::ser_flavors::Flavor for Fnv1a {
+    type Output = u64;
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<u64> {
+        Ok(self.0)
+    }
+}
+
 /// Decode a value from bytes; trailing bytes are an error so that truncated or padded input
 /// never decodes silently.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
@@ -69,5 +94,16 @@ mod tests {
         padded.push(0);
         assert!(decode::<(u64, String, Vec<u8>)>(&padded).is_err());
         assert!(decode::<(u64, String, Vec<u8>)>(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn a_fingerprint_is_fnv1a_of_the_encoding() {
+        let value = (42u64, "key".to_string(), vec![1u8, 2, 3]);
+        let mut expected: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in encode(&value).unwrap() {
+            expected = (expected ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        assert_eq!(fingerprint(&value).unwrap(), expected);
+        assert_ne!(fingerprint(&(43u64, "key", [1u8, 2, 3])).unwrap(), expected);
     }
 }

@@ -44,7 +44,7 @@ struct StoredSnapshot {
 struct IdempotencyRecord {
     issued_at_ms: u64,
     response: Response,
-    /// `command_fingerprint` of the command it answered: a retry must be the same command.
+    /// `codec::fingerprint` of the command it answered: a retry must be the same command.
     /// `None` for records written before fingerprints (`IdempotencyRecordV1`), which are
     /// trusted as before until they expire.
     fingerprint: Option<u64>,
@@ -125,17 +125,6 @@ fn decode_idempotency_record(bytes: &[u8]) -> Result<IdempotencyRecord> {
             })
         }
     }
-}
-
-/// A stable 64-bit fingerprint of a command (FNV-1a over its encoding): the same on every node
-/// and every build that encodes the command the same way.
-fn command_fingerprint(command: &Command) -> Result<u64> {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in codec::encode(command)? {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    Ok(hash)
 }
 
 /// Most expired idempotency records removed per applied idempotent command: bounds the work of
@@ -797,7 +786,7 @@ impl StateMachine {
                 Some(bytes) => Some(decode_idempotency_record(&bytes)?),
                 None => None,
             };
-        let fingerprint = command_fingerprint(&command)?;
+        let fingerprint = codec::fingerprint(&command)?;
         if let Some(previous) = &previous {
             if previous.issued_at_ms.saturating_add(window_ms) >= issued_at_ms {
                 if previous.fingerprint.is_some_and(|f| f != fingerprint) {
