@@ -687,16 +687,22 @@ mod tests {
 
     const MAX_VALUE_BYTES: usize = 1024 * 1024;
 
-    fn gets(count: usize) -> Command {
+    fn txn_of(ops: Vec<TxnOp>) -> Command {
         Command::Txn(Txn {
             compare: Vec::new(),
-            success: (0..count)
+            success: ops,
+            failure: Vec::new(),
+        })
+    }
+
+    fn gets(count: usize) -> Command {
+        txn_of(
+            (0..count)
                 .map(|i| TxnOp::Get {
                     key: format!("k{i}"),
                 })
                 .collect(),
-            failure: Vec::new(),
-        })
+        )
     }
 
     fn put(i: usize) -> Command {
@@ -719,14 +725,6 @@ mod tests {
         let mut capped = BatchBudget::new(&gets(128), MAX_VALUE_BYTES);
         assert!(capped.admit(&gets(7)));
         assert!(!capped.admit(&gets(128)));
-    }
-
-    fn txn_of(ops: Vec<TxnOp>) -> Command {
-        Command::Txn(Txn {
-            compare: Vec::new(),
-            success: ops,
-            failure: Vec::new(),
-        })
     }
 
     #[test]
@@ -772,24 +770,34 @@ mod tests {
         let commands: Vec<Command> = (0..4000)
             .map(|i| match i % 7 {
                 0 => gets(1 + i % 5),
+                // Big values, so that entries are cut by their bytes too.
+                1 => Command::Put {
+                    key: format!("big{i}"),
+                    value: vec![0; 300 * 1024],
+                    precondition: Precondition::None,
+                },
                 _ => put(i),
             })
             .collect();
         let mut rest = commands.as_slice();
         while let Some((first, tail)) = rest.split_first() {
             let mut budget = BatchBudget::new(first, MAX_VALUE_BYTES);
-            let mut answer_bytes = first.max_answer_bytes(MAX_VALUE_BYTES);
-            let mut taken = 1;
-            for next in tail {
-                if !budget.admit(next) {
-                    break;
-                }
-                answer_bytes += next.max_answer_bytes(MAX_VALUE_BYTES);
-                taken += 1;
-            }
+            let taken = 1 + tail.iter().take_while(|next| budget.admit(next)).count();
+            let batch = &rest[..taken];
+            let answer_bytes: usize = batch
+                .iter()
+                .map(|c| c.max_answer_bytes(MAX_VALUE_BYTES))
+                .sum();
+            let command_bytes: usize = batch.iter().map(Command::approx_bytes).sum();
             assert!(
-                taken == 1 || answer_bytes <= MAX_ANSWER_BYTES_PER_BATCH,
-                "a batch of {taken} may answer {answer_bytes} bytes"
+                taken == 1
+                    || (answer_bytes <= MAX_ANSWER_BYTES_PER_BATCH
+                        && command_bytes <= MAX_BYTES_PER_ENTRY),
+                "a batch of {taken} may answer {answer_bytes} bytes from {command_bytes}"
+            );
+            assert!(
+                taken == rest.len() || !budget.fits(&rest[taken]),
+                "a batch ended while the next command fitted"
             );
             rest = &rest[taken..];
         }
