@@ -17,7 +17,10 @@ use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBufferManager, WriteOptions, DB,
 };
 
-use crate::error::Result;
+use crate::codec;
+use crate::error::{Result, StorageError};
+use crate::records::StoredSnapshot;
+use crate::types::{KeyRecord, LogId, StoredMembership};
 
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_RAFT_META: &str = "raft_meta";
@@ -183,4 +186,59 @@ pub(crate) fn open(path: &Path, store: &StoreOptions) -> Result<DB> {
 pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
     db.cf_handle(name)
         .unwrap_or_else(|| unreachable!("column family {name} is created by open()"))
+}
+
+// Reads of the state machine's own records, shared by the state machine, its reader and
+// `stream`.
+
+pub(crate) fn read_applied(db: &DB, opts: Option<&rocksdb::Snapshot<'_>>) -> Result<Option<LogId>> {
+    let cf = cf(db, CF_SM);
+    let bytes = match opts {
+        Some(snapshot) => snapshot.get_cf(cf, KEY_APPLIED)?,
+        None => db.get_cf(cf, KEY_APPLIED)?,
+    };
+    Ok(match bytes {
+        Some(bytes) => codec::decode(&bytes)?,
+        None => None,
+    })
+}
+
+pub(crate) fn read_membership(
+    db: &DB,
+    opts: Option<&rocksdb::Snapshot<'_>>,
+) -> Result<StoredMembership> {
+    let cf = cf(db, CF_SM);
+    let bytes = match opts {
+        Some(snapshot) => snapshot.get_cf(cf, KEY_MEMBERSHIP)?,
+        None => db.get_cf(cf, KEY_MEMBERSHIP)?,
+    };
+    Ok(match bytes {
+        Some(bytes) => codec::decode(&bytes)?,
+        None => StoredMembership::default(),
+    })
+}
+
+/// A point-in-time view of `db` and the applied log id it holds, refused while a snapshot is
+/// being installed (the `sm` data is then a mix of old and new state).
+pub(crate) fn consistent_view(db: &DB) -> Result<(rocksdb::Snapshot<'_>, Option<LogId>)> {
+    let view = db.snapshot();
+    if view.get_cf(cf(db, CF_SM), KEY_INSTALLING)?.is_some() {
+        return Err(StorageError::Installing);
+    }
+    let applied = read_applied(db, Some(&view))?;
+    Ok((view, applied))
+}
+
+pub(crate) fn stored_snapshot(db: &DB) -> Result<Option<StoredSnapshot>> {
+    match db.get_cf(cf(db, CF_SNAPSHOT), KEY_SNAPSHOT)? {
+        Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn get_record(db: &DB, key: &str) -> Result<Option<KeyRecord>> {
+    match db.get_pinned_cf(cf(db, CF_SM), data_key(key))? {
+        Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+        None => Ok(None),
+    }
 }

@@ -5,9 +5,14 @@
 //! - [`codec`]: the only place values become bytes (postcard), for disk and for the wire.
 //! - [`types`]: the replicated data model (`Command`, `Response`, `KeyRecord`, `NodeInfo`) and
 //!   openraft's `TypeConfig`.
-//! - `db`: opening RocksDB, column families, key layout, fsync write options.
+//! - `db`: opening RocksDB, column families, key layout, fsync write options, and reads of the
+//!   state machine's own records (applied, membership, current snapshot).
+//! - `records`: the records kept beside the user's keys (idempotency answers, the snapshot
+//!   record) and the check that a state stream holds only records apply could have written.
 //! - [`log_store`]: `LogStore`, the Raft log plus vote / committed / purged.
-//! - [`state_machine`]: `StateMachine` (apply, snapshots) and `KvReader` (reads for the API).
+//! - [`state_machine`]: `StateMachine` and its three jobs, a file each: `apply` (commands,
+//!   transactions, idempotency), `reader` (`KvReader`, reads for the API) and `snapshot_io`
+//!   (building and installing snapshots).
 //! - `key_index`: the mod and create indexes of live keys in memory, so applying a write does
 //!   not read its key from RocksDB.
 //! - `log_cache`: the newest log entries, decoded, so replication and apply do not read back
@@ -28,6 +33,7 @@ pub mod error;
 mod key_index;
 mod log_cache;
 pub mod log_store;
+mod records;
 pub mod snapshot;
 pub mod state_machine;
 pub mod stream;

@@ -13,7 +13,7 @@
 //! corruption; a stream that stops before `End` is truncated; keys out of order, a count that
 //! disagrees, or bytes after `End` are corruption. So is any content apply could not have
 //! written: a header past the largest term or index, and an entry that is not a well-formed
-//! record of the applied index (`state_machine::check_stream_record`). [`read_state`] checks
+//! record of the applied index (`records::check_stream_record`). [`read_state`] checks
 //! all of it.
 
 use std::io::Read;
@@ -22,9 +22,9 @@ use rocksdb::{IteratorMode, ReadOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::db::{self, CF_SM};
+use crate::db::{self, consistent_view, read_membership, CF_SM};
 use crate::error::{Result, StorageError};
-use crate::state_machine::{check_stream_record, consistent_view, read_membership};
+use crate::records::check_stream_record;
 use crate::types::{LogId, NodeId, StoredMembership, MAX_LOG_POSITION};
 
 /// First bytes of every stream.

@@ -1,0 +1,148 @@
+//! The records the state machine keeps beside the user's keys, and the check that a state
+//! stream (a backup or a snapshot file) holds only records apply could have written.
+//!
+//! Shared by the state machine (which writes them) and `stream` (which checks them on restore
+//! and install), so neither imports the other.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::db;
+use crate::error::Result;
+use crate::types::{Response, SnapshotMeta};
+
+/// The record of a snapshot in RocksDB: its metadata and the name of its file in the snapshot
+/// directory (the data itself is the file, in the `stream` format).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StoredSnapshot {
+    pub(crate) meta: SnapshotMeta,
+    pub(crate) file: String,
+}
+
+/// The first answer to an idempotent command, kept to answer its retries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct IdempotencyRecord {
+    pub(crate) issued_at_ms: u64,
+    pub(crate) response: Response,
+    /// `codec::fingerprint` of the command it answered: a retry must be the same command.
+    /// `None` for records written before fingerprints (`IdempotencyRecordV1`), which are
+    /// trusted as before until they expire.
+    pub(crate) fingerprint: Option<u64>,
+}
+
+/// The record as written before fingerprints; read when a stored record does not decode as
+/// the current one (postcard is not self-describing: the two never decode as each other, as
+/// `codec::decode` refuses leftover bytes and a short read alike).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IdempotencyRecordV1 {
+    issued_at_ms: u64,
+    response: Response,
+}
+
+/// Check one raw `sm` entry of a state stream (a backup or a snapshot file) at applied index
+/// `applied_index`: it must be a record apply could have written by then. Restore and install
+/// write records as they are, so this is what keeps a crafted or damaged stream from planting a
+/// record that later reads or applies cannot handle. `Err` says what is wrong.
+pub(crate) fn check_stream_record(
+    key: &[u8],
+    value: &[u8],
+    applied_index: u64,
+) -> std::result::Result<(), String> {
+    let (&tag, rest) = key.split_first().ok_or("an empty key")?;
+    let text = |bytes: &[u8]| {
+        std::str::from_utf8(bytes)
+            .map(|_| ())
+            .map_err(|_| "a key that is not UTF-8".to_string())
+    };
+    match tag {
+        db::DATA_TAG => {
+            text(rest)?;
+            // The indexes only (the value is stepped over, not copied); decoding them checks
+            // the whole record's encoding all the same.
+            let record: KeyRecordIndexes =
+                codec::decode(value).map_err(|e| format!("an undecodable key record ({e})"))?;
+            if !(1 <= record.create_index
+                && record.create_index <= record.mod_index
+                && record.mod_index <= applied_index)
+            {
+                return Err(format!(
+                    "a key record with create_index {} and mod_index {} at applied index {applied_index}",
+                    record.create_index, record.mod_index
+                ));
+            }
+        }
+        db::IDEMPOTENCY_TAG => {
+            text(rest)?;
+            let record = decode_idempotency_record(value)
+                .map_err(|e| format!("an undecodable idempotency record ({e})"))?;
+            if record.response.index > applied_index {
+                return Err(format!(
+                    "an idempotency record answered at index {} past applied index {applied_index}",
+                    record.response.index
+                ));
+            }
+        }
+        db::IDEMPOTENCY_TIME_TAG => {
+            if rest.len() < 8 || !value.is_empty() {
+                return Err("a malformed idempotency expiry entry".into());
+            }
+            text(&rest[8..])?;
+        }
+        _ => return Err("a reserved key".into()),
+    }
+    Ok(())
+}
+
+pub(crate) fn decode_idempotency_record(bytes: &[u8]) -> Result<IdempotencyRecord> {
+    match codec::decode::<IdempotencyRecord>(bytes) {
+        Ok(record) => Ok(record),
+        Err(_) => {
+            let v1: IdempotencyRecordV1 = codec::decode(bytes)?;
+            Ok(IdempotencyRecord {
+                issued_at_ms: v1.issued_at_ms,
+                response: v1.response,
+                fingerprint: None,
+            })
+        }
+    }
+}
+
+/// A `KeyRecord` decoded without its value: postcard writes `Vec<u8>` as a length and the bytes,
+/// which `SkippedBytes` steps over (borrowing, never copying).
+#[derive(Deserialize)]
+pub(crate) struct KeyRecordIndexes {
+    #[serde(rename = "value")]
+    _value: SkippedBytes,
+    pub(crate) mod_index: u64,
+    pub(crate) create_index: u64,
+}
+
+/// A byte string read and dropped without a copy.
+struct SkippedBytes;
+
+impl<'de> Deserialize<'de> for SkippedBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SkippedBytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_borrowed_bytes<E: serde::de::Error>(
+                self,
+                _: &'de [u8],
+            ) -> std::result::Result<Self::Value, E> {
+                Ok(SkippedBytes)
+            }
+            fn visit_bytes<E: serde::de::Error>(
+                self,
+                _: &[u8],
+            ) -> std::result::Result<Self::Value, E> {
+                Ok(SkippedBytes)
+            }
+        }
+        deserializer.deserialize_bytes(Visitor)
+    }
+}

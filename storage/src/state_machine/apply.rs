@@ -1,0 +1,461 @@
+//! Applying entries: one `WriteBatch` per entry with its data changes and the new applied log
+//! id; transactions, batches and idempotent commands; pruning expired idempotency records.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use openraft::EntryPayload;
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
+
+use super::StateMachine;
+use crate::codec;
+use crate::db::{self, get_record, CF_SM, KEY_APPLIED, KEY_MEMBERSHIP};
+use crate::error::{Result, StorageError};
+use crate::key_index::{KeyIndex, KeyMeta};
+use crate::records::{decode_idempotency_record, IdempotencyRecord};
+use crate::types::{
+    ApplyRefusal, Command, CommandResult, CompareTarget, Entry, KeyRecord, Precondition, Response,
+    StoredMembership, Txn, TxnOp, TxnOpResult, MAX_TXN_RESPONSE_BYTES,
+};
+
+/// Most expired idempotency records removed per applied idempotent command: bounds the work of
+/// one apply while keeping the table's size bounded by the writes of one window.
+const MAX_EXPIRED_PRUNED_PER_APPLY: usize = 64;
+
+/// What one entry's commands read of the state before the entry: a key's indexes from the
+/// [`KeyIndex`] when it holds them, otherwise its record from RocksDB, looked up once; a
+/// batch's keys missing from the index are looked up together, in one MultiGet, before its
+/// commands run. Only state from before the entry is kept here: a batch's commands have
+/// disjoint keys (`Command::Batch`), so no command reads a key that another command of the
+/// entry changed.
+struct Reads<'a> {
+    db: &'a DB,
+    index: &'a KeyIndex,
+    records: HashMap<String, Option<KeyRecord>>,
+    /// The index changes the entry's writes make, in order; applied to the index only once the
+    /// entry's write batch is in RocksDB.
+    index_updates: Vec<(String, Option<KeyMeta>)>,
+    /// Idempotency keys this entry wrote records for, and the oldest issue time still inside
+    /// a window among its commands: expired records are pruned once per entry, after its
+    /// commands, and never one this entry wrote.
+    idempotency_written: HashSet<String>,
+    idempotency_expired_before_ms: Option<u64>,
+}
+
+impl<'a> Reads<'a> {
+    fn new(db: &'a DB, index: &'a KeyIndex) -> Self {
+        Self {
+            db,
+            index,
+            records: HashMap::new(),
+            index_updates: Vec::new(),
+            idempotency_written: HashSet::new(),
+            idempotency_expired_before_ms: None,
+        }
+    }
+
+    /// The key's indexes as applied before this entry: from the index if it holds the key,
+    /// otherwise from the key's record.
+    fn meta(&mut self, key: &str) -> Result<Option<KeyMeta>> {
+        if !self.records.contains_key(key) {
+            if let Some(meta) = self.index.get(key) {
+                return Ok(Some(meta));
+            }
+        }
+        Ok(self.record(key)?.map(KeyRecord::meta))
+    }
+
+    /// The key's record as applied before this entry; read from RocksDB the first time only.
+    fn record(&mut self, key: &str) -> Result<Option<&KeyRecord>> {
+        if !self.records.contains_key(key) {
+            let record = get_record(self.db, key)?;
+            self.records.insert(key.to_string(), record);
+        }
+        Ok(self.records.get(key).and_then(Option::as_ref))
+    }
+
+    /// Look up the data keys `commands` touch that the index does not hold, in one sorted
+    /// MultiGet.
+    fn prefetch(&mut self, commands: &[Command]) -> Result<()> {
+        let mut keys: Vec<&str> = commands
+            .iter()
+            .flat_map(Command::conflict_keys)
+            .filter(|(namespace, _)| *namespace == b'd')
+            .map(|(_, key)| key)
+            .filter(|key| !self.records.contains_key(*key) && self.index.get(key).is_none())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let data_keys: Vec<Vec<u8>> = keys.iter().map(|key| db::data_key(key)).collect();
+        let found = self
+            .db
+            .batched_multi_get_cf(db::cf(self.db, CF_SM), &data_keys, true);
+        for (key, found) in keys.into_iter().zip(found) {
+            let record = match found? {
+                Some(bytes) => Some(codec::decode(&bytes)?),
+                None => None,
+            };
+            self.records.insert(key.to_string(), record);
+        }
+        Ok(())
+    }
+}
+
+/// The writes of one command being applied: reads see them before they reach RocksDB, so the
+/// ops of a transaction see each other, and they are committed as one batch.
+struct Overlay<'r, 'a> {
+    reads: &'r mut Reads<'a>,
+    changes: BTreeMap<String, Option<KeyRecord>>,
+}
+
+impl<'r, 'a> Overlay<'r, 'a> {
+    fn new(reads: &'r mut Reads<'a>) -> Self {
+        Self {
+            reads,
+            changes: BTreeMap::new(),
+        }
+    }
+
+    /// The key's record as this command sees it (its own changes first). Borrowed: only a
+    /// txn's value compare and get need it; everything else needs only [`Self::meta`].
+    fn record(&mut self, key: &str) -> Result<Option<&KeyRecord>> {
+        match self.changes.get(key) {
+            Some(change) => Ok(change.as_ref()),
+            None => self.reads.record(key),
+        }
+    }
+
+    /// The key's indexes as this command sees them (its own changes first).
+    fn meta(&mut self, key: &str) -> Result<Option<KeyMeta>> {
+        match self.changes.get(key) {
+            Some(change) => Ok(change.as_ref().map(KeyRecord::meta)),
+            None => self.reads.meta(key),
+        }
+    }
+
+    fn put(&mut self, index: u64, key: &str, value: Vec<u8>) -> Result<Option<u64>> {
+        let current = self.meta(key)?;
+        let record = KeyRecord {
+            value,
+            mod_index: index,
+            create_index: current.map_or(index, |c| c.create_index),
+        };
+        self.changes.insert(key.to_string(), Some(record));
+        Ok(current.map(|c| c.mod_index))
+    }
+
+    fn delete(&mut self, key: &str) -> Result<bool> {
+        let existed = self.meta(key)?.is_some();
+        self.changes.insert(key.to_string(), None);
+        Ok(existed)
+    }
+
+    fn stage(self, batch: &mut WriteBatch) -> Result<()> {
+        let cf = db::cf(self.reads.db, CF_SM);
+        for (key, change) in self.changes {
+            let meta = match change {
+                Some(record) => {
+                    batch.put_cf(cf, db::data_key(&key), codec::encode(&record)?);
+                    Some(record.meta())
+                }
+                None => {
+                    batch.delete_cf(cf, db::data_key(&key));
+                    None
+                }
+            };
+            self.reads.index_updates.push((key, meta));
+        }
+        Ok(())
+    }
+}
+
+impl StateMachine {
+    /// Execute one command at `index`, staging its writes into `batch`. The answer's index is
+    /// where the command took effect: `index`, or the first attempt's for an idempotent retry.
+    fn execute(
+        &self,
+        index: u64,
+        command: Command,
+        reads: &mut Reads<'_>,
+        batch: &mut WriteBatch,
+    ) -> Result<Response> {
+        let refused = |refusal| Response {
+            index,
+            result: CommandResult::Refused(refusal),
+        };
+        if let Command::Idempotent {
+            key,
+            issued_at_ms,
+            window_ms,
+            command,
+        } = command
+        {
+            if matches!(*command, Command::Idempotent { .. } | Command::Batch(_)) {
+                return Ok(refused(ApplyRefusal::NestedCommand));
+            }
+            return self.execute_idempotent(
+                index,
+                &key,
+                (issued_at_ms, window_ms),
+                *command,
+                reads,
+                batch,
+            );
+        }
+        if let Command::Batch(commands) = command {
+            // Each command stages its writes into `batch` in turn; they do not see each other's
+            // writes, which is why a batch only groups commands with disjoint conflict keys.
+            reads.prefetch(&commands)?;
+            let mut responses = Vec::with_capacity(commands.len());
+            for command in commands {
+                responses.push(if matches!(command, Command::Batch(_)) {
+                    refused(ApplyRefusal::NestedCommand)
+                } else {
+                    self.execute(index, command, reads, batch)?
+                });
+            }
+            return Ok(Response {
+                index,
+                result: CommandResult::Batch(responses),
+            });
+        }
+        let mut overlay = Overlay::new(reads);
+        let result = match command {
+            Command::Put {
+                key,
+                value,
+                precondition,
+            } => match check(&mut overlay, &key, precondition)? {
+                Some(failed) => failed,
+                None => CommandResult::Put {
+                    prev_mod_index: overlay.put(index, &key, value)?,
+                },
+            },
+            Command::Delete { key, precondition } => match check(&mut overlay, &key, precondition)?
+            {
+                Some(failed) => failed,
+                None => CommandResult::Delete {
+                    deleted: overlay.delete(&key)?,
+                },
+            },
+            Command::Txn(txn) => match run_txn(&mut overlay, index, txn)? {
+                // Nothing of a refused transaction is staged.
+                refused @ CommandResult::Refused(_) => {
+                    return Ok(Response {
+                        index,
+                        result: refused,
+                    })
+                }
+                result => result,
+            },
+            Command::Barrier => CommandResult::Nothing,
+            Command::Idempotent { .. } | Command::Batch(_) => {
+                unreachable!("handled above")
+            }
+        };
+        overlay.stage(batch)?;
+        Ok(Response { index, result })
+    }
+
+    fn execute_idempotent(
+        &self,
+        index: u64,
+        key: &str,
+        (issued_at_ms, window_ms): (u64, u64),
+        command: Command,
+        reads: &mut Reads<'_>,
+        batch: &mut WriteBatch,
+    ) -> Result<Response> {
+        let cf = db::cf(&self.db, CF_SM);
+        let previous: Option<IdempotencyRecord> =
+            match self.db.get_pinned_cf(cf, db::idempotency_key(key))? {
+                Some(bytes) => Some(decode_idempotency_record(&bytes)?),
+                None => None,
+            };
+        let fingerprint = codec::fingerprint(&command)?;
+        if let Some(previous) = &previous {
+            if previous.issued_at_ms.saturating_add(window_ms) >= issued_at_ms {
+                if previous.fingerprint.is_some_and(|f| f != fingerprint) {
+                    // The key names another request: refuse, change nothing.
+                    return Ok(Response {
+                        index,
+                        result: CommandResult::Refused(ApplyRefusal::IdempotencyKeyReused),
+                    });
+                }
+                // A retry within the window: answer the first result, change nothing.
+                return Ok(previous.response.clone());
+            }
+        }
+        let response = self.execute(index, command, reads, batch)?;
+        if let Some(previous) = previous {
+            batch.delete_cf(cf, db::idempotency_time_key(previous.issued_at_ms, key));
+        }
+        let record = IdempotencyRecord {
+            issued_at_ms,
+            response: response.clone(),
+            fingerprint: Some(fingerprint),
+        };
+        batch.put_cf(cf, db::idempotency_key(key), codec::encode(&record)?);
+        batch.put_cf(cf, db::idempotency_time_key(issued_at_ms, key), []);
+        reads.idempotency_written.insert(key.to_string());
+        let expired_before_ms = issued_at_ms.saturating_sub(window_ms);
+        reads.idempotency_expired_before_ms = Some(
+            reads
+                .idempotency_expired_before_ms
+                .map_or(expired_before_ms, |t| t.min(expired_before_ms)),
+        );
+        Ok(response)
+    }
+
+    /// Remove up to `MAX_EXPIRED_PRUNED_PER_APPLY` records issued before `expired_before_ms`,
+    /// except those of `keep` (written by the entry being applied: its batch already holds
+    /// their new records, which deleting the old key would remove).
+    fn prune_idempotency(
+        &self,
+        expired_before_ms: u64,
+        keep: &HashSet<String>,
+        batch: &mut WriteBatch,
+    ) -> Result<()> {
+        let cf = db::cf(&self.db, CF_SM);
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(db::idempotency_time_key(expired_before_ms, ""));
+        let start = [db::IDEMPOTENCY_TIME_TAG];
+        let iter = self.db.iterator_cf_opt(
+            cf,
+            read_options,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in iter.take(MAX_EXPIRED_PRUNED_PER_APPLY) {
+            let (time_key, _) = item?;
+            let Some(key) = time_key.get(9..).and_then(|k| std::str::from_utf8(k).ok()) else {
+                return Err(StorageError::Invariant(
+                    "malformed idempotency expiry key".into(),
+                ));
+            };
+            if keep.contains(key) {
+                continue;
+            }
+            batch.delete_cf(cf, &time_key);
+            batch.delete_cf(cf, db::idempotency_key(key));
+        }
+        Ok(())
+    }
+
+    pub(super) fn publish_index_size(&self) {
+        let counters = &self.counters;
+        let (keys, bytes) = (self.index.len() as u64, self.index.bytes() as u64);
+        counters.key_index_keys.store(keys, Ordering::Relaxed);
+        counters.key_index_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub(super) fn apply_one(&mut self, entry: Entry) -> Result<Response> {
+        let log_id = entry.log_id;
+        // Invariant: entries are applied once each, in log order.
+        assert!(
+            self.applied < Some(log_id),
+            "apply out of order: applied {:?}, entry {log_id}",
+            self.applied
+        );
+        let cf = db::cf(&self.db, CF_SM);
+        let mut batch = WriteBatch::default();
+        let mut index_updates = Vec::new();
+        let nothing = Response {
+            index: log_id.index,
+            result: CommandResult::Nothing,
+        };
+        let response = match entry.payload {
+            EntryPayload::Blank => nothing,
+            EntryPayload::Normal(command) => {
+                let mut reads = Reads::new(&self.db, &self.index);
+                let response = self.execute(log_id.index, command, &mut reads, &mut batch)?;
+                if let Some(expired_before_ms) = reads.idempotency_expired_before_ms {
+                    self.prune_idempotency(
+                        expired_before_ms,
+                        &reads.idempotency_written,
+                        &mut batch,
+                    )?;
+                }
+                index_updates = reads.index_updates;
+                response
+            }
+            EntryPayload::Membership(membership) => {
+                self.membership = StoredMembership::new(Some(log_id), membership);
+                batch.put_cf(cf, KEY_MEMBERSHIP, codec::encode(&self.membership)?);
+                nothing
+            }
+        };
+        batch.put_cf(cf, KEY_APPLIED, codec::encode(&Some(log_id))?);
+        // Data and applied index move together; see the module doc for why no fsync here.
+        self.db.write(batch)?;
+        // Only now, so the index never holds what RocksDB does not.
+        if !index_updates.is_empty() {
+            for (key, meta) in index_updates {
+                self.index.set(&key, meta);
+            }
+            self.publish_index_size();
+        }
+        self.applied = Some(log_id);
+        Ok(response)
+    }
+}
+
+/// `Some(PreconditionFailed)` if `precondition` does not hold for `key`.
+fn check(
+    overlay: &mut Overlay<'_, '_>,
+    key: &str,
+    precondition: Precondition,
+) -> Result<Option<CommandResult>> {
+    let current = overlay.meta(key)?.map(|m| m.mod_index);
+    let holds = match precondition {
+        Precondition::None => true,
+        Precondition::ModIndex(m) => current == Some(m),
+        Precondition::Absent => current.is_none(),
+        Precondition::Exists => current.is_some(),
+    };
+    Ok((!holds).then_some(CommandResult::PreconditionFailed { mod_index: current }))
+}
+
+fn run_txn(overlay: &mut Overlay<'_, '_>, index: u64, txn: Txn) -> Result<CommandResult> {
+    let mut succeeded = true;
+    for compare in &txn.compare {
+        let holds = match &compare.target {
+            CompareTarget::ModIndex(m) => {
+                overlay.meta(&compare.key)?.map_or(0, |c| c.mod_index) == *m
+            }
+            CompareTarget::Value(v) => overlay.record(&compare.key)?.is_some_and(|r| &r.value == v),
+            CompareTarget::Exists(exists) => overlay.meta(&compare.key)?.is_some() == *exists,
+        };
+        if !holds {
+            succeeded = false;
+            break;
+        }
+    }
+    let ops = if succeeded { txn.success } else { txn.failure };
+    let mut results = Vec::with_capacity(ops.len());
+    let mut answer_bytes = 0u64;
+    for op in ops {
+        if let TxnOp::Get { key } = &op {
+            let value_bytes = overlay.record(key)?.map_or(0, |r| r.value.len());
+            answer_bytes += (key.len() + value_bytes) as u64;
+            if answer_bytes > MAX_TXN_RESPONSE_BYTES {
+                return Ok(CommandResult::Refused(ApplyRefusal::ResponseTooLarge {
+                    at_least_bytes: answer_bytes,
+                    max_bytes: MAX_TXN_RESPONSE_BYTES,
+                }));
+            }
+        }
+        results.push(match op {
+            TxnOp::Put { key, value } => TxnOpResult::Put {
+                prev_mod_index: overlay.put(index, &key, value)?,
+            },
+            TxnOp::Delete { key } => TxnOpResult::Delete {
+                deleted: overlay.delete(&key)?,
+            },
+            TxnOp::Get { key } => {
+                let record = overlay.record(&key)?.cloned();
+                TxnOpResult::Get { key, record }
+            }
+        });
+    }
+    Ok(CommandResult::Txn { succeeded, results })
+}
