@@ -352,3 +352,135 @@ impl PeerPool {
         &self.config
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The client against a scripted peer on a loopback port from the OS: what each way a
+    //! connection can end tells the caller about the request it sent.
+
+    use super::*;
+    use crate::message::NodeStatus;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// What the scripted peer does once it has greeted and read one request.
+    #[derive(Clone, Copy)]
+    enum Then {
+        Answer,
+        SayGoodbye,
+    }
+
+    fn frame_of(request_id: u64, response: &RpcResponse) -> Vec<u8> {
+        let payload = codec::encode(response).unwrap();
+        frame::encode(request_id, &payload, NetConfig::default().max_frame_bytes).unwrap()
+    }
+
+    fn status() -> RpcResponse {
+        RpcResponse::Status(NodeStatus {
+            id: 9,
+            applied_index: 1,
+            last_log_index: 1,
+            commit_index: 1,
+            term: 1,
+            leader: None,
+            membership_index: 0,
+            members: Vec::new(),
+        })
+    }
+
+    /// A peer that greets, reads one request, then does `then`. Returns its address.
+    async fn scripted_peer(then: Then) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let hello = frame_of(GOING_AWAY_REQUEST_ID, &RpcResponse::Hello);
+            stream.write_all(&hello).await.unwrap();
+            let max = NetConfig::default().max_frame_bytes;
+            let request = frame::read(&mut stream, max, 10_000)
+                .await
+                .unwrap()
+                .unwrap();
+            match then {
+                Then::Answer => stream
+                    .write_all(&frame_of(request.request_id, &status()))
+                    .await
+                    .unwrap(),
+                Then::SayGoodbye => stream
+                    .write_all(&frame_of(GOING_AWAY_REQUEST_ID, &RpcResponse::GoingAway))
+                    .await
+                    .unwrap(),
+            }
+            // Hold the connection until the client is done with it.
+            let _ = frame::read(&mut stream, max, 10_000).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_answer_reaches_its_caller() {
+        let client = PeerClient::new(scripted_peer(Then::Answer).await, NetConfig::default());
+        match client.call(&RpcRequest::Status, DEADLINE).await {
+            Ok(RpcResponse::Status(status)) => assert_eq!(status.id, 9),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_goodbye_means_the_request_was_never_taken() {
+        let client = PeerClient::new(scripted_peer(Then::SayGoodbye).await, NetConfig::default());
+        match client.call(&RpcRequest::Status, DEADLINE).await {
+            Err(NetError::NotTaken { reason, .. }) => assert_eq!(reason, "it is shutting down"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_without_goodbye_leaves_the_outcome_open() {
+        let addr = {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let hello = frame_of(GOING_AWAY_REQUEST_ID, &RpcResponse::Hello);
+                stream.write_all(&hello).await.unwrap();
+                let max = NetConfig::default().max_frame_bytes;
+                let _request = frame::read(&mut stream, max, 10_000).await.unwrap();
+                // Read, then gone without a word: the request may have been served.
+                drop(stream);
+            });
+            addr
+        };
+        let client = PeerClient::new(addr, NetConfig::default());
+        match client.call(&RpcRequest::Status, DEADLINE).await {
+            Err(NetError::ConnectionClosed { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_greet_gets_no_request_and_is_backed_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            // Accept and hang up at once, as a server that is stopping does.
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
+        let client = PeerClient::new(addr, NetConfig::default());
+        match client.call(&RpcRequest::Status, DEADLINE).await {
+            Err(NetError::NotTaken { .. } | NetError::Malformed(_) | NetError::Io(_)) => {}
+            other => panic!("{other:?}"),
+        }
+        match client.call(&RpcRequest::Status, DEADLINE).await {
+            Err(NetError::BackingOff { retry_in_ms, .. }) => {
+                assert!(retry_in_ms <= NetConfig::default().max_backoff_ms)
+            }
+            other => panic!("the next call dials again at once: {other:?}"),
+        }
+    }
+}
