@@ -4,7 +4,7 @@
 # linearizable get, lease get, stale get. Prints one table (mirrorkv, etcd, ratio) and each
 # node's CPU seconds and memory; writes the details to run/bench/results.json.
 #
-#   scripts/bench.sh [SECONDS_PER_CELL] [-- extra jepsen-lite bench flags]
+#   scripts/bench.sh [SECONDS_PER_CELL] [-- extra mirrorkv-bench flags]
 #
 # e.g. `scripts/bench.sh 10 -- --keys 10000,1000000` for the scale run (a pair of clusters per
 # key space, measured in turn; it ends with each store's 1M figure as a share of its 10k one),
@@ -32,5 +32,5 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mirrorkv-target}
 out=$repo/run/bench
 mkdir -p "$out"
 echo "etcd: $(etcd --version 2>/dev/null | head -1); machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
-"$CARGO_TARGET_DIR/release/jepsen-lite" bench --matrix --duration-s "$seconds" \
+"$CARGO_TARGET_DIR/release/mirrorkv-bench" --matrix --duration-s "$seconds" \
   --json "$out/results.json" "$@"

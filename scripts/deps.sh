@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages mirrorkv needs to build and test, when they are missing:
 # clang + libclang (RocksDB's bindings are generated with bindgen), protoc (the etcd client of
-# `jepsen-lite bench` compiles etcd's protobuf definitions), libfaketime (the `clock` nemesis
+# `mirrorkv-bench` compiles etcd's protobuf definitions), libfaketime (the `clock` nemesis
 # of jepsen-lite runs nodes with skewed clocks), curl and python3 (scripts).
 # Idempotent and quiet when everything is there.
 set -euo pipefail

@@ -739,18 +739,8 @@ pub async fn put(http: &reqwest::Client, api: &str, key: &str, value: &[u8]) -> 
     }
 }
 
-/// Percent-encode a key for a path segment.
-pub fn encode_key(key: &str) -> String {
-    let mut out = String::new();
-    for byte in key.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
+/// Percent-encode a key for a path segment: the client crate's one key encoding.
+pub use mirrorkv_client::keys::key_path as encode_key;
 
 impl Drop for Cluster {
     fn drop(&mut self) {

@@ -5,7 +5,6 @@
 //! - [`model`]: sequential specifications: `Register` and mirrorkv's `KeyValue`.
 //! - [`attack`]: `jepsen-lite attack`: the attacks that once stopped mirrorkv, then a write on
 //!   every node.
-//! - [`bench`]: `jepsen-lite bench`: mirrorkv and etcd under the same closed-loop clients.
 //! - [`checker`]: Wing–Gong–Lowe search with memoization, per key, in parallel, time-limited.
 //! - [`edn`]: a small EDN reader; [`edn_out`] writes histories as EDN.
 //! - [`cluster`]: real `mirrorkv` processes on loopback, with a proxy per directed link.
@@ -18,7 +17,6 @@
 //! Why it is shaped this way: `jepsen-lite/DESIGN.md`.
 
 pub mod attack;
-pub mod bench;
 pub mod checker;
 pub mod cluster;
 pub mod edn;

@@ -1,5 +1,8 @@
 //! Node configuration: command-line flags, `MIRRORKV_*` environment variables and an optional
-//! TOML file (`--config`), in that order of precedence, then built-in defaults.
+//! TOML file (`--config`), in that order of precedence, then the defaults.
+//!
+//! Every default is in one place, [`Flags::defaults`]; `--help` shows each one next to its flag
+//! ([`with_defaults_in_help`]), and `resolve` fills what nothing else set from it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -7,10 +10,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Parser;
 use mirrorkv_storage::{NodeId, NodeInfo};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Flags of `mirrorkv`. Every field is optional here so the TOML file can fill it in.
-#[derive(Debug, Default, Parser, Deserialize)]
+#[derive(Debug, Default, Parser, Deserialize, Serialize)]
 #[command(
     name = "mirrorkv",
     version,
@@ -42,8 +45,7 @@ pub struct Flags {
     /// data.
     #[arg(long, env = "MIRRORKV_JOIN")]
     pub join: Option<String>,
-    /// How long a joining node keeps asking the cluster to add it before giving up (default
-    /// 60000).
+    /// How long a joining node keeps asking the cluster to add it before giving up.
     #[arg(long, env = "MIRRORKV_JOIN_TIMEOUT_MS")]
     pub join_timeout_ms: Option<u64>,
     /// A mirror more than this many log entries behind the leader is not promoted.
@@ -57,56 +59,63 @@ pub struct Flags {
     /// `text` or `json`. Filter with RUST_LOG (default `info,openraft=warn`).
     #[arg(long, env = "MIRRORKV_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Longest key, in bytes.
     #[arg(long, env = "MIRRORKV_MAX_KEY_BYTES")]
     pub max_key_bytes: Option<usize>,
+    /// Largest value, in bytes (at most max_body_bytes).
     #[arg(long, env = "MIRRORKV_MAX_VALUE_BYTES")]
     pub max_value_bytes: Option<usize>,
+    /// Largest request body, in bytes; larger ones are answered 413.
     #[arg(long, env = "MIRRORKV_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
-    /// Most bytes of keys and values in one range page (default 4194304); the page ends early,
-    /// with `next`, before the key that would pass it.
+    /// Most bytes of keys and values in one range page; the page ends early, with `next`,
+    /// before the key that would pass it.
     #[arg(long, env = "MIRRORKV_MAX_RANGE_PAGE_BYTES")]
     pub max_range_page_bytes: Option<usize>,
-    /// HTTP connections served at once (default 1024); past it a new connection takes the slot
-    /// of the longest-unused one (closed once no request of it is in progress).
+    /// HTTP connections served at once; past it a new connection takes the slot of the
+    /// longest-unused one (closed once no request of it is in progress).
     #[arg(long, env = "MIRRORKV_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// HTTP requests in flight at once; more are answered 429.
     #[arg(long, env = "MIRRORKV_MAX_IN_FLIGHT_REQUESTS")]
     pub max_in_flight_requests: Option<usize>,
-    /// Deadline of a write or a linearizable read (default 5000; at most 3600000).
+    /// Deadline of a write or a linearizable read (at most 3600000).
     #[arg(long, env = "MIRRORKV_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
     /// An API connection with no request in progress and no byte moving for this long is
-    /// closed (default 60000).
+    /// closed.
     #[arg(long, env = "MIRRORKV_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,
     /// A request's line and headers must arrive within this, from the connection's start or
-    /// the request's first byte (default 10000).
+    /// the request's first byte.
     #[arg(long, env = "MIRRORKV_HEADER_READ_TIMEOUT_MS")]
     pub header_read_timeout_ms: Option<u64>,
-    /// A request's body must arrive within this, or the answer is 408 (default 30000).
+    /// A request's body must arrive within this, or the answer is 408.
     #[arg(long, env = "MIRRORKV_BODY_READ_TIMEOUT_MS")]
     pub body_read_timeout_ms: Option<u64>,
-    /// A response the client reads none of for this long closes its connection (default
-    /// 30000).
+    /// A response the client reads none of for this long closes its connection.
     #[arg(long, env = "MIRRORKV_WRITE_TIMEOUT_MS")]
     pub write_timeout_ms: Option<u64>,
+    /// How often the leader sends heartbeats (below election_timeout_min_ms).
     #[arg(long, env = "MIRRORKV_HEARTBEAT_INTERVAL_MS")]
     pub heartbeat_interval_ms: Option<u64>,
+    /// A follower that hears no leader for a random time between this and
+    /// election_timeout_max_ms stands for election.
     #[arg(long, env = "MIRRORKV_ELECTION_TIMEOUT_MIN_MS")]
     pub election_timeout_min_ms: Option<u64>,
+    /// The upper end of the election timeout; also the leader's read lease.
     #[arg(long, env = "MIRRORKV_ELECTION_TIMEOUT_MAX_MS")]
     pub election_timeout_max_ms: Option<u64>,
     /// Subtracted from the leader's read lease (the maximum election timeout) for clock drift
-    /// between nodes; `lease` reads are linearizable while drift stays below it.
+    /// between nodes; `lease` reads are linearizable while drift stays below it (default: a
+    /// quarter of election_timeout_max_ms).
     #[arg(long, env = "MIRRORKV_LEASE_MARGIN_MS")]
     pub lease_margin_ms: Option<u64>,
     /// How long a write's Idempotency-Key is remembered.
     #[arg(long, env = "MIRRORKV_IDEMPOTENCY_WINDOW_S")]
     pub idempotency_window_s: Option<u64>,
-    /// Build a snapshot (and purge the log behind it) every this many applied entries (default
-    /// 100000). The log on disk holds up to this many entries.
+    /// Build a snapshot (and purge the log behind it) every this many applied entries. The log
+    /// on disk holds up to this many entries.
     #[arg(long, env = "MIRRORKV_SNAPSHOT_THRESHOLD_ENTRIES")]
     pub snapshot_threshold_entries: Option<u64>,
     /// Size of one snapshot chunk on the wire.
@@ -115,24 +124,21 @@ pub struct Flags {
     /// Largest node-to-node frame.
     #[arg(long, env = "MIRRORKV_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<u32>,
-    /// A node-to-node frame whose first byte arrived must be whole within this (default
-    /// 30000).
+    /// A node-to-node frame whose first byte arrived must be whole within this.
     #[arg(long, env = "MIRRORKV_RAFT_FRAME_TIMEOUT_MS")]
     pub raft_frame_timeout_ms: Option<u64>,
-    /// An inbound node-to-node connection that sends no frame for this long is closed
-    /// (default 60000).
+    /// An inbound node-to-node connection that sends no frame for this long is closed.
     #[arg(long, env = "MIRRORKV_RAFT_IDLE_TIMEOUT_MS")]
     pub raft_idle_timeout_ms: Option<u64>,
-    /// Memory RocksDB may use for its block cache and memtables together (default 256).
+    /// Memory RocksDB may use for its block cache and memtables together.
     #[arg(long, env = "MIRRORKV_STORAGE_MEMORY_MIB")]
     pub storage_memory_mib: Option<u64>,
     /// Most memory (estimated) for the indexes of live keys kept so that applying a write
-    /// reads nothing from RocksDB; outside storage_memory_mib (default 128, 0 turns it off).
+    /// reads nothing from RocksDB; outside storage_memory_mib (0 turns it off).
     #[arg(long, env = "MIRRORKV_KEY_INDEX_MIB")]
     pub key_index_mib: Option<u64>,
     /// Fault injection for tests, never for production: while leading, wait this long before
-    /// every fsync of the node's own log appends, as a slow disk would (default 0, at most
-    /// 60000).
+    /// every fsync of the node's own log appends, as a slow disk would (at most 60000).
     #[arg(long, env = "MIRRORKV_FAULT_LOG_SYNC_DELAY_MS", hide = true)]
     pub fault_log_sync_delay_ms: Option<u64>,
 }
@@ -172,7 +178,54 @@ pub struct NodeConfig {
     pub fault_log_sync_delay_ms: u64,
 }
 
+/// The settings that say how a node finds its cluster.
+struct Membership {
+    initial_cluster: BTreeMap<NodeId, NodeInfo>,
+    join: Vec<String>,
+    peer_overrides: HashMap<NodeId, String>,
+}
+
 impl Flags {
+    /// Every default, the one place they are written. Settings without one are required
+    /// (`id`, `data_dir`, the addresses), optional (`initial_cluster`, `join`, `peers`) or
+    /// derived from another (`lease_margin_ms`).
+    pub fn defaults() -> Flags {
+        let api = mirrorkv_api::ApiConfig::default();
+        let net = mirrorkv_raft_net::NetConfig::default();
+        let store = mirrorkv_storage::StoreOptions::default();
+        Flags {
+            join_timeout_ms: Some(60_000),
+            promote_max_lag_entries: Some(api.promote_max_lag_entries),
+            log_format: Some("text".into()),
+            max_key_bytes: Some(api.max_key_bytes),
+            max_value_bytes: Some(api.max_value_bytes),
+            max_body_bytes: Some(api.max_body_bytes),
+            max_range_page_bytes: Some(api.max_range_page_bytes),
+            max_connections: Some(api.max_connections),
+            max_in_flight_requests: Some(api.max_in_flight_requests),
+            request_timeout_ms: Some(api.request_timeout_ms),
+            idle_timeout_ms: Some(api.idle_timeout_ms),
+            header_read_timeout_ms: Some(api.header_read_timeout_ms),
+            body_read_timeout_ms: Some(api.body_read_timeout_ms),
+            write_timeout_ms: Some(api.write_timeout_ms),
+            heartbeat_interval_ms: Some(100),
+            election_timeout_min_ms: Some(500),
+            election_timeout_max_ms: Some(1000),
+            idempotency_window_s: Some(api.idempotency_window_s),
+            // As etcd's --snapshot-count. A snapshot costs in proportion to the state (at 1M
+            // keys, one every 10 000 entries took about 15% of put throughput, BENCHMARKS.md).
+            snapshot_threshold_entries: Some(100_000),
+            snapshot_chunk_bytes: Some(1024 * 1024),
+            max_frame_bytes: Some(net.max_frame_bytes),
+            raft_frame_timeout_ms: Some(net.frame_read_timeout_ms),
+            raft_idle_timeout_ms: Some(net.idle_timeout_ms),
+            storage_memory_mib: Some((store.memory_budget_bytes >> 20) as u64),
+            key_index_mib: Some((store.key_index_max_bytes >> 20) as u64),
+            fault_log_sync_delay_ms: Some(0),
+            ..Flags::default()
+        }
+    }
+
     /// Fill every unset field from `file` (lower precedence).
     fn or(self, file: Flags) -> Flags {
         Flags {
@@ -228,33 +281,16 @@ impl Flags {
         }
     }
 
-    /// Read the TOML file if one is named, merge, validate, and apply defaults.
-    pub fn resolve(self) -> anyhow::Result<NodeConfig> {
-        let flags = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                let file: Flags = toml::from_str(&text)
-                    .with_context(|| format!("parsing config file {}", path.display()))?;
-                self.or(file)
-            }
-            None => self,
-        };
-        let id = flags.id.context("--id is required")?;
-        if id == 0 {
-            bail!("--id must be a positive integer");
-        }
-        let data_dir = flags.data_dir.context("--data-dir is required")?;
-        let api_addr = flags.api_addr.context("--api-addr is required")?;
-        let raft_addr = flags.raft_addr.context("--raft-addr is required")?;
-        let initial_cluster = match &flags.initial_cluster {
+    /// How this node finds its cluster and its peers.
+    fn membership(&self, id: NodeId) -> anyhow::Result<Membership> {
+        let initial_cluster = match &self.initial_cluster {
             Some(spec) => parse_initial_cluster(spec)?,
             None => BTreeMap::new(),
         };
         if !initial_cluster.is_empty() && !initial_cluster.contains_key(&id) {
             bail!("--initial-cluster does not list this node's id {id}");
         }
-        let join: Vec<String> = flags
+        let join: Vec<String> = self
             .join
             .as_deref()
             .unwrap_or("")
@@ -267,7 +303,7 @@ impl Flags {
             bail!("give --initial-cluster (a new cluster) or --join (an existing one), not both");
         }
         let mut peer_overrides = HashMap::new();
-        for peer in &flags.peers {
+        for peer in &self.peers {
             let (peer_id, addr) = peer
                 .split_once('=')
                 .with_context(|| format!("--peer {peer:?}: expected ID=HOST:PORT"))?;
@@ -277,49 +313,30 @@ impl Flags {
                 .with_context(|| format!("--peer {peer:?}: bad id"))?;
             peer_overrides.insert(peer_id, addr.trim().to_string());
         }
-        let log_format = match flags.log_format.as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => bail!("--log-format must be text or json, got {other:?}"),
-        };
-        let api_defaults = mirrorkv_api::ApiConfig::default();
+        Ok(Membership {
+            initial_cluster,
+            join,
+            peer_overrides,
+        })
+    }
+
+    /// The API's limits and timeouts, checked against each other.
+    fn api_config(&self) -> anyhow::Result<mirrorkv_api::ApiConfig> {
         let api = mirrorkv_api::ApiConfig {
-            max_key_bytes: flags.max_key_bytes.unwrap_or(api_defaults.max_key_bytes),
-            max_value_bytes: flags
-                .max_value_bytes
-                .unwrap_or(api_defaults.max_value_bytes),
-            max_body_bytes: flags.max_body_bytes.unwrap_or(api_defaults.max_body_bytes),
-            max_range_page_bytes: flags
-                .max_range_page_bytes
-                .unwrap_or(api_defaults.max_range_page_bytes),
-            max_connections: flags
-                .max_connections
-                .unwrap_or(api_defaults.max_connections),
-            max_in_flight_requests: flags
-                .max_in_flight_requests
-                .unwrap_or(api_defaults.max_in_flight_requests),
-            request_timeout_ms: flags
-                .request_timeout_ms
-                .unwrap_or(api_defaults.request_timeout_ms),
-            idle_timeout_ms: flags
-                .idle_timeout_ms
-                .unwrap_or(api_defaults.idle_timeout_ms),
-            header_read_timeout_ms: flags
-                .header_read_timeout_ms
-                .unwrap_or(api_defaults.header_read_timeout_ms),
-            body_read_timeout_ms: flags
-                .body_read_timeout_ms
-                .unwrap_or(api_defaults.body_read_timeout_ms),
-            write_timeout_ms: flags
-                .write_timeout_ms
-                .unwrap_or(api_defaults.write_timeout_ms),
-            idempotency_window_s: flags
-                .idempotency_window_s
-                .unwrap_or(api_defaults.idempotency_window_s),
-            promote_max_lag_entries: flags
-                .promote_max_lag_entries
-                .unwrap_or(api_defaults.promote_max_lag_entries),
-            ..api_defaults
+            max_key_bytes: defaulted(self.max_key_bytes)?,
+            max_value_bytes: defaulted(self.max_value_bytes)?,
+            max_body_bytes: defaulted(self.max_body_bytes)?,
+            max_range_page_bytes: defaulted(self.max_range_page_bytes)?,
+            max_connections: defaulted(self.max_connections)?,
+            max_in_flight_requests: defaulted(self.max_in_flight_requests)?,
+            request_timeout_ms: defaulted(self.request_timeout_ms)?,
+            idle_timeout_ms: defaulted(self.idle_timeout_ms)?,
+            header_read_timeout_ms: defaulted(self.header_read_timeout_ms)?,
+            body_read_timeout_ms: defaulted(self.body_read_timeout_ms)?,
+            write_timeout_ms: defaulted(self.write_timeout_ms)?,
+            idempotency_window_s: defaulted(self.idempotency_window_s)?,
+            promote_max_lag_entries: defaulted(self.promote_max_lag_entries)?,
+            ..mirrorkv_api::ApiConfig::default()
         };
         if api.max_connections == 0 || api.max_in_flight_requests == 0 {
             bail!("max_connections and max_in_flight_requests must be positive");
@@ -346,19 +363,26 @@ impl Flags {
             > mirrorkv_storage::MAX_TXN_RESPONSE_BYTES
         {
             bail!(
-                "max_value_bytes + max_key_bytes ({}) must be at most {} (the most a transaction's answer may carry), so that any key can be read in a transaction",
-                api.max_value_bytes + api.max_key_bytes,
-                mirrorkv_storage::MAX_TXN_RESPONSE_BYTES
-            );
+            "max_value_bytes + max_key_bytes ({}) must be at most {} (the most a transaction's answer may carry), so that any key can be read in a transaction",
+            api.max_value_bytes + api.max_key_bytes,
+            mirrorkv_storage::MAX_TXN_RESPONSE_BYTES
+        );
         }
-        let mut net = mirrorkv_raft_net::NetConfig::default();
-        if let Some(max_frame_bytes) = flags.max_frame_bytes {
-            net.max_frame_bytes = max_frame_bytes;
-        }
-        net.frame_read_timeout_ms = flags
-            .raft_frame_timeout_ms
-            .unwrap_or(net.frame_read_timeout_ms);
-        net.idle_timeout_ms = flags.raft_idle_timeout_ms.unwrap_or(net.idle_timeout_ms);
+        Ok(api)
+    }
+
+    /// The node-to-node transport's settings: a frame must hold the largest entries and answers
+    /// the API's limits allow.
+    fn net_config(
+        &self,
+        api: &mirrorkv_api::ApiConfig,
+    ) -> anyhow::Result<mirrorkv_raft_net::NetConfig> {
+        let net = mirrorkv_raft_net::NetConfig {
+            max_frame_bytes: defaulted(self.max_frame_bytes)?,
+            frame_read_timeout_ms: defaulted(self.raft_frame_timeout_ms)?,
+            idle_timeout_ms: defaulted(self.raft_idle_timeout_ms)?,
+            ..mirrorkv_raft_net::NetConfig::default()
+        };
         check_timeouts_ms(&[
             ("raft_frame_timeout_ms", net.frame_read_timeout_ms),
             ("raft_idle_timeout_ms", net.idle_timeout_ms),
@@ -372,10 +396,10 @@ impl Flags {
             > u64::from(net.max_frame_bytes)
         {
             bail!(
-                "max_frame_bytes ({}) must hold {MAX_PAYLOAD_ENTRIES} log entries of up to {largest_entry_bytes} bytes (from max_body_bytes {}): raise max_frame_bytes or lower max_body_bytes",
-                net.max_frame_bytes,
-                api.max_body_bytes
-            );
+            "max_frame_bytes ({}) must hold {MAX_PAYLOAD_ENTRIES} log entries of up to {largest_entry_bytes} bytes (from max_body_bytes {}): raise max_frame_bytes or lower max_body_bytes",
+            net.max_frame_bytes,
+            api.max_body_bytes
+        );
         }
         // The answers of one entry or one forwarded frame come back in one frame.
         if (mirrorkv_storage::MAX_ANSWER_BYTES_PER_BATCH as u64) + ENTRY_OVERHEAD_BYTES
@@ -387,9 +411,44 @@ impl Flags {
                 mirrorkv_storage::MAX_ANSWER_BYTES_PER_BATCH
             );
         }
-        let heartbeat_interval_ms = flags.heartbeat_interval_ms.unwrap_or(100);
-        let election_timeout_min_ms = flags.election_timeout_min_ms.unwrap_or(500);
-        let election_timeout_max_ms = flags.election_timeout_max_ms.unwrap_or(1000);
+        Ok(net)
+    }
+
+    /// Read the TOML file if one is named, merge, validate, and apply defaults.
+    pub fn resolve(self) -> anyhow::Result<NodeConfig> {
+        let flags = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                let file: Flags = toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?;
+                self.or(file)
+            }
+            None => self,
+        }
+        .or(Flags::defaults());
+        let id = flags.id.context("--id is required")?;
+        if id == 0 {
+            bail!("--id must be a positive integer");
+        }
+        let Membership {
+            initial_cluster,
+            join,
+            peer_overrides,
+        } = flags.membership(id)?;
+        let data_dir = flags.data_dir.clone().context("--data-dir is required")?;
+        let api_addr = flags.api_addr.clone().context("--api-addr is required")?;
+        let raft_addr = flags.raft_addr.clone().context("--raft-addr is required")?;
+        let log_format = match flags.log_format.as_deref() {
+            Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            other => bail!("--log-format must be text or json, got {other:?}"),
+        };
+        let api = flags.api_config()?;
+        let net = flags.net_config(&api)?;
+        let heartbeat_interval_ms = defaulted(flags.heartbeat_interval_ms)?;
+        let election_timeout_min_ms = defaulted(flags.election_timeout_min_ms)?;
+        let election_timeout_max_ms = defaulted(flags.election_timeout_max_ms)?;
         if !(heartbeat_interval_ms < election_timeout_min_ms
             && election_timeout_min_ms < election_timeout_max_ms)
         {
@@ -399,22 +458,19 @@ impl Flags {
         if lease_margin_ms >= election_timeout_max_ms {
             bail!("lease_margin_ms must be below election_timeout_max_ms");
         }
-        let snapshot_chunk_bytes = flags.snapshot_chunk_bytes.unwrap_or(1024 * 1024);
+        let snapshot_chunk_bytes = defaulted(flags.snapshot_chunk_bytes)?;
         if snapshot_chunk_bytes + 64 * 1024 > u64::from(net.max_frame_bytes) {
             bail!("snapshot_chunk_bytes must be at least 64 KiB below max_frame_bytes");
         }
-        if let Some(mib) = flags.storage_memory_mib {
-            if !(16..=1024 * 1024).contains(&mib) {
-                bail!("storage_memory_mib must be between 16 and 1048576 (MiB)");
-            }
+        let storage_memory_mib = defaulted(flags.storage_memory_mib)?;
+        if !(16..=1024 * 1024).contains(&storage_memory_mib) {
+            bail!("storage_memory_mib must be between 16 and 1048576 (MiB)");
         }
-        let key_index_mib = flags.key_index_mib.unwrap_or(
-            (mirrorkv_storage::StoreOptions::default().key_index_max_bytes >> 20) as u64,
-        );
+        let key_index_mib = defaulted(flags.key_index_mib)?;
         if key_index_mib > 1024 * 1024 {
             bail!("key_index_mib must be at most 1048576 (MiB)");
         }
-        let fault_log_sync_delay_ms = flags.fault_log_sync_delay_ms.unwrap_or(0);
+        let fault_log_sync_delay_ms = defaulted(flags.fault_log_sync_delay_ms)?;
         if fault_log_sync_delay_ms > 60_000 {
             bail!("fault_log_sync_delay_ms must be at most 60000 (ms)");
         }
@@ -425,7 +481,7 @@ impl Flags {
             raft_addr,
             initial_cluster,
             join,
-            join_timeout_ms: flags.join_timeout_ms.unwrap_or(60_000),
+            join_timeout_ms: defaulted(flags.join_timeout_ms)?,
             peer_overrides,
             log_format,
             api,
@@ -434,17 +490,39 @@ impl Flags {
             election_timeout_min_ms,
             election_timeout_max_ms,
             lease_margin_ms,
-            // As etcd's --snapshot-count. A snapshot costs in proportion to the state (at 1M
-            // keys, one every 10 000 entries took about 15% of put throughput, BENCHMARKS.md).
-            snapshot_threshold_entries: flags.snapshot_threshold_entries.unwrap_or(100_000),
+            snapshot_threshold_entries: defaulted(flags.snapshot_threshold_entries)?,
             snapshot_chunk_bytes,
-            storage_memory_mib: flags.storage_memory_mib.unwrap_or(
-                (mirrorkv_storage::StoreOptions::default().memory_budget_bytes >> 20) as u64,
-            ),
+            storage_memory_mib,
             key_index_mib,
             fault_log_sync_delay_ms,
         })
     }
+}
+
+/// A setting that `Flags::defaults` fills; `Err` only if a default was left out there.
+fn defaulted<T>(value: Option<T>) -> anyhow::Result<T> {
+    value.context("a setting has no default (Flags::defaults is missing it)")
+}
+
+/// `command` with each flag's default from [`Flags::defaults`] shown in its help, as
+/// `[default: V]`, without setting it (the TOML file still fills what flags leave unset).
+pub fn with_defaults_in_help(command: clap::Command) -> clap::Command {
+    let defaults = match serde_json::to_value(Flags::defaults()) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => return command,
+    };
+    command.mut_args(|arg| {
+        let shown = match defaults.get(arg.get_id().as_str()) {
+            Some(serde_json::Value::String(text)) => text.clone(),
+            Some(serde_json::Value::Number(number)) => number.to_string(),
+            _ => return arg,
+        };
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        let help = format!("{help} [default: {shown}]")
+            .trim_start()
+            .to_string();
+        arg.help(help)
+    })
 }
 
 /// Parse `1=RAFT_ADDR/API_ADDR,2=...`.
@@ -583,6 +661,67 @@ mod tests {
             error.contains("key_index_mib must be at most 1048576 (MiB)"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn every_default_is_shown_in_help_and_is_what_resolve_uses() {
+        let mut command = with_defaults_in_help(<Flags as clap::CommandFactory>::command());
+        let help = command.render_help().to_string();
+        let hidden: Vec<String> = command
+            .get_arguments()
+            .filter(|arg| arg.is_hide_set())
+            .map(|arg| arg.get_id().to_string())
+            .collect();
+        let line_of = |flag: &str| {
+            let at = help
+                .find(&format!("--{flag} "))
+                .unwrap_or_else(|| panic!("--{flag} in help:\n{help}"));
+            // A flag's help runs until the next flag.
+            let rest = &help[at..];
+            rest[..rest[2..].find("\n  -").map_or(rest.len(), |end| end + 2)].to_string()
+        };
+        let defaults = serde_json::to_value(Flags::defaults()).unwrap();
+        let mut shown = 0;
+        for (name, value) in defaults.as_object().unwrap() {
+            if value.is_null() || value.is_array() || hidden.contains(name) {
+                continue;
+            }
+            let value = value.as_str().map_or(value.to_string(), str::to_string);
+            let text = line_of(&name.replace('_', "-"));
+            assert!(text.contains(&format!("[default: {value}]")), "{text}");
+            shown += 1;
+        }
+        assert!(shown >= 25, "only {shown} defaults shown");
+        // What help shows is what a node gets when nothing else sets it.
+        let file: Flags =
+            toml::from_str("id = 1\ndata_dir = \"/d\"\napi_addr = \"a:1\"\nraft_addr = \"r:1\"")
+                .unwrap();
+        let config = Flags::default().or(file).resolve().unwrap();
+        let d = Flags::defaults();
+        assert_eq!(Some(config.api.request_timeout_ms), d.request_timeout_ms);
+        assert_eq!(Some(config.api.max_connections), d.max_connections);
+        assert_eq!(Some(config.net.max_frame_bytes), d.max_frame_bytes);
+        assert_eq!(Some(config.net.idle_timeout_ms), d.raft_idle_timeout_ms);
+        assert_eq!(
+            Some(config.snapshot_threshold_entries),
+            d.snapshot_threshold_entries
+        );
+        assert_eq!(Some(config.storage_memory_mib), d.storage_memory_mib);
+        assert_eq!(Some(config.join_timeout_ms), d.join_timeout_ms);
+        assert_eq!(config.lease_margin_ms, config.election_timeout_max_ms / 4);
+    }
+
+    #[test]
+    fn a_file_value_wins_over_a_default_and_a_flag_over_both() {
+        let file: Flags = toml::from_str("id = 1\ndata_dir = \"/d\"\napi_addr = \"a:1\"\nraft_addr = \"r:1\"\nheartbeat_interval_ms = 50\nsnapshot_threshold_entries = 7").unwrap();
+        let flags = Flags {
+            snapshot_threshold_entries: Some(9),
+            ..Flags::default()
+        };
+        let config = flags.or(file).resolve().unwrap();
+        assert_eq!(config.heartbeat_interval_ms, 50);
+        assert_eq!(config.snapshot_threshold_entries, 9);
+        assert_eq!(config.election_timeout_max_ms, 1000);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `mirrorkv restore ...` (a new data dir from a backup). One binary, so the client and the
 //! restore tool always match the server's version.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use mirrorkv_node::ctl::CtlArgs;
 use mirrorkv_node::restore::RestoreArgs;
 use mirrorkv_node::{Flags, Listeners, LogFormat};
@@ -36,7 +36,12 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // Each node flag's help shows its default (`config::with_defaults_in_help`).
+    let command = mirrorkv_node::config::with_defaults_in_help(Cli::command());
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Some(Command::Ctl(args)) => run_ctl(args),
         Some(Command::Restore(args)) => mirrorkv_node::restore::run(args),

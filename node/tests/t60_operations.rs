@@ -991,3 +991,127 @@ async fn t67_a_removed_follower_answers_410_at_once() {
         .collect();
     assert!(!ids.contains(&removed), "{info}");
 }
+
+/// Test 8: the client crate against a real cluster: a dead first endpoint is skipped, a retry
+/// with the same idempotency key answers the first write, pages are walked to the end, a
+/// transaction compares and swaps, and a read carrying a write's index as `min_index` never
+/// answers from a follower that has not applied it (it times out while the follower is cut off,
+/// and sees the write once it is back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t68_the_client_crate_fails_over_retries_once_and_reads_its_writes() {
+    use mirrorkv_client::{
+        Client, ClientError, ClientOptions, Compare, Consistency, Range, ReadOptions, Txn, TxnOp,
+        WriteOptions,
+    };
+    // A short server deadline: the read below that must wait times out in 2 s.
+    let cluster = Cluster::start_with_proxies(3, &["--request-timeout-ms", "2000"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let client = Client::new([dead, cluster.nodes[&leader].api_addr.clone()]).unwrap();
+
+    let keyed = WriteOptions {
+        idempotency_key: Some("t68-once".into()),
+        ..WriteOptions::default()
+    };
+    let first = client.put_with("c/once", "1", &keyed).await.unwrap();
+    let again = client.put_with("c/once", "1", &keyed).await.unwrap();
+    assert_eq!(again, first, "a retry answers the first attempt");
+    assert!(client.seen_index() >= first.index);
+
+    for i in 0..25 {
+        client
+            .put(&format!("c/k{i:02}"), format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    let pages = Range {
+        limit: Some(4),
+        ..Range::prefix("c/k")
+    };
+    let one = client.range(&pages, &ReadOptions::default()).await.unwrap();
+    assert_eq!(
+        (one.value.items.len(), one.value.next.as_deref()),
+        (4, Some("c/k04"))
+    );
+    let all = client
+        .range_all(&Range::prefix("c/k"), 1000, &ReadOptions::default())
+        .await
+        .unwrap();
+    let keys: Vec<String> = all.value.items.iter().map(|kv| kv.key.clone()).collect();
+    let expected: Vec<String> = (0..25).map(|i| format!("c/k{i:02}")).collect();
+    assert_eq!(keys, expected);
+    let some = client
+        .range_all(&Range::prefix("c/k"), 7, &ReadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(some.value.items.len(), 7);
+
+    let swap = |mod_index| Txn {
+        compare: vec![Compare::ModIndex {
+            key: "c/once".into(),
+            mod_index,
+        }],
+        success: vec![TxnOp::Put {
+            key: "c/once".into(),
+            value: b"2".to_vec(),
+        }],
+        failure: vec![TxnOp::Get {
+            key: "c/once".into(),
+        }],
+    };
+    assert!(client.txn(&swap(first.index)).await.unwrap().succeeded);
+    assert!(!client.txn(&swap(first.index)).await.unwrap().succeeded);
+    let absent = WriteOptions {
+        if_absent: true,
+        ..WriteOptions::default()
+    };
+    match client.put_with("c/once", "3", &absent).await {
+        Err(ClientError::Api {
+            code, mod_index, ..
+        }) => {
+            assert_eq!(code, "precondition_failed");
+            assert!(mod_index.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Read-your-writes: a follower cut off from the others cannot serve past what it applied.
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    cluster.isolate(follower);
+    let written = client.put("c/fresh", "new").await.unwrap();
+    let stale_reader = Client::with_options(
+        [cluster.nodes[&follower].api_addr.clone()],
+        ClientOptions {
+            timeout_ms: 10_000,
+            consistency: Some(Consistency::Stale),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let without_floor = stale_reader.get("c/fresh").await.unwrap();
+    assert_eq!(
+        without_floor.value, None,
+        "the cut-off follower has not applied it"
+    );
+    let at_write = ReadOptions {
+        min_index: Some(written.index),
+        ..ReadOptions::default()
+    };
+    match stale_reader.get_with("c/fresh", &at_write).await {
+        Err(error) => assert_eq!(error.code(), Some("timeout"), "{error}"),
+        Ok(read) => panic!("served below the write's index: {read:?}"),
+    }
+    cluster.heal();
+    let read = wait_for(
+        "the healed follower to serve the write",
+        DEADLINE,
+        || async { stale_reader.get_with("c/fresh", &at_write).await.ok() },
+    )
+    .await;
+    assert!(read.index >= written.index);
+    assert_eq!(read.value.unwrap().value, b"new");
+    assert_eq!(read.consistency.as_deref(), Some("stale"));
+}

@@ -1,4 +1,4 @@
-//! `jepsen-lite bench`: throughput and latency of mirrorkv and of etcd, started on the same
+//! One benchmark cell: throughput and latency of mirrorkv and of etcd, started on the same
 //! machine in the same run and driven by the same closed-loop clients.
 //!
 //! Each client owns one connection to one node (client `i` talks to member `i mod n` counted
@@ -17,12 +17,12 @@ use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::cluster::{encode_key, wait_for, Cluster, ClusterOptions};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{header, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use jepsen_lite::cluster::{encode_key, wait_for, Cluster, ClusterOptions};
 
 /// Which store a cell measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]

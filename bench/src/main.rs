@@ -1,0 +1,437 @@
+//! `mirrorkv-bench`: mirrorkv and etcd (3 nodes each, started here) under the same closed-loop
+//! clients, cell by cell, alternating. A crate of its own so that building and testing the node
+//! needs neither etcd's gRPC client nor protoc.
+//!
+//! - `cells`: one cell (a workload, a read level, a number of clients) against one store,
+//!   the clients, the preload, and the table.
+//! - this file: the flags, and the run over every key space, store and round.
+
+mod cells;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cells::{BenchWorkload, Cell, CellLimits, DataShape, Store, Stores};
+use clap::Parser;
+
+/// Measure mirrorkv and etcd (3 nodes each, started here) under the same closed-loop
+/// clients; prints ops/s and p50/p99/p99.9 per cell and writes JSON.
+#[derive(Parser)]
+#[command(name = "mirrorkv-bench", version)]
+struct Args {
+    /// The `mirrorkv` binary (default: next to this one).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// The `etcd` binary (default: `etcd` on the PATH).
+    #[arg(long)]
+    etcd: Option<PathBuf>,
+    /// Measure only this store (default: both, alternating cell by cell).
+    #[arg(long, value_enum)]
+    store: Option<Store>,
+    #[arg(long, value_enum, default_value = "put")]
+    workload: BenchWorkload,
+    /// Read level of gets (etcd: `stale` is a serializable range, others linearizable).
+    #[arg(long, default_value = "linearizable")]
+    consistency: String,
+    /// Concurrent clients, each with its own connection, one request at a time.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Length of each cell.
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Most operations of each cell, all clients together.
+    #[arg(long, default_value_t = 10_000_000)]
+    max_ops: u64,
+    /// Size of the key space (16-byte keys); every key is written before measuring. Several
+    /// (`--keys 10000,1000000`) start a pair of clusters for each and alternate every cell
+    /// between them too, so that the scale figure (largest against smallest key space)
+    /// compares runs taken at the same time on the same machine.
+    #[arg(long, value_delimiter = ',', default_value = "10000", num_args = 1..)]
+    keys: Vec<u64>,
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// Run the standard matrix instead of one cell: 1, 16 and 64 clients × put,
+    /// linearizable get, lease get, stale get.
+    #[arg(long)]
+    matrix: bool,
+    /// Run the cells this many times over, printing each process's memory after every
+    /// round: memory that grows with the requests served shows up here.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
+    /// After the cells, `kill -9` one follower of each store, start it again and time how
+    /// long until it answers a linearizable read itself.
+    #[arg(long)]
+    restart: bool,
+    /// Write every cell's result here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    let Args {
+        bin,
+        etcd,
+        store,
+        workload,
+        consistency,
+        clients,
+        duration_s,
+        max_ops,
+        keys,
+        value_bytes,
+        matrix,
+        rounds,
+        restart,
+        json,
+        seed,
+    } = Args::parse();
+    let bin = bin.unwrap_or_else(default_mirrorkv_bin);
+    let cells: Vec<(BenchWorkload, String, usize)> = if matrix {
+        let mut cells = Vec::new();
+        for clients in [1, 16, 64] {
+            for (workload, level) in [
+                (BenchWorkload::Put, "linearizable"),
+                (BenchWorkload::Get, "linearizable"),
+                (BenchWorkload::Get, "lease"),
+                (BenchWorkload::Get, "stale"),
+            ] {
+                cells.push((workload, level.to_string(), clients));
+            }
+        }
+        cells
+    } else {
+        vec![(workload, consistency, clients)]
+    };
+    let options = BenchRun {
+        bin,
+        etcd: if store == Some(Store::Mirrorkv) {
+            None
+        } else {
+            match cells::find_etcd(etcd) {
+                Some(etcd) => Some(etcd),
+                None => {
+                    eprintln!("mirrorkv-bench: no etcd binary (install etcd-server, or pass --etcd, or --store mirrorkv)");
+                    return ExitCode::from(3);
+                }
+            }
+        },
+        mirrorkv: store != Some(Store::Etcd),
+        cells,
+        shapes: {
+            let mut keys = keys;
+            keys.sort_unstable();
+            keys.dedup();
+            keys.into_iter()
+                .map(|keys| DataShape { keys, value_bytes })
+                .collect()
+        },
+        limits: CellLimits {
+            duration: Duration::from_secs(duration_s),
+            max_ops,
+        },
+        rounds: rounds.max(1),
+        restart,
+        json,
+        seed,
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(3);
+    };
+    match runtime.block_on(run_bench(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mirrorkv-bench: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+/// `mirrorkv` next to this binary, else on the PATH.
+fn default_mirrorkv_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("mirrorkv")))
+        .unwrap_or_else(|| PathBuf::from("mirrorkv"))
+}
+
+struct BenchRun {
+    bin: PathBuf,
+    etcd: Option<PathBuf>,
+    mirrorkv: bool,
+    cells: Vec<(BenchWorkload, String, usize)>,
+    /// One pair of clusters per shape, smallest key space first.
+    shapes: Vec<DataShape>,
+    limits: CellLimits,
+    rounds: u32,
+    restart: bool,
+    json: Option<PathBuf>,
+    seed: u64,
+}
+
+/// Start the stores (a pair of clusters for each key space), preload them, then run every cell
+/// on each key space and store in turn (so that a noisy machine slows all of them alike),
+/// printing a row per cell and store.
+async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
+    if run.shapes.iter().any(|shape| shape.keys == 0) {
+        anyhow::bail!("--keys: a key space needs at least 1 key");
+    }
+    let scaled = run.shapes.len() > 1;
+    let label = |shape: &DataShape| {
+        if scaled {
+            format!("{} ", cells::keys_label(shape.keys))
+        } else {
+            String::new()
+        }
+    };
+    let mut pairs: Vec<(DataShape, Stores)> = Vec::new();
+    for &shape in &run.shapes {
+        let stores = Stores::start(
+            run.mirrorkv.then_some(run.bin.as_path()),
+            run.etcd.as_deref(),
+            &[],
+        )
+        .await?;
+        pairs.push((shape, stores));
+    }
+    let mut measured: Vec<Store> = Vec::new();
+    if run.mirrorkv {
+        measured.push(Store::Mirrorkv);
+    }
+    if run.etcd.is_some() {
+        measured.push(Store::Etcd);
+    }
+    for (shape, stores) in &pairs {
+        for &store in &measured {
+            let took = stores.preload(store, *shape).await?;
+            eprintln!(
+                "preloaded {} keys of {} bytes into {store:?} in {:.1} s",
+                shape.keys,
+                shape.value_bytes,
+                took.as_secs_f64()
+            );
+        }
+    }
+    println!("{}", cells::table_header());
+    let mut results: Vec<cells::CellResult> = Vec::new();
+    let mut memory_by_round = Vec::new();
+    for round in 1..=run.rounds {
+        for (workload, level, clients) in &run.cells {
+            for (shape, stores) in &pairs {
+                let mut row: Vec<Option<cells::CellResult>> = vec![None, None];
+                for &store in &measured {
+                    let cell = Cell {
+                        store,
+                        workload: *workload,
+                        level: level.clone(),
+                        clients: *clients,
+                    };
+                    let result = stores.run_cell(&cell, *shape, run.limits, run.seed).await?;
+                    if result.errors > 0 {
+                        eprintln!(
+                            "{store:?} {workload:?} {level} x{clients} ({} keys): {} errors, e.g. {:?}",
+                            shape.keys, result.errors, result.error_samples
+                        );
+                    }
+                    row[usize::from(store == Store::Etcd)] = Some(result);
+                }
+                println!(
+                    "{}",
+                    cells::format_row(&label(shape), row[0].as_ref(), row[1].as_ref())
+                );
+                results.extend(row.into_iter().flatten());
+            }
+        }
+        if run.rounds > 1 {
+            let served: u64 = results.iter().map(|r| r.ops).sum();
+            let last = results.len().saturating_sub(measured.len() * pairs.len());
+            let rss: Vec<String> = results[last..]
+                .iter()
+                .flat_map(|r| r.processes.iter().map(move |p| (label(&r.shape), p)))
+                .map(|(keys, p)| format!("{keys}{} {:.0}", p.node, p.rss_mib))
+                .collect();
+            println!(
+                "after round {round} ({served} requests served in all): rss MiB: {}",
+                rss.join(", ")
+            );
+            memory_by_round.push(
+                serde_json::json!({ "round": round, "requests_served": served, "rss_mib": rss }),
+            );
+        }
+    }
+    // Per cell, key space and store, the round with the median ops/s (the only round when
+    // there is one).
+    let median = |store: Store,
+                  shape: &DataShape,
+                  (workload, level, clients): &(BenchWorkload, String, usize)| {
+        let rounds: Vec<&cells::CellResult> = results
+            .iter()
+            .filter(|r| {
+                r.cell.store == store
+                    && r.shape.keys == shape.keys
+                    && r.cell.workload == *workload
+                    && r.cell.level == *level
+                    && r.cell.clients == *clients
+            })
+            .collect();
+        cells::median_round(&rounds)
+    };
+    if run.rounds > 1 {
+        // One round is at the mercy of the machine's noise; the medians are what to quote.
+        println!();
+        println!(
+            "median of {} rounds (each side is its round with the median ops/s):",
+            run.rounds
+        );
+        println!("{}", cells::table_header());
+        for cell in &run.cells {
+            for (shape, _) in &pairs {
+                let (mirror, etcd) = (
+                    median(Store::Mirrorkv, shape, cell),
+                    median(Store::Etcd, shape, cell),
+                );
+                if mirror.is_some() || etcd.is_some() {
+                    println!("{}", cells::format_row(&label(shape), mirror, etcd));
+                }
+            }
+        }
+    }
+    if let (true, Some(small), Some(large)) = (scaled, run.shapes.first(), run.shapes.last()) {
+        println!();
+        println!(
+            "scale: ops/s with {} keys as a share of ops/s with {} keys (median rounds, measured in turn):",
+            large.keys, small.keys
+        );
+        for cell in &run.cells {
+            let shares: Vec<String> = measured
+                .iter()
+                .filter_map(|&store| {
+                    let (s, l) = (median(store, small, cell)?, median(store, large, cell)?);
+                    (s.ops_per_s > 0.0).then(|| {
+                        format!("{store:?} {:.0}%", 100.0 * l.ops_per_s / s.ops_per_s)
+                            .to_lowercase()
+                    })
+                })
+                .collect();
+            let (workload, level, clients) = cell;
+            println!(
+                "  {} x{clients}: {}",
+                cells::workload_name(*workload, level),
+                shares.join(", ").to_lowercase()
+            );
+        }
+    }
+    println!();
+    println!(
+        "{:<18} {:>10} {:>10} {:>12}",
+        "process", "cpu s", "rss MiB", "peak rss MiB"
+    );
+    for (shape, _) in &pairs {
+        for &store in &measured {
+            let of_store: Vec<&cells::CellResult> = results
+                .iter()
+                .filter(|r| r.cell.store == store && r.shape.keys == shape.keys)
+                .collect();
+            if let Some(last_cell) = of_store.last() {
+                for (i, process) in last_cell.processes.iter().enumerate() {
+                    let cpu: f64 = of_store
+                        .iter()
+                        .filter_map(|r| r.processes.get(i))
+                        .map(|p| p.cpu_s)
+                        .sum();
+                    println!(
+                        "{:<18} {:>10.1} {:>10.1} {:>12.1}",
+                        format!("{}{}", label(shape), process.node),
+                        cpu,
+                        process.rss_mib,
+                        process.peak_rss_mib
+                    );
+                }
+            }
+        }
+    }
+    let per_entry: Vec<String> = results
+        .iter()
+        .filter(|r| r.cell.workload == BenchWorkload::Put)
+        .filter_map(|r| {
+            let entries = r.log_entries.filter(|&e| e > 0)?;
+            Some(format!(
+                "{}{} cli {:.1}",
+                label(&r.shape),
+                r.cell.clients,
+                r.ops as f64 / entries as f64
+            ))
+        })
+        .collect();
+    if !per_entry.is_empty() {
+        println!("mirrorkv puts per log entry: {}", per_entry.join(", "));
+    }
+    let mut restarts = Vec::new();
+    if run.restart {
+        println!();
+        for (shape, stores) in &mut pairs {
+            for &store in &measured {
+                let took = stores.restart_follower(store).await?;
+                println!(
+                    "restart after kill -9, until it serves a linearizable read: {store:?} {:.2} s ({} keys)",
+                    took.as_secs_f64(),
+                    shape.keys
+                );
+                restarts.push(serde_json::json!({
+                    "store": store,
+                    "keys": shape.keys,
+                    "seconds": took.as_secs_f64(),
+                }));
+            }
+        }
+    }
+    if let Some(path) = &run.json {
+        let report = serde_json::json!({
+            "machine": machine(),
+            "shapes": run.shapes,
+            "cell_seconds": run.limits.duration.as_secs(),
+            "results": results,
+            "memory_by_round": memory_by_round,
+            "restarts": restarts,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// What the machine is, for the record.
+fn machine() -> serde_json::Value {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string());
+    let mem_kib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    serde_json::json!({
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu_model": model,
+        "memory_gib": mem_kib.map(|k| (k as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0),
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+    })
+}
+
+/// A multi-threaded tokio runtime, or `None` after saying why there is none.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            eprintln!("mirrorkv-bench: {e}");
+            None
+        }
+    }
+}

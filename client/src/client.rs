@@ -1,0 +1,737 @@
+//! `Client`: one handle on a cluster. Each request goes to the endpoint that answered last and,
+//! when that one cannot take it, to the next, but only when sending it again cannot apply it
+//! twice (a read, a write that never reached a node, or a write with an idempotency key).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::error::ClientError;
+use crate::keys::{key_path, query_value};
+use crate::types::{
+    index_of, ClusterStatus, Consistency, DeleteResult, KeyValue, PutResult, Range, RangePage,
+    Read, ReadOptions, SnapshotResult, Txn, TxnResult, WriteOptions,
+};
+
+/// How a `Client` behaves; `Default` is what most callers want.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Deadline of each HTTP request, in milliseconds.
+    pub timeout_ms: u64,
+    /// The read level of every read that does not set its own (`None`: the server's default,
+    /// `linearizable`).
+    pub consistency: Option<Consistency>,
+    /// Pass the highest index this client has seen as `min_index` on every read, so a read on
+    /// any node sees this client's own writes (and never goes back behind an earlier read).
+    pub read_your_writes: bool,
+    /// Give every write an `Idempotency-Key`, so a write whose answer was lost can be sent to
+    /// the next endpoint without applying twice.
+    pub idempotent_writes: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout_ms: 30_000,
+            consistency: None,
+            read_your_writes: true,
+            idempotent_writes: true,
+        }
+    }
+}
+
+/// A client of one cluster. Cheap to clone; clones share their connections and their
+/// read-your-writes index.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    endpoints: Arc<[String]>,
+    options: ClientOptions,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// The highest index any answer carried.
+    seen_index: AtomicU64,
+    /// The endpoint that answered last: requests start there.
+    preferred: AtomicUsize,
+}
+
+/// An answer taken for good: its status, headers and body.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    response: reqwest::Response,
+}
+
+/// What may be sent again to the next endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// A read: it changes nothing.
+    Read,
+    /// A write with an idempotency key: a second copy answers the first's result.
+    IdempotentWrite,
+    /// A write without one: only if it never reached a node.
+    Write,
+}
+
+/// May a request that got `status` go to the next endpoint? Only when the node did not take it
+/// (503, 429, or 410 from a node removed from the cluster) or, for a request that cannot apply
+/// twice, when its outcome is unknown (504).
+fn try_next(status: StatusCode, resend: Resend) -> bool {
+    status == StatusCode::SERVICE_UNAVAILABLE
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::GONE
+        || (resend != Resend::Write && status == StatusCode::GATEWAY_TIMEOUT)
+}
+
+/// The most keys the API serves in one range page.
+pub const MAX_PAGE_KEYS: usize = 10_000;
+
+/// A fresh idempotency key: 128 random bits in hex.
+pub fn new_idempotency_key() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get(name)?
+        .to_str()
+        .ok()?
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
+impl Client {
+    /// A client of the nodes at `endpoints` (`HOST:PORT` or `http://HOST:PORT`), with the
+    /// default options.
+    pub fn new<S: Into<String>>(
+        endpoints: impl IntoIterator<Item = S>,
+    ) -> Result<Self, ClientError> {
+        Self::with_options(endpoints, ClientOptions::default())
+    }
+
+    /// A client of the nodes at `endpoints` with `options`.
+    pub fn with_options<S: Into<String>>(
+        endpoints: impl IntoIterator<Item = S>,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let endpoints: Vec<String> = endpoints
+            .into_iter()
+            .map(Into::into)
+            .map(|e| e.trim().trim_end_matches('/').to_string())
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                if e.contains("://") {
+                    e
+                } else {
+                    format!("http://{e}")
+                }
+            })
+            .collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::Invalid("no endpoints".into()));
+        }
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .timeout(Duration::from_millis(options.timeout_ms))
+            .build()
+            .map_err(|e| ClientError::Invalid(format!("building the HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            endpoints: endpoints.into(),
+            options,
+            shared: Arc::default(),
+        })
+    }
+
+    /// The highest index an answer has carried so far (the read-your-writes floor).
+    pub fn seen_index(&self) -> u64 {
+        self.shared.seen_index.load(Ordering::Relaxed)
+    }
+
+    fn saw(&self, index: Option<u64>) {
+        if let Some(index) = index {
+            self.shared.seen_index.fetch_max(index, Ordering::Relaxed);
+        }
+    }
+
+    /// Send to the preferred endpoint, then the others in turn, until one answers for good.
+    async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(Vec<u8>, &'static str)>,
+        headers: &[(&str, String)],
+        resend: Resend,
+    ) -> Result<Answer, ClientError> {
+        let count = self.endpoints.len();
+        let first = self.shared.preferred.load(Ordering::Relaxed) % count;
+        let mut last = String::new();
+        for attempt in 0..count {
+            let at = (first + attempt) % count;
+            let endpoint = &self.endpoints[at];
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{endpoint}{path_and_query}"));
+            for (name, value) in headers {
+                request = request.header(*name, value);
+            }
+            if let Some((bytes, content_type)) = &body {
+                request = request
+                    .header("content-type", *content_type)
+                    .body(bytes.clone());
+            }
+            match request.send().await {
+                Ok(response) if attempt + 1 < count && try_next(response.status(), resend) => {
+                    last = format!("{endpoint}: {}", response.status());
+                }
+                Ok(response) => {
+                    self.shared.preferred.store(at, Ordering::Relaxed);
+                    let (status, headers) = (response.status(), response.headers().clone());
+                    self.saw(header_u64(&headers, "x-mirrorkv-index"));
+                    return Ok(Answer {
+                        status,
+                        headers,
+                        response,
+                    });
+                }
+                // Not connected: nothing was sent, the next endpoint may take it.
+                Err(e) if e.is_connect() || resend != Resend::Write => {
+                    last = format!("{endpoint}: {e}");
+                }
+                Err(e) => {
+                    return Err(ClientError::OutcomeUnknown {
+                        endpoint: endpoint.clone(),
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
+        Err(ClientError::Unreachable { last })
+    }
+
+    /// `send`, then the answer's JSON body, or the API's error.
+    async fn send_json(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(Vec<u8>, &'static str)>,
+        headers: &[(&str, String)],
+        resend: Resend,
+    ) -> Result<Value, ClientError> {
+        let answer = self
+            .send(method, path_and_query, body, headers, resend)
+            .await?;
+        let bytes = read_body(answer.response).await?;
+        if !answer.status.is_success() {
+            return Err(ClientError::from_answer(answer.status, &bytes));
+        }
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Decode(format!("a JSON answer: {e}")))?;
+        self.saw(value["index"].as_u64());
+        Ok(value)
+    }
+
+    /// The query string of a read: its level and its `min_index`.
+    fn read_query(&self, options: &ReadOptions) -> Vec<String> {
+        let mut query = Vec::new();
+        if let Some(level) = options.consistency.or(self.options.consistency) {
+            query.push(format!("consistency={}", level.as_str()));
+        }
+        let floor = self
+            .options
+            .read_your_writes
+            .then(|| self.seen_index())
+            .filter(|&i| i > 0);
+        if let Some(min_index) = options.min_index.max(floor) {
+            query.push(format!("min_index={min_index}"));
+        }
+        if let Some(ms) = options.max_staleness_ms {
+            query.push(format!("max_staleness_ms={ms}"));
+        }
+        query
+    }
+
+    /// The headers of a write and how it may be resent.
+    fn write_headers(&self, options: &WriteOptions) -> (Vec<(&'static str, String)>, Resend) {
+        let mut headers = Vec::new();
+        if let Some(m) = options.if_mod_index {
+            headers.push(("if-match", format!("\"{m}\"")));
+        }
+        if options.if_absent {
+            headers.push(("if-none-match", "*".to_string()));
+        }
+        let key = options
+            .idempotency_key
+            .clone()
+            .or_else(|| self.options.idempotent_writes.then(new_idempotency_key));
+        match key {
+            Some(key) => {
+                headers.push(("idempotency-key", key));
+                (headers, Resend::IdempotentWrite)
+            }
+            None => (headers, Resend::Write),
+        }
+    }
+
+    /// Read `key` at the client's level.
+    pub async fn get(&self, key: &str) -> Result<Read<Option<KeyValue>>, ClientError> {
+        self.get_with(key, &ReadOptions::default()).await
+    }
+
+    /// Read `key` with `options`. A missing key is `value: None` (its read index still counts).
+    pub async fn get_with(
+        &self,
+        key: &str,
+        options: &ReadOptions,
+    ) -> Result<Read<Option<KeyValue>>, ClientError> {
+        check_key(key)?;
+        let path = with_query(
+            format!("/v1/kv/{}", key_path(key)),
+            &self.read_query(options),
+        );
+        let answer = self
+            .send(Method::GET, &path, None, &[], Resend::Read)
+            .await?;
+        let headers = answer.headers;
+        let status = answer.status;
+        let bytes = read_body(answer.response).await?;
+        let value = match status {
+            StatusCode::NOT_FOUND if headers.contains_key("x-mirrorkv-index") => None,
+            status if status.is_success() => Some(KeyValue {
+                key: key.to_string(),
+                value: bytes,
+                mod_index: header_u64(&headers, "etag").unwrap_or(0),
+                create_index: header_u64(&headers, "x-mirrorkv-create-index").unwrap_or(0),
+            }),
+            status => return Err(ClientError::from_answer(status, &bytes)),
+        };
+        Ok(read_of(&headers, value))
+    }
+
+    /// Set `key` to `value`.
+    pub async fn put(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<PutResult, ClientError> {
+        self.put_with(key, value, &WriteOptions::default()).await
+    }
+
+    /// Set `key` to `value` under `options`' conditions (`precondition_failed` when one fails).
+    pub async fn put_with(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        options: &WriteOptions,
+    ) -> Result<PutResult, ClientError> {
+        check_key(key)?;
+        let (headers, resend) = self.write_headers(options);
+        let path = format!("/v1/kv/{}", key_path(key));
+        let body = Some((value.into(), "application/octet-stream"));
+        let answer = self
+            .send_json(Method::PUT, &path, body, &headers, resend)
+            .await?;
+        Ok(PutResult {
+            index: index_of(&answer)?,
+            prev_mod_index: answer["prev_mod_index"].as_u64(),
+        })
+    }
+
+    /// Delete `key`.
+    pub async fn delete(&self, key: &str) -> Result<DeleteResult, ClientError> {
+        self.delete_with(key, &WriteOptions::default()).await
+    }
+
+    /// Delete `key` under `options`' conditions.
+    pub async fn delete_with(
+        &self,
+        key: &str,
+        options: &WriteOptions,
+    ) -> Result<DeleteResult, ClientError> {
+        check_key(key)?;
+        let (headers, resend) = self.write_headers(options);
+        let path = format!("/v1/kv/{}", key_path(key));
+        let answer = self
+            .send_json(Method::DELETE, &path, None, &headers, resend)
+            .await?;
+        Ok(DeleteResult {
+            index: index_of(&answer)?,
+            deleted: answer["deleted"] == true,
+        })
+    }
+
+    /// One page of `range`.
+    pub async fn range(
+        &self,
+        range: &Range,
+        options: &ReadOptions,
+    ) -> Result<Read<RangePage>, ClientError> {
+        let mut query = Vec::new();
+        if let Some(prefix) = &range.prefix {
+            query.push(format!("prefix={}", query_value(prefix)));
+        }
+        if let Some(start) = &range.start {
+            query.push(format!("start={}", query_value(start)));
+        }
+        if let Some(end) = &range.end {
+            query.push(format!("end={}", query_value(end)));
+        }
+        if let Some(limit) = range.limit {
+            query.push(format!("limit={limit}"));
+        }
+        if range.keys_only {
+            query.push("keys_only=true".into());
+        }
+        query.extend(self.read_query(options));
+        let answer = self
+            .send(
+                Method::GET,
+                &with_query("/v1/kv".into(), &query),
+                None,
+                &[],
+                Resend::Read,
+            )
+            .await?;
+        let headers = answer.headers;
+        let bytes = read_body(answer.response).await?;
+        if !answer.status.is_success() {
+            return Err(ClientError::from_answer(answer.status, &bytes));
+        }
+        let body: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Decode(format!("a range answer: {e}")))?;
+        let items = body["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(KeyValue::from_json)
+            .collect::<Result<_, _>>()?;
+        let page = RangePage {
+            items,
+            next: body["next"].as_str().map(str::to_string),
+        };
+        let mut read = read_of(&headers, page);
+        read.index = index_of(&body)?;
+        Ok(read)
+    }
+
+    /// Up to `max_keys` keys of `range`, page after page. Each page is read at its own index
+    /// (never below the first's, with read-your-writes); the answer's index is the first page's.
+    pub async fn range_all(
+        &self,
+        range: &Range,
+        max_keys: usize,
+        options: &ReadOptions,
+    ) -> Result<Read<RangePage>, ClientError> {
+        if max_keys == 0 {
+            return Err(ClientError::Invalid("max_keys must be at least 1".into()));
+        }
+        let mut range = range.clone();
+        range.limit = Some(max_keys.min(MAX_PAGE_KEYS));
+        let mut all = self.range(&range, options).await?;
+        while let Some(next) = all.value.next.clone() {
+            let left = max_keys - all.value.items.len();
+            if left == 0 {
+                break;
+            }
+            range.start = Some(next);
+            range.limit = Some(left.min(MAX_PAGE_KEYS));
+            let page = self.range(&range, options).await?;
+            all.value.items.extend(page.value.items);
+            all.value.next = page.value.next;
+        }
+        Ok(all)
+    }
+
+    /// Run `txn` (always linearizable: it is one log entry).
+    pub async fn txn(&self, txn: &Txn) -> Result<TxnResult, ClientError> {
+        let body = serde_json::to_vec(&txn.to_json()).expect("JSON values encode");
+        self.txn_json(body, &WriteOptions::default()).await
+    }
+
+    /// Run a transaction given as the `POST /v1/txn` JSON body.
+    pub async fn txn_json(
+        &self,
+        body: Vec<u8>,
+        options: &WriteOptions,
+    ) -> Result<TxnResult, ClientError> {
+        let (headers, resend) = self.write_headers(options);
+        let answer = self
+            .send_json(
+                Method::POST,
+                "/v1/txn",
+                Some((body, "application/json")),
+                &headers,
+                resend,
+            )
+            .await?;
+        TxnResult::from_json(&answer)
+    }
+
+    /// Leader, term and every member's state, as the first node to answer sees them.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
+        let body = self
+            .send_json(Method::GET, "/v1/cluster", None, &[], Resend::Read)
+            .await?;
+        ClusterStatus::from_json(&body)
+    }
+
+    /// Add a mirror (a non-voting member). Returns the membership change's index.
+    pub async fn add_mirror(
+        &self,
+        id: u64,
+        api_addr: &str,
+        raft_addr: &str,
+    ) -> Result<u64, ClientError> {
+        let body = json!({"id": id, "api_addr": api_addr, "raft_addr": raft_addr});
+        self.membership(Method::POST, "/v1/cluster/members".into(), Some(body))
+            .await
+    }
+
+    /// Make a caught-up mirror a voter. Returns the membership change's index.
+    pub async fn promote(&self, id: u64) -> Result<u64, ClientError> {
+        self.membership(
+            Method::POST,
+            format!("/v1/cluster/members/{id}/promote"),
+            None,
+        )
+        .await
+    }
+
+    /// Remove a member. Returns the membership change's index.
+    pub async fn remove_member(&self, id: u64) -> Result<u64, ClientError> {
+        self.membership(Method::DELETE, format!("/v1/cluster/members/{id}"), None)
+            .await
+    }
+
+    async fn membership(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Value>,
+    ) -> Result<u64, ClientError> {
+        let body = body.map(|b| {
+            (
+                serde_json::to_vec(&b).expect("JSON values encode"),
+                "application/json",
+            )
+        });
+        // Not idempotent by key; a membership change is sent once (`Resend::Write`).
+        let answer = self
+            .send_json(method, &path, body, &[], Resend::Write)
+            .await?;
+        index_of(&answer)
+    }
+
+    /// Build a snapshot on the first endpoint that answers and compact its log.
+    pub async fn snapshot(&self) -> Result<SnapshotResult, ClientError> {
+        let body = self
+            .send_json(Method::POST, "/v1/snapshot", None, &[], Resend::Write)
+            .await?;
+        Ok(SnapshotResult {
+            index: index_of(&body)?,
+            snapshot_bytes: body["snapshot_bytes"].as_u64(),
+            took_ms: body["took_ms"].as_u64(),
+            purged_index: body["purged_index"].as_u64(),
+        })
+    }
+
+    /// Start streaming a consistent backup (read at `options`' level).
+    pub async fn backup(&self, options: &ReadOptions) -> Result<Backup, ClientError> {
+        let path = with_query("/v1/backup".into(), &self.read_query(options));
+        let answer = self
+            .send(Method::GET, &path, None, &[], Resend::Read)
+            .await?;
+        if !answer.status.is_success() {
+            let bytes = read_body(answer.response).await?;
+            return Err(ClientError::from_answer(answer.status, &bytes));
+        }
+        Ok(Backup {
+            index: header_u64(&answer.headers, "x-mirrorkv-index"),
+            response: answer.response,
+        })
+    }
+}
+
+/// A backup being received, a chunk at a time.
+pub struct Backup {
+    /// The log index the backup is a copy at.
+    pub index: Option<u64>,
+    response: reqwest::Response,
+}
+
+impl Backup {
+    /// The next bytes of the backup, `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, ClientError> {
+        self.response
+            .chunk()
+            .await
+            .map_err(|e| ClientError::Decode(format!("the backup stream broke off: {e}")))
+    }
+}
+
+fn check_key(key: &str) -> Result<(), ClientError> {
+    if key.is_empty() {
+        return Err(ClientError::Invalid("the key must not be empty".into()));
+    }
+    Ok(())
+}
+
+fn with_query(path: String, query: &[String]) -> String {
+    if query.is_empty() {
+        path
+    } else {
+        format!("{path}?{}", query.join("&"))
+    }
+}
+
+fn read_of<T>(headers: &HeaderMap, value: T) -> Read<T> {
+    Read {
+        index: header_u64(headers, "x-mirrorkv-index").unwrap_or(0),
+        node: header_u64(headers, "x-mirrorkv-node"),
+        consistency: headers
+            .get("x-mirrorkv-consistency")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        value,
+    }
+}
+
+async fn read_body(response: reqwest::Response) -> Result<Vec<u8>, ClientError> {
+    Ok(response
+        .bytes()
+        .await
+        .map_err(|e| ClientError::Decode(format!("reading the answer: {e}")))?
+        .to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_cannot_apply_twice_goes_to_the_next_endpoint() {
+        for resend in [Resend::Read, Resend::IdempotentWrite, Resend::Write] {
+            assert!(try_next(StatusCode::SERVICE_UNAVAILABLE, resend));
+            assert!(try_next(StatusCode::TOO_MANY_REQUESTS, resend));
+            assert!(try_next(StatusCode::GONE, resend));
+            assert!(!try_next(StatusCode::OK, resend));
+            assert!(!try_next(StatusCode::PRECONDITION_FAILED, resend));
+            assert!(!try_next(StatusCode::INTERNAL_SERVER_ERROR, resend));
+        }
+        // A timed-out write has an unknown outcome: only a key makes a second copy harmless.
+        assert!(try_next(StatusCode::GATEWAY_TIMEOUT, Resend::Read));
+        assert!(try_next(
+            StatusCode::GATEWAY_TIMEOUT,
+            Resend::IdempotentWrite
+        ));
+        assert!(!try_next(StatusCode::GATEWAY_TIMEOUT, Resend::Write));
+    }
+
+    #[test]
+    fn reads_carry_the_highest_index_seen_unless_told_otherwise() {
+        let client = Client::new(["127.0.0.1:1"]).unwrap();
+        assert_eq!(
+            client.read_query(&ReadOptions::default()),
+            Vec::<String>::new()
+        );
+        client.saw(Some(42));
+        client.saw(Some(7));
+        assert_eq!(client.seen_index(), 42);
+        assert_eq!(
+            client.read_query(&ReadOptions::default()),
+            vec!["min_index=42"]
+        );
+        let asked = ReadOptions {
+            consistency: Some(Consistency::Stale),
+            min_index: Some(50),
+            max_staleness_ms: Some(100),
+        };
+        assert_eq!(
+            client.read_query(&asked),
+            vec!["consistency=stale", "min_index=50", "max_staleness_ms=100"]
+        );
+        let without = Client::with_options(
+            ["127.0.0.1:1"],
+            ClientOptions {
+                read_your_writes: false,
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap();
+        without.saw(Some(42));
+        assert_eq!(
+            without.read_query(&ReadOptions::default()),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn writes_get_a_fresh_idempotency_key_unless_turned_off() {
+        let client = Client::new(["127.0.0.1:1"]).unwrap();
+        let (first, resend) = client.write_headers(&WriteOptions::default());
+        let (second, _) = client.write_headers(&WriteOptions::default());
+        assert_eq!(resend, Resend::IdempotentWrite);
+        assert_eq!(first[0].0, "idempotency-key");
+        assert_eq!(first[0].1.len(), 32);
+        assert_ne!(first[0].1, second[0].1);
+        let plain = Client::with_options(
+            ["127.0.0.1:1"],
+            ClientOptions {
+                idempotent_writes: false,
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap();
+        let conditional = WriteOptions {
+            if_mod_index: Some(3),
+            if_absent: true,
+            idempotency_key: None,
+        };
+        let (headers, resend) = plain.write_headers(&conditional);
+        assert_eq!(resend, Resend::Write);
+        assert_eq!(
+            headers,
+            vec![
+                ("if-match", "\"3\"".to_string()),
+                ("if-none-match", "*".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoints_take_a_scheme_or_not_and_none_is_refused() {
+        let client = Client::new(["127.0.0.1:1", "http://127.0.0.1:2/", " "]).unwrap();
+        assert_eq!(
+            &*client.endpoints,
+            ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        );
+        assert!(matches!(
+            Client::new(Vec::<String>::new()),
+            Err(ClientError::Invalid(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_write_without_a_key_that_never_connected_reports_every_endpoint_down() {
+        // Ports from the OS, closed again: nothing listens there.
+        let closed: Vec<String> = (0..2)
+            .map(|_| {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                listener.local_addr().unwrap().to_string()
+            })
+            .collect();
+        let client = Client::new(closed).unwrap();
+        match client.put("k", "v").await {
+            Err(ClientError::Unreachable { last }) => assert!(last.contains("127.0.0.1"), "{last}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
