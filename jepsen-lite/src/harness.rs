@@ -369,15 +369,53 @@ async fn heal_fault(cluster: &mut Cluster, fault: &Fault) -> Result<(), ClusterE
     }
 }
 
-/// Run one test. Errors are harness failures (exit code 3), never verdicts.
-pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
-    std::fs::create_dir_all(&options.out)?;
-    if options.nemesis == NemesisKind::Clock {
-        // Fail before the run, not in its middle, if the library is missing.
-        crate::cluster::libfaketime()?;
+impl TestOutcome {
+    /// The verdict and counts of a run: the checker's verdict for a register run, the
+    /// invariant's for the others; ok/fail/info from the history, or from the invariant's tally.
+    fn judged(
+        history: &History,
+        faults: Vec<Window>,
+        check: Option<CheckResult>,
+        invariant: Option<InvariantReport>,
+    ) -> TestOutcome {
+        let count = |t: EventType| history.events.iter().filter(|e| e.event_type == t).count();
+        let verdict = match (&check, &invariant) {
+            (Some(check), _) => check.verdict,
+            (None, Some(report)) if report.valid() => Verdict::Linearizable,
+            (None, Some(_)) => Verdict::NotLinearizable,
+            (None, None) => Verdict::Unknown,
+        };
+        let (ok, fail, info) = match &invariant {
+            Some(report) => (
+                report.acknowledged,
+                report
+                    .attempted
+                    .saturating_sub(report.acknowledged + report.unknown),
+                report.unknown,
+            ),
+            None => (
+                count(EventType::Ok),
+                count(EventType::Fail),
+                count(EventType::Info),
+            ),
+        };
+        TestOutcome {
+            verdict,
+            operations: ok + fail + info,
+            ok,
+            fail,
+            info,
+            faults,
+            check,
+            invariant,
+        }
     }
-    let options = Arc::new(options);
-    let mut cluster = Cluster::start(ClusterOptions {
+}
+
+/// A fresh cluster for the run: every link through a proxy, the nodes' deadline a little below
+/// the clients' (so a node answers before its client gives up), and small snapshots.
+async fn start_cluster(options: &TestOptions) -> Result<Cluster, ClusterError> {
+    Cluster::start(ClusterOptions {
         bin: options.bin.clone(),
         nodes: options.nodes,
         extra_args: vec![
@@ -396,74 +434,17 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
         clock_rates: Default::default(),
         env: Vec::new(),
     })
-    .await?;
-    cluster.wait_for_leader().await?;
-    let time_limit_ms = options.time_limit_s * 1000;
-    let faults = nemesis::schedule(options.nemesis, options.nodes, time_limit_ms, options.seed);
-    let recorder = Recorder {
-        started: Instant::now(),
-        events: Arc::default(),
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let apis: Vec<String> = cluster
-        .ids()
-        .into_iter()
-        .map(|id| cluster.api(id))
-        .collect();
-    // Bounded: at most rate × time limit operations in all, plus slack.
-    let max_ops = options.rate * options.time_limit_s / options.concurrency.max(1) + 10;
-    let interval = Duration::from_secs_f64(options.concurrency as f64 / options.rate.max(1) as f64);
-    let timeout = Duration::from_millis(options.request_timeout_ms);
-    let accounts = options.keys.max(2);
-    let set_tally = Arc::new(Mutex::new(SetTally::default()));
-    let bank_tally = Arc::new(Mutex::new(BankTally::default()));
-    if options.workload == Workload::Bank {
-        workloads::open_accounts(&cluster.http, &apis[0], accounts)
-            .await
-            .map_err(ClusterError::Misuse)?;
-    }
-    let ctx = ClientContext {
-        apis: apis.clone(),
-        http: cluster.http.clone(),
-        interval,
-        timeout,
-        stop: stop.clone(),
-        max_ops,
-    };
-    let clients: Vec<_> = (0..options.concurrency)
-        .map(|slot| match options.workload {
-            Workload::Register => {
-                tokio::spawn(client(slot, options.clone(), ctx.clone(), recorder.clone()))
-            }
-            Workload::Set => {
-                tokio::spawn(workloads::set_client(slot, ctx.clone(), set_tally.clone()))
-            }
-            Workload::Bank => tokio::spawn(workloads::bank_client(
-                slot,
-                ctx.clone(),
-                accounts,
-                options.consistency.clone(),
-                bank_tally.clone(),
-            )),
-        })
-        .collect();
-    let progress = tokio::spawn({
-        let recorder = recorder.clone();
-        let set_tally = set_tally.clone();
-        let bank_tally = bank_tally.clone();
-        let stop = stop.clone();
-        async move {
-            while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                let events = recorder.events.lock().expect("lock").len();
-                let adds = set_tally.lock().expect("tally").attempted.len();
-                let reads = bank_tally.lock().expect("tally").reads;
-                eprintln!("[{:>6.1}s] progress: {events} register events, {adds} set adds, {reads} bank reads", recorder.started.elapsed().as_secs_f64());
-            }
-        }
-    });
+    .await
+}
+
+/// Apply each fault of the schedule at its time and heal it at its end.
+async fn run_faults(
+    cluster: &mut Cluster,
+    faults: &[Window],
+    recorder: &Recorder,
+) -> Result<(), ClusterError> {
     let started = recorder.started;
-    for window in &faults {
+    for window in faults {
         tokio::time::sleep_until((started + Duration::from_millis(window.start_ms)).into()).await;
         eprintln!(
             "[{:>6.1}s] nemesis: {:?} for {} ms",
@@ -471,28 +452,45 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
             window.fault,
             window.duration_ms
         );
-        apply_fault(&mut cluster, &window.fault).await?;
+        apply_fault(cluster, &window.fault).await?;
         tokio::time::sleep_until(
             (started + Duration::from_millis(window.start_ms + window.duration_ms)).into(),
         )
         .await;
-        heal_fault(&mut cluster, &window.fault).await?;
+        heal_fault(cluster, &window.fault).await?;
         eprintln!(
             "[{:>6.1}s] nemesis: healed; {} events so far",
             started.elapsed().as_secs_f64(),
             recorder.events.lock().expect("lock").len()
         );
     }
-    tokio::time::sleep_until((started + Duration::from_millis(time_limit_ms)).into()).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        let _ = c.await;
-    }
-    progress.abort();
-    // Final phase: everything healed, read everything back linearizably.
-    cluster.heal();
-    cluster.wait_for_leader().await?;
-    let (check, invariant) = match options.workload {
+    Ok(())
+}
+
+/// What the final phase reads.
+struct FinalState<'a> {
+    apis: &'a [String],
+    recorder: &'a Recorder,
+    set_tally: &'a Mutex<SetTally>,
+    bank_tally: &'a Mutex<BankTally>,
+    accounts: u64,
+}
+
+/// The final phase, everything healed: read everything back linearizably and judge the run,
+/// with the checker (register) or the workload's invariant (set, bank).
+async fn final_check(
+    options: &TestOptions,
+    cluster: &Cluster,
+    state: &FinalState<'_>,
+) -> Result<(Option<CheckResult>, Option<InvariantReport>), ClusterError> {
+    let FinalState {
+        apis,
+        recorder,
+        set_tally,
+        bank_tally,
+        accounts,
+    } = *state;
+    Ok(match options.workload {
         Workload::Register => {
             let keys: std::collections::BTreeSet<String> = recorder
                 .events
@@ -569,10 +567,16 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
             };
             (None, Some(report))
         }
-    };
-    let history = History {
-        events: std::mem::take(&mut *recorder.events.lock().expect("lock")),
-    };
+    })
+}
+
+/// The run's history (JSON lines and EDN) and its HTML report, in the output folder.
+fn write_artifacts(
+    options: &TestOptions,
+    history: &History,
+    check: Option<&CheckResult>,
+    faults: &[Window],
+) -> Result<(), ClusterError> {
     let mut jsonl = String::new();
     for e in &history.events {
         jsonl.push_str(&serde_json::to_string(e).expect("events serialize"));
@@ -588,45 +592,109 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
         "jepsen-lite: {:?} workload, {:?} nemesis, {} reads, seed {}",
         options.workload, options.nemesis, options.consistency, options.seed
     );
-    let page = crate::report::render(
-        &history.events,
-        &operations,
-        check.as_ref(),
-        &faults,
-        &title,
-    );
+    let page = crate::report::render(&history.events, &operations, check, faults, &title);
     std::fs::write(options.out.join("report.html"), page)?;
-    let count = |t: EventType| history.events.iter().filter(|e| e.event_type == t).count();
-    let verdict = match (&check, &invariant) {
-        (Some(check), _) => check.verdict,
-        (None, Some(report)) if report.valid() => Verdict::Linearizable,
-        (None, Some(_)) => Verdict::NotLinearizable,
-        (None, None) => Verdict::Unknown,
+    Ok(())
+}
+
+/// Run one test. Errors are harness failures (exit code 3), never verdicts.
+pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
+    std::fs::create_dir_all(&options.out)?;
+    if options.nemesis == NemesisKind::Clock {
+        // Fail before the run, not in its middle, if the library is missing.
+        crate::cluster::libfaketime()?;
+    }
+    let options = Arc::new(options);
+    let mut cluster = start_cluster(&options).await?;
+    cluster.wait_for_leader().await?;
+    let time_limit_ms = options.time_limit_s * 1000;
+    let faults = nemesis::schedule(options.nemesis, options.nodes, time_limit_ms, options.seed);
+    let recorder = Recorder {
+        started: Instant::now(),
+        events: Arc::default(),
     };
-    let (ok, fail, info) = match (&invariant, options.workload) {
-        (Some(report), _) => (
-            report.acknowledged,
-            report
-                .attempted
-                .saturating_sub(report.acknowledged + report.unknown),
-            report.unknown,
-        ),
-        (None, _) => (
-            count(EventType::Ok),
-            count(EventType::Fail),
-            count(EventType::Info),
-        ),
+    let stop = Arc::new(AtomicBool::new(false));
+    let apis: Vec<String> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| cluster.api(id))
+        .collect();
+    // Bounded: at most rate × time limit operations in all, plus slack.
+    let max_ops = options.rate * options.time_limit_s / options.concurrency.max(1) + 10;
+    let interval = Duration::from_secs_f64(options.concurrency as f64 / options.rate.max(1) as f64);
+    let timeout = Duration::from_millis(options.request_timeout_ms);
+    let accounts = options.keys.max(2);
+    let set_tally = Arc::new(Mutex::new(SetTally::default()));
+    let bank_tally = Arc::new(Mutex::new(BankTally::default()));
+    if options.workload == Workload::Bank {
+        workloads::open_accounts(&cluster.http, &apis[0], accounts)
+            .await
+            .map_err(ClusterError::Misuse)?;
+    }
+    let ctx = ClientContext {
+        apis: apis.clone(),
+        http: cluster.http.clone(),
+        interval,
+        timeout,
+        stop: stop.clone(),
+        max_ops,
     };
-    let outcome = TestOutcome {
-        verdict,
-        operations: ok + fail + info,
-        ok,
-        fail,
-        info,
-        faults,
-        check,
-        invariant,
+    let clients: Vec<_> = (0..options.concurrency)
+        .map(|slot| match options.workload {
+            Workload::Register => {
+                tokio::spawn(client(slot, options.clone(), ctx.clone(), recorder.clone()))
+            }
+            Workload::Set => {
+                tokio::spawn(workloads::set_client(slot, ctx.clone(), set_tally.clone()))
+            }
+            Workload::Bank => tokio::spawn(workloads::bank_client(
+                slot,
+                ctx.clone(),
+                accounts,
+                options.consistency.clone(),
+                bank_tally.clone(),
+            )),
+        })
+        .collect();
+    let progress = tokio::spawn({
+        let recorder = recorder.clone();
+        let set_tally = set_tally.clone();
+        let bank_tally = bank_tally.clone();
+        let stop = stop.clone();
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let events = recorder.events.lock().expect("lock").len();
+                let adds = set_tally.lock().expect("tally").attempted.len();
+                let reads = bank_tally.lock().expect("tally").reads;
+                eprintln!("[{:>6.1}s] progress: {events} register events, {adds} set adds, {reads} bank reads", recorder.started.elapsed().as_secs_f64());
+            }
+        }
+    });
+    let started = recorder.started;
+    run_faults(&mut cluster, &faults, &recorder).await?;
+    tokio::time::sleep_until((started + Duration::from_millis(time_limit_ms)).into()).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    progress.abort();
+    // Final phase: everything healed, read everything back linearizably.
+    cluster.heal();
+    cluster.wait_for_leader().await?;
+    let final_state = FinalState {
+        apis: &apis,
+        recorder: &recorder,
+        set_tally: &set_tally,
+        bank_tally: &bank_tally,
+        accounts,
     };
+    let (check, invariant) = final_check(&options, &cluster, &final_state).await?;
+    let history = History {
+        events: std::mem::take(&mut *recorder.events.lock().expect("lock")),
+    };
+    write_artifacts(&options, &history, check.as_ref(), &faults)?;
+    let outcome = TestOutcome::judged(&history, faults, check, invariant);
     let results = json!({"options": &*options, "outcome": &outcome});
     std::fs::write(
         options.out.join("results.json"),
