@@ -21,18 +21,59 @@ pub struct ReadRequest {
     pub max_staleness_ms: Option<u64>,
 }
 
+/// What a read level must wait for before this node reads locally: the pure decision, taken
+/// from the level and what the node knows of the leader (`prepare` carries it out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Barrier {
+    /// Append a barrier entry through the leader and wait until it is applied here (`strong`).
+    LogEntry,
+    /// A read index confirmed by a quorum, shared with concurrent reads (`linearizable`).
+    BatchedReadIndex,
+    /// A read index answered from the leader's lease; never batched with `linearizable`
+    /// reads, whose answer must not come from a lease (`lease`).
+    LeaseReadIndex,
+    /// What the leader has applied, asked over raft-net (`leader` on a follower).
+    LeaderApplied,
+    /// Nothing: read what is applied here (`leader` on the leader, `stale`).
+    Nothing,
+}
+
+/// The barrier of `level` on a node that `is_leader` and `knows_leader`; `Err` when the level
+/// cannot be served without a leader this node knows.
+pub fn barrier_for(
+    level: ReadLevel,
+    is_leader: bool,
+    knows_leader: bool,
+) -> Result<Barrier, &'static str> {
+    Ok(match level {
+        ReadLevel::Strong => Barrier::LogEntry,
+        ReadLevel::Linearizable => Barrier::BatchedReadIndex,
+        ReadLevel::Lease => Barrier::LeaseReadIndex,
+        ReadLevel::Leader if is_leader => Barrier::Nothing,
+        ReadLevel::Leader if !knows_leader => return Err("a `leader` read needs one"),
+        ReadLevel::Leader => Barrier::LeaderApplied,
+        ReadLevel::Stale => Barrier::Nothing,
+    })
+}
+
 /// Wait until this node may serve `request` locally, before `deadline`.
 pub async fn prepare(
     state: &Arc<NodeState>,
     request: ReadRequest,
     deadline: Instant,
 ) -> Result<(), ApiError> {
-    let wait_for = match request.level {
-        // The read is ordered in the log: append a barrier through the leader and read once it
-        // is applied here.
+    // Only `leader` depends on the node's view of the leader: the others do not read it.
+    let (is_leader, knows_leader) = match request.level {
+        ReadLevel::Leader => (state.is_leader(), state.leader().is_some()),
+        _ => (false, false),
+    };
+    let barrier = barrier_for(request.level, is_leader, knows_leader).map_err(|needs| {
+        ApiError::Unavailable(format!("node {} knows no leader; {needs}", state.id))
+    })?;
+    let wait_for = match barrier {
         // A barrier changes nothing, so a barrier whose outcome is unknown is just a read that
         // timed out: retrying it is safe (unlike a write's 504).
-        ReadLevel::Strong => Some(
+        Barrier::LogEntry => Some(
             write::write(state, Command::Barrier, deadline)
                 .await
                 .map_err(|e| match e {
@@ -41,25 +82,16 @@ pub async fn prepare(
                 })?
                 .index,
         ),
-        ReadLevel::Linearizable => Some(state.read_index.read_index(state, deadline).await?),
-        // Not batched: a lease answer must not serve a linearizable read.
-        ReadLevel::Lease => {
+        Barrier::BatchedReadIndex => Some(state.read_index.read_index(state, deadline).await?),
+        Barrier::LeaseReadIndex => {
             Some(read_index::one_round(state, ReadIndexKind::Lease, deadline).await?)
         }
-        // The leader reads at once. Another node asks the leader (one hop over raft-net) what
-        // it has applied and serves the read itself once it has applied as much: the answer is
-        // what the leader had applied, or newer.
-        ReadLevel::Leader if state.is_leader() => None,
-        ReadLevel::Leader => {
-            if state.leader().is_none() {
-                return Err(ApiError::Unavailable(format!(
-                    "node {} knows no leader; a `leader` read needs one",
-                    state.id
-                )));
-            }
+        // The answer is what the leader had applied, or newer: this node serves the read once
+        // it has applied as much.
+        Barrier::LeaderApplied => {
             Some(read_index::one_round(state, ReadIndexKind::LeaderApplied, deadline).await?)
         }
-        ReadLevel::Stale => None,
+        Barrier::Nothing => None,
     };
     if let Some(max_staleness_ms) = request.max_staleness_ms {
         check_staleness(state, max_staleness_ms).await?;
@@ -70,37 +102,73 @@ pub async fn prepare(
     Ok(())
 }
 
-/// `max_staleness_ms`: this node heard from a leader within the bound and has applied what that
-/// leader had committed then. On the leader: a quorum acknowledged it within the bound (a
-/// leader cut off from its quorum is as stale as a cut-off follower).
-async fn check_staleness(state: &Arc<NodeState>, max_staleness_ms: u64) -> Result<(), ApiError> {
-    if state.is_leader() {
-        if state.leader_quorum_acked_within(max_staleness_ms).await {
-            return Ok(());
-        }
-        return Err(ApiError::StaleRead(format!(
+/// What `max_staleness_ms` is judged on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// This node leads: did a quorum acknowledge it within the bound?
+    Leader { quorum_acked_within_bound: bool },
+    /// This node follows: its last contact with a leader (how long ago, and that leader's
+    /// commit index then), and what it has applied.
+    Follower {
+        last_contact: Option<(u64, u64)>,
+        applied_index: u64,
+    },
+}
+
+/// Why a read with `max_staleness_ms` may not be served now, or `None` if it may: this node
+/// heard from a leader within the bound and has applied what that leader had committed then;
+/// a leader must have had a quorum acknowledge it within the bound (a leader cut off from its
+/// quorum is as stale as a cut-off follower).
+pub fn staleness_refusal(max_staleness_ms: u64, freshness: Freshness) -> Option<String> {
+    match freshness {
+        Freshness::Leader {
+            quorum_acked_within_bound: true,
+        } => None,
+        Freshness::Leader { .. } => Some(format!(
             "this node leads, but no quorum acknowledged it within max_staleness_ms={max_staleness_ms}"
-        )));
-    }
-    let Some(contact) = state.contact.last() else {
-        return Err(ApiError::StaleRead(
-            "this node has not heard from a leader".into(),
-        ));
-    };
-    let since_ms = contact.at.elapsed().as_millis() as u64;
-    if since_ms > max_staleness_ms {
-        return Err(ApiError::StaleRead(format!(
+        )),
+        Freshness::Follower {
+            last_contact: None,
+            ..
+        } => Some("this node has not heard from a leader".into()),
+        Freshness::Follower {
+            last_contact: Some((since_ms, _)),
+            ..
+        } if since_ms > max_staleness_ms => Some(format!(
             "last contact with the leader was {since_ms} ms ago, over max_staleness_ms={max_staleness_ms}"
-        )));
+        )),
+        Freshness::Follower {
+            last_contact: Some((_, leader_commit_index)),
+            applied_index,
+        } if applied_index < leader_commit_index => Some(format!(
+            "applied index {applied_index} is behind the leader's commit index {leader_commit_index} at last contact"
+        )),
+        Freshness::Follower { .. } => None,
     }
-    let applied = state.reader.applied_index()?;
-    if applied < contact.leader_commit_index {
-        return Err(ApiError::StaleRead(format!(
-            "applied index {applied} is behind the leader's commit index {} at last contact",
-            contact.leader_commit_index
-        )));
+}
+
+/// `max_staleness_ms` for this node now (`staleness_refusal`).
+async fn check_staleness(state: &Arc<NodeState>, max_staleness_ms: u64) -> Result<(), ApiError> {
+    let freshness = if state.is_leader() {
+        Freshness::Leader {
+            quorum_acked_within_bound: state.leader_quorum_acked_within(max_staleness_ms).await,
+        }
+    } else {
+        let last_contact = state.contact.last().map(|contact| {
+            (
+                contact.at.elapsed().as_millis() as u64,
+                contact.leader_commit_index,
+            )
+        });
+        Freshness::Follower {
+            last_contact,
+            applied_index: state.reader.applied_index()?,
+        }
+    };
+    match staleness_refusal(max_staleness_ms, freshness) {
+        None => Ok(()),
+        Some(why) => Err(ApiError::StaleRead(why)),
     }
-    Ok(())
 }
 
 /// Wait until the local state machine has applied `index`.
@@ -120,5 +188,58 @@ async fn wait_applied(state: &NodeState, index: u64, deadline: Instant) -> Resul
             ))
         }),
         removed = state.until_removed() => Err(removed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_level_waits_for_its_own_barrier() {
+        use Barrier::*;
+        for (is_leader, knows_leader) in [(true, true), (false, true), (false, false)] {
+            let on = |level| barrier_for(level, is_leader, knows_leader);
+            // The three linearizable levels wait for the cluster wherever they are served.
+            assert_eq!(on(ReadLevel::Strong), Ok(LogEntry));
+            assert_eq!(on(ReadLevel::Linearizable), Ok(BatchedReadIndex));
+            assert_eq!(on(ReadLevel::Lease), Ok(LeaseReadIndex));
+            // `stale` never waits.
+            assert_eq!(on(ReadLevel::Stale), Ok(Nothing));
+        }
+        // `leader`: the leader reads at once; a follower asks the leader; without one, refused.
+        assert_eq!(barrier_for(ReadLevel::Leader, true, true), Ok(Nothing));
+        assert_eq!(
+            barrier_for(ReadLevel::Leader, false, true),
+            Ok(LeaderApplied)
+        );
+        assert!(barrier_for(ReadLevel::Leader, false, false).is_err());
+    }
+
+    #[test]
+    fn a_bounded_read_needs_recent_contact_and_everything_then_committed() {
+        let follower = |last_contact, applied_index| Freshness::Follower {
+            last_contact,
+            applied_index,
+        };
+        // Heard 100 ms ago, leader had committed 7, 7 applied: fresh within 100 ms, not 99.
+        assert_eq!(staleness_refusal(100, follower(Some((100, 7)), 7)), None);
+        let late = staleness_refusal(99, follower(Some((100, 7)), 7)).unwrap();
+        assert!(
+            late.contains("100 ms ago, over max_staleness_ms=99"),
+            "{late}"
+        );
+        // Recent contact but behind what that leader had committed.
+        let behind = staleness_refusal(1000, follower(Some((5, 8)), 7)).unwrap();
+        assert!(behind.contains("applied index 7 is behind"), "{behind}");
+        assert!(staleness_refusal(1000, follower(None, 7)).is_some());
+        // A leader is as fresh as its last quorum acknowledgement.
+        let leader = |acked| Freshness::Leader {
+            quorum_acked_within_bound: acked,
+        };
+        assert_eq!(staleness_refusal(50, leader(true)), None);
+        assert!(staleness_refusal(50, leader(false))
+            .unwrap()
+            .contains("no quorum"));
     }
 }
