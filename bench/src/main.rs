@@ -178,24 +178,6 @@ async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
     if run.shapes.iter().any(|shape| shape.keys == 0) {
         anyhow::bail!("--keys: a key space needs at least 1 key");
     }
-    let scaled = run.shapes.len() > 1;
-    let label = |shape: &DataShape| {
-        if scaled {
-            format!("{} ", cells::keys_label(shape.keys))
-        } else {
-            String::new()
-        }
-    };
-    let mut pairs: Vec<(DataShape, Stores)> = Vec::new();
-    for &shape in &run.shapes {
-        let stores = Stores::start(
-            run.mirrorkv.then_some(run.bin.as_path()),
-            run.etcd.as_deref(),
-            &[],
-        )
-        .await?;
-        pairs.push((shape, stores));
-    }
     let mut measured: Vec<Store> = Vec::new();
     if run.mirrorkv {
         measured.push(Store::Mirrorkv);
@@ -203,171 +185,20 @@ async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
     if run.etcd.is_some() {
         measured.push(Store::Etcd);
     }
-    for (shape, stores) in &pairs {
-        for &store in &measured {
-            let took = stores.preload(store, *shape).await?;
-            eprintln!(
-                "preloaded {} keys of {} bytes into {store:?} in {:.1} s",
-                shape.keys,
-                shape.value_bytes,
-                took.as_secs_f64()
-            );
-        }
-    }
-    println!("{}", cells::table_header());
-    let mut results: Vec<cells::CellResult> = Vec::new();
-    let mut memory_by_round = Vec::new();
-    for round in 1..=run.rounds {
-        for (workload, level, clients) in &run.cells {
-            for (shape, stores) in &pairs {
-                let mut row: Vec<Option<cells::CellResult>> = vec![None, None];
-                for &store in &measured {
-                    let cell = Cell {
-                        store,
-                        workload: *workload,
-                        level: level.clone(),
-                        clients: *clients,
-                    };
-                    let result = stores.run_cell(&cell, *shape, run.limits, run.seed).await?;
-                    if result.errors > 0 {
-                        eprintln!(
-                            "{store:?} {workload:?} {level} x{clients} ({} keys): {} errors, e.g. {:?}",
-                            shape.keys, result.errors, result.error_samples
-                        );
-                    }
-                    row[usize::from(store == Store::Etcd)] = Some(result);
-                }
-                println!(
-                    "{}",
-                    cells::format_row(&label(shape), row[0].as_ref(), row[1].as_ref())
-                );
-                results.extend(row.into_iter().flatten());
-            }
-        }
-        if run.rounds > 1 {
-            let served: u64 = results.iter().map(|r| r.ops).sum();
-            let last = results.len().saturating_sub(measured.len() * pairs.len());
-            let rss: Vec<String> = results[last..]
-                .iter()
-                .flat_map(|r| r.processes.iter().map(move |p| (label(&r.shape), p)))
-                .map(|(keys, p)| format!("{keys}{} {:.0}", p.node, p.rss_mib))
-                .collect();
-            println!(
-                "after round {round} ({served} requests served in all): rss MiB: {}",
-                rss.join(", ")
-            );
-            memory_by_round.push(
-                serde_json::json!({ "round": round, "requests_served": served, "rss_mib": rss }),
-            );
-        }
-    }
-    // Per cell, key space and store, the round with the median ops/s (the only round when
-    // there is one).
-    let median = |store: Store,
-                  shape: &DataShape,
-                  (workload, level, clients): &(BenchWorkload, String, usize)| {
-        let rounds: Vec<&cells::CellResult> = results
-            .iter()
-            .filter(|r| {
-                r.cell.store == store
-                    && r.shape.keys == shape.keys
-                    && r.cell.workload == *workload
-                    && r.cell.level == *level
-                    && r.cell.clients == *clients
-            })
-            .collect();
-        cells::median_round(&rounds)
+    let mut pairs = start_and_preload(&run, &measured).await?;
+    let (results, memory_by_round) = measure(&run, &pairs, &measured).await?;
+    let summary = Summary {
+        run: &run,
+        measured: &measured,
+        shapes: pairs.iter().map(|(shape, _)| *shape).collect(),
+        results: &results,
     };
     if run.rounds > 1 {
-        // One round is at the mercy of the machine's noise; the medians are what to quote.
-        println!();
-        println!(
-            "median of {} rounds (each side is its round with the median ops/s):",
-            run.rounds
-        );
-        println!("{}", cells::table_header());
-        for cell in &run.cells {
-            for (shape, _) in &pairs {
-                let (mirror, etcd) = (
-                    median(Store::Mirrorkv, shape, cell),
-                    median(Store::Etcd, shape, cell),
-                );
-                if mirror.is_some() || etcd.is_some() {
-                    println!("{}", cells::format_row(&label(shape), mirror, etcd));
-                }
-            }
-        }
+        summary.print_medians();
     }
-    if let (true, Some(small), Some(large)) = (scaled, run.shapes.first(), run.shapes.last()) {
-        println!();
-        println!(
-            "scale: ops/s with {} keys as a share of ops/s with {} keys (median rounds, measured in turn):",
-            large.keys, small.keys
-        );
-        for cell in &run.cells {
-            let shares: Vec<String> = measured
-                .iter()
-                .filter_map(|&store| {
-                    let (s, l) = (median(store, small, cell)?, median(store, large, cell)?);
-                    (s.ops_per_s > 0.0).then(|| {
-                        format!("{store:?} {:.0}%", 100.0 * l.ops_per_s / s.ops_per_s)
-                            .to_lowercase()
-                    })
-                })
-                .collect();
-            let (workload, level, clients) = cell;
-            println!(
-                "  {} x{clients}: {}",
-                cells::workload_name(*workload, level),
-                shares.join(", ").to_lowercase()
-            );
-        }
-    }
-    println!();
-    println!(
-        "{:<18} {:>10} {:>10} {:>12}",
-        "process", "cpu s", "rss MiB", "peak rss MiB"
-    );
-    for (shape, _) in &pairs {
-        for &store in &measured {
-            let of_store: Vec<&cells::CellResult> = results
-                .iter()
-                .filter(|r| r.cell.store == store && r.shape.keys == shape.keys)
-                .collect();
-            if let Some(last_cell) = of_store.last() {
-                for (i, process) in last_cell.processes.iter().enumerate() {
-                    let cpu: f64 = of_store
-                        .iter()
-                        .filter_map(|r| r.processes.get(i))
-                        .map(|p| p.cpu_s)
-                        .sum();
-                    println!(
-                        "{:<18} {:>10.1} {:>10.1} {:>12.1}",
-                        format!("{}{}", label(shape), process.node),
-                        cpu,
-                        process.rss_mib,
-                        process.peak_rss_mib
-                    );
-                }
-            }
-        }
-    }
-    let per_entry: Vec<String> = results
-        .iter()
-        .filter(|r| r.cell.workload == BenchWorkload::Put)
-        .filter_map(|r| {
-            let entries = r.log_entries.filter(|&e| e > 0)?;
-            Some(format!(
-                "{}{} cli {:.1}",
-                label(&r.shape),
-                r.cell.clients,
-                r.ops as f64 / entries as f64
-            ))
-        })
-        .collect();
-    if !per_entry.is_empty() {
-        println!("mirrorkv puts per log entry: {}", per_entry.join(", "));
-    }
+    summary.print_scale();
+    summary.print_processes();
+    summary.print_puts_per_entry();
     let mut restarts = Vec::new();
     if run.restart {
         println!();
@@ -400,6 +231,256 @@ async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// A pair of clusters (the stores measured) for each key space, every key written.
+async fn start_and_preload(
+    run: &BenchRun,
+    measured: &[Store],
+) -> anyhow::Result<Vec<(DataShape, Stores)>> {
+    let mut pairs: Vec<(DataShape, Stores)> = Vec::new();
+    for &shape in &run.shapes {
+        let stores = Stores::start(
+            run.mirrorkv.then_some(run.bin.as_path()),
+            run.etcd.as_deref(),
+            &[],
+        )
+        .await?;
+        pairs.push((shape, stores));
+    }
+    for (shape, stores) in &pairs {
+        for &store in measured {
+            let took = stores.preload(store, *shape).await?;
+            eprintln!(
+                "preloaded {} keys of {} bytes into {store:?} in {:.1} s",
+                shape.keys,
+                shape.value_bytes,
+                took.as_secs_f64()
+            );
+        }
+    }
+    Ok(pairs)
+}
+
+/// Every cell of every round on each key space and store in turn, a row printed per cell;
+/// with several rounds, each process's memory after each round.
+async fn measure(
+    run: &BenchRun,
+    pairs: &[(DataShape, Stores)],
+    measured: &[Store],
+) -> anyhow::Result<(Vec<cells::CellResult>, Vec<serde_json::Value>)> {
+    let scaled = run.shapes.len() > 1;
+    println!("{}", cells::table_header());
+    let mut results: Vec<cells::CellResult> = Vec::new();
+    let mut memory_by_round = Vec::new();
+    for round in 1..=run.rounds {
+        for (workload, level, clients) in &run.cells {
+            for (shape, stores) in pairs {
+                let mut row: Vec<Option<cells::CellResult>> = vec![None, None];
+                for &store in measured {
+                    let cell = Cell {
+                        store,
+                        workload: *workload,
+                        level: level.clone(),
+                        clients: *clients,
+                    };
+                    let result = stores.run_cell(&cell, *shape, run.limits, run.seed).await?;
+                    if result.errors > 0 {
+                        eprintln!(
+                            "{store:?} {workload:?} {level} x{clients} ({} keys): {} errors, e.g. {:?}",
+                            shape.keys, result.errors, result.error_samples
+                        );
+                    }
+                    row[usize::from(store == Store::Etcd)] = Some(result);
+                }
+                println!(
+                    "{}",
+                    cells::format_row(&label(scaled, shape), row[0].as_ref(), row[1].as_ref())
+                );
+                results.extend(row.into_iter().flatten());
+            }
+        }
+        if run.rounds > 1 {
+            let served: u64 = results.iter().map(|r| r.ops).sum();
+            let last = results.len().saturating_sub(measured.len() * pairs.len());
+            let rss: Vec<String> = results[last..]
+                .iter()
+                .flat_map(|r| {
+                    r.processes
+                        .iter()
+                        .map(move |p| (label(scaled, &r.shape), p))
+                })
+                .map(|(keys, p)| format!("{keys}{} {:.0}", p.node, p.rss_mib))
+                .collect();
+            println!(
+                "after round {round} ({served} requests served in all): rss MiB: {}",
+                rss.join(", ")
+            );
+            memory_by_round.push(
+                serde_json::json!({ "round": round, "requests_served": served, "rss_mib": rss }),
+            );
+        }
+    }
+    Ok((results, memory_by_round))
+}
+
+/// A row's key-space label when several key spaces are measured, else nothing.
+fn label(scaled: bool, shape: &DataShape) -> String {
+    if scaled {
+        format!("{} ", cells::keys_label(shape.keys))
+    } else {
+        String::new()
+    }
+}
+
+/// The tables printed after the cells.
+struct Summary<'a> {
+    run: &'a BenchRun,
+    measured: &'a [Store],
+    shapes: Vec<DataShape>,
+    results: &'a [cells::CellResult],
+}
+
+impl Summary<'_> {
+    fn label(&self, shape: &DataShape) -> String {
+        label(self.run.shapes.len() > 1, shape)
+    }
+
+    /// Per cell, key space and store, the round with the median ops/s (the only round when
+    /// there is one).
+    fn median(
+        &self,
+        store: Store,
+        shape: &DataShape,
+        (workload, level, clients): &(BenchWorkload, String, usize),
+    ) -> Option<&cells::CellResult> {
+        let rounds: Vec<&cells::CellResult> = self
+            .results
+            .iter()
+            .filter(|r| {
+                r.cell.store == store
+                    && r.shape.keys == shape.keys
+                    && r.cell.workload == *workload
+                    && r.cell.level == *level
+                    && r.cell.clients == *clients
+            })
+            .collect();
+        cells::median_round(&rounds)
+    }
+
+    /// One round is at the mercy of the machine's noise; the medians are what to quote.
+    fn print_medians(&self) {
+        println!();
+        println!(
+            "median of {} rounds (each side is its round with the median ops/s):",
+            self.run.rounds
+        );
+        println!("{}", cells::table_header());
+        for cell in &self.run.cells {
+            for shape in &self.shapes {
+                let (mirror, etcd) = (
+                    self.median(Store::Mirrorkv, shape, cell),
+                    self.median(Store::Etcd, shape, cell),
+                );
+                if mirror.is_some() || etcd.is_some() {
+                    println!("{}", cells::format_row(&self.label(shape), mirror, etcd));
+                }
+            }
+        }
+    }
+
+    /// With several key spaces: each store's ops/s on the largest as a share of the smallest.
+    fn print_scale(&self) {
+        let (Some(small), Some(large)) = (self.run.shapes.first(), self.run.shapes.last()) else {
+            return;
+        };
+        if self.run.shapes.len() < 2 {
+            return;
+        }
+        println!();
+        println!(
+            "scale: ops/s with {} keys as a share of ops/s with {} keys (median rounds, measured in turn):",
+            large.keys, small.keys
+        );
+        for cell in &self.run.cells {
+            let shares: Vec<String> = self
+                .measured
+                .iter()
+                .filter_map(|&store| {
+                    let (s, l) = (
+                        self.median(store, small, cell)?,
+                        self.median(store, large, cell)?,
+                    );
+                    (s.ops_per_s > 0.0).then(|| {
+                        format!("{store:?} {:.0}%", 100.0 * l.ops_per_s / s.ops_per_s)
+                            .to_lowercase()
+                    })
+                })
+                .collect();
+            let (workload, level, clients) = cell;
+            println!(
+                "  {} x{clients}: {}",
+                cells::workload_name(*workload, level),
+                shares.join(", ").to_lowercase()
+            );
+        }
+    }
+
+    /// Each server process's CPU seconds over every cell, and its memory after the last.
+    fn print_processes(&self) {
+        println!();
+        println!(
+            "{:<18} {:>10} {:>10} {:>12}",
+            "process", "cpu s", "rss MiB", "peak rss MiB"
+        );
+        for shape in &self.shapes {
+            for &store in self.measured {
+                let of_store: Vec<&cells::CellResult> = self
+                    .results
+                    .iter()
+                    .filter(|r| r.cell.store == store && r.shape.keys == shape.keys)
+                    .collect();
+                let Some(last_cell) = of_store.last() else {
+                    continue;
+                };
+                for (i, process) in last_cell.processes.iter().enumerate() {
+                    let cpu: f64 = of_store
+                        .iter()
+                        .filter_map(|r| r.processes.get(i))
+                        .map(|p| p.cpu_s)
+                        .sum();
+                    println!(
+                        "{:<18} {:>10.1} {:>10.1} {:>12.1}",
+                        format!("{}{}", self.label(shape), process.node),
+                        cpu,
+                        process.rss_mib,
+                        process.peak_rss_mib
+                    );
+                }
+            }
+        }
+    }
+
+    /// How many puts shared a mirrorkv log entry, per put cell.
+    fn print_puts_per_entry(&self) {
+        let per_entry: Vec<String> = self
+            .results
+            .iter()
+            .filter(|r| r.cell.workload == BenchWorkload::Put)
+            .filter_map(|r| {
+                let entries = r.log_entries.filter(|&e| e > 0)?;
+                Some(format!(
+                    "{}{} cli {:.1}",
+                    self.label(&r.shape),
+                    r.cell.clients,
+                    r.ops as f64 / entries as f64
+                ))
+            })
+            .collect();
+        if !per_entry.is_empty() {
+            println!("mirrorkv puts per log entry: {}", per_entry.join(", "));
+        }
+    }
 }
 
 /// What the machine is, for the record.
