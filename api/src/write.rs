@@ -802,4 +802,101 @@ mod tests {
             rest = &rest[taken..];
         }
     }
+
+    /// The forwarder's side of the claim race, without a cluster: the queue is read by hand.
+    mod claim {
+        use super::*;
+
+        fn leader() -> NodeInfo {
+            NodeInfo {
+                raft_addr: "127.0.0.1:1".into(),
+                api_addr: "127.0.0.1:2".into(),
+            }
+        }
+
+        fn put() -> Command {
+            Command::Put {
+                key: "k".into(),
+                value: b"v".to_vec(),
+                precondition: Precondition::None,
+            }
+        }
+
+        fn receiver(forwarder: &Forwarder) -> mpsc::Receiver<Forwarded> {
+            forwarder.receiver.lock().unwrap().take().unwrap()
+        }
+
+        #[tokio::test]
+        async fn a_write_still_queued_at_its_deadline_is_never_sent() {
+            let forwarder = Forwarder::new(4);
+            let mut queue = receiver(&forwarder);
+            let deadline = Instant::now() + Duration::from_millis(50);
+            match forwarder.forward(1, leader(), put(), deadline).await {
+                Err(e @ NetError::NotTaken { .. }) => {
+                    assert!(e.to_string().contains("still queued"), "{e}")
+                }
+                other => panic!("{other:?}"),
+            }
+            // The forwarder comes to it late: the caller was told "not sent", so it must not be.
+            let late = queue.recv().await.unwrap();
+            assert!(!late.take(), "an abandoned write was taken into a frame");
+        }
+
+        #[tokio::test]
+        async fn a_write_taken_into_a_frame_times_out_with_its_outcome_open() {
+            let forwarder = Forwarder::new(4);
+            let mut queue = receiver(&forwarder);
+            let deadline = Instant::now() + Duration::from_millis(200);
+            let forward = forwarder.forward(1, leader(), put(), deadline);
+            let taker = async {
+                let queued = queue.recv().await.unwrap();
+                assert!(queued.take());
+                // Held, unanswered, past the deadline: as a frame stuck in flight.
+                queued
+            };
+            let (answer, _held) = tokio::join!(forward, taker);
+            match answer {
+                Err(NetError::Timeout { .. }) => {}
+                other => panic!("a taken write may have been sent: {other:?}"),
+            }
+        }
+
+        #[tokio::test]
+        async fn a_taken_write_dropped_unanswered_may_have_been_sent() {
+            let forwarder = Forwarder::new(4);
+            let mut queue = receiver(&forwarder);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let forward = forwarder.forward(1, leader(), put(), deadline);
+            let taker = async {
+                let queued = queue.recv().await.unwrap();
+                assert!(queued.take());
+                drop(queued);
+            };
+            let (answer, ()) = tokio::join!(forward, taker);
+            assert!(
+                matches!(answer, Err(NetError::ConnectionClosed { .. })),
+                "{answer:?}"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_write_queued_but_dropped_untaken_was_not_sent() {
+            let forwarder = Forwarder::new(4);
+            let mut queue = receiver(&forwarder);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let forward = forwarder.forward(1, leader(), put(), deadline);
+            let dropper = async {
+                // Shutting down: the queue is dropped with the write in it, never taken.
+                let queued = queue.recv().await.unwrap();
+                drop(queued);
+            };
+            let (answer, ()) = tokio::join!(forward, dropper);
+            match answer {
+                Err(e @ NetError::NotTaken { .. }) => {
+                    assert!(e.to_string().contains("shutting down"), "{e}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }
