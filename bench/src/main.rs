@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use cells::{BenchWorkload, Cell, CellLimits, DataShape, Store, Stores};
 use clap::Parser;
+use jepsen_lite::cluster::{default_mirrorkv_bin, runtime};
 
 /// Measure mirrorkv and etcd (3 nodes each, started here) under the same closed-loop
 /// clients; prints ops/s and p50/p99/p99.9 per cell and writes JSON.
@@ -137,7 +138,7 @@ fn main() -> ExitCode {
         json,
         seed,
     };
-    let Some(runtime) = runtime() else {
+    let Some(runtime) = runtime("mirrorkv-bench") else {
         return ExitCode::from(3);
     };
     match runtime.block_on(run_bench(options)) {
@@ -147,14 +148,6 @@ fn main() -> ExitCode {
             ExitCode::from(3)
         }
     }
-}
-
-/// `mirrorkv` next to this binary, else on the PATH.
-fn default_mirrorkv_bin() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("mirrorkv")))
-        .unwrap_or_else(|| PathBuf::from("mirrorkv"))
 }
 
 struct BenchRun {
@@ -501,18 +494,4 @@ fn machine() -> serde_json::Value {
         "memory_gib": mem_kib.map(|k| (k as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0),
         "kernel": read("/proc/sys/kernel/osrelease").trim(),
     })
-}
-
-/// A multi-threaded tokio runtime, or `None` after saying why there is none.
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => Some(runtime),
-        Err(e) => {
-            eprintln!("mirrorkv-bench: {e}");
-            None
-        }
-    }
 }

@@ -62,6 +62,29 @@ struct Shared {
     preferred: AtomicUsize,
 }
 
+/// One request as `send` sends it to each endpoint in turn.
+struct Call<'a> {
+    method: Method,
+    path_and_query: &'a str,
+    /// The body and its content type.
+    body: Option<(Vec<u8>, &'static str)>,
+    headers: &'a [(&'static str, String)],
+    resend: Resend,
+}
+
+impl<'a> Call<'a> {
+    /// A request without a body or headers.
+    fn plain(method: Method, path_and_query: &'a str, resend: Resend) -> Self {
+        Call {
+            method,
+            path_and_query,
+            body: None,
+            headers: &[],
+            resend,
+        }
+    }
+}
+
 /// An answer taken for good: its status, headers and body.
 struct Answer {
     status: StatusCode,
@@ -163,14 +186,15 @@ impl Client {
     }
 
     /// Send to the preferred endpoint, then the others in turn, until one answers for good.
-    async fn send(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        body: Option<(Vec<u8>, &'static str)>,
-        headers: &[(&str, String)],
-        resend: Resend,
-    ) -> Result<Answer, ClientError> {
+    async fn send(&self, call: &Call<'_>) -> Result<Answer, ClientError> {
+        let Call {
+            method,
+            path_and_query,
+            body,
+            headers,
+            resend,
+        } = call;
+        let resend = *resend;
         let count = self.endpoints.len();
         let first = self.shared.preferred.load(Ordering::Relaxed) % count;
         let mut last = String::new();
@@ -180,10 +204,10 @@ impl Client {
             let mut request = self
                 .http
                 .request(method.clone(), format!("{endpoint}{path_and_query}"));
-            for (name, value) in headers {
+            for (name, value) in headers.iter() {
                 request = request.header(*name, value);
             }
-            if let Some((bytes, content_type)) = &body {
+            if let Some((bytes, content_type)) = body {
                 request = request
                     .header("content-type", *content_type)
                     .body(bytes.clone());
@@ -218,17 +242,8 @@ impl Client {
     }
 
     /// `send`, then the answer's JSON body, or the API's error.
-    async fn send_json(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        body: Option<(Vec<u8>, &'static str)>,
-        headers: &[(&str, String)],
-        resend: Resend,
-    ) -> Result<Value, ClientError> {
-        let answer = self
-            .send(method, path_and_query, body, headers, resend)
-            .await?;
+    async fn send_json(&self, call: &Call<'_>) -> Result<Value, ClientError> {
+        let answer = self.send(call).await?;
         let bytes = read_body(answer.response).await?;
         if !answer.status.is_success() {
             return Err(ClientError::from_answer(answer.status, &bytes));
@@ -298,7 +313,7 @@ impl Client {
             &self.read_query(options),
         );
         let answer = self
-            .send(Method::GET, &path, None, &[], Resend::Read)
+            .send(&Call::plain(Method::GET, &path, Resend::Read))
             .await?;
         let headers = answer.headers;
         let status = answer.status;
@@ -336,9 +351,14 @@ impl Client {
         let (headers, resend) = self.write_headers(options);
         let path = format!("/v1/kv/{}", key_path(key));
         let body = Some((value.into(), "application/octet-stream"));
-        let answer = self
-            .send_json(Method::PUT, &path, body, &headers, resend)
-            .await?;
+        let call = Call {
+            method: Method::PUT,
+            path_and_query: &path,
+            body,
+            headers: &headers,
+            resend,
+        };
+        let answer = self.send_json(&call).await?;
         Ok(PutResult {
             index: index_of(&answer)?,
             prev_mod_index: answer["prev_mod_index"].as_u64(),
@@ -359,9 +379,11 @@ impl Client {
         check_key(key)?;
         let (headers, resend) = self.write_headers(options);
         let path = format!("/v1/kv/{}", key_path(key));
-        let answer = self
-            .send_json(Method::DELETE, &path, None, &headers, resend)
-            .await?;
+        let call = Call {
+            headers: &headers,
+            ..Call::plain(Method::DELETE, &path, resend)
+        };
+        let answer = self.send_json(&call).await?;
         Ok(DeleteResult {
             index: index_of(&answer)?,
             deleted: answer["deleted"] == true,
@@ -391,14 +413,9 @@ impl Client {
             query.push("keys_only=true".into());
         }
         query.extend(self.read_query(options));
+        let path = with_query("/v1/kv".into(), &query);
         let answer = self
-            .send(
-                Method::GET,
-                &with_query("/v1/kv".into(), &query),
-                None,
-                &[],
-                Resend::Read,
-            )
+            .send(&Call::plain(Method::GET, &path, Resend::Read))
             .await?;
         let headers = answer.headers;
         let bytes = read_body(answer.response).await?;
@@ -463,22 +480,21 @@ impl Client {
         options: &WriteOptions,
     ) -> Result<TxnResult, ClientError> {
         let (headers, resend) = self.write_headers(options);
-        let answer = self
-            .send_json(
-                Method::POST,
-                "/v1/txn",
-                Some((body, "application/json")),
-                &headers,
-                resend,
-            )
-            .await?;
+        let call = Call {
+            method: Method::POST,
+            path_and_query: "/v1/txn",
+            body: Some((body, "application/json")),
+            headers: &headers,
+            resend,
+        };
+        let answer = self.send_json(&call).await?;
         TxnResult::from_json(&answer)
     }
 
     /// Leader, term and every member's state, as the first node to answer sees them.
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
         let body = self
-            .send_json(Method::GET, "/v1/cluster", None, &[], Resend::Read)
+            .send_json(&Call::plain(Method::GET, "/v1/cluster", Resend::Read))
             .await?;
         ClusterStatus::from_json(&body)
     }
@@ -524,16 +540,18 @@ impl Client {
             )
         });
         // Not idempotent by key; a membership change is sent once (`Resend::Write`).
-        let answer = self
-            .send_json(method, &path, body, &[], Resend::Write)
-            .await?;
+        let call = Call {
+            body,
+            ..Call::plain(method, &path, Resend::Write)
+        };
+        let answer = self.send_json(&call).await?;
         index_of(&answer)
     }
 
     /// Build a snapshot on the first endpoint that answers and compact its log.
     pub async fn snapshot(&self) -> Result<SnapshotResult, ClientError> {
         let body = self
-            .send_json(Method::POST, "/v1/snapshot", None, &[], Resend::Write)
+            .send_json(&Call::plain(Method::POST, "/v1/snapshot", Resend::Write))
             .await?;
         Ok(SnapshotResult {
             index: index_of(&body)?,
@@ -547,7 +565,7 @@ impl Client {
     pub async fn backup(&self, options: &ReadOptions) -> Result<Backup, ClientError> {
         let path = with_query("/v1/backup".into(), &self.read_query(options));
         let answer = self
-            .send(Method::GET, &path, None, &[], Resend::Read)
+            .send(&Call::plain(Method::GET, &path, Resend::Read))
             .await?;
         if !answer.status.is_success() {
             let bytes = read_body(answer.response).await?;

@@ -74,6 +74,29 @@ pub struct ClusterOptions {
     pub env: Vec<(String, String)>,
 }
 
+/// `mirrorkv` next to the running binary (as the build puts it), else on the PATH.
+pub fn default_mirrorkv_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("mirrorkv")))
+        .unwrap_or_else(|| PathBuf::from("mirrorkv"))
+}
+
+/// A multi-threaded tokio runtime for a command-line program, or `None` after printing why
+/// there is none (prefixed by `program`).
+pub fn runtime(program: &str) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            None
+        }
+    }
+}
+
 /// Where Debian's `libfaketime` package puts the library (`MIRRORKV_LIBFAKETIME` overrides).
 const LIBFAKETIME_PATHS: [&str; 2] = [
     "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use jepsen_lite::attack::{self, AttackOptions};
+use jepsen_lite::cluster::{default_mirrorkv_bin, runtime};
 use jepsen_lite::harness::{self, TestOptions, Workload};
 use jepsen_lite::model::{KeyValue, Register};
 use jepsen_lite::nemesis::NemesisKind;
@@ -146,7 +147,7 @@ fn run_attack(args: AttackArgs) -> ExitCode {
         idle_connections,
         ..AttackOptions::new(bin.unwrap_or_else(default_mirrorkv_bin))
     };
-    let Some(runtime) = runtime() else {
+    let Some(runtime) = runtime("jepsen-lite") else {
         return ExitCode::from(3);
     };
     match runtime.block_on(attack::run(options)) {
@@ -224,7 +225,7 @@ fn run_test(args: TestArgs) -> ExitCode {
         nemesis.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()),
         out.display()
     );
-    let Some(runtime) = runtime() else {
+    let Some(runtime) = runtime("jepsen-lite") else {
         return ExitCode::from(3);
     };
     match runtime.block_on(harness::run(options)) {
@@ -359,26 +360,4 @@ fn print_violations(result: &jepsen_lite::CheckResult, operations: &[jepsen_lite
 
 fn describe(op: &jepsen_lite::Operation) -> String {
     format!("process {} {:?} -> {:?}", op.process, op.input, op.output)
-}
-
-/// `mirrorkv` next to this binary, else on the PATH.
-fn default_mirrorkv_bin() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("mirrorkv")))
-        .unwrap_or_else(|| PathBuf::from("mirrorkv"))
-}
-
-/// A multi-threaded tokio runtime, or `None` after saying why there is none.
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => Some(runtime),
-        Err(e) => {
-            eprintln!("jepsen-lite: {e}");
-            None
-        }
-    }
 }
