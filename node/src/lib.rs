@@ -88,15 +88,8 @@ pub async fn run(
             "fault injection: while leading, every fsync of the log is delayed (tests only)"
         );
     }
-    let store_options = mirrorkv_storage::StoreOptions {
-        memory_budget_bytes: usize::try_from(config.storage_memory_mib << 20)
-            .context("storage_memory_mib is too large for this machine")?,
-        fault_log_sync_delay_ms: config.fault_log_sync_delay_ms,
-        key_index_max_bytes: usize::try_from(config.key_index_mib << 20)
-            .context("key_index_mib is too large for this machine")?,
-    };
     let (log_store, state_machine) =
-        mirrorkv_storage::open_with(&config.data_dir.join("db"), &store_options)
+        mirrorkv_storage::open_with(&config.data_dir.join("db"), &store_options(&config)?)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let reader = state_machine.reader();
     let committed_index = log_store.committed_index();
@@ -107,24 +100,7 @@ pub async fn run(
         api_addr: advertised_addr(&config.api_addr, api_addr),
     };
     let fresh = reader.applied_index()? == 0 && log_store_is_empty(&log_store).await?;
-    let cluster_id = match read_cluster_id(&config.data_dir)? {
-        Some(id) => id,
-        None if !config.initial_cluster.is_empty() => {
-            let id = config::cluster_id(&config.initial_cluster);
-            write_cluster_id(&config.data_dir, &id)?;
-            id
-        }
-        None if !config.join.is_empty() && fresh => {
-            let id = join::ask_to_join(&config, &advertised).await?;
-            write_cluster_id(&config.data_dir, &id)?;
-            id
-        }
-        None if fresh => anyhow::bail!(
-            "a fresh node needs --initial-cluster (to form a new cluster) or --join (to join one)"
-        ),
-        // A data dir from before cluster ids were stored.
-        None => "unknown".to_string(),
-    };
+    let cluster_id = cluster_id_of(&config, fresh, &advertised).await?;
 
     let pool = Arc::new(PeerPool::new(
         config.net.clone(),
@@ -141,15 +117,11 @@ pub async fn run(
     .context("starting raft")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
     let contact = Arc::new(LeaderContact::default());
     let restarted = raft.is_initialized().await?;
     if !restarted {
         initialize_if_fresh(&raft, &config).await?;
     }
-
     let state = Arc::new(NodeState {
         id: config.id,
         cluster_id,
@@ -170,52 +142,8 @@ pub async fn run(
         forwarder: mirrorkv_api::write::Forwarder::new(config.api.max_in_flight_requests),
         removed: watch::channel(None).0,
     });
-    tokio::spawn(mirrorkv_api::membership::watch_removal(
-        state.clone(),
-        stopped(stop_rx.clone()),
-    ));
-    tokio::spawn(mirrorkv_api::write::WriteBatcher::run(
-        state.clone(),
-        stopped(stop_rx.clone()),
-    ));
-    tokio::spawn(mirrorkv_api::write::Forwarder::run(
-        state.clone(),
-        stopped(stop_rx.clone()),
-    ));
-    tokio::spawn(events::log_raft_events(
-        config.id,
-        raft.clone(),
-        stopped(stop_rx.clone()),
-    ));
-    // A restarted node may have acknowledged a leader just before it went down, and it has
-    // forgotten when. For one leader lease after its start it neither grants a vote nor stands
-    // for election, so it cannot help elect a new leader while that leader's read lease may
-    // still hold (node/DESIGN.md). Everything else it serves at once: the leader's appends and
-    // snapshots, forwarded requests.
-    let votes_from = std::time::Instant::now()
-        + std::time::Duration::from_millis(if restarted {
-            config.election_timeout_max_ms
-        } else {
-            0
-        });
-    if restarted {
-        raft.runtime_config().elect(false);
-        tokio::spawn({
-            let state = state.clone();
-            let stop = stopped(stop_rx.clone());
-            async move {
-                tokio::select! {
-                    // A node that learned meanwhile that it was removed stays out of elections.
-                    _ = tokio::time::sleep_until(votes_from.into()) => {
-                        if state.removed.borrow().is_none() {
-                            state.raft.runtime_config().elect(true);
-                        }
-                    }
-                    _ = stop => {}
-                }
-            }
-        });
-    }
+    spawn_background_tasks(&state, &stop_rx);
+    let votes_from = hold_votes_after_restart(&state, restarted, &config, &stop_rx);
     let net_server = tokio::spawn(mirrorkv_raft_net::server::serve(
         listeners.raft,
         raft.clone(),
@@ -235,27 +163,139 @@ pub async fn run(
     ));
 
     shutdown.await;
-    tracing::info!(node = config.id, "shutting down");
+    stop_node(&state, stop_tx, api_server, net_server).await
+}
+
+/// Stop serving, in the order that leaves no client with an unknown outcome it could have been
+/// spared, then shut Raft down.
+async fn stop_node(
+    state: &NodeState,
+    stop_tx: watch::Sender<bool>,
+    api_server: tokio::task::JoinHandle<std::io::Result<()>>,
+    net_server: tokio::task::JoinHandle<()>,
+) -> anyhow::Result<()> {
+    let id = state.id;
+    tracing::info!(node = id, "shutting down");
     // A leader first stops admitting writes and lets the admitted ones be answered, so no
     // client is left with an unknown outcome; other nodes' forwarded writes are refused before
     // they are appended and retried on the next leader.
-    let unanswered = state.write_gate.close(config.api.request_timeout()).await;
+    let unanswered = state.write_gate.close(state.config.request_timeout()).await;
     if unanswered > 0 {
-        tracing::warn!(
-            node = config.id,
-            unanswered,
-            "stopping with writes unanswered"
-        );
+        tracing::warn!(node = id, unanswered, "stopping with writes unanswered");
     }
     let _ = stop_tx.send(true);
     let api_result = api_server.await;
     let _ = net_server.await;
-    raft.shutdown()
+    state
+        .raft
+        .shutdown()
         .await
         .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
     api_result.context("API task")?.context("API server")?;
-    tracing::info!(node = config.id, "stopped");
+    tracing::info!(node = id, "stopped");
     Ok(())
+}
+
+/// Resolves once the node is told to stop.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// The store's memory budgets and fault settings from the configuration.
+fn store_options(config: &NodeConfig) -> anyhow::Result<mirrorkv_storage::StoreOptions> {
+    Ok(mirrorkv_storage::StoreOptions {
+        memory_budget_bytes: usize::try_from(config.storage_memory_mib << 20)
+            .context("storage_memory_mib is too large for this machine")?,
+        fault_log_sync_delay_ms: config.fault_log_sync_delay_ms,
+        key_index_max_bytes: usize::try_from(config.key_index_mib << 20)
+            .context("key_index_mib is too large for this machine")?,
+    })
+}
+
+/// The cluster id: the one the data dir holds, else the hash of `--initial-cluster`, else the
+/// one a `--join` learns from the cluster (a fresh node only).
+async fn cluster_id_of(
+    config: &NodeConfig,
+    fresh: bool,
+    advertised: &NodeInfo,
+) -> anyhow::Result<String> {
+    Ok(match read_cluster_id(&config.data_dir)? {
+        Some(id) => id,
+        None if !config.initial_cluster.is_empty() => {
+            let id = config::cluster_id(&config.initial_cluster);
+            write_cluster_id(&config.data_dir, &id)?;
+            id
+        }
+        None if !config.join.is_empty() && fresh => {
+            let id = join::ask_to_join(config, advertised).await?;
+            write_cluster_id(&config.data_dir, &id)?;
+            id
+        }
+        None if fresh => anyhow::bail!(
+            "a fresh node needs --initial-cluster (to form a new cluster) or --join (to join one)"
+        ),
+        // A data dir from before cluster ids were stored.
+        None => "unknown".to_string(),
+    })
+}
+
+/// The node's tasks that run until it stops: removal watch, write batcher, forwarder, event log.
+fn spawn_background_tasks(state: &Arc<NodeState>, stop: &watch::Receiver<bool>) {
+    tokio::spawn(mirrorkv_api::membership::watch_removal(
+        state.clone(),
+        stopped(stop.clone()),
+    ));
+    tokio::spawn(mirrorkv_api::write::WriteBatcher::run(
+        state.clone(),
+        stopped(stop.clone()),
+    ));
+    tokio::spawn(mirrorkv_api::write::Forwarder::run(
+        state.clone(),
+        stopped(stop.clone()),
+    ));
+    tokio::spawn(events::log_raft_events(
+        state.id,
+        state.raft.clone(),
+        stopped(stop.clone()),
+    ));
+}
+
+/// A restarted node may have acknowledged a leader just before it went down, and it has
+/// forgotten when. For one leader lease after its start it neither grants a vote nor stands
+/// for election, so it cannot help elect a new leader while that leader's read lease may still
+/// hold (node/DESIGN.md). Everything else it serves at once: the leader's appends and
+/// snapshots, forwarded requests. Returns when it grants votes again.
+fn hold_votes_after_restart(
+    state: &Arc<NodeState>,
+    restarted: bool,
+    config: &NodeConfig,
+    stop: &watch::Receiver<bool>,
+) -> std::time::Instant {
+    let hold_ms = if restarted {
+        config.election_timeout_max_ms
+    } else {
+        0
+    };
+    let votes_from = std::time::Instant::now() + std::time::Duration::from_millis(hold_ms);
+    if restarted {
+        state.raft.runtime_config().elect(false);
+        tokio::spawn({
+            let state = state.clone();
+            let stop = stopped(stop.clone());
+            async move {
+                tokio::select! {
+                    // A node that learned meanwhile that it was removed stays out of elections.
+                    _ = tokio::time::sleep_until(votes_from.into()) => {
+                        if state.removed.borrow().is_none() {
+                            state.raft.runtime_config().elect(true);
+                        }
+                    }
+                    _ = stop => {}
+                }
+            }
+        });
+    }
+    votes_from
 }
 
 /// A node whose store is empty (not initialized) and that is listed in `--initial-cluster` writes the initial
