@@ -846,7 +846,8 @@ mod tests {
         async fn a_write_taken_into_a_frame_times_out_with_its_outcome_open() {
             let forwarder = Forwarder::new(4);
             let mut queue = receiver(&forwarder);
-            let deadline = Instant::now() + Duration::from_millis(200);
+            // Long enough that the taker below always takes it first, even on a loaded machine.
+            let deadline = Instant::now() + Duration::from_secs(2);
             let forward = forwarder.forward(1, leader(), put(), deadline);
             let taker = async {
                 let queued = queue.recv().await.unwrap();

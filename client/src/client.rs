@@ -31,6 +31,10 @@ pub struct ClientOptions {
     /// Give every write an `Idempotency-Key`, so a write whose answer was lost can be sent to
     /// the next endpoint without applying twice.
     pub idempotent_writes: bool,
+    /// The largest answer body read, in bytes (a backup is streamed, not bounded). The API's
+    /// own answers stay far below the default: a range page is at most 4 MiB by default, a
+    /// transaction's answer at most 8 MiB.
+    pub max_answer_bytes: usize,
 }
 
 impl Default for ClientOptions {
@@ -40,6 +44,7 @@ impl Default for ClientOptions {
             consistency: None,
             read_your_writes: true,
             idempotent_writes: true,
+            max_answer_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -66,8 +71,8 @@ struct Shared {
 struct Call<'a> {
     method: Method,
     path_and_query: &'a str,
-    /// The body and its content type.
-    body: Option<(Vec<u8>, &'static str)>,
+    /// The body and its content type (`Bytes`: each attempt shares it, none copies it).
+    body: Option<(bytes::Bytes, &'static str)>,
     headers: &'a [(&'static str, String)],
     resend: Resend,
 }
@@ -244,7 +249,7 @@ impl Client {
     /// `send`, then the answer's JSON body, or the API's error.
     async fn send_json(&self, call: &Call<'_>) -> Result<Value, ClientError> {
         let answer = self.send(call).await?;
-        let bytes = read_body(answer.response).await?;
+        let bytes = self.read_body(answer.response).await?;
         if !answer.status.is_success() {
             return Err(ClientError::from_answer(answer.status, &bytes));
         }
@@ -252,6 +257,25 @@ impl Client {
             .map_err(|e| ClientError::Decode(format!("a JSON answer: {e}")))?;
         self.saw(value["index"].as_u64());
         Ok(value)
+    }
+
+    /// An answer's whole body, refused past `max_answer_bytes`.
+    async fn read_body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, ClientError> {
+        let max = self.options.max_answer_bytes;
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| ClientError::Decode(format!("reading the answer: {e}")))?
+        {
+            if body.len() + chunk.len() > max {
+                return Err(ClientError::Decode(format!(
+                    "an answer over max_answer_bytes ({max})"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     /// The query string of a read: its level and its `min_index`.
@@ -317,7 +341,7 @@ impl Client {
             .await?;
         let headers = answer.headers;
         let status = answer.status;
-        let bytes = read_body(answer.response).await?;
+        let bytes = self.read_body(answer.response).await?;
         let value = match status {
             StatusCode::NOT_FOUND if headers.contains_key("x-mirrorkv-index") => None,
             status if status.is_success() => Some(KeyValue {
@@ -350,7 +374,7 @@ impl Client {
         check_key(key)?;
         let (headers, resend) = self.write_headers(options);
         let path = format!("/v1/kv/{}", key_path(key));
-        let body = Some((value.into(), "application/octet-stream"));
+        let body = Some((value.into().into(), "application/octet-stream"));
         let call = Call {
             method: Method::PUT,
             path_and_query: &path,
@@ -418,7 +442,7 @@ impl Client {
             .send(&Call::plain(Method::GET, &path, Resend::Read))
             .await?;
         let headers = answer.headers;
-        let bytes = read_body(answer.response).await?;
+        let bytes = self.read_body(answer.response).await?;
         if !answer.status.is_success() {
             return Err(ClientError::from_answer(answer.status, &bytes));
         }
@@ -454,13 +478,20 @@ impl Client {
         range.limit = Some(max_keys.min(MAX_PAGE_KEYS));
         let mut all = self.range(&range, options).await?;
         while let Some(next) = all.value.next.clone() {
-            let left = max_keys - all.value.items.len();
+            let left = max_keys.saturating_sub(all.value.items.len());
             if left == 0 {
                 break;
             }
             range.start = Some(next);
             range.limit = Some(left.min(MAX_PAGE_KEYS));
             let page = self.range(&range, options).await?;
+            // Every page holds at least one key (the API's rule), so the walk always ends; a
+            // page without one would loop here forever.
+            if page.value.items.is_empty() && page.value.next.is_some() {
+                return Err(ClientError::Decode(
+                    "a range page with no keys but a next key".into(),
+                ));
+            }
             all.value.items.extend(page.value.items);
             all.value.next = page.value.next;
         }
@@ -469,7 +500,7 @@ impl Client {
 
     /// Run `txn` (always linearizable: it is one log entry).
     pub async fn txn(&self, txn: &Txn) -> Result<TxnResult, ClientError> {
-        let body = serde_json::to_vec(&txn.to_json()).expect("JSON values encode");
+        let body = txn.to_json().to_string().into_bytes();
         self.txn_json(body, &WriteOptions::default()).await
     }
 
@@ -483,7 +514,7 @@ impl Client {
         let call = Call {
             method: Method::POST,
             path_and_query: "/v1/txn",
-            body: Some((body, "application/json")),
+            body: Some((body.into(), "application/json")),
             headers: &headers,
             resend,
         };
@@ -533,12 +564,7 @@ impl Client {
         path: String,
         body: Option<Value>,
     ) -> Result<u64, ClientError> {
-        let body = body.map(|b| {
-            (
-                serde_json::to_vec(&b).expect("JSON values encode"),
-                "application/json",
-            )
-        });
+        let body = body.map(|b| (b.to_string().into(), "application/json"));
         // Not idempotent by key; a membership change is sent once (`Resend::Write`).
         let call = Call {
             body,
@@ -568,7 +594,7 @@ impl Client {
             .send(&Call::plain(Method::GET, &path, Resend::Read))
             .await?;
         if !answer.status.is_success() {
-            let bytes = read_body(answer.response).await?;
+            let bytes = self.read_body(answer.response).await?;
             return Err(ClientError::from_answer(answer.status, &bytes));
         }
         Ok(Backup {
@@ -620,14 +646,6 @@ fn read_of<T>(headers: &HeaderMap, value: T) -> Read<T> {
             .map(str::to_string),
         value,
     }
-}
-
-async fn read_body(response: reqwest::Response) -> Result<Vec<u8>, ClientError> {
-    Ok(response
-        .bytes()
-        .await
-        .map_err(|e| ClientError::Decode(format!("reading the answer: {e}")))?
-        .to_vec())
 }
 
 #[cfg(test)]
@@ -735,6 +753,39 @@ mod tests {
             Client::new(Vec::<String>::new()),
             Err(ClientError::Invalid(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_max_answer_bytes_is_refused() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let body = vec![b'x'; 1000];
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-mirrorkv-index: 1\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(&body).await.unwrap();
+        });
+        let client = Client::with_options(
+            [addr],
+            ClientOptions {
+                max_answer_bytes: 999,
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap();
+        match client.get("k").await {
+            Err(ClientError::Decode(message)) => {
+                assert!(message.contains("max_answer_bytes (999)"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

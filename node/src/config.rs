@@ -590,15 +590,19 @@ fn check_timeouts_ms(timeouts: &[(&str, u64)]) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// A config file with the required settings, then `extra` (TOML lines).
+    fn file_with(extra: &str) -> Flags {
+        toml::from_str(&format!(
+            "id = 1\ndata_dir = \"/d\"\napi_addr = \"a:1\"\nraft_addr = \"r:1\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
     #[test]
     fn timeouts_and_sizes_are_checked_against_each_other() {
         let resolve = |extra: &str| {
-            let file: Flags = toml::from_str(&format!(
-                "id = 1\ndata_dir = \"/d\"\napi_addr = \"a:1\"\nraft_addr = \"r:1\"\n{extra}"
-            ))
-            .unwrap();
             Flags::default()
-                .or(file)
+                .or(file_with(extra))
                 .resolve()
                 .map_err(|e| e.to_string())
         };
@@ -647,13 +651,7 @@ mod tests {
 
     #[test]
     fn key_index_mib_defaults_to_128_and_is_bounded() {
-        let file = |extra: &str| -> Flags {
-            toml::from_str(&format!(
-                "id = 1\ndata_dir = \"/d\"\napi_addr = \"a:1\"\nraft_addr = \"r:1\"\n{extra}"
-            ))
-            .unwrap()
-        };
-        let resolve = |extra: &str| Flags::default().or(file(extra)).resolve();
+        let resolve = |extra: &str| Flags::default().or(file_with(extra)).resolve();
         assert_eq!(resolve("").unwrap().key_index_mib, 128);
         assert_eq!(resolve("key_index_mib = 0").unwrap().key_index_mib, 0);
         let error = resolve("key_index_mib = 1048577").unwrap_err().to_string();
@@ -693,27 +691,52 @@ mod tests {
         }
         assert!(shown >= 25, "only {shown} defaults shown");
         // What help shows is what a node gets when nothing else sets it.
-        let file: Flags =
-            toml::from_str("id = 1\ndata_dir = \"/d\"\napi_addr = \"a:1\"\nraft_addr = \"r:1\"")
-                .unwrap();
-        let config = Flags::default().or(file).resolve().unwrap();
+        let config = Flags::default().or(file_with("")).resolve().unwrap();
         let d = Flags::defaults();
-        assert_eq!(Some(config.api.request_timeout_ms), d.request_timeout_ms);
-        assert_eq!(Some(config.api.max_connections), d.max_connections);
-        assert_eq!(Some(config.net.max_frame_bytes), d.max_frame_bytes);
-        assert_eq!(Some(config.net.idle_timeout_ms), d.raft_idle_timeout_ms);
+        let (api, net) = (&config.api, &config.net);
+        let resolved = Flags {
+            join_timeout_ms: Some(config.join_timeout_ms),
+            promote_max_lag_entries: Some(api.promote_max_lag_entries),
+            log_format: Some(match config.log_format {
+                LogFormat::Text => "text".into(),
+                LogFormat::Json => "json".into(),
+            }),
+            max_key_bytes: Some(api.max_key_bytes),
+            max_value_bytes: Some(api.max_value_bytes),
+            max_body_bytes: Some(api.max_body_bytes),
+            max_range_page_bytes: Some(api.max_range_page_bytes),
+            max_connections: Some(api.max_connections),
+            max_in_flight_requests: Some(api.max_in_flight_requests),
+            request_timeout_ms: Some(api.request_timeout_ms),
+            idle_timeout_ms: Some(api.idle_timeout_ms),
+            header_read_timeout_ms: Some(api.header_read_timeout_ms),
+            body_read_timeout_ms: Some(api.body_read_timeout_ms),
+            write_timeout_ms: Some(api.write_timeout_ms),
+            heartbeat_interval_ms: Some(config.heartbeat_interval_ms),
+            election_timeout_min_ms: Some(config.election_timeout_min_ms),
+            election_timeout_max_ms: Some(config.election_timeout_max_ms),
+            idempotency_window_s: Some(api.idempotency_window_s),
+            snapshot_threshold_entries: Some(config.snapshot_threshold_entries),
+            snapshot_chunk_bytes: Some(config.snapshot_chunk_bytes),
+            max_frame_bytes: Some(net.max_frame_bytes),
+            raft_frame_timeout_ms: Some(net.frame_read_timeout_ms),
+            raft_idle_timeout_ms: Some(net.idle_timeout_ms),
+            storage_memory_mib: Some(config.storage_memory_mib),
+            key_index_mib: Some(config.key_index_mib),
+            fault_log_sync_delay_ms: Some(config.fault_log_sync_delay_ms),
+            ..Flags::default()
+        };
+        // Every default, compared whole (a default added to one side only shows up here).
         assert_eq!(
-            Some(config.snapshot_threshold_entries),
-            d.snapshot_threshold_entries
+            serde_json::to_value(&resolved).unwrap(),
+            serde_json::to_value(&d).unwrap()
         );
-        assert_eq!(Some(config.storage_memory_mib), d.storage_memory_mib);
-        assert_eq!(Some(config.join_timeout_ms), d.join_timeout_ms);
         assert_eq!(config.lease_margin_ms, config.election_timeout_max_ms / 4);
     }
 
     #[test]
     fn a_file_value_wins_over_a_default_and_a_flag_over_both() {
-        let file: Flags = toml::from_str("id = 1\ndata_dir = \"/d\"\napi_addr = \"a:1\"\nraft_addr = \"r:1\"\nheartbeat_interval_ms = 50\nsnapshot_threshold_entries = 7").unwrap();
+        let file = file_with("heartbeat_interval_ms = 50\nsnapshot_threshold_entries = 7");
         let flags = Flags {
             snapshot_threshold_entries: Some(9),
             ..Flags::default()

@@ -463,22 +463,38 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_does_not_greet_gets_no_request_and_is_backed_off() {
+        use tokio::io::AsyncReadExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
+        let (received_tx, received) = oneshot::channel();
         tokio::spawn(async move {
-            // Accept and hang up at once, as a server that is stopping does.
-            while let Ok((stream, _)) = listener.accept().await {
-                drop(stream);
-            }
+            // Accept and never greet, as a server that is stopping does; count what arrives
+            // until the client hangs up.
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut bytes = Vec::new();
+            let _ = stream.read_to_end(&mut bytes).await;
+            let _ = received_tx.send(bytes.len());
         });
-        let client = PeerClient::new(addr, NetConfig::default());
+        // A short wait for the greeting, and a backoff far longer than the test takes.
+        let config = NetConfig {
+            connect_timeout_ms: 300,
+            min_backoff_ms: 60_000,
+            max_backoff_ms: 120_000,
+            ..NetConfig::default()
+        };
+        let client = PeerClient::new(addr, config);
         match client.call(&RpcRequest::Status, DEADLINE).await {
-            Err(NetError::NotTaken { .. } | NetError::Malformed(_) | NetError::Io(_)) => {}
+            Err(NetError::NotTaken { .. } | NetError::Io(_)) => {}
             other => panic!("{other:?}"),
         }
+        let received = tokio::time::timeout(DEADLINE, received)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(received, 0, "a request went to a peer that never greeted");
         match client.call(&RpcRequest::Status, DEADLINE).await {
             Err(NetError::BackingOff { retry_in_ms, .. }) => {
-                assert!(retry_in_ms <= NetConfig::default().max_backoff_ms)
+                assert!((1..=120_000).contains(&retry_in_ms), "{retry_in_ms}")
             }
             other => panic!("the next call dials again at once: {other:?}"),
         }
