@@ -4,6 +4,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use mirrorkv_coordinator::CoordError;
 use mirrorkv_storage::StorageError;
 
 /// Everything a request can fail with. The message is safe to show a client; internals go to
@@ -63,11 +64,23 @@ impl From<StorageError> for ApiError {
 
 impl From<mirrorkv_storage::InvalidCommand> for ApiError {
     fn from(invalid: mirrorkv_storage::InvalidCommand) -> Self {
-        match invalid {
-            mirrorkv_storage::InvalidCommand::TooLarge(message) => ApiError::TooLarge(message),
-            mirrorkv_storage::InvalidCommand::Invalid(message) => {
-                ApiError::InvalidArgument(message)
-            }
+        CoordError::from(invalid).into()
+    }
+}
+
+impl From<CoordError> for ApiError {
+    fn from(e: CoordError) -> Self {
+        match e {
+            CoordError::InvalidArgument(message) => ApiError::InvalidArgument(message),
+            CoordError::TooLarge(message) => ApiError::TooLarge(message),
+            CoordError::Unavailable(message) => ApiError::Unavailable(message),
+            CoordError::StaleRead(message) => ApiError::StaleRead(message),
+            CoordError::Timeout(message) => ApiError::Timeout(message),
+            CoordError::OutcomeUnknown(message) => ApiError::OutcomeUnknown(message),
+            CoordError::NoSuchMember(message) => ApiError::NoSuchMember(message),
+            CoordError::NotCaughtUp(message) => ApiError::NotCaughtUp(message),
+            CoordError::Removed(message) => ApiError::Removed(message),
+            CoordError::Storage(e) => e.into(),
         }
     }
 }

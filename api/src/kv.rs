@@ -14,11 +14,10 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::error::ApiError;
-use crate::level::ReadLevel;
-use crate::read::{self, ReadRequest};
-use crate::state::NodeState;
+use crate::state::ApiState;
 use crate::values;
-use crate::write;
+use mirrorkv_coordinator::ReadLevel;
+use mirrorkv_coordinator::ReadRequest;
 
 /// The level reported on write responses: writes always go through the log.
 pub const WRITE_LEVEL: &str = "strong";
@@ -70,7 +69,7 @@ pub fn read_request(params: &HashMap<String, String>) -> Result<ReadRequest, Api
 }
 
 /// Check a key from a path or a body against the limits.
-pub fn check_key(state: &NodeState, key: &str) -> Result<(), ApiError> {
+pub fn check_key(state: &ApiState, key: &str) -> Result<(), ApiError> {
     if key.is_empty() {
         return Err(ApiError::InvalidArgument(
             "the key must not be empty".into(),
@@ -87,7 +86,7 @@ pub fn check_key(state: &NodeState, key: &str) -> Result<(), ApiError> {
 }
 
 fn path_key(
-    state: &NodeState,
+    state: &ApiState,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<String, ApiError> {
     let Path(key) = path.map_err(|e| ApiError::InvalidArgument(format!("bad key in path: {e}")))?;
@@ -103,16 +102,16 @@ fn header_value(value: impl ToString) -> HeaderValue {
 /// Add the `X-Mirrorkv-*` headers every KV response carries. Numbers go straight into header
 /// values and the level is a static string: this runs on every KV request.
 pub fn add_kv_headers(
-    state: &NodeState,
+    state: &ApiState,
     response: &mut Response,
     level: &'static str,
     index: Option<u64>,
 ) {
     let index = match index {
         Some(index) => index,
-        None => state.reader.applied_index().unwrap_or(0),
+        None => state.node.reader.applied_index().unwrap_or(0),
     };
-    let leader = state.leader();
+    let leader = state.node.leader();
     let headers = response.headers_mut();
     headers.insert(
         HeaderName::from_static("x-mirrorkv-index"),
@@ -124,7 +123,7 @@ pub fn add_kv_headers(
     );
     headers.insert(
         HeaderName::from_static("x-mirrorkv-node"),
-        HeaderValue::from(state.id),
+        HeaderValue::from(state.node.id),
     );
     if let Some(leader) = leader {
         headers.insert(
@@ -132,7 +131,7 @@ pub fn add_kv_headers(
             HeaderValue::from(leader),
         );
     }
-    if let Some(ms) = state.last_contact_ms_under(leader) {
+    if let Some(ms) = state.node.last_contact_ms_under(leader) {
         headers.insert(
             HeaderName::from_static("x-mirrorkv-last-contact-ms"),
             HeaderValue::from(ms),
@@ -142,7 +141,7 @@ pub fn add_kv_headers(
 
 /// Turn a handler result into a response carrying the KV headers.
 pub fn finish(
-    state: &NodeState,
+    state: &ApiState,
     level: &'static str,
     result: Result<(Option<u64>, Response), ApiError>,
 ) -> Response {
@@ -155,7 +154,7 @@ pub fn finish(
 }
 
 pub async fn get_key(
-    State(state): State<Arc<NodeState>>,
+    State(state): State<Arc<ApiState>>,
     path: Result<Path<String>, PathRejection>,
     query: Params,
 ) -> Response {
@@ -165,8 +164,8 @@ pub async fn get_key(
         let key = path_key(&state, path)?;
         let request = parsed?;
         let deadline = Instant::now() + state.config.request_timeout();
-        read::prepare(&state, request, deadline).await?;
-        let read = state.reader.get(&key)?;
+        state.node.read_barrier(request, deadline).await?;
+        let read = state.node.reader.get(&key)?;
         let Some(record) = read.value else {
             let mut response = ApiError::NotFound.into_response();
             add_kv_headers(&state, &mut response, level.as_str(), Some(read.index));
@@ -230,16 +229,17 @@ fn precondition(headers: &HeaderMap, allow_absent: bool) -> Result<Precondition,
 
 /// `?redirect=true` on a non-leader: answer 307 to the leader's API address.
 fn redirect(
-    state: &NodeState,
+    state: &ApiState,
     params: &HashMap<String, String>,
     uri: &OriginalUri,
 ) -> Result<Option<Response>, ApiError> {
-    if !parse_bool(params, "redirect")? || state.is_leader() {
+    if !parse_bool(params, "redirect")? || state.node.is_leader() {
         return Ok(None);
     }
     let leader = state
+        .node
         .leader()
-        .and_then(|id| state.member(id))
+        .and_then(|id| state.node.member(id))
         .ok_or_else(|| ApiError::Unavailable("no leader is known to redirect to".into()))?;
     let location = format!("http://{}{}", leader.api_addr, uri.0);
     let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
@@ -252,7 +252,7 @@ fn redirect(
 
 /// Wrap `command` with the request's `Idempotency-Key`, if it has one.
 pub fn with_idempotency(
-    state: &NodeState,
+    state: &ApiState,
     headers: &HeaderMap,
     command: Command,
 ) -> Result<Command, ApiError> {
@@ -276,17 +276,17 @@ pub fn with_idempotency(
     Ok(Command::Idempotent {
         key: key.to_string(),
         issued_at_ms,
-        window_ms: state.config.idempotency_window_s.saturating_mul(1000),
+        window_ms: state.node.config.idempotency_window_s.saturating_mul(1000),
         command: Box::new(command),
     })
 }
 
 async fn run_write(
-    state: &NodeState,
+    state: &ApiState,
     command: Command,
 ) -> Result<(Option<u64>, Response), ApiError> {
     let deadline = Instant::now() + state.config.request_timeout();
-    let response = write::write(state, command, deadline).await?;
+    let response = state.node.write(command, deadline).await?;
     let body = match response.result {
         CommandResult::Put { prev_mod_index } => Json(WriteAnswer::Put {
             index: response.index,
@@ -328,7 +328,7 @@ enum WriteAnswer {
 }
 
 pub async fn put_key(
-    State(state): State<Arc<NodeState>>,
+    State(state): State<Arc<ApiState>>,
     uri: OriginalUri,
     path: Result<Path<String>, PathRejection>,
     query: Params,
@@ -366,7 +366,7 @@ pub async fn put_key(
 }
 
 pub async fn delete_key(
-    State(state): State<Arc<NodeState>>,
+    State(state): State<Arc<ApiState>>,
     uri: OriginalUri,
     path: Result<Path<String>, PathRejection>,
     query: Params,
@@ -387,7 +387,7 @@ pub async fn delete_key(
 }
 
 /// `/v1/kv/` with nothing after it: the key is empty.
-pub async fn empty_key(State(state): State<Arc<NodeState>>) -> Response {
+pub async fn empty_key(State(state): State<Arc<ApiState>>) -> Response {
     finish(
         &state,
         WRITE_LEVEL,
@@ -398,7 +398,7 @@ pub async fn empty_key(State(state): State<Arc<NodeState>>) -> Response {
 }
 
 /// Map a body that could not be read: over the limit is 413, anything else 400.
-pub fn body_error(state: &NodeState, rejection: BytesRejection) -> ApiError {
+pub fn body_error(state: &ApiState, rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::TooLarge(format!(
             "request body exceeds max_body_bytes={}",
@@ -422,7 +422,7 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// `GET /v1/kv?prefix=P` or `?start=A&end=B`, with `limit`, `keys_only`, and the read levels.
-pub async fn range(State(state): State<Arc<NodeState>>, query: Params) -> Response {
+pub async fn range(State(state): State<Arc<ApiState>>, query: Params) -> Response {
     let params = params(query);
     let parsed = params
         .as_ref()
@@ -468,7 +468,7 @@ pub async fn range(State(state): State<Arc<NodeState>>, query: Params) -> Respon
         };
         let keys_only = parse_bool(&params, "keys_only")?;
         let deadline = Instant::now() + state.config.request_timeout();
-        read::prepare(&state, request, deadline).await?;
+        state.node.read_barrier(request, deadline).await?;
         // The whole page comes from one point-in-time view of the state machine.
         let range = RangeRequest {
             start,
@@ -477,7 +477,7 @@ pub async fn range(State(state): State<Arc<NodeState>>, query: Params) -> Respon
             max_bytes: state.config.max_range_page_bytes,
             keys_only,
         };
-        let reader = state.reader.clone();
+        let reader = state.node.reader.clone();
         // A page may take milliseconds to read: not on a runtime worker.
         let read = tokio::task::spawn_blocking(move || reader.range(&range))
             .await

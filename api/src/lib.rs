@@ -1,19 +1,16 @@
-//! The HTTP API of mirrorkv (axum), as `shared/API.md` specifies it.
+//! The HTTP API of mirrorkv (axum), as `shared/API.md` specifies it: routes, extractors,
+//! headers, limits and the one mapping of errors to HTTP. What a request *does* (writes through
+//! the leader, read levels, membership) is `mirrorkv-coordinator`'s.
 //!
 //! Modules, one job each:
-//! - [`state`]: `NodeState` (Raft handle, reader, peer pool) and `ApiConfig` (limits).
-//! - [`level`]: `ReadLevel`, parsed from `?consistency=`.
-//! - [`read`]: bringing the local mirror to the point a read level demands.
-//! - [`read_index`]: batched leadership confirmations and the leader's read lease.
-//! - [`write`]: applying a command through the leader, from any node.
-//! - [`peer`]: what this node answers other nodes over raft-net (forwarded writes, read indexes).
+//! - [`state`]: `ApiState` (the node's `Coordinator`, the limits, the metrics) and `ApiConfig`.
 //! - [`kv`]: single-key and range routes, idempotency keys, the `X-Mirrorkv-*` headers.
 //! - [`txn`]: `POST /v1/txn`.
 //! - [`values`]: values in JSON (`value` / `value_base64`).
 //! - [`cluster`]: `/v1/cluster` (with every member's own progress), `/health`, `/ready`.
-//! - [`membership`]: adding mirrors, promoting, removing members, forwarded to the leader.
-//! - [`ops`]: `POST /v1/snapshot` and the streamed `GET /v1/backup`.
-//! - [`metrics`]: `GET /metrics` (Prometheus text) and `RequestTimer`, which counts requests.
+//! - [`membership`]: the routes that add mirrors, promote and remove members.
+//! - [`ops`]: `POST /v1/snapshot`, the streamed `GET /v1/backup`, `GET /metrics`.
+//! - [`metrics`]: the node's metrics (Prometheus text) and `RequestTimer`, which counts requests.
 //! - [`limits`]: bounded connections and requests in flight (429 past the limit).
 //! - `front_door` (here): the one middleware, counting every request and shedding load.
 //! - [`error`]: `ApiError`, and the one mapping of errors to HTTP.
@@ -23,18 +20,13 @@
 pub mod cluster;
 pub mod error;
 pub mod kv;
-pub mod level;
 pub mod limits;
 pub mod membership;
 pub mod metrics;
 pub mod ops;
-pub mod peer;
-pub mod read;
-pub mod read_index;
 pub mod state;
 pub mod txn;
 pub mod values;
-pub mod write;
 
 use std::sync::Arc;
 
@@ -43,10 +35,10 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 
 pub use error::ApiError;
-pub use state::{ApiConfig, NodeState};
+pub use state::{ApiConfig, ApiState};
 
 /// The router of the whole API.
-pub fn router(state: Arc<NodeState>) -> Router {
+pub fn router(state: Arc<ApiState>) -> Router {
     let max_body_bytes = state.config.max_body_bytes;
     let in_flight = limits::InFlight::new(state.config.max_in_flight_requests);
     Router::new()
@@ -72,7 +64,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         )
         .route("/v1/snapshot", post(ops::snapshot))
         .route("/v1/backup", get(ops::backup))
-        .route("/metrics", get(metrics::metrics))
+        .route("/metrics", get(ops::metrics))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -88,7 +80,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
 
 #[derive(Clone)]
 struct FrontDoor {
-    state: Arc<NodeState>,
+    state: Arc<ApiState>,
     in_flight: limits::InFlight,
 }
 
@@ -105,7 +97,11 @@ async fn front_door(
     // A removed node answers every KV and cluster route (`/v1/...`) with 410 at once; /health,
     // /ready (503) and /metrics still serve.
     let removed = if request.uri().path().starts_with("/v1/") {
-        door.state.refuse_if_removed().err()
+        door.state
+            .node
+            .refuse_if_removed()
+            .err()
+            .map(ApiError::from)
     } else {
         None
     };
@@ -162,7 +158,7 @@ async fn read_body(
 /// body, write).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: Arc<NodeState>,
+    state: Arc<ApiState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use tower::ServiceExt;

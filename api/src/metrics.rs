@@ -1,28 +1,36 @@
-//! `GET /metrics` in the Prometheus text format, and `RequestTimer`, which counts requests.
+//! The node's metrics in the Prometheus text format (`Metrics::render`, served by
+//! `ops::metrics`), and `RequestTimer`, which counts requests.
 //!
 //! Request metrics are updated as requests finish; Raft and storage gauges are read from
 //! openraft's metrics and RocksDB when scraped, so they are never stale.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{MatchedPath, Request};
+use axum::http::{Method, StatusCode};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
 use crate::error::ApiError;
-use crate::level::ReadLevel;
-use crate::state::NodeState;
+use mirrorkv_coordinator::Coordinator;
+use mirrorkv_coordinator::ReadLevel;
 
 /// Every metric of a node.
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     request_seconds: HistogramVec,
+    /// API connections this node closed on a deadline, by `reason`: `idle`, `header`,
+    /// `write_stall` (the limits module).
+    pub connections_closed: IntCounterVec,
+    raft: RaftGauges,
+    storage: StorageGauges,
+}
+
+/// Gauges read from openraft's metrics when scraped.
+struct RaftGauges {
     term: IntGauge,
     leader_id: IntGauge,
     is_leader: IntGauge,
@@ -33,19 +41,20 @@ pub struct Metrics {
     purged_index: IntGauge,
     members: IntGaugeVec,
     replication_lag: IntGaugeVec,
+    log_entries: IntGauge,
+}
+
+/// Gauges and counters read from the store when scraped.
+struct StorageGauges {
     snapshots_built: IntCounter,
     snapshots_installed: IntCounter,
     snapshot_bytes: IntGauge,
     key_index_keys: IntGauge,
     key_index_bytes: IntGauge,
     storage_memory: IntGaugeVec,
-    log_entries: IntGauge,
     log_bytes: IntGauge,
     state_bytes: IntGauge,
     db_dir_bytes: IntGauge,
-    /// API connections this node closed on a deadline, by `reason`: `idle`, `header`,
-    /// `write_stall` (the limits module).
-    pub connections_closed: IntCounterVec,
 }
 
 /// Register `metric` (built from constant, valid names) and return a handle to it.
@@ -101,6 +110,28 @@ impl Default for Metrics {
         );
         let r = &registry;
         Self {
+            raft: RaftGauges::new(r),
+            storage: StorageGauges::new(r),
+            connections_closed: registered(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "mirrorkv_api_connections_closed_total",
+                        "API connections closed by this node, by reason: a deadline (idle, header, write_stall) or a new connection needing the slot of the longest-unused one (evicted).",
+                    ),
+                    &["reason"],
+                ),
+            ),
+            registry,
+            requests,
+            request_seconds,
+        }
+    }
+}
+
+impl RaftGauges {
+    fn new(r: &Registry) -> Self {
+        Self {
             term: gauge(r, "mirrorkv_raft_term", "Current Raft term."),
             leader_id: gauge(
                 r,
@@ -137,16 +168,18 @@ impl Default for Metrics {
                 "On the leader: log entries each follower is behind the leader's last log index.",
                 &["follower"],
             ),
-            connections_closed: registered(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "mirrorkv_api_connections_closed_total",
-                        "API connections closed by this node, by reason: a deadline (idle, header, write_stall) or a new connection needing the slot of the longest-unused one (evicted).",
-                    ),
-                    &["reason"],
-                ),
+            log_entries: gauge(
+                r,
+                "mirrorkv_log_entries",
+                "Log entries stored (not yet purged).",
             ),
+        }
+    }
+}
+
+impl StorageGauges {
+    fn new(r: &Registry) -> Self {
+        Self {
             snapshots_built: counter(
                 r,
                 "mirrorkv_snapshots_built_total",
@@ -178,11 +211,6 @@ impl Default for Metrics {
                 "RocksDB's memory by its own accounting: block_cache (the memory budget in use, memtables included), block_cache_pinned, memtables, table_readers (outside the cache).",
                 &["kind"],
             ),
-            log_entries: gauge(
-                r,
-                "mirrorkv_log_entries",
-                "Log entries stored (not yet purged).",
-            ),
             log_bytes: gauge(
                 r,
                 "mirrorkv_log_size_bytes",
@@ -198,9 +226,6 @@ impl Default for Metrics {
                 "mirrorkv_db_size_bytes",
                 "Size of the RocksDB directory on disk, WAL included.",
             ),
-            registry,
-            requests,
-            request_seconds,
         }
     }
 }
@@ -267,19 +292,32 @@ impl RequestTimer {
     }
 }
 
-/// `GET /metrics`.
-pub async fn metrics(State(state): State<Arc<NodeState>>) -> Result<Response, ApiError> {
-    let m = &state.metrics;
-    {
-        let raft_metrics = state.raft.metrics();
+impl Metrics {
+    /// Every metric in the Prometheus text format, the gauges read from `node` now; the
+    /// answer's content type and body.
+    pub fn render(&self, node: &Coordinator) -> Result<(String, Vec<u8>), ApiError> {
+        self.refresh_raft(node);
+        self.refresh_storage(node)?;
+        let encoder = TextEncoder::new();
+        let mut body = Vec::new();
+        encoder
+            .encode(&self.registry.gather(), &mut body)
+            .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
+        Ok((encoder.format_type().to_string(), body))
+    }
+
+    /// The Raft gauges, from openraft's metrics.
+    fn refresh_raft(&self, node: &Coordinator) {
+        let m = &self.raft;
+        let raft_metrics = node.raft.metrics();
         let raft_metrics = raft_metrics.borrow();
         let index = |id: Option<mirrorkv_storage::LogId>| id.map_or(0, |id| id.index) as i64;
         m.term.set(raft_metrics.current_term as i64);
         m.leader_id
             .set(raft_metrics.current_leader.unwrap_or(0) as i64);
         m.is_leader
-            .set(i64::from(raft_metrics.current_leader == Some(state.id)));
-        m.commit_index.set(state.committed_index() as i64);
+            .set(i64::from(raft_metrics.current_leader == Some(node.id)));
+        m.commit_index.set(node.committed_index() as i64);
         m.applied_index.set(index(raft_metrics.last_applied));
         let last_log_index = raft_metrics.last_log_index.unwrap_or(0);
         m.last_log_index.set(last_log_index as i64);
@@ -301,7 +339,7 @@ pub async fn metrics(State(state): State<Arc<NodeState>>) -> Result<Response, Ap
         m.replication_lag.reset();
         if let Some(replication) = &raft_metrics.replication {
             for (follower, matched) in replication {
-                if *follower == state.id {
+                if *follower == node.id {
                     continue;
                 }
                 let matched = matched.map_or(0, |id| id.index);
@@ -311,46 +349,40 @@ pub async fn metrics(State(state): State<Arc<NodeState>>) -> Result<Response, Ap
             }
         }
     }
-    let counters = state.reader.counters();
-    let built = counters.snapshots_built.load(Ordering::Relaxed);
-    m.snapshots_built
-        .inc_by(built.saturating_sub(m.snapshots_built.get()));
-    let installed = counters.snapshots_installed.load(Ordering::Relaxed);
-    m.snapshots_installed
-        .inc_by(installed.saturating_sub(m.snapshots_installed.get()));
-    m.snapshot_bytes
-        .set(state.reader.snapshot_size_bytes()? as i64);
-    m.key_index_keys
-        .set(counters.key_index_keys.load(Ordering::Relaxed) as i64);
-    m.key_index_bytes
-        .set(counters.key_index_bytes.load(Ordering::Relaxed) as i64);
-    let memory = state.reader.memory_usage()?;
-    for (kind, bytes) in [
-        ("block_cache", memory.block_cache_bytes),
-        ("block_cache_pinned", memory.block_cache_pinned_bytes),
-        ("memtables", memory.memtable_bytes),
-        ("table_readers", memory.table_readers_bytes),
-    ] {
-        m.storage_memory
-            .with_label_values(&[kind])
-            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-    }
-    let usage = state.reader.disk_usage()?;
-    m.log_bytes.set(usage.log_bytes as i64);
-    m.state_bytes.set(usage.state_bytes as i64);
-    m.db_dir_bytes.set(usage.db_dir_bytes as i64);
 
-    let encoder = TextEncoder::new();
-    let mut body = Vec::new();
-    encoder
-        .encode(&m.registry.gather(), &mut body)
-        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, encoder.format_type().to_string())],
-        body,
-    )
-        .into_response())
+    /// The storage gauges and counters, from the store.
+    fn refresh_storage(&self, node: &Coordinator) -> Result<(), ApiError> {
+        let m = &self.storage;
+        let counters = node.reader.counters();
+        let built = counters.snapshots_built.load(Ordering::Relaxed);
+        m.snapshots_built
+            .inc_by(built.saturating_sub(m.snapshots_built.get()));
+        let installed = counters.snapshots_installed.load(Ordering::Relaxed);
+        m.snapshots_installed
+            .inc_by(installed.saturating_sub(m.snapshots_installed.get()));
+        m.snapshot_bytes
+            .set(node.reader.snapshot_size_bytes()? as i64);
+        m.key_index_keys
+            .set(counters.key_index_keys.load(Ordering::Relaxed) as i64);
+        m.key_index_bytes
+            .set(counters.key_index_bytes.load(Ordering::Relaxed) as i64);
+        let memory = node.reader.memory_usage()?;
+        for (kind, bytes) in [
+            ("block_cache", memory.block_cache_bytes),
+            ("block_cache_pinned", memory.block_cache_pinned_bytes),
+            ("memtables", memory.memtable_bytes),
+            ("table_readers", memory.table_readers_bytes),
+        ] {
+            m.storage_memory
+                .with_label_values(&[kind])
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        let usage = node.reader.disk_usage()?;
+        m.log_bytes.set(usage.log_bytes as i64);
+        m.state_bytes.set(usage.state_bytes as i64);
+        m.db_dir_bytes.set(usage.db_dir_bytes as i64);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

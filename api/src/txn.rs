@@ -15,9 +15,8 @@ use tokio::time::Instant;
 
 use crate::error::ApiError;
 use crate::kv::{self, check_key};
-use crate::state::NodeState;
+use crate::state::ApiState;
 use crate::values;
-use crate::write;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,7 +62,7 @@ struct KeyBody {
 }
 
 fn parse_compare(
-    state: &NodeState,
+    state: &ApiState,
     position: usize,
     body: CompareBody,
 ) -> Result<Compare, ApiError> {
@@ -88,7 +87,7 @@ fn parse_compare(
     })
 }
 
-fn parse_op(state: &NodeState, what: String, body: OpBody) -> Result<TxnOp, ApiError> {
+fn parse_op(state: &ApiState, what: String, body: OpBody) -> Result<TxnOp, ApiError> {
     let op = match (body.put, body.delete, body.get) {
         (Some(put), None, None) => {
             let value = values::decode_value(put.value, put.value_base64, &what)?;
@@ -118,7 +117,7 @@ fn parse_op(state: &NodeState, what: String, body: OpBody) -> Result<TxnOp, ApiE
 }
 
 /// Parse and validate a transaction body. Pure apart from the limits in `state`.
-fn parse_txn(state: &NodeState, body: &[u8]) -> Result<Txn, ApiError> {
+fn parse_txn(state: &ApiState, body: &[u8]) -> Result<Txn, ApiError> {
     let body: TxnBody = serde_json::from_slice(body)
         .map_err(|e| ApiError::InvalidArgument(format!("malformed transaction JSON: {e}")))?;
     let ops = body.compare.len() + body.success.len() + body.failure.len();
@@ -166,7 +165,7 @@ fn result_json(result: &TxnOpResult) -> Value {
 }
 
 pub async fn txn(
-    State(state): State<Arc<NodeState>>,
+    State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -175,7 +174,7 @@ pub async fn txn(
         let txn = parse_txn(&state, &body)?;
         let command = kv::with_idempotency(&state, &headers, Command::Txn(txn))?;
         let deadline = Instant::now() + state.config.request_timeout();
-        let response = write::write(&state, command, deadline).await?;
+        let response = state.node.write(command, deadline).await?;
         if let CommandResult::Refused(refusal) = &response.result {
             return Err(ApiError::from(refusal));
         }

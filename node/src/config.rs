@@ -165,6 +165,9 @@ pub struct NodeConfig {
     pub peer_overrides: HashMap<NodeId, String>,
     pub log_format: LogFormat,
     pub api: mirrorkv_api::ApiConfig,
+    /// The node's coordination: command limits (the API's), deadlines, the idempotency window,
+    /// promotion lag, queues and the read lease (from the election timeout).
+    pub coordinator: mirrorkv_coordinator::CoordinatorConfig,
     pub net: mirrorkv_raft_net::NetConfig,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
@@ -191,11 +194,12 @@ impl Flags {
     /// derived from another (`lease_margin_ms`).
     pub fn defaults() -> Flags {
         let api = mirrorkv_api::ApiConfig::default();
+        let coordinator = mirrorkv_coordinator::CoordinatorConfig::default();
         let net = mirrorkv_raft_net::NetConfig::default();
         let store = mirrorkv_storage::StoreOptions::default();
         Flags {
             join_timeout_ms: Some(60_000),
-            promote_max_lag_entries: Some(api.promote_max_lag_entries),
+            promote_max_lag_entries: Some(coordinator.promote_max_lag_entries),
             log_format: Some("text".into()),
             max_key_bytes: Some(api.max_key_bytes),
             max_value_bytes: Some(api.max_value_bytes),
@@ -211,7 +215,7 @@ impl Flags {
             heartbeat_interval_ms: Some(100),
             election_timeout_min_ms: Some(500),
             election_timeout_max_ms: Some(1000),
-            idempotency_window_s: Some(api.idempotency_window_s),
+            idempotency_window_s: Some(coordinator.idempotency_window_s),
             // As etcd's --snapshot-count. A snapshot costs in proportion to the state (at 1M
             // keys, one every 10 000 entries took about 15% of put throughput, BENCHMARKS.md).
             snapshot_threshold_entries: Some(100_000),
@@ -334,8 +338,6 @@ impl Flags {
             header_read_timeout_ms: defaulted(self.header_read_timeout_ms)?,
             body_read_timeout_ms: defaulted(self.body_read_timeout_ms)?,
             write_timeout_ms: defaulted(self.write_timeout_ms)?,
-            idempotency_window_s: defaulted(self.idempotency_window_s)?,
-            promote_max_lag_entries: defaulted(self.promote_max_lag_entries)?,
             ..mirrorkv_api::ApiConfig::default()
         };
         if api.max_connections == 0 || api.max_in_flight_requests == 0 {
@@ -390,7 +392,7 @@ impl Flags {
         // The largest log entry: a batch of writes up to MAX_BYTES_PER_ENTRY, or one command as
         // large as a request body goes alone. An AppendEntries carries up to
         // MAX_PAYLOAD_ENTRIES of them and a forwarded frame one batch: both must fit a frame.
-        let largest_entry_bytes = (mirrorkv_api::write::MAX_BYTES_PER_ENTRY as u64)
+        let largest_entry_bytes = (mirrorkv_coordinator::batch::MAX_BYTES_PER_ENTRY as u64)
             .max((api.max_body_bytes + api.max_key_bytes) as u64 + ENTRY_OVERHEAD_BYTES);
         if MAX_PAYLOAD_ENTRIES * largest_entry_bytes + ENTRY_OVERHEAD_BYTES
             > u64::from(net.max_frame_bytes)
@@ -458,6 +460,17 @@ impl Flags {
         if lease_margin_ms >= election_timeout_max_ms {
             bail!("lease_margin_ms must be below election_timeout_max_ms");
         }
+        let coordinator = mirrorkv_coordinator::CoordinatorConfig {
+            limits: api.command_limits(),
+            request_timeout_ms: api.request_timeout_ms,
+            idempotency_window_s: defaulted(flags.idempotency_window_s)?,
+            promote_max_lag_entries: defaulted(flags.promote_max_lag_entries)?,
+            max_queued_writes: api.max_in_flight_requests,
+            lease: mirrorkv_coordinator::LeaseConfig {
+                leader_lease_ms: election_timeout_max_ms,
+                lease_margin_ms,
+            },
+        };
         let snapshot_chunk_bytes = defaulted(flags.snapshot_chunk_bytes)?;
         if snapshot_chunk_bytes + 64 * 1024 > u64::from(net.max_frame_bytes) {
             bail!("snapshot_chunk_bytes must be at least 64 KiB below max_frame_bytes");
@@ -485,6 +498,7 @@ impl Flags {
             peer_overrides,
             log_format,
             api,
+            coordinator,
             net,
             heartbeat_interval_ms,
             election_timeout_min_ms,
@@ -693,10 +707,10 @@ mod tests {
         // What help shows is what a node gets when nothing else sets it.
         let config = Flags::default().or(file_with("")).resolve().unwrap();
         let d = Flags::defaults();
-        let (api, net) = (&config.api, &config.net);
+        let (api, coordinator, net) = (&config.api, &config.coordinator, &config.net);
         let resolved = Flags {
             join_timeout_ms: Some(config.join_timeout_ms),
-            promote_max_lag_entries: Some(api.promote_max_lag_entries),
+            promote_max_lag_entries: Some(coordinator.promote_max_lag_entries),
             log_format: Some(match config.log_format {
                 LogFormat::Text => "text".into(),
                 LogFormat::Json => "json".into(),
@@ -715,7 +729,7 @@ mod tests {
             heartbeat_interval_ms: Some(config.heartbeat_interval_ms),
             election_timeout_min_ms: Some(config.election_timeout_min_ms),
             election_timeout_max_ms: Some(config.election_timeout_max_ms),
-            idempotency_window_s: Some(api.idempotency_window_s),
+            idempotency_window_s: Some(coordinator.idempotency_window_s),
             snapshot_threshold_entries: Some(config.snapshot_threshold_entries),
             snapshot_chunk_bytes: Some(config.snapshot_chunk_bytes),
             max_frame_bytes: Some(net.max_frame_bytes),

@@ -23,9 +23,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use mirrorkv_api::peer::PeerService;
-use mirrorkv_api::read_index::{Lease, LeaseConfig, ReadIndexBatcher};
-use mirrorkv_api::NodeState;
+use mirrorkv_api::ApiState;
+use mirrorkv_coordinator::peer::PeerService;
+use mirrorkv_coordinator::{Coordinator, Parts};
 use mirrorkv_raft_net::{LeaderContact, NetworkFactory, PeerPool};
 use mirrorkv_storage::{NodeInfo, Raft};
 use openraft::error::{InitializeError, RaftError};
@@ -66,7 +66,7 @@ fn raft_config(config: &NodeConfig, cluster_id: &str) -> anyhow::Result<openraft
         // log instead of by a whole snapshot.
         max_in_snapshot_log_to_keep: (config.snapshot_threshold_entries / 10).min(1000),
         // Bounded so that an AppendEntries stays under max_frame_bytes: the write batcher keeps
-        // an entry under about 3 MiB (api/src/write.rs, MAX_BYTES_PER_ENTRY), and the
+        // an entry under about 3 MiB (coordinator/src/batch.rs, MAX_BYTES_PER_ENTRY), and the
         // configuration checks the frame holds this many of the largest (config.rs).
         max_payload_entries: config::MAX_PAYLOAD_ENTRIES,
         ..Default::default()
@@ -122,34 +122,24 @@ pub async fn run(
     if !restarted {
         initialize_if_fresh(&raft, &config).await?;
     }
-    let state = Arc::new(NodeState {
-        id: config.id,
-        cluster_id,
-        raft: raft.clone(),
-        reader,
-        pool,
-        contact: contact.clone(),
-        committed_index,
-        config: config.api.clone(),
-        read_index: ReadIndexBatcher::default(),
-        lease: Lease::new(LeaseConfig {
-            leader_lease_ms: config.election_timeout_max_ms,
-            lease_margin_ms: config.lease_margin_ms,
-        }),
-        metrics: Default::default(),
-        write_gate: Default::default(),
-        write_batcher: mirrorkv_api::write::WriteBatcher::new(config.api.max_in_flight_requests),
-        forwarder: mirrorkv_api::write::Forwarder::new(config.api.max_in_flight_requests),
-        removed: watch::channel(None).0,
-    });
-    spawn_background_tasks(&state, &stop_rx);
-    let votes_from = hold_votes_after_restart(&state, restarted, &config, &stop_rx);
+    let node = Coordinator::new(
+        Parts {
+            id: config.id,
+            cluster_id,
+            raft: raft.clone(),
+            reader,
+            pool,
+            contact: contact.clone(),
+            committed_index,
+        },
+        config.coordinator.clone(),
+    );
+    spawn_background_tasks(&node, &stop_rx);
+    let votes_from = hold_votes_after_restart(&node, restarted, &config, &stop_rx);
     let net_server = tokio::spawn(mirrorkv_raft_net::server::serve(
         listeners.raft,
         raft.clone(),
-        Arc::new(PeerService {
-            state: state.clone(),
-        }),
+        Arc::new(PeerService { node: node.clone() }),
         contact,
         config.net.clone(),
         votes_from,
@@ -158,36 +148,35 @@ pub async fn run(
     tracing::info!(node = config.id, %api_addr, %raft_addr, "mirrorkv node serving");
     let api_server = tokio::spawn(mirrorkv_api::serve(
         listeners.api,
-        state.clone(),
+        ApiState::new(node.clone(), config.api.clone()),
         stopped(stop_rx),
     ));
 
     shutdown.await;
-    stop_node(&state, stop_tx, api_server, net_server).await
+    stop_node(&node, stop_tx, api_server, net_server).await
 }
 
 /// Stop serving, in the order that leaves no client with an unknown outcome it could have been
 /// spared, then shut Raft down.
 async fn stop_node(
-    state: &NodeState,
+    node: &Coordinator,
     stop_tx: watch::Sender<bool>,
     api_server: tokio::task::JoinHandle<std::io::Result<()>>,
     net_server: tokio::task::JoinHandle<()>,
 ) -> anyhow::Result<()> {
-    let id = state.id;
+    let id = node.id;
     tracing::info!(node = id, "shutting down");
     // A leader first stops admitting writes and lets the admitted ones be answered, so no
     // client is left with an unknown outcome; other nodes' forwarded writes are refused before
     // they are appended and retried on the next leader.
-    let unanswered = state.write_gate.close(state.config.request_timeout()).await;
+    let unanswered = node.close_writes(node.config.request_timeout()).await;
     if unanswered > 0 {
         tracing::warn!(node = id, unanswered, "stopping with writes unanswered");
     }
     let _ = stop_tx.send(true);
     let api_result = api_server.await;
     let _ = net_server.await;
-    state
-        .raft
+    node.raft
         .shutdown()
         .await
         .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
@@ -239,23 +228,13 @@ async fn cluster_id_of(
     })
 }
 
-/// The node's tasks that run until it stops: removal watch, write batcher, forwarder, event log.
-fn spawn_background_tasks(state: &Arc<NodeState>, stop: &watch::Receiver<bool>) {
-    tokio::spawn(mirrorkv_api::membership::watch_removal(
-        state.clone(),
-        stopped(stop.clone()),
-    ));
-    tokio::spawn(mirrorkv_api::write::WriteBatcher::run(
-        state.clone(),
-        stopped(stop.clone()),
-    ));
-    tokio::spawn(mirrorkv_api::write::Forwarder::run(
-        state.clone(),
-        stopped(stop.clone()),
-    ));
+/// The node's tasks that run until it stops: its coordination's (write batcher, forwarder,
+/// removal watch) and the event log.
+fn spawn_background_tasks(node: &Arc<Coordinator>, stop: &watch::Receiver<bool>) {
+    node.spawn_tasks(|| stopped(stop.clone()));
     tokio::spawn(events::log_raft_events(
-        state.id,
-        state.raft.clone(),
+        node.id,
+        node.raft.clone(),
         stopped(stop.clone()),
     ));
 }
@@ -266,7 +245,7 @@ fn spawn_background_tasks(state: &Arc<NodeState>, stop: &watch::Receiver<bool>) 
 /// hold (node/DESIGN.md). Everything else it serves at once: the leader's appends and
 /// snapshots, forwarded requests. Returns when it grants votes again.
 fn hold_votes_after_restart(
-    state: &Arc<NodeState>,
+    node: &Arc<Coordinator>,
     restarted: bool,
     config: &NodeConfig,
     stop: &watch::Receiver<bool>,
@@ -278,16 +257,16 @@ fn hold_votes_after_restart(
     };
     let votes_from = std::time::Instant::now() + std::time::Duration::from_millis(hold_ms);
     if restarted {
-        state.raft.runtime_config().elect(false);
+        node.raft.runtime_config().elect(false);
         tokio::spawn({
-            let state = state.clone();
+            let node = node.clone();
             let stop = stopped(stop.clone());
             async move {
                 tokio::select! {
                     // A node that learned meanwhile that it was removed stays out of elections.
                     _ = tokio::time::sleep_until(votes_from.into()) => {
-                        if state.removed.borrow().is_none() {
-                            state.raft.runtime_config().elect(true);
+                        if !node.is_removed() {
+                            node.raft.runtime_config().elect(true);
                         }
                     }
                     _ = stop => {}

@@ -7,19 +7,10 @@ use mirrorkv_raft_net::ReadIndexKind;
 use mirrorkv_storage::Command;
 use tokio::time::Instant;
 
-use crate::error::ApiError;
-use crate::level::ReadLevel;
+use crate::error::CoordError;
+use crate::level::{ReadLevel, ReadRequest};
 use crate::read_index;
-use crate::state::NodeState;
-use crate::write;
-
-/// The parameters of a read that decide when it may be served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadRequest {
-    pub level: ReadLevel,
-    pub min_index: Option<u64>,
-    pub max_staleness_ms: Option<u64>,
-}
+use crate::Coordinator;
 
 /// What a read level must wait for before this node reads locally: the pure decision, taken
 /// from the level and what the node knows of the leader (`prepare` carries it out).
@@ -56,48 +47,60 @@ pub fn barrier_for(
     })
 }
 
+impl Coordinator {
+    /// Wait until this node may serve `request` by reading its own state, before `deadline`:
+    /// what each read level waits for is `read::barrier_for`.
+    pub async fn read_barrier(
+        self: &Arc<Self>,
+        request: ReadRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), CoordError> {
+        prepare(self, request, deadline).await
+    }
+}
+
 /// Wait until this node may serve `request` locally, before `deadline`.
-pub async fn prepare(
-    state: &Arc<NodeState>,
+async fn prepare(
+    node: &Arc<Coordinator>,
     request: ReadRequest,
     deadline: Instant,
-) -> Result<(), ApiError> {
+) -> Result<(), CoordError> {
     // Only `leader` depends on the node's view of the leader: the others do not read it.
     let (is_leader, knows_leader) = match request.level {
-        ReadLevel::Leader => (state.is_leader(), state.leader().is_some()),
+        ReadLevel::Leader => (node.is_leader(), node.leader().is_some()),
         _ => (false, false),
     };
     let barrier = barrier_for(request.level, is_leader, knows_leader).map_err(|needs| {
-        ApiError::Unavailable(format!("node {} knows no leader; {needs}", state.id))
+        CoordError::Unavailable(format!("node {} knows no leader; {needs}", node.id))
     })?;
     let wait_for = match barrier {
         // A barrier changes nothing, so a barrier whose outcome is unknown is just a read that
         // timed out: retrying it is safe (unlike a write's 504).
         Barrier::LogEntry => Some(
-            write::write(state, Command::Barrier, deadline)
+            node.write(Command::Barrier, deadline)
                 .await
                 .map_err(|e| match e {
-                    ApiError::OutcomeUnknown(message) => ApiError::Timeout(message),
+                    CoordError::OutcomeUnknown(message) => CoordError::Timeout(message),
                     other => other,
                 })?
                 .index,
         ),
-        Barrier::BatchedReadIndex => Some(state.read_index.read_index(state, deadline).await?),
+        Barrier::BatchedReadIndex => Some(node.confirmed_read_index(deadline).await?),
         Barrier::LeaseReadIndex => {
-            Some(read_index::one_round(state, ReadIndexKind::Lease, deadline).await?)
+            Some(read_index::one_round(node, ReadIndexKind::Lease, deadline).await?)
         }
         // The answer is what the leader had applied, or newer: this node serves the read once
         // it has applied as much.
         Barrier::LeaderApplied => {
-            Some(read_index::one_round(state, ReadIndexKind::LeaderApplied, deadline).await?)
+            Some(read_index::one_round(node, ReadIndexKind::LeaderApplied, deadline).await?)
         }
         Barrier::Nothing => None,
     };
     if let Some(max_staleness_ms) = request.max_staleness_ms {
-        check_staleness(state, max_staleness_ms).await?;
+        check_staleness(node, max_staleness_ms).await?;
     }
     if let Some(target) = wait_for.max(request.min_index) {
-        wait_applied(state, target, deadline).await?;
+        wait_applied(node, target, deadline).await?;
     }
     Ok(())
 }
@@ -148,13 +151,13 @@ pub fn staleness_refusal(max_staleness_ms: u64, freshness: Freshness) -> Option<
 }
 
 /// `max_staleness_ms` for this node now (`staleness_refusal`).
-async fn check_staleness(state: &Arc<NodeState>, max_staleness_ms: u64) -> Result<(), ApiError> {
-    let freshness = if state.is_leader() {
+async fn check_staleness(node: &Arc<Coordinator>, max_staleness_ms: u64) -> Result<(), CoordError> {
+    let freshness = if node.is_leader() {
         Freshness::Leader {
-            quorum_acked_within_bound: state.leader_quorum_acked_within(max_staleness_ms).await,
+            quorum_acked_within_bound: node.leader_quorum_acked_within(max_staleness_ms).await,
         }
     } else {
-        let last_contact = state.contact.last().map(|contact| {
+        let last_contact = node.contact.last().map(|contact| {
             (
                 contact.at.elapsed().as_millis() as u64,
                 contact.leader_commit_index,
@@ -162,32 +165,32 @@ async fn check_staleness(state: &Arc<NodeState>, max_staleness_ms: u64) -> Resul
         });
         Freshness::Follower {
             last_contact,
-            applied_index: state.reader.applied_index()?,
+            applied_index: node.reader.applied_index()?,
         }
     };
     match staleness_refusal(max_staleness_ms, freshness) {
         None => Ok(()),
-        Some(why) => Err(ApiError::StaleRead(why)),
+        Some(why) => Err(CoordError::StaleRead(why)),
     }
 }
 
 /// Wait until the local state machine has applied `index`.
-async fn wait_applied(state: &NodeState, index: u64, deadline: Instant) -> Result<(), ApiError> {
-    if state.reader.applied_index()? >= index {
+async fn wait_applied(node: &Coordinator, index: u64, deadline: Instant) -> Result<(), CoordError> {
+    if node.reader.applied_index()? >= index {
         return Ok(());
     }
     let remaining = deadline.saturating_duration_since(Instant::now());
     // A removed node never applies what the cluster commits after its removal: it answers 410
     // at once instead of waiting out the deadline.
-    let wait = state.raft.wait(Some(remaining));
+    let wait = node.raft.wait(Some(remaining));
     tokio::select! {
         applied = wait.applied_index_at_least(Some(index), "read") => applied.map(|_| ()).map_err(|_| {
-            ApiError::Timeout(format!(
+            CoordError::Timeout(format!(
                 "this node did not apply index {index} within {} ms",
                 remaining.as_millis()
             ))
         }),
-        removed = state.until_removed() => Err(removed),
+        removed = node.until_removed() => Err(removed),
     }
 }
 

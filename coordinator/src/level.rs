@@ -1,9 +1,10 @@
-//! `ReadLevel`: the consistency a read asks for, parsed from `?consistency=`. Pure.
+//! What a read asks for: its `ReadLevel` (parsed from `?consistency=`) and the other bounds of
+//! a `ReadRequest`. Pure.
 
 use std::fmt;
 use std::str::FromStr;
 
-/// Read levels from strongest to weakest; `api/DESIGN.md` gives each one's guarantee and cost.
+/// Read levels from strongest to weakest; `coordinator/DESIGN.md` gives each one's guarantee and cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReadLevel {
     Strong,
@@ -49,6 +50,14 @@ impl FromStr for ReadLevel {
             }
         })
     }
+}
+
+/// The parameters of a read that decide when it may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadRequest {
+    pub level: ReadLevel,
+    pub min_index: Option<u64>,
+    pub max_staleness_ms: Option<u64>,
 }
 
 #[cfg(test)]
