@@ -686,47 +686,22 @@ impl Stores {
             let workload = cell.workload;
             let mut rng =
                 rand::rngs::StdRng::seed_from_u64(seed ^ (client as u64).wrapping_mul(0x9e37_79b9));
-            tasks.spawn(async move {
-                let mut histograms: BTreeMap<OpKind, Histogram<u64>> = BTreeMap::new();
-                let mut errors = 0u64;
-                let mut samples = Vec::new();
-                for n in 0..ops_per_client {
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    let key = bench_key(rng.random_range(0..shape.keys));
-                    let op = match workload {
-                        BenchWorkload::Put => OpKind::Put,
-                        BenchWorkload::Get => OpKind::Get,
-                        BenchWorkload::Mixed if rng.random_range(0..10) == 0 => OpKind::Put,
-                        BenchWorkload::Mixed => OpKind::Get,
-                        BenchWorkload::Txn => OpKind::Txn,
-                    };
-                    let value = bench_value(shape.value_bytes, n);
-                    let sent = Instant::now();
-                    match conn.run(op, &key, &value).await {
-                        Ok(()) => {
-                            let us = sent.elapsed().as_micros().max(1) as u64;
-                            histograms
-                                .entry(op)
-                                .or_insert_with(new_histogram)
-                                .saturating_record(us);
-                        }
-                        Err(e) => {
-                            errors += 1;
-                            if samples.len() < 3 {
-                                samples.push(e);
-                            }
-                        }
-                    }
-                }
-                (histograms, errors, samples)
-            });
+            let run = ClientRun {
+                workload,
+                shape,
+                max_ops: ops_per_client,
+                deadline,
+            };
+            tasks.spawn(async move { run.drive(&mut conn, &mut rng).await });
         }
         let mut by_op: BTreeMap<OpKind, Histogram<u64>> = BTreeMap::new();
         let (mut errors, mut error_samples) = (0, Vec::new());
         while let Some(done) = tasks.join_next().await {
-            let (histograms, client_errors, samples) = done?;
+            let ClientTally {
+                histograms,
+                errors: client_errors,
+                samples,
+            } = done?;
             for (op, histogram) in histograms {
                 by_op
                     .entry(op)
@@ -750,16 +725,7 @@ impl Stores {
             all.add(histogram)
                 .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
         }
-        let processes = pids
-            .iter()
-            .zip(cpu_before)
-            .map(|((node, pid), before)| ProcessUse {
-                node: node.clone(),
-                cpu_s: cpu_seconds(*pid) - before,
-                rss_mib: status_kib(*pid, "VmRSS:") as f64 / 1024.0,
-                peak_rss_mib: status_kib(*pid, "VmHWM:") as f64 / 1024.0,
-            })
-            .collect();
+        let processes = process_use(&pids, cpu_before);
         Ok(CellResult {
             cell: cell.clone(),
             shape,
@@ -794,6 +760,76 @@ impl Stores {
 }
 
 /// A client connection of `store` to `endpoint`, reading at `level`.
+/// One client's part of a cell: at most `max_ops` operations, until `deadline`.
+struct ClientRun {
+    workload: BenchWorkload,
+    shape: DataShape,
+    max_ops: u64,
+    deadline: Instant,
+}
+
+/// What one client measured: latencies by operation, errors, and the first few errors' text.
+struct ClientTally {
+    histograms: BTreeMap<OpKind, Histogram<u64>>,
+    errors: u64,
+    samples: Vec<String>,
+}
+
+impl ClientRun {
+    async fn drive(self, conn: &mut Conn, rng: &mut rand::rngs::StdRng) -> ClientTally {
+        let mut tally = ClientTally {
+            histograms: BTreeMap::new(),
+            errors: 0,
+            samples: Vec::new(),
+        };
+        for n in 0..self.max_ops {
+            if Instant::now() >= self.deadline {
+                break;
+            }
+            let key = bench_key(rng.random_range(0..self.shape.keys));
+            let op = match self.workload {
+                BenchWorkload::Put => OpKind::Put,
+                BenchWorkload::Get => OpKind::Get,
+                BenchWorkload::Mixed if rng.random_range(0..10) == 0 => OpKind::Put,
+                BenchWorkload::Mixed => OpKind::Get,
+                BenchWorkload::Txn => OpKind::Txn,
+            };
+            let value = bench_value(self.shape.value_bytes, n);
+            let sent = Instant::now();
+            match conn.run(op, &key, &value).await {
+                Ok(()) => {
+                    let us = sent.elapsed().as_micros().max(1) as u64;
+                    tally
+                        .histograms
+                        .entry(op)
+                        .or_insert_with(new_histogram)
+                        .saturating_record(us);
+                }
+                Err(e) => {
+                    tally.errors += 1;
+                    if tally.samples.len() < 3 {
+                        tally.samples.push(e);
+                    }
+                }
+            }
+        }
+        tally
+    }
+}
+
+/// CPU seconds each process used since `cpu_before`, and its memory now.
+fn process_use(pids: &[(String, u32)], cpu_before: Vec<f64>) -> Vec<ProcessUse> {
+    pids.iter()
+        .zip(cpu_before)
+        .map(|((node, pid), before)| ProcessUse {
+            node: node.clone(),
+            cpu_s: cpu_seconds(*pid) - before,
+            rss_mib: status_kib(*pid, "VmRSS:") as f64 / 1024.0,
+            peak_rss_mib: status_kib(*pid, "VmHWM:") as f64 / 1024.0,
+        })
+        .collect()
+}
+
 async fn connect(store: Store, endpoint: String, level: &str) -> anyhow::Result<Conn> {
     Ok(match store {
         Store::Mirrorkv => Conn::Mirror {

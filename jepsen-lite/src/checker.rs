@@ -180,6 +180,96 @@ struct Frame<S> {
     alternatives: Vec<S>,
 }
 
+/// The calls and returns of one key's operations in history order, as a doubly linked list
+/// over entries `1..=2n` (0 is the head) from which a linearized operation's call and return
+/// are lifted, and put back when the search backtracks.
+struct EntryList {
+    next: Vec<usize>,
+    prev: Vec<usize>,
+    is_return: Vec<bool>,
+    op_of: Vec<usize>,
+    return_of: Vec<usize>,
+}
+
+impl EntryList {
+    fn new(ops: &[&Operation]) -> Self {
+        let n = ops.len();
+        // (position in history, is_return, op index); info returns at +infinity.
+        let mut events: Vec<(usize, bool, usize)> = Vec::with_capacity(2 * n);
+        for (i, op) in ops.iter().enumerate() {
+            events.push((op.call, false, i));
+            events.push((op.ret.unwrap_or(usize::MAX), true, i));
+        }
+        events.sort();
+        let len = events.len() + 1;
+        let mut list = EntryList {
+            next: vec![NONE; len],
+            prev: vec![NONE; len],
+            is_return: vec![false; len],
+            op_of: vec![0usize; len],
+            return_of: vec![0usize; n],
+        };
+        for (e, &(_, ret, i)) in events.iter().enumerate() {
+            let entry = e + 1;
+            list.is_return[entry] = ret;
+            list.op_of[entry] = i;
+            if ret {
+                list.return_of[i] = entry;
+            }
+            list.prev[entry] = entry - 1;
+            list.next[entry - 1] = entry;
+        }
+        list
+    }
+
+    /// Take `entry` (a call) and `ret` (its return) out of the list.
+    fn lift(&mut self, entry: usize, ret: usize) {
+        let (next, prev) = (&mut self.next, &mut self.prev);
+        next[prev[entry]] = next[entry];
+        if next[entry] != NONE {
+            prev[next[entry]] = prev[entry];
+        }
+        next[prev[ret]] = next[ret];
+        if next[ret] != NONE {
+            prev[next[ret]] = prev[ret];
+        }
+    }
+
+    /// Put back what `lift(entry, ret)` took out.
+    fn unlift(&mut self, entry: usize, ret: usize) {
+        let (next, prev) = (&mut self.next, &mut self.prev);
+        next[prev[ret]] = ret;
+        if next[ret] != NONE {
+            prev[next[ret]] = ret;
+        }
+        next[prev[entry]] = entry;
+        if next[entry] != NONE {
+            prev[next[entry]] = entry;
+        }
+    }
+}
+
+/// The violation the search found at `cur` (a return it could not place): the operations it
+/// had linearized, each with the state it left, and the state the failed one met.
+fn violation_at<S: std::fmt::Debug>(
+    ops: &[&Operation],
+    list: &EntryList,
+    stack: &[Frame<S>],
+    state: &S,
+    cur: usize,
+) -> Violation {
+    let mut prefix = Vec::with_capacity(stack.len());
+    for (k, frame) in stack.iter().enumerate() {
+        let after = stack.get(k + 1).map_or(state, |f| &f.state_before);
+        prefix.push((ops[list.op_of[frame.entry]].id, format!("{after:?}")));
+    }
+    Violation {
+        longest_prefix: prefix,
+        failed_op: ops[list.op_of[cur]].id,
+        state_before_failed_op: format!("{state:?}"),
+    }
+}
+
 /// Wing–Gong–Lowe on one key. Entries are the calls and returns in history order; an
 /// operation without a return (`info`) has its return after everything else, and the search
 /// succeeds once every `ok` operation is linearized (the rest may never have happened).
@@ -192,51 +282,7 @@ fn check_key<M: Model>(
     stop: &AtomicBool,
 ) -> KeyResult {
     let n = ops.len();
-    // (position in history, is_return, op index); info returns at +infinity.
-    let mut events: Vec<(usize, bool, usize)> = Vec::with_capacity(2 * n);
-    for (i, op) in ops.iter().enumerate() {
-        events.push((op.call, false, i));
-        events.push((op.ret.unwrap_or(usize::MAX), true, i));
-    }
-    events.sort();
-    // Doubly linked list over entries 1..=2n; 0 is the head.
-    let len = events.len() + 1;
-    let mut next = vec![NONE; len];
-    let mut prev = vec![NONE; len];
-    let mut is_return = vec![false; len];
-    let mut op_of = vec![0usize; len];
-    let mut return_of = vec![0usize; n];
-    for (e, &(_, ret, i)) in events.iter().enumerate() {
-        let entry = e + 1;
-        is_return[entry] = ret;
-        op_of[entry] = i;
-        if ret {
-            return_of[i] = entry;
-        }
-        prev[entry] = entry - 1;
-        next[entry - 1] = entry;
-    }
-    let lift = |next: &mut Vec<usize>, prev: &mut Vec<usize>, entry: usize, ret: usize| {
-        next[prev[entry]] = next[entry];
-        if next[entry] != NONE {
-            prev[next[entry]] = prev[entry];
-        }
-        next[prev[ret]] = next[ret];
-        if next[ret] != NONE {
-            prev[next[ret]] = prev[ret];
-        }
-    };
-    let unlift = |next: &mut Vec<usize>, prev: &mut Vec<usize>, entry: usize, ret: usize| {
-        next[prev[ret]] = ret;
-        if next[ret] != NONE {
-            prev[next[ret]] = ret;
-        }
-        next[prev[entry]] = entry;
-        if next[entry] != NONE {
-            prev[next[entry]] = entry;
-        }
-    };
-
+    let mut list = EntryList::new(ops);
     let mut ok_remaining = ops.iter().filter(|op| op.output.is_some()).count();
     let mut state = model.init();
     let mut bits = Bits::new(n);
@@ -244,7 +290,7 @@ fn check_key<M: Model>(
     let mut stack: Vec<Frame<M::State>> = Vec::new();
     let mut best: Option<Violation> = None;
     let mut best_len = 0usize;
-    let mut cur = next[0];
+    let mut cur = list.next[0];
     let mut steps: u64 = 0;
     let result = |verdict, violation| KeyResult {
         key: key.to_string(),
@@ -277,8 +323,8 @@ fn check_key<M: Model>(
             cur != NONE,
             "an ok operation's return is always still in the list"
         );
-        if !is_return[cur] {
-            let i = op_of[cur];
+        if !list.is_return[cur] {
+            let i = list.op_of[cur];
             let op = ops[i];
             let linearized = bits.with(i);
             let mut alternatives: Vec<M::State> = model
@@ -293,29 +339,20 @@ fn check_key<M: Model>(
                     alternatives,
                 });
                 bits.set(i);
-                lift(&mut next, &mut prev, cur, return_of[i]);
+                list.lift(cur, list.return_of[i]);
                 if op.output.is_some() {
                     ok_remaining -= 1;
                 }
-                cur = next[0];
+                cur = list.next[0];
             } else {
-                cur = next[cur];
+                cur = list.next[cur];
             }
             continue;
         }
         // An operation returned before we could place it: remember how far we got, backtrack.
         if stack.len() >= best_len {
             best_len = stack.len();
-            let mut prefix = Vec::with_capacity(stack.len());
-            for (k, frame) in stack.iter().enumerate() {
-                let after = stack.get(k + 1).map_or(&state, |f| &f.state_before);
-                prefix.push((ops[op_of[frame.entry]].id, format!("{after:?}")));
-            }
-            best = Some(Violation {
-                longest_prefix: prefix,
-                failed_op: ops[op_of[cur]].id,
-                state_before_failed_op: format!("{state:?}"),
-            });
+            best = Some(violation_at(ops, &list, &stack, &state, cur));
         }
         let Some(mut frame) = stack.pop() else {
             return result(Verdict::NotLinearizable, best);
@@ -324,17 +361,17 @@ fn check_key<M: Model>(
             // Same operation, another state it could have left behind.
             state = alternative;
             stack.push(frame);
-            cur = next[0];
+            cur = list.next[0];
             continue;
         }
-        let i = op_of[frame.entry];
+        let i = list.op_of[frame.entry];
         state = frame.state_before;
         bits.clear(i);
-        unlift(&mut next, &mut prev, frame.entry, return_of[i]);
+        list.unlift(frame.entry, list.return_of[i]);
         if ops[i].output.is_some() {
             ok_remaining += 1;
         }
-        cur = next[frame.entry];
+        cur = list.next[frame.entry];
     }
 }
 

@@ -36,46 +36,13 @@ fn label(input: &Input, output: Option<&Output>) -> String {
     }
 }
 
-/// The page. `events` must carry `time_ns`; `faults` are relative to the same start.
-pub fn render(
-    events: &[Event],
+/// Latency over time, by operation and outcome.
+fn latency_chart(
+    html: &mut String,
     operations: &[Operation],
-    check: Option<&CheckResult>,
-    faults: &[Window],
-    title: &str,
-) -> String {
-    let end_ns = events
-        .iter()
-        .filter_map(|e| e.time_ns)
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
-    let x = |ns: u64| ns as f64 / end_ns * WIDTH_PX;
-    let failed: Vec<usize> = check.map_or(Vec::new(), |c| {
-        c.keys
-            .iter()
-            .filter_map(|k| k.violation.as_ref().map(|v| v.failed_op))
-            .collect()
-    });
-    let shade = |height: f64| -> String {
-        faults
-            .iter()
-            .map(|w| {
-                let (a, b) = (x(w.start_ms * 1_000_000), x((w.start_ms + w.duration_ms) * 1_000_000));
-                format!("<rect x='{a:.1}' y='0' width='{:.1}' height='{height:.0}' fill='#f4c7c3' opacity='0.5'><title>{}</title></rect>", b - a, escape(&format!("{:?}", w.fault)))
-            })
-            .collect()
-    };
-    let mut html = String::new();
-    let _ = write!(
-        html,
-        "<!doctype html><meta charset='utf-8'><title>{t}</title><style>body{{font:13px sans-serif;margin:20px}} svg{{border:1px solid #ddd;background:#fff}} .k{{margin-top:18px}}</style><h1>{t}</h1>",
-        t = escape(title)
-    );
-    if let Some(check) = check {
-        let _ = write!(html, "<p>verdict: <b>{:?}</b> — {} operations, {} keys, checked in {} ms. Shaded: fault periods. Red bars: operations the checker could not place. Grey: outcome unknown (info).</p>", check.verdict, check.operations, check.keys.len(), check.elapsed_ms);
-    }
-    // Latency over time, by operation and outcome.
+    x: &dyn Fn(u64) -> f64,
+    shade: &dyn Fn(f64) -> String,
+) {
     let latencies: Vec<(u64, f64, &'static str, String)> = operations
         .iter()
         .filter_map(|op| {
@@ -115,7 +82,16 @@ pub fn render(
         );
     }
     html.push_str("</svg>");
-    // One timeline per key; keys with a violation first.
+}
+
+/// One timeline per key, keys with a violation first (at most 50).
+fn key_timelines(
+    html: &mut String,
+    operations: &[Operation],
+    failed: &[usize],
+    x: &dyn Fn(u64) -> f64,
+    shade: &dyn Fn(f64) -> String,
+) {
     let mut by_key: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
     for op in operations {
         by_key.entry(op.key.as_str()).or_default().push(op);
@@ -155,6 +131,49 @@ pub fn render(
     if keys.len() > 50 {
         let _ = write!(html, "<p>… and {} more keys</p>", keys.len() - 50);
     }
+}
+
+/// The page. `events` must carry `time_ns`; `faults` are relative to the same start.
+pub fn render(
+    events: &[Event],
+    operations: &[Operation],
+    check: Option<&CheckResult>,
+    faults: &[Window],
+    title: &str,
+) -> String {
+    let end_ns = events
+        .iter()
+        .filter_map(|e| e.time_ns)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let x = |ns: u64| ns as f64 / end_ns * WIDTH_PX;
+    let failed: Vec<usize> = check.map_or(Vec::new(), |c| {
+        c.keys
+            .iter()
+            .filter_map(|k| k.violation.as_ref().map(|v| v.failed_op))
+            .collect()
+    });
+    let shade = |height: f64| -> String {
+        faults
+            .iter()
+            .map(|w| {
+                let (a, b) = (x(w.start_ms * 1_000_000), x((w.start_ms + w.duration_ms) * 1_000_000));
+                format!("<rect x='{a:.1}' y='0' width='{:.1}' height='{height:.0}' fill='#f4c7c3' opacity='0.5'><title>{}</title></rect>", b - a, escape(&format!("{:?}", w.fault)))
+            })
+            .collect()
+    };
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!doctype html><meta charset='utf-8'><title>{t}</title><style>body{{font:13px sans-serif;margin:20px}} svg{{border:1px solid #ddd;background:#fff}} .k{{margin-top:18px}}</style><h1>{t}</h1>",
+        t = escape(title)
+    );
+    if let Some(check) = check {
+        let _ = write!(html, "<p>verdict: <b>{:?}</b> — {} operations, {} keys, checked in {} ms. Shaded: fault periods. Red bars: operations the checker could not place. Grey: outcome unknown (info).</p>", check.verdict, check.operations, check.keys.len(), check.elapsed_ms);
+    }
+    latency_chart(&mut html, operations, &x, &shade);
+    key_timelines(&mut html, operations, &failed, &x, &shade);
     let infos = events
         .iter()
         .filter(|e| e.event_type == EventType::Info)

@@ -48,6 +48,67 @@ struct Pending {
     output: Option<Output>,
 }
 
+/// The input of an operation of `kind` (0 read, 1 write, else cas) writing `next_value`.
+fn invoke_input(kind: u8, p: u8, current: Option<String>, next_value: u64) -> Input {
+    match kind {
+        0 => Input::Read,
+        1 => Input::Write {
+            value: Some(next_value.to_string()),
+        },
+        // Compare against the current value half the time, so some cas apply.
+        _ => Input::Cas {
+            from: if p.is_multiple_of(2) {
+                current
+            } else {
+                Some((next_value / 2).to_string())
+            },
+            to: Some(next_value.to_string()),
+        },
+    }
+}
+
+/// Apply `input` to `register`; what the client would be told.
+fn take_effect(register: &mut Option<String>, input: &Input) -> Output {
+    match input {
+        Input::Read => Output::Read {
+            value: register.clone(),
+            mod_index: None,
+        },
+        Input::Write { value } => {
+            *register = value.clone();
+            Output::Written { index: None }
+        }
+        Input::Cas { from, to } => {
+            let applied = register == from;
+            if applied {
+                *register = to.clone();
+            }
+            Output::Cas {
+                applied,
+                index: None,
+            }
+        }
+        Input::PutIf { .. } => unreachable!(),
+    }
+}
+
+/// The event that ends `op`: its output only if it completed `Ok`.
+fn completion(op: Pending, event_type: EventType) -> Event {
+    let output = if event_type == EventType::Ok {
+        op.output
+    } else {
+        None
+    };
+    Event {
+        process: op.process,
+        event_type,
+        key: op.key,
+        input: op.input,
+        output,
+        time_ns: None,
+    }
+}
+
 /// Run `steps` against a real register per key and record what clients see.
 fn generate(steps: &[Step]) -> History {
     let mut registers: BTreeMap<String, Option<String>> = BTreeMap::new();
@@ -72,21 +133,7 @@ fn generate(steps: &[Step]) -> History {
                 let key = format!("k{key}");
                 let current = registers.get(&key).cloned().flatten();
                 next_value += 1;
-                let input = match kind {
-                    0 => Input::Read,
-                    1 => Input::Write {
-                        value: Some(next_value.to_string()),
-                    },
-                    // Compare against the current value half the time, so some cas apply.
-                    _ => Input::Cas {
-                        from: if p % 2 == 0 {
-                            current
-                        } else {
-                            Some((next_value / 2).to_string())
-                        },
-                        to: Some(next_value.to_string()),
-                    },
-                };
+                let input = invoke_input(kind, p, current, next_value);
                 events.push(Event {
                     process: id,
                     event_type: EventType::Invoke,
@@ -111,27 +158,7 @@ fn generate(steps: &[Step]) -> History {
                 }
                 let op = &mut pending[waiting[pick(waiting.len(), p)]];
                 let register = registers.entry(op.key.clone()).or_default();
-                op.output = Some(match &op.input {
-                    Input::Read => Output::Read {
-                        value: register.clone(),
-                        mod_index: None,
-                    },
-                    Input::Write { value } => {
-                        *register = value.clone();
-                        Output::Written { index: None }
-                    }
-                    Input::Cas { from, to } => {
-                        let applied = register == from;
-                        if applied {
-                            *register = to.clone();
-                        }
-                        Output::Cas {
-                            applied,
-                            index: None,
-                        }
-                    }
-                    Input::PutIf { .. } => unreachable!(),
-                });
+                op.output = Some(take_effect(register, &op.input));
             }
             Step::Return { pick: p } => {
                 let done: Vec<usize> = (0..pending.len())
@@ -141,14 +168,7 @@ fn generate(steps: &[Step]) -> History {
                     continue;
                 }
                 let op = pending.remove(done[pick(done.len(), p)]);
-                events.push(Event {
-                    process: op.process,
-                    event_type: EventType::Ok,
-                    key: op.key,
-                    input: op.input,
-                    output: op.output,
-                    time_ns: None,
-                });
+                events.push(completion(op, EventType::Ok));
             }
             Step::Crash { pick: p } => {
                 if pending.is_empty() {
@@ -157,14 +177,7 @@ fn generate(steps: &[Step]) -> History {
                 let op = pending.remove(pick(pending.len(), p));
                 let slot = (op.process % 5) as usize;
                 generation[slot] += 1;
-                events.push(Event {
-                    process: op.process,
-                    event_type: EventType::Info,
-                    key: op.key,
-                    input: op.input,
-                    output: None,
-                    time_ns: None,
-                });
+                events.push(completion(op, EventType::Info));
             }
             Step::Fail { pick: p } => {
                 let waiting: Vec<usize> = (0..pending.len())
@@ -174,14 +187,7 @@ fn generate(steps: &[Step]) -> History {
                     continue;
                 }
                 let op = pending.remove(waiting[pick(waiting.len(), p)]);
-                events.push(Event {
-                    process: op.process,
-                    event_type: EventType::Fail,
-                    key: op.key,
-                    input: op.input,
-                    output: None,
-                    time_ns: None,
-                });
+                events.push(completion(op, EventType::Fail));
             }
         }
     }

@@ -274,10 +274,76 @@ async fn t34_follower_behind_the_snapshot_catches_up_through_a_snapshot() {
     assert_all_readable(&cluster, follower, "linearizable", &expected).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t35_bad_input_gets_clear_errors_and_the_node_keeps_serving() {
+/// t35, continued on the same cluster: garbage sent to `node`'s raft port.
+async fn t35_garbage_on_the_raft_port_closes_its_connection(cluster: &Cluster, node: u64) {
     use tokio::io::AsyncWriteExt;
 
+    // Garbage on the raft port: random bytes, an HTTP request, a frame claiming 4 GiB, a frame
+    // with an unknown version, a well-framed undecodable payload. Each closes its connection.
+    let raft_addr = cluster.nodes[&node].raft_addr.clone();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let random: Vec<u8> = (0..4096)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    let mut bad_version = Vec::new();
+    bad_version.extend_from_slice(&20u32.to_be_bytes());
+    bad_version.push(200);
+    bad_version.extend_from_slice(&[0u8; 19]);
+    let mut undecodable = Vec::new();
+    undecodable.extend_from_slice(&19u32.to_be_bytes());
+    undecodable.push(1);
+    undecodable.extend_from_slice(&[0xffu8; 18]);
+    let inputs: Vec<Vec<u8>> = vec![
+        random,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        u32::MAX.to_be_bytes().to_vec(),
+        bad_version,
+        undecodable,
+    ];
+    for input in inputs {
+        let mut stream = tokio::net::TcpStream::connect(&raft_addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let _ = stream.write_all(&input).await;
+        // The node must close the connection: a read sees EOF or a reset within the deadline.
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            use tokio::io::AsyncReadExt;
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the node closed a connection that sent garbage"
+        );
+    }
+    // Still serving, writes forwarded through it included.
+    assert!(matches!(
+        cluster.put(node, "after-garbage", b"ok").await,
+        WriteOutcome::Ok { .. }
+    ));
+    assert_eq!(
+        cluster.get(node, "after-garbage", "linearizable").await,
+        Ok(Some(b"ok".to_vec()))
+    );
+    let log = std::fs::read_to_string(&cluster.nodes[&node].log_path).unwrap();
+    assert!(
+        log.contains("closed raft-net connection"),
+        "the node logged why it closed the connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t35_bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     let cluster = Cluster::start(3, &["--max-value-bytes", "1024"]).await;
     let leader = cluster.wait_for_leader().await;
     let node = *cluster.running().iter().find(|&&id| id != leader).unwrap();
@@ -375,68 +441,7 @@ async fn t35_bad_input_gets_clear_errors_and_the_node_keeps_serving() {
         .unwrap();
     assert_eq!(response.status(), 400);
 
-    // Garbage on the raft port: random bytes, an HTTP request, a frame claiming 4 GiB, a frame
-    // with an unknown version, a well-framed undecodable payload. Each closes its connection.
-    let raft_addr = cluster.nodes[&node].raft_addr.clone();
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let random: Vec<u8> = (0..4096)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect();
-    let mut bad_version = Vec::new();
-    bad_version.extend_from_slice(&20u32.to_be_bytes());
-    bad_version.push(200);
-    bad_version.extend_from_slice(&[0u8; 19]);
-    let mut undecodable = Vec::new();
-    undecodable.extend_from_slice(&19u32.to_be_bytes());
-    undecodable.push(1);
-    undecodable.extend_from_slice(&[0xffu8; 18]);
-    let inputs: Vec<Vec<u8>> = vec![
-        random,
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
-        u32::MAX.to_be_bytes().to_vec(),
-        bad_version,
-        undecodable,
-    ];
-    for input in inputs {
-        let mut stream = tokio::net::TcpStream::connect(&raft_addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let _ = stream.write_all(&input).await;
-        // The node must close the connection: a read sees EOF or a reset within the deadline.
-        let mut buf = [0u8; 64];
-        let closed = tokio::time::timeout(Duration::from_secs(10), async {
-            use tokio::io::AsyncReadExt;
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
-        assert!(
-            closed.is_ok(),
-            "the node closed a connection that sent garbage"
-        );
-    }
-    // Still serving, writes forwarded through it included.
-    assert!(matches!(
-        cluster.put(node, "after-garbage", b"ok").await,
-        WriteOutcome::Ok { .. }
-    ));
-    assert_eq!(
-        cluster.get(node, "after-garbage", "linearizable").await,
-        Ok(Some(b"ok".to_vec()))
-    );
-    let log = std::fs::read_to_string(&cluster.nodes[&node].log_path).unwrap();
-    assert!(
-        log.contains("closed raft-net connection"),
-        "the node logged why it closed the connections"
-    );
+    t35_garbage_on_the_raft_port_closes_its_connection(&cluster, node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,77 +68,23 @@ fn put_index(outcome: WriteOutcome) -> u64 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t41_every_read_level_keeps_its_promise() {
-    let cluster = Cluster::start(3, &[]).await;
-    let leader = cluster.wait_for_leader().await;
-    let followers = followers(&cluster, leader);
-    let (a, b) = (followers[0], followers[1]);
-
-    // Written through follower A; read through follower B at every level that promises to see it.
-    let index = put_index(cluster.put(a, "promise", b"v1").await);
-    for level in ["linearizable", "strong", "lease"] {
-        let got = get(&cluster, b, &format!("/v1/kv/promise?consistency={level}")).await;
-        assert_eq!(
-            (got.status, got.body.as_slice()),
-            (200, &b"v1"[..]),
-            "{level} read through follower {b}"
-        );
-        assert_eq!(got.header("x-mirrorkv-consistency").as_deref(), Some(level));
-        assert_eq!(got.header_u64("x-mirrorkv-node"), Some(b));
-        assert_eq!(got.header_u64("x-mirrorkv-leader"), Some(leader));
-        assert!(got.header_u64("x-mirrorkv-index").unwrap() >= index);
-        assert!(got.header_u64("x-mirrorkv-last-contact-ms").is_some());
-        assert_eq!(got.header("etag"), Some(format!("\"{index}\"")));
-        assert_eq!(got.header_u64("x-mirrorkv-create-index"), Some(index));
-    }
-    // Read-your-writes on any node with min_index, even at the stale level.
-    let index2 = put_index(cluster.put(a, "promise", b"v2").await);
-    for id in cluster.running() {
-        let got = get(
-            &cluster,
-            id,
-            &format!("/v1/kv/promise?consistency=stale&min_index={index2}"),
-        )
-        .await;
-        assert_eq!(
-            (got.status, got.body.as_slice()),
-            (200, &b"v2"[..]),
-            "min_index read through {id}"
-        );
-        assert!(got.header_u64("x-mirrorkv-index").unwrap() >= index2);
-    }
-    // `leader` on the leader: its own state, no check.
-    let got = get(&cluster, leader, "/v1/kv/promise?consistency=leader").await;
-    assert_eq!((got.status, got.body.as_slice()), (200, &b"v2"[..]));
-    assert_eq!(got.header_u64("x-mirrorkv-last-contact-ms"), Some(0));
-    assert_eq!(got.header_u64("x-mirrorkv-node"), Some(leader));
-    // On a follower: one hop asks the leader what it has applied; the follower serves the
-    // read itself once it has applied as much, and says so.
-    for id in [a, b] {
-        let got = get(&cluster, id, "/v1/kv/promise?consistency=leader").await;
-        assert_eq!(
-            (got.status, got.body.as_slice()),
-            (200, &b"v2"[..]),
-            "leader read through follower {id}"
-        );
-        assert_eq!(
-            got.header("x-mirrorkv-consistency").as_deref(),
-            Some("leader")
-        );
-        assert_eq!(got.header_u64("x-mirrorkv-node"), Some(id));
-        assert_eq!(got.header_u64("x-mirrorkv-leader"), Some(leader));
-        assert!(got.header_u64("x-mirrorkv-index").unwrap() >= index2);
-    }
+/// t41, continued on the same cluster: a missing key, `min_index` past everything, conditional
+/// writes through follower `b` (`index2` is the key's current version), `?redirect=true`.
+async fn t41_missing_keys_conditional_writes_and_redirect(
+    cluster: &Cluster,
+    leader: u64,
+    b: u64,
+    index2: u64,
+) {
     // A missing key is 404 with the index of the read.
-    let got = get(&cluster, b, "/v1/kv/absent").await;
+    let got = get(cluster, b, "/v1/kv/absent").await;
     assert_eq!(got.status, 404);
     assert!(got.header_u64("x-mirrorkv-index").unwrap() >= index2);
     assert_eq!(got.json()["error"]["code"], "not_found");
     // min_index beyond anything written times out with 504 within the request timeout.
     let started = Instant::now();
     let got = get(
-        &cluster,
+        cluster,
         b,
         "/v1/kv/promise?consistency=stale&min_index=1000000000",
     )
@@ -232,6 +178,71 @@ async fn t41_every_read_level_keeps_its_promise() {
         location,
         format!("{}/v1/kv/promise?redirect=true", cluster.api(leader))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t41_every_read_level_keeps_its_promise() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let followers = followers(&cluster, leader);
+    let (a, b) = (followers[0], followers[1]);
+
+    // Written through follower A; read through follower B at every level that promises to see it.
+    let index = put_index(cluster.put(a, "promise", b"v1").await);
+    for level in ["linearizable", "strong", "lease"] {
+        let got = get(&cluster, b, &format!("/v1/kv/promise?consistency={level}")).await;
+        assert_eq!(
+            (got.status, got.body.as_slice()),
+            (200, &b"v1"[..]),
+            "{level} read through follower {b}"
+        );
+        assert_eq!(got.header("x-mirrorkv-consistency").as_deref(), Some(level));
+        assert_eq!(got.header_u64("x-mirrorkv-node"), Some(b));
+        assert_eq!(got.header_u64("x-mirrorkv-leader"), Some(leader));
+        assert!(got.header_u64("x-mirrorkv-index").unwrap() >= index);
+        assert!(got.header_u64("x-mirrorkv-last-contact-ms").is_some());
+        assert_eq!(got.header("etag"), Some(format!("\"{index}\"")));
+        assert_eq!(got.header_u64("x-mirrorkv-create-index"), Some(index));
+    }
+    // Read-your-writes on any node with min_index, even at the stale level.
+    let index2 = put_index(cluster.put(a, "promise", b"v2").await);
+    for id in cluster.running() {
+        let got = get(
+            &cluster,
+            id,
+            &format!("/v1/kv/promise?consistency=stale&min_index={index2}"),
+        )
+        .await;
+        assert_eq!(
+            (got.status, got.body.as_slice()),
+            (200, &b"v2"[..]),
+            "min_index read through {id}"
+        );
+        assert!(got.header_u64("x-mirrorkv-index").unwrap() >= index2);
+    }
+    // `leader` on the leader: its own state, no check.
+    let got = get(&cluster, leader, "/v1/kv/promise?consistency=leader").await;
+    assert_eq!((got.status, got.body.as_slice()), (200, &b"v2"[..]));
+    assert_eq!(got.header_u64("x-mirrorkv-last-contact-ms"), Some(0));
+    assert_eq!(got.header_u64("x-mirrorkv-node"), Some(leader));
+    // On a follower: one hop asks the leader what it has applied; the follower serves the
+    // read itself once it has applied as much, and says so.
+    for id in [a, b] {
+        let got = get(&cluster, id, "/v1/kv/promise?consistency=leader").await;
+        assert_eq!(
+            (got.status, got.body.as_slice()),
+            (200, &b"v2"[..]),
+            "leader read through follower {id}"
+        );
+        assert_eq!(
+            got.header("x-mirrorkv-consistency").as_deref(),
+            Some("leader")
+        );
+        assert_eq!(got.header_u64("x-mirrorkv-node"), Some(id));
+        assert_eq!(got.header_u64("x-mirrorkv-leader"), Some(leader));
+        assert!(got.header_u64("x-mirrorkv-index").unwrap() >= index2);
+    }
+    t41_missing_keys_conditional_writes_and_redirect(&cluster, leader, b, index2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,6 +98,57 @@ async fn wait_for_commits(http: &reqwest::Client, api: &str, entries: u64, what:
 /// snapshot, then log), is checked key by key, is promoted, and then the *leader* is removed,
 /// while a client keeps writing. No acknowledged write is lost and the client sees no error that
 /// is not retryable.
+/// t61, continued: remove the leader while `writer` writes through every node; no
+/// acknowledged write is lost and the preloaded keys (`expected`) are all there.
+async fn t61_remove_the_leader_under_writes(
+    cluster: &mut Cluster,
+    http: &reqwest::Client,
+    writer: Writer,
+    expected: BTreeMap<String, (String, u64)>,
+) {
+    // Remove the leader: leadership passes to the remaining voters.
+    let leader = cluster.wait_for_leader().await;
+    let staying: Vec<u64> = [1, 2, 3, 4]
+        .into_iter()
+        .filter(|&id| id != leader)
+        .collect();
+    writer.set_endpoints(staying.iter().map(|&id| cluster.api(id)).collect());
+    let via = staying[0];
+    let response = http
+        .delete(format!("{}/v1/cluster/members/{leader}", cluster.api(via)))
+        .send()
+        .await
+        .expect("remove request");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert!(cluster.terminate(leader).await.success());
+    let new_leader = cluster.wait_for_leader().await;
+    assert_ne!(new_leader, leader);
+
+    // Let the client write through the new leader for a moment, then stop it.
+    wait_for_commits(
+        http,
+        &cluster.api(new_leader),
+        20,
+        "writes under the new leader",
+    )
+    .await;
+    let report = writer.finish().await;
+
+    let info = cluster_json(http, &cluster.api(new_leader)).await;
+    let members = info["members"].as_array().unwrap();
+    let ids: Vec<u64> = members.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, staying, "{info}");
+    for member in members {
+        assert_eq!(member["role"], "voter", "{info}");
+        assert!(member["applied_index"].as_u64().is_some(), "{info}");
+        assert!(member["lag"].as_u64().is_some(), "{info}");
+    }
+    let state = scan_all(http, &cluster.api(4), "w/", "linearizable").await;
+    assert_no_acked_write_lost(&report, &state);
+    let preloaded = scan_all(http, &cluster.api(staying[1]), "k/", "linearizable").await;
+    assert_eq!(preloaded, expected);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t61_join_100k_keys_promote_and_remove_the_leader_under_writes() {
     let mut cluster = Cluster::start(3, &["--snapshot-threshold-entries", "500"]).await;
@@ -204,47 +255,7 @@ async fn t61_join_100k_keys_promote_and_remove_the_leader_under_writes() {
     })
     .await;
 
-    // Remove the leader: leadership passes to the remaining voters.
-    let leader = cluster.wait_for_leader().await;
-    let staying: Vec<u64> = [1, 2, 3, 4]
-        .into_iter()
-        .filter(|&id| id != leader)
-        .collect();
-    writer.set_endpoints(staying.iter().map(|&id| cluster.api(id)).collect());
-    let via = staying[0];
-    let response = http
-        .delete(format!("{}/v1/cluster/members/{leader}", cluster.api(via)))
-        .send()
-        .await
-        .expect("remove request");
-    assert_eq!(response.status(), 200, "{:?}", response.text().await);
-    assert!(cluster.terminate(leader).await.success());
-    let new_leader = cluster.wait_for_leader().await;
-    assert_ne!(new_leader, leader);
-
-    // Let the client write through the new leader for a moment, then stop it.
-    wait_for_commits(
-        &http,
-        &cluster.api(new_leader),
-        20,
-        "writes under the new leader",
-    )
-    .await;
-    let report = writer.finish().await;
-
-    let info = cluster_json(&http, &cluster.api(new_leader)).await;
-    let members = info["members"].as_array().unwrap();
-    let ids: Vec<u64> = members.iter().map(|m| m["id"].as_u64().unwrap()).collect();
-    assert_eq!(ids, staying, "{info}");
-    for member in members {
-        assert_eq!(member["role"], "voter", "{info}");
-        assert!(member["applied_index"].as_u64().is_some(), "{info}");
-        assert!(member["lag"].as_u64().is_some(), "{info}");
-    }
-    let state = scan_all(&http, &cluster.api(4), "w/", "linearizable").await;
-    assert_no_acked_write_lost(&report, &state);
-    let preloaded = scan_all(&http, &cluster.api(staying[1]), "k/", "linearizable").await;
-    assert_eq!(preloaded, expected);
+    t61_remove_the_leader_under_writes(&mut cluster, &http, writer, expected).await;
 }
 
 /// Test 2: every node of a 5-node cluster is restarted in turn (SIGTERM, start again, wait
@@ -280,6 +291,74 @@ async fn t62_rolling_restart_of_5_nodes_under_writes() {
 /// Test 3: a backup taken during writes, restored into a fresh single-node cluster, holds
 /// exactly the source's data at the backup's index: every write at or before it, none after,
 /// with the same mod_index. Corrupted and truncated copies are refused and leave nothing.
+/// t63, continued: `backup` (taken at `index`, holding `expected`) restored into a fresh
+/// single-node cluster; corrupted and truncated copies refused first.
+async fn t63_restore_into_a_fresh_node(
+    http: &reqwest::Client,
+    backup: Vec<u8>,
+    index: u64,
+    expected: BTreeMap<String, (String, u64)>,
+) {
+    let mut restored = Cluster::start(0, &[]).await;
+    restored.add_node(1, &[]);
+    let node = &restored.nodes[&1];
+    let file = restored.path().join("copy.backup");
+    std::fs::write(&file, &backup).unwrap();
+
+    // Corrupted (one byte flipped in the middle) and truncated copies are refused.
+    let data_dir = node.data_dir.to_str().unwrap().to_string();
+    let restore_args = |from: &str| {
+        vec![
+            "restore".to_string(),
+            "--from".into(),
+            from.to_string(),
+            "--data-dir".into(),
+            data_dir.clone(),
+            "--id".into(),
+            "1".into(),
+            "--api-addr".into(),
+            node.api_addr.clone(),
+            "--raft-addr".into(),
+            node.raft_addr.clone(),
+        ]
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        mirrorkv(&args, None)
+    };
+    let mut corrupted = backup.clone();
+    let middle = corrupted.len() / 2;
+    corrupted[middle] ^= 0x55;
+    let corrupted_file = restored.path().join("corrupted.backup");
+    std::fs::write(&corrupted_file, &corrupted).unwrap();
+    let (ok, _, stderr) = run(restore_args(corrupted_file.to_str().unwrap()));
+    assert!(!ok && stderr.contains("corrupted"), "{stderr}");
+    assert!(!node.data_dir.exists(), "nothing half-restored");
+    let truncated_file = restored.path().join("truncated.backup");
+    std::fs::write(&truncated_file, &backup[..backup.len() - 100]).unwrap();
+    let (ok, _, stderr) = run(restore_args(truncated_file.to_str().unwrap()));
+    assert!(!ok && stderr.contains("truncated"), "{stderr}");
+    assert!(!node.data_dir.exists(), "nothing half-restored");
+
+    let (ok, stdout, stderr) = run(restore_args(file.to_str().unwrap()));
+    assert!(ok, "restore: {stderr}");
+    eprintln!("{}", String::from_utf8_lossy(&stdout));
+    restored.restart(1).await;
+    restored.wait_ready(1).await;
+    let mut state = scan_all(http, &restored.api(1), "k/", "linearizable").await;
+    state.extend(scan_all(http, &restored.api(1), "b/", "linearizable").await);
+    assert_eq!(state.len(), expected.len());
+    assert_eq!(
+        state, expected,
+        "the restored data equals the source at index {index}"
+    );
+    // The new cluster takes writes after the copy's index.
+    match restored.put(1, "after-restore", b"x").await {
+        common::WriteOutcome::Ok { index: new_index } => assert!(new_index > index),
+        other => panic!("write to the restored cluster: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t63_backup_during_writes_restores_exactly_that_index() {
     let cluster = Cluster::start(3, &[]).await;
@@ -340,64 +419,7 @@ async fn t63_backup_during_writes_restores_exactly_that_index() {
         "writes went on after the backup"
     );
 
-    let mut restored = Cluster::start(0, &[]).await;
-    restored.add_node(1, &[]);
-    let node = &restored.nodes[&1];
-    let file = restored.path().join("copy.backup");
-    std::fs::write(&file, &backup).unwrap();
-
-    // Corrupted (one byte flipped in the middle) and truncated copies are refused.
-    let data_dir = node.data_dir.to_str().unwrap().to_string();
-    let restore_args = |from: &str| {
-        vec![
-            "restore".to_string(),
-            "--from".into(),
-            from.to_string(),
-            "--data-dir".into(),
-            data_dir.clone(),
-            "--id".into(),
-            "1".into(),
-            "--api-addr".into(),
-            node.api_addr.clone(),
-            "--raft-addr".into(),
-            node.raft_addr.clone(),
-        ]
-    };
-    let run = |args: Vec<String>| {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        mirrorkv(&args, None)
-    };
-    let mut corrupted = backup.clone();
-    let middle = corrupted.len() / 2;
-    corrupted[middle] ^= 0x55;
-    let corrupted_file = restored.path().join("corrupted.backup");
-    std::fs::write(&corrupted_file, &corrupted).unwrap();
-    let (ok, _, stderr) = run(restore_args(corrupted_file.to_str().unwrap()));
-    assert!(!ok && stderr.contains("corrupted"), "{stderr}");
-    assert!(!node.data_dir.exists(), "nothing half-restored");
-    let truncated_file = restored.path().join("truncated.backup");
-    std::fs::write(&truncated_file, &backup[..backup.len() - 100]).unwrap();
-    let (ok, _, stderr) = run(restore_args(truncated_file.to_str().unwrap()));
-    assert!(!ok && stderr.contains("truncated"), "{stderr}");
-    assert!(!node.data_dir.exists(), "nothing half-restored");
-
-    let (ok, stdout, stderr) = run(restore_args(file.to_str().unwrap()));
-    assert!(ok, "restore: {stderr}");
-    eprintln!("{}", String::from_utf8_lossy(&stdout));
-    restored.restart(1).await;
-    restored.wait_ready(1).await;
-    let mut state = scan_all(&http, &restored.api(1), "k/", "linearizable").await;
-    state.extend(scan_all(&http, &restored.api(1), "b/", "linearizable").await);
-    assert_eq!(state.len(), expected.len());
-    assert_eq!(
-        state, expected,
-        "the restored data equals the source at index {index}"
-    );
-    // The new cluster takes writes after the copy's index.
-    match restored.put(1, "after-restore", b"x").await {
-        common::WriteOutcome::Ok { index: new_index } => assert!(new_index > index),
-        other => panic!("write to the restored cluster: {other:?}"),
-    }
+    t63_restore_into_a_fresh_node(&http, backup, index, expected).await;
 }
 
 /// Test 4: `/metrics` is valid Prometheus text, and its counters move with requests.
@@ -497,18 +519,63 @@ async fn t64_metrics_parse_and_move() {
 /// cluster status, adding / promoting / removing a member, a snapshot, and a backup that
 /// `mirrorkv restore` turns into a new cluster. The first endpoint is dead on purpose: every
 /// command must fail over to the next.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t65_ctl_end_to_end() {
-    let mut cluster = Cluster::start(3, &[]).await;
-    cluster.wait_for_leader().await;
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    };
-    let endpoints = format!(
-        "{dead},{},{}",
-        cluster.nodes[&1].api_addr, cluster.nodes[&2].api_addr
+/// t65, continued: a backup through ctl (at `endpoints`), restored into a fresh node, read back
+/// through ctl.
+async fn t65_backup_and_restore_through_ctl(cluster: &Cluster, endpoints: &str) {
+    // Backup to a file through ctl, restore it, and read it back through ctl.
+    let (ok, backup, stderr) = mirrorkv(&["ctl", "--endpoints", endpoints, "backup"], None);
+    assert!(ok && stderr.starts_with("backup at index"), "{stderr}");
+    let file = cluster.path().join("ctl.backup");
+    std::fs::write(&file, &backup).unwrap();
+    let mut restored = Cluster::start(0, &[]).await;
+    restored.add_node(1, &[]);
+    let node = &restored.nodes[&1];
+    let (ok, _, stderr) = mirrorkv(
+        &[
+            "restore",
+            "--from",
+            file.to_str().unwrap(),
+            "--data-dir",
+            node.data_dir.to_str().unwrap(),
+            "--id",
+            "1",
+            "--api-addr",
+            &node.api_addr,
+            "--raft-addr",
+            &node.raft_addr,
+        ],
+        None,
     );
+    assert!(ok, "{stderr}");
+    let restored_api = node.api_addr.clone();
+    restored.restart(1).await;
+    restored.wait_ready(1).await;
+    let (ok, stdout, stderr) = mirrorkv(
+        &[
+            "ctl",
+            "--endpoints",
+            &restored_api,
+            "scan",
+            "--prefix",
+            "app/",
+        ],
+        None,
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        String::from_utf8(stdout).unwrap(),
+        "app/a = 1\napp/b = from stdin\n"
+    );
+}
+
+/// t65, continued: membership changes, a snapshot and a backup through ctl, `dead` first in
+/// its endpoints.
+async fn t65_members_snapshot_and_backup_through_ctl(
+    cluster: &mut Cluster,
+    dead: &str,
+    endpoints: &str,
+) {
+    let endpoints = endpoints.to_string();
     let ctl = |args: &[&str]| {
         let mut all = vec!["ctl", "--endpoints", endpoints.as_str()];
         all.extend_from_slice(args);
@@ -516,43 +583,6 @@ async fn t65_ctl_end_to_end() {
         assert!(ok, "mirrorkv ctl {args:?}: {stderr}");
         String::from_utf8(stdout).unwrap()
     };
-    assert!(ctl(&["put", "app/a", "1"]).starts_with("OK index "));
-    let (ok, _, stderr) = mirrorkv(
-        &["ctl", "--endpoints", &endpoints, "put", "app/b"],
-        Some(b"from stdin"),
-    );
-    assert!(ok, "{stderr}");
-    assert_eq!(ctl(&["get", "app/b"]), "from stdin\n");
-    assert_eq!(ctl(&["--consistency", "stale", "get", "app/a"]), "1\n");
-    let got: Value = serde_json::from_str(&ctl(&["--json", "get", "app/a"])).unwrap();
-    assert_eq!(got["value"], "1");
-    assert!(got["mod_index"].as_u64().is_some());
-    assert_eq!(
-        ctl(&["scan", "--prefix", "app/"]),
-        "app/a = 1\napp/b = from stdin\n"
-    );
-
-    let txn = cluster.path().join("txn.json");
-    std::fs::write(
-        &txn,
-        r#"{"compare": [{"key": "app/a", "value": "1"}], "success": [{"put": {"key": "app/c", "value": "3"}}, {"get": {"key": "app/a"}}]}"#,
-    )
-    .unwrap();
-    let out = ctl(&["txn", txn.to_str().unwrap()]);
-    assert!(out.starts_with("SUCCEEDED"), "{out}");
-    assert!(out.contains("get: app/a = 1"), "{out}");
-    assert!(ctl(&["del", "app/c"]).starts_with("deleted"));
-    let (ok, _, stderr) = mirrorkv(&["ctl", "--endpoints", &endpoints, "get", "app/c"], None);
-    assert!(!ok && stderr.contains("not_found"), "{stderr}");
-
-    let status = ctl(&["cluster", "status"]);
-    assert!(status.contains("ID") && status.contains("LAG"), "{status}");
-    assert_eq!(
-        status.lines().count(),
-        5,
-        "header lines and one row per member:\n{status}"
-    );
-
     // Add a mirror, start it (its --join finds itself already added), promote, remove node 1.
     cluster.add_node(4, &["--join", &cluster.nodes[&2].api_addr.clone()]);
     let (api4, raft4) = (
@@ -624,50 +654,66 @@ async fn t65_ctl_end_to_end() {
         "{stderr}"
     );
 
-    // Backup to a file through ctl, restore it, and read it back through ctl.
-    let (ok, backup, stderr) = mirrorkv(&["ctl", "--endpoints", &endpoints, "backup"], None);
-    assert!(ok && stderr.starts_with("backup at index"), "{stderr}");
-    let file = cluster.path().join("ctl.backup");
-    std::fs::write(&file, &backup).unwrap();
-    let mut restored = Cluster::start(0, &[]).await;
-    restored.add_node(1, &[]);
-    let node = &restored.nodes[&1];
+    t65_backup_and_restore_through_ctl(cluster, &endpoints).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t65_ctl_end_to_end() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let endpoints = format!(
+        "{dead},{},{}",
+        cluster.nodes[&1].api_addr, cluster.nodes[&2].api_addr
+    );
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "--endpoints", endpoints.as_str()];
+        all.extend_from_slice(args);
+        let (ok, stdout, stderr) = mirrorkv(&all, None);
+        assert!(ok, "mirrorkv ctl {args:?}: {stderr}");
+        String::from_utf8(stdout).unwrap()
+    };
+    assert!(ctl(&["put", "app/a", "1"]).starts_with("OK index "));
     let (ok, _, stderr) = mirrorkv(
-        &[
-            "restore",
-            "--from",
-            file.to_str().unwrap(),
-            "--data-dir",
-            node.data_dir.to_str().unwrap(),
-            "--id",
-            "1",
-            "--api-addr",
-            &node.api_addr,
-            "--raft-addr",
-            &node.raft_addr,
-        ],
-        None,
+        &["ctl", "--endpoints", &endpoints, "put", "app/b"],
+        Some(b"from stdin"),
     );
     assert!(ok, "{stderr}");
-    let restored_api = node.api_addr.clone();
-    restored.restart(1).await;
-    restored.wait_ready(1).await;
-    let (ok, stdout, stderr) = mirrorkv(
-        &[
-            "ctl",
-            "--endpoints",
-            &restored_api,
-            "scan",
-            "--prefix",
-            "app/",
-        ],
-        None,
-    );
-    assert!(ok, "{stderr}");
+    assert_eq!(ctl(&["get", "app/b"]), "from stdin\n");
+    assert_eq!(ctl(&["--consistency", "stale", "get", "app/a"]), "1\n");
+    let got: Value = serde_json::from_str(&ctl(&["--json", "get", "app/a"])).unwrap();
+    assert_eq!(got["value"], "1");
+    assert!(got["mod_index"].as_u64().is_some());
     assert_eq!(
-        String::from_utf8(stdout).unwrap(),
+        ctl(&["scan", "--prefix", "app/"]),
         "app/a = 1\napp/b = from stdin\n"
     );
+
+    let txn = cluster.path().join("txn.json");
+    std::fs::write(
+        &txn,
+        r#"{"compare": [{"key": "app/a", "value": "1"}], "success": [{"put": {"key": "app/c", "value": "3"}}, {"get": {"key": "app/a"}}]}"#,
+    )
+    .unwrap();
+    let out = ctl(&["txn", txn.to_str().unwrap()]);
+    assert!(out.starts_with("SUCCEEDED"), "{out}");
+    assert!(out.contains("get: app/a = 1"), "{out}");
+    assert!(ctl(&["del", "app/c"]).starts_with("deleted"));
+    let (ok, _, stderr) = mirrorkv(&["ctl", "--endpoints", &endpoints, "get", "app/c"], None);
+    assert!(!ok && stderr.contains("not_found"), "{stderr}");
+
+    let status = ctl(&["cluster", "status"]);
+    assert!(status.contains("ID") && status.contains("LAG"), "{status}");
+    assert_eq!(
+        status.lines().count(),
+        5,
+        "header lines and one row per member:\n{status}"
+    );
+
+    t65_members_snapshot_and_backup_through_ctl(&mut cluster, &dead, &endpoints).await;
 }
 
 /// A strict reader of the Prometheus text exposition format (version 0.0.4), enough to say a
@@ -997,11 +1043,56 @@ async fn t67_a_removed_follower_answers_410_at_once() {
 /// transaction compares and swaps, and a read carrying a write's index as `min_index` never
 /// answers from a follower that has not applied it (it times out while the follower is cut off,
 /// and sees the write once it is back).
+/// t68, continued: read-your-writes through `client` against a follower cut off by proxies.
+async fn t68_read_your_writes_on_a_cut_off_follower(
+    cluster: &Cluster,
+    leader: u64,
+    client: &mirrorkv_client::Client,
+) {
+    use mirrorkv_client::{Client, ClientOptions, Consistency, ReadOptions};
+
+    // Read-your-writes: a follower cut off from the others cannot serve past what it applied.
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    cluster.isolate(follower);
+    let written = client.put("c/fresh", "new").await.unwrap();
+    let stale_reader = Client::with_options(
+        [cluster.nodes[&follower].api_addr.clone()],
+        ClientOptions {
+            timeout_ms: 10_000,
+            consistency: Some(Consistency::Stale),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let without_floor = stale_reader.get("c/fresh").await.unwrap();
+    assert_eq!(
+        without_floor.value, None,
+        "the cut-off follower has not applied it"
+    );
+    let at_write = ReadOptions {
+        min_index: Some(written.index),
+        ..ReadOptions::default()
+    };
+    match stale_reader.get_with("c/fresh", &at_write).await {
+        Err(error) => assert_eq!(error.code(), Some("timeout"), "{error}"),
+        Ok(read) => panic!("served below the write's index: {read:?}"),
+    }
+    cluster.heal();
+    let read = wait_for(
+        "the healed follower to serve the write",
+        DEADLINE,
+        || async { stale_reader.get_with("c/fresh", &at_write).await.ok() },
+    )
+    .await;
+    assert!(read.index >= written.index);
+    assert_eq!(read.value.unwrap().value, b"new");
+    assert_eq!(read.consistency.as_deref(), Some("stale"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t68_the_client_crate_fails_over_retries_once_and_reads_its_writes() {
     use mirrorkv_client::{
-        Client, ClientError, ClientOptions, Compare, Consistency, Range, ReadOptions, Txn, TxnOp,
-        WriteOptions,
+        Client, ClientError, Compare, Range, ReadOptions, Txn, TxnOp, WriteOptions,
     };
     // A short server deadline: the read below that must wait times out in 2 s.
     let cluster = Cluster::start_with_proxies(3, &["--request-timeout-ms", "2000"]).await;
@@ -1078,40 +1169,5 @@ async fn t68_the_client_crate_fails_over_retries_once_and_reads_its_writes() {
         other => panic!("{other:?}"),
     }
 
-    // Read-your-writes: a follower cut off from the others cannot serve past what it applied.
-    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
-    cluster.isolate(follower);
-    let written = client.put("c/fresh", "new").await.unwrap();
-    let stale_reader = Client::with_options(
-        [cluster.nodes[&follower].api_addr.clone()],
-        ClientOptions {
-            timeout_ms: 10_000,
-            consistency: Some(Consistency::Stale),
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
-    let without_floor = stale_reader.get("c/fresh").await.unwrap();
-    assert_eq!(
-        without_floor.value, None,
-        "the cut-off follower has not applied it"
-    );
-    let at_write = ReadOptions {
-        min_index: Some(written.index),
-        ..ReadOptions::default()
-    };
-    match stale_reader.get_with("c/fresh", &at_write).await {
-        Err(error) => assert_eq!(error.code(), Some("timeout"), "{error}"),
-        Ok(read) => panic!("served below the write's index: {read:?}"),
-    }
-    cluster.heal();
-    let read = wait_for(
-        "the healed follower to serve the write",
-        DEADLINE,
-        || async { stale_reader.get_with("c/fresh", &at_write).await.ok() },
-    )
-    .await;
-    assert!(read.index >= written.index);
-    assert_eq!(read.value.unwrap().value, b"new");
-    assert_eq!(read.consistency.as_deref(), Some("stale"));
+    t68_read_your_writes_on_a_cut_off_follower(&cluster, leader, &client).await;
 }

@@ -111,6 +111,72 @@ pub async fn serve<H: AppHandler>(
 /// number their requests from 1.
 pub const GOING_AWAY_REQUEST_ID: u64 = 0;
 
+/// What a request's task needs of its connection.
+struct Served<H> {
+    raft: Raft,
+    app: Arc<H>,
+    contact: Arc<LeaderContact>,
+    /// The connection's writer queue.
+    answers: mpsc::Sender<Vec<u8>>,
+    votes_from: Instant,
+    serve_timeout_ms: u64,
+    max_frame_bytes: u32,
+}
+
+/// Serve one request within `serve_timeout_ms` and queue its answer; `permit` (one of the
+/// connection's in-flight slots) is held until the answer is queued.
+async fn serve_request<H: AppHandler>(
+    served: Served<H>,
+    request_id: u64,
+    request: RpcRequest,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let serve_timeout = Duration::from_millis(served.serve_timeout_ms);
+    let handled = handle(
+        &served.raft,
+        served.app.as_ref(),
+        &served.contact,
+        served.votes_from,
+        request,
+    );
+    let response = match tokio::time::timeout(serve_timeout, handled).await {
+        Ok(response) => response,
+        Err(_) => RpcResponse::Failed(format!(
+            "not served within {} ms",
+            serve_timeout.as_millis()
+        )),
+    };
+    let bytes = codec::encode(&response)
+        .map_err(NetError::from)
+        .and_then(|payload| frame::encode(request_id, &payload, served.max_frame_bytes));
+    match bytes {
+        Ok(bytes) => {
+            let _ = served.answers.send(bytes).await;
+        }
+        Err(e) => tracing::error!(error = %e, "could not encode a raft-net answer"),
+    }
+    drop(permit);
+}
+
+/// Wait until every request read so far has been answered (each handler holds a permit until
+/// its answer is queued), then queue the goodbye after those answers. The peer then knows
+/// that every request still unanswered was never read, so it can retry it elsewhere without
+/// risk of applying it twice.
+async fn say_goodbye(in_flight: &Semaphore, answers: &mpsc::Sender<Vec<u8>>, config: &NetConfig) {
+    let all = u32::try_from(config.max_in_flight).unwrap_or(u32::MAX);
+    let drain = Duration::from_millis(config.serve_timeout_ms);
+    if let Ok(Ok(_all_permits)) = tokio::time::timeout(drain, in_flight.acquire_many(all)).await {
+        let goodbye = codec::encode(&RpcResponse::GoingAway)
+            .map_err(NetError::from)
+            .and_then(|payload| {
+                frame::encode(GOING_AWAY_REQUEST_ID, &payload, config.max_frame_bytes)
+            });
+        if let Ok(goodbye) = goodbye {
+            let _ = answers.send(goodbye).await;
+        }
+    }
+}
+
 async fn serve_connection<H: AppHandler>(
     stream: TcpStream,
     raft: Raft,
@@ -176,55 +242,23 @@ async fn serve_connection<H: AppHandler>(
             .acquire_owned()
             .await
             .expect("semaphore never closed");
-        let raft = raft.clone();
-        let app = app.clone();
-        let contact = contact.clone();
-        let answers_tx = answers_tx.clone();
-        let max_frame_bytes = config.max_frame_bytes;
-        let serve_timeout = Duration::from_millis(config.serve_timeout_ms);
-        tokio::spawn(async move {
-            let response = match tokio::time::timeout(
-                serve_timeout,
-                handle(&raft, app.as_ref(), &contact, votes_from, request),
-            )
-            .await
-            {
-                Ok(response) => response,
-                Err(_) => RpcResponse::Failed(format!(
-                    "not served within {} ms",
-                    serve_timeout.as_millis()
-                )),
-            };
-            let bytes = codec::encode(&response)
-                .map_err(NetError::from)
-                .and_then(|payload| frame::encode(frame.request_id, &payload, max_frame_bytes));
-            match bytes {
-                Ok(bytes) => {
-                    let _ = answers_tx.send(bytes).await;
-                }
-                Err(e) => tracing::error!(error = %e, "could not encode a raft-net answer"),
-            }
-            drop(permit);
-        });
+        tokio::spawn(serve_request(
+            Served {
+                raft: raft.clone(),
+                app: app.clone(),
+                contact: contact.clone(),
+                answers: answers_tx.clone(),
+                votes_from,
+                serve_timeout_ms: config.serve_timeout_ms,
+                max_frame_bytes: config.max_frame_bytes,
+            },
+            frame.request_id,
+            request,
+            permit,
+        ));
     };
     if stopping {
-        // Wait until every request read so far has been answered (each handler holds a permit
-        // until its answer is queued), then queue the goodbye after those answers. The peer
-        // then knows that every request still unanswered was never read, so it can retry it
-        // elsewhere without risk of applying it twice.
-        let all = u32::try_from(config.max_in_flight).unwrap_or(u32::MAX);
-        let drain = Duration::from_millis(config.serve_timeout_ms);
-        if let Ok(Ok(_all_permits)) = tokio::time::timeout(drain, in_flight.acquire_many(all)).await
-        {
-            let goodbye = codec::encode(&RpcResponse::GoingAway)
-                .map_err(NetError::from)
-                .and_then(|payload| {
-                    frame::encode(GOING_AWAY_REQUEST_ID, &payload, config.max_frame_bytes)
-                });
-            if let Ok(goodbye) = goodbye {
-                let _ = answers_tx.send(goodbye).await;
-            }
-        }
+        say_goodbye(&in_flight, &answers_tx, &config).await;
     }
     drop(answers_tx);
     // Answers still being computed keep the writer alive until they are sent.

@@ -62,7 +62,7 @@ enum Op {
         value: Vec<u8>,
     },
     /// Puts (odd keys) and deletes (even keys) of distinct keys in one `Command::Batch`, as the
-    /// API's write batcher proposes them.
+    /// write batcher (coordinator/src/batch.rs) proposes them.
     Batch {
         keys: Vec<u8>,
         value: Vec<u8>,
@@ -94,6 +94,28 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::RestoreSnapshotIntoFreshStore),
         1 => Just(Op::Reopen),
     ]
+}
+
+/// A batch of puts (odd keys) and deletes (even keys).
+fn batch_command(keys: Vec<u8>, value: Vec<u8>) -> Command {
+    Command::Batch(
+        keys.into_iter()
+            .map(|key| {
+                if key % 2 == 1 {
+                    Command::Put {
+                        key: key_name(key),
+                        value: value.clone(),
+                        precondition: Precondition::None,
+                    }
+                } else {
+                    Command::Delete {
+                        key: key_name(key),
+                        precondition: Precondition::None,
+                    }
+                }
+            })
+            .collect(),
+    )
 }
 
 fn key_name(key: u8) -> String {
@@ -269,6 +291,17 @@ impl Harness {
 
     async fn run(&mut self, op: Op) {
         let command = match op {
+            Op::Snapshot => return self.snapshot().await,
+            Op::RestoreSnapshotIntoFreshStore => return self.restore_into_fresh_store().await,
+            Op::Reopen => return self.reopen(),
+            op => self.command_of(op),
+        };
+        self.apply_and_compare(command).await;
+    }
+
+    /// The command an op applies (every op but the three store operations).
+    fn command_of(&mut self, op: Op) -> Command {
+        match op {
             Op::Put { key, value } => Command::Put {
                 key: key_name(key),
                 value,
@@ -312,31 +345,7 @@ impl Harness {
                 guess_current,
                 put_key,
                 value,
-            } => {
-                let m = match (guess_current, self.model.get(&key_name(key))) {
-                    (true, Some(record)) => record.mod_index,
-                    (true, None) => 0,
-                    (false, _) => self.next_index + 1000,
-                };
-                Command::Txn(Txn {
-                    compare: vec![Compare {
-                        key: key_name(key),
-                        target: CompareTarget::ModIndex(m),
-                    }],
-                    success: vec![
-                        TxnOp::Put {
-                            key: key_name(put_key),
-                            value,
-                        },
-                        TxnOp::Get {
-                            key: key_name(put_key),
-                        },
-                    ],
-                    failure: vec![TxnOp::Get {
-                        key: key_name(put_key),
-                    }],
-                })
-            }
+            } => self.txn_command(key, guess_current, put_key, value),
             Op::IdempotentPut {
                 idem,
                 advance_ms,
@@ -355,72 +364,91 @@ impl Harness {
                     }),
                 }
             }
-            Op::Batch { keys, value } => Command::Batch(
-                keys.into_iter()
-                    .map(|key| {
-                        if key % 2 == 1 {
-                            Command::Put {
-                                key: key_name(key),
-                                value: value.clone(),
-                                precondition: Precondition::None,
-                            }
-                        } else {
-                            Command::Delete {
-                                key: key_name(key),
-                                precondition: Precondition::None,
-                            }
-                        }
-                    })
-                    .collect(),
-            ),
-            Op::Snapshot => {
-                let mut builder = self.sm.get_snapshot_builder().await;
-                let snapshot = builder.build_snapshot().await.unwrap();
-                assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), self.applied());
-                return;
+            Op::Batch { keys, value } => batch_command(keys, value),
+            Op::Snapshot | Op::RestoreSnapshotIntoFreshStore | Op::Reopen => {
+                unreachable!("store operations apply no command")
             }
-            Op::RestoreSnapshotIntoFreshStore => {
-                let mut builder = self.sm.get_snapshot_builder().await;
-                let snapshot = builder.build_snapshot().await.unwrap();
-                let dir = tempfile::tempdir().unwrap();
-                let (log, mut sm) = mirrorkv_storage::open_with(dir.path(), &self.options).unwrap();
-                // Through the chunked path openraft uses: read the built file, write the bytes
-                // into a fresh receiving file in pieces, flush it, install it.
-                let mut data = Vec::new();
-                let mut sent = snapshot.snapshot;
-                sent.read_to_end(&mut data).await.unwrap();
-                let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
-                for piece in data.chunks(4096) {
-                    receiving.write_all(piece).await.unwrap();
-                }
-                receiving.shutdown().await.unwrap();
-                sm.install_snapshot(&snapshot.meta, receiving)
-                    .await
-                    .unwrap();
-                let current = sm
-                    .get_current_snapshot()
-                    .await
-                    .unwrap()
-                    .expect("installed snapshot is current");
-                assert_eq!(current.meta, snapshot.meta);
-                self.dir = dir;
-                self._log = log;
-                self.sm = sm;
-                return;
-            }
-            Op::Reopen => {
-                let path = self.dir.path().to_path_buf();
-                // Drop the open handles before re-opening the same directory.
-                let placeholder = tempfile::tempdir().unwrap();
-                let (log, sm) = mirrorkv_storage::open(placeholder.path()).unwrap();
-                drop(std::mem::replace(&mut self._log, log));
-                drop(std::mem::replace(&mut self.sm, sm));
-                let (log, sm) = mirrorkv_storage::open_with(&path, &self.options).unwrap();
-                self._log = log;
-                self.sm = sm;
-                return;
-            }
+        }
+    }
+
+    fn txn_command(&self, key: u8, guess_current: bool, put_key: u8, value: Vec<u8>) -> Command {
+        let m = match (guess_current, self.model.get(&key_name(key))) {
+            (true, Some(record)) => record.mod_index,
+            (true, None) => 0,
+            (false, _) => self.next_index + 1000,
         };
+        Command::Txn(Txn {
+            compare: vec![Compare {
+                key: key_name(key),
+                target: CompareTarget::ModIndex(m),
+            }],
+            success: vec![
+                TxnOp::Put {
+                    key: key_name(put_key),
+                    value,
+                },
+                TxnOp::Get {
+                    key: key_name(put_key),
+                },
+            ],
+            failure: vec![TxnOp::Get {
+                key: key_name(put_key),
+            }],
+        })
+    }
+
+    /// Build a snapshot; it covers exactly what was applied.
+    async fn snapshot(&mut self) {
+        let mut builder = self.sm.get_snapshot_builder().await;
+        let snapshot = builder.build_snapshot().await.unwrap();
+        assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), self.applied());
+    }
+
+    /// Build a snapshot and install it into a fresh store, which then replaces this one.
+    async fn restore_into_fresh_store(&mut self) {
+        let mut builder = self.sm.get_snapshot_builder().await;
+        let snapshot = builder.build_snapshot().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut sm) = mirrorkv_storage::open_with(dir.path(), &self.options).unwrap();
+        // Through the chunked path openraft uses: read the built file, write the bytes
+        // into a fresh receiving file in pieces, flush it, install it.
+        let mut data = Vec::new();
+        let mut sent = snapshot.snapshot;
+        sent.read_to_end(&mut data).await.unwrap();
+        let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
+        for piece in data.chunks(4096) {
+            receiving.write_all(piece).await.unwrap();
+        }
+        receiving.shutdown().await.unwrap();
+        sm.install_snapshot(&snapshot.meta, receiving)
+            .await
+            .unwrap();
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("installed snapshot is current");
+        assert_eq!(current.meta, snapshot.meta);
+        self.dir = dir;
+        self._log = log;
+        self.sm = sm;
+    }
+
+    /// Close the store and open it again from its directory.
+    fn reopen(&mut self) {
+        let path = self.dir.path().to_path_buf();
+        // Drop the open handles before re-opening the same directory.
+        let placeholder = tempfile::tempdir().unwrap();
+        let (log, sm) = mirrorkv_storage::open(placeholder.path()).unwrap();
+        drop(std::mem::replace(&mut self._log, log));
+        drop(std::mem::replace(&mut self.sm, sm));
+        let (log, sm) = mirrorkv_storage::open_with(&path, &self.options).unwrap();
+        self._log = log;
+        self.sm = sm;
+    }
+
+    /// Apply `command` at the next index and compare the answer with the model's.
+    async fn apply_and_compare(&mut self, command: Command) {
         let index = self.next_index;
         self.next_index += 1;
         let expected = self.model_apply(index, &command);
