@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mirrorkv_client::{Client, ClientError, ClientOptions, ReadOptions};
 use serde_json::Value;
 
 /// Default deadline of the cluster's waits.
@@ -98,6 +99,9 @@ pub fn runtime(program: &str) -> Option<tokio::runtime::Runtime> {
 }
 
 /// Where Debian's `libfaketime` package puts the library (`MIRRORKV_LIBFAKETIME` overrides).
+/// Deadline of each request the fixture itself makes (health, readiness, status, `put`, `get`).
+const FIXTURE_TIMEOUT_MS: u64 = 10_000;
+
 const LIBFAKETIME_PATHS: [&str; 2] = [
     "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
     "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
@@ -337,7 +341,7 @@ impl Cluster {
             );
         }
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(Duration::from_millis(FIXTURE_TIMEOUT_MS))
             .tcp_nodelay(true)
             .build()
             .map_err(|e| ClusterError::Misuse(e.to_string()))?;
@@ -685,8 +689,37 @@ impl Cluster {
         .await
     }
 
+    /// A client of node `id` alone (`mirrorkv-client`): no resend to another node, no
+    /// idempotency key, no `min_index` floor, each request bounded as the fixture's own.
+    fn node_client(&self, id: u64) -> Result<Client, String> {
+        Client::with_options(
+            [self.api(id)],
+            ClientOptions {
+                timeout_ms: FIXTURE_TIMEOUT_MS,
+                read_your_writes: false,
+                idempotent_writes: false,
+                ..ClientOptions::default()
+            },
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// `PUT` `value` at `key` through node `id`.
     pub async fn put(&self, id: u64, key: &str, value: &[u8]) -> WriteOutcome {
-        put(&self.http, &self.api(id), key, value).await
+        let client = match self.node_client(id) {
+            Ok(client) => client,
+            Err(e) => return WriteOutcome::NoAnswer(e),
+        };
+        match client.put(key, value.to_vec()).await {
+            Ok(put) => WriteOutcome::Ok { index: put.index },
+            Err(ClientError::Api {
+                status,
+                code,
+                message,
+                ..
+            }) => WriteOutcome::Status(status.as_u16(), format!("{code}: {message}")),
+            Err(e) => WriteOutcome::NoAnswer(e.to_string()),
+        }
     }
 
     /// Read `key` through node `id` at `consistency`: `Ok(Some(value))`, `Ok(None)` for 404,
@@ -697,22 +730,20 @@ impl Cluster {
         key: &str,
         consistency: &str,
     ) -> Result<Option<Vec<u8>>, String> {
-        let url = format!(
-            "{}/v1/kv/{}?consistency={consistency}",
-            self.api(id),
-            encode_key(key)
-        );
-        let response = self.http.get(url).send().await.map_err(|e| e.to_string())?;
-        match response.status().as_u16() {
-            200 => Ok(Some(
-                response.bytes().await.map_err(|e| e.to_string())?.to_vec(),
-            )),
-            404 => Ok(None),
-            status => Err(format!(
-                "{status}: {}",
-                response.text().await.unwrap_or_default()
-            )),
-        }
+        let options = ReadOptions {
+            consistency: Some(
+                consistency
+                    .parse()
+                    .map_err(|e: ClientError| e.to_string())?,
+            ),
+            ..ReadOptions::default()
+        };
+        let read = self
+            .node_client(id)?
+            .get_with(key, &options)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(read.value.map(|kv| kv.value))
     }
 
     /// Node `id`'s own Raft view (`node` of `GET /v1/cluster`).
@@ -741,7 +772,8 @@ impl Cluster {
     }
 }
 
-/// `PUT` `value` at `key` through the API at `api` (`http://HOST:PORT`).
+/// `PUT` `value` at `key` through the API at `api` (`http://HOST:PORT`) over `http`, with no
+/// client logic in between (`attack` sends it on a fresh connection of its own).
 pub async fn put(http: &reqwest::Client, api: &str, key: &str, value: &[u8]) -> WriteOutcome {
     let url = format!("{api}/v1/kv/{}", encode_key(key));
     match http.put(url).body(value.to_vec()).send().await {

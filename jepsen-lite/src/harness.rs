@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mirrorkv_client::{Client, ClientError, Compare, Consistency, Txn, TxnOp};
 use serde::Serialize;
-use serde_json::{json, Value as Json};
+use serde_json::json;
 
 use crate::checker::{check, CheckOptions, CheckResult, Verdict};
-use crate::cluster::{encode_key, Cluster, ClusterError, ClusterOptions, Delay};
+use crate::cluster::{Cluster, ClusterError, ClusterOptions, Delay};
 use crate::history::{Event, EventType, History, Input, Output};
 use crate::model::KeyValue;
 use crate::nemesis::{self, Fault, NemesisKind, PartitionShape, Window};
@@ -139,80 +140,60 @@ impl Rng {
     }
 }
 
-async fn run_op(
-    http: &reqwest::Client,
-    api: &str,
-    key: &str,
-    input: &Input,
-    consistency: &str,
-) -> Ended {
-    let url = format!("{api}/v1/kv/{}", encode_key(key));
-    let response = match input {
-        Input::Read => {
-            http.get(format!("{url}?consistency={consistency}"))
-                .send()
+async fn run_op(client: &Client, key: &str, input: &Input) -> Ended {
+    let written = |result: Result<Output, ClientError>| match result {
+        Ok(output) => Ended::Ok(output),
+        Err(e) if workloads::certainly_not_applied(&e) => Ended::Fail,
+        Err(_) => Ended::Info,
+    };
+    match input {
+        // A read that failed had no effect either way.
+        Input::Read => match client.get(key).await {
+            Ok(read) => Ended::Ok(Output::Read {
+                mod_index: read.value.as_ref().map(|kv| kv.mod_index),
+                value: read
+                    .value
+                    .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+            }),
+            Err(_) => Ended::Fail,
+        },
+        Input::Write { value } => written(
+            client
+                .put(key, value.clone().unwrap_or_default())
                 .await
-        }
-        Input::Write { value } => {
-            http.put(&url)
-                .body(value.clone().unwrap_or_default())
-                .send()
-                .await
-        }
+                .map(|put| Output::Written {
+                    index: Some(put.index),
+                }),
+        ),
         Input::Cas { from, to } => {
-            let body = json!({
-                "compare": [match from { Some(v) => json!({"key": key, "value": v}), None => json!({"key": key, "exists": false}) }],
-                "success": [{"put": {"key": key, "value": to}}],
-            });
-            http.post(format!("{api}/v1/txn")).json(&body).send().await
+            let txn = Txn {
+                compare: vec![match from {
+                    Some(value) => Compare::Value {
+                        key: key.to_string(),
+                        value: value.clone().into_bytes(),
+                    },
+                    None => Compare::Exists {
+                        key: key.to_string(),
+                        exists: false,
+                    },
+                }],
+                success: vec![TxnOp::Put {
+                    key: key.to_string(),
+                    value: to.clone().unwrap_or_default().into_bytes(),
+                }],
+                failure: Vec::new(),
+            };
+            written(client.txn(&txn).await.map(|result| Output::Cas {
+                applied: result.succeeded,
+                index: Some(result.index).filter(|_| result.succeeded),
+            }))
         }
-        Input::PutIf { .. } => return Ended::Fail,
-    };
-    let Ok(response) = response else {
-        // No answer: a read had no effect either way; a write may have happened.
-        return if matches!(input, Input::Read) {
-            Ended::Fail
-        } else {
-            Ended::Info
-        };
-    };
-    let status = response.status().as_u16();
-    let etag = response
-        .headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim_matches('"').parse::<u64>().ok());
-    let body = response.bytes().await.unwrap_or_default();
-    let json: Json = serde_json::from_slice(&body).unwrap_or(Json::Null);
-    match (input, status) {
-        (Input::Read, 200) => Ended::Ok(Output::Read {
-            value: Some(String::from_utf8_lossy(&body).into_owned()),
-            mod_index: etag,
-        }),
-        (Input::Read, 404) => Ended::Ok(Output::Read {
-            value: None,
-            mod_index: None,
-        }),
-        (Input::Read, _) => Ended::Fail,
-        (Input::Write { .. }, 200) => Ended::Ok(Output::Written {
-            index: json["index"].as_u64(),
-        }),
-        (Input::Cas { .. }, 200) => {
-            let applied = json["succeeded"].as_bool().unwrap_or(false);
-            Ended::Ok(Output::Cas {
-                applied,
-                index: json["index"].as_u64().filter(|_| applied),
-            })
-        }
-        // 504 and 500 may have applied; everything else (400, 412, 413, 429, 503) did not.
-        (_, 504) | (_, 500) => Ended::Info,
-        _ => Ended::Fail,
+        Input::PutIf { .. } => Ended::Fail,
     }
 }
 
 /// One `register` client: a loop of operations, paced to its share of the rate, until `stop`.
 async fn client(slot: u64, options: Arc<TestOptions>, ctx: ClientContext, recorder: Recorder) {
-    let ClientContext { apis, http, .. } = ctx.clone();
     let mut rng = Rng(options.seed ^ (slot + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
     let mut process = slot;
     let mut next_at = tokio::time::Instant::now();
@@ -236,11 +217,11 @@ async fn client(slot: u64, options: Arc<TestOptions>, ctx: ClientContext, record
                 to: Some(format!("{slot}-{counter}")),
             },
         };
-        let api = &apis[rng.below(apis.len() as u64) as usize];
+        let node = &ctx.clients[rng.below(ctx.clients.len() as u64) as usize];
         recorder.record(event(process, EventType::Invoke, &key, &input, None));
         let ended = tokio::time::timeout(
             Duration::from_millis(options.request_timeout_ms),
-            run_op(&http, api, &key, &input, &options.consistency),
+            run_op(node, &key, &input),
         )
         .await
         .unwrap_or(if matches!(input, Input::Read) {
@@ -467,6 +448,9 @@ async fn run_faults(
     Ok(())
 }
 
+/// Deadline of each read of the final phase, in milliseconds.
+const FINAL_READ_TIMEOUT_MS: u64 = 10_000;
+
 /// What the final phase reads.
 struct FinalState<'a> {
     apis: &'a [String],
@@ -480,7 +464,6 @@ struct FinalState<'a> {
 /// with the checker (register) or the workload's invariant (set, bank).
 async fn final_check(
     options: &TestOptions,
-    cluster: &Cluster,
     state: &FinalState<'_>,
 ) -> Result<(Option<CheckResult>, Option<InvariantReport>), ClusterError> {
     let FinalState {
@@ -490,6 +473,13 @@ async fn final_check(
         bank_tally,
         accounts,
     } = *state;
+    // As patient as the cluster fixture's own requests: the cluster has just healed.
+    let reader = workloads::node_client(
+        &apis[0],
+        Duration::from_millis(FINAL_READ_TIMEOUT_MS),
+        "linearizable",
+    )
+    .map_err(ClusterError::Misuse)?;
     Ok(match options.workload {
         Workload::Register => {
             let keys: std::collections::BTreeSet<String> = recorder
@@ -508,7 +498,7 @@ async fn final_check(
                     &Input::Read,
                     None,
                 ));
-                match run_op(&cluster.http, &apis[0], key, &Input::Read, "linearizable").await {
+                match run_op(&reader, key, &Input::Read).await {
                     Ended::Ok(output) => recorder.record(event(
                         final_process,
                         EventType::Ok,
@@ -542,14 +532,14 @@ async fn final_check(
             (Some(check), None)
         }
         Workload::Set => {
-            let present = workloads::read_prefix(&cluster.http, &apis[0], "set/", "linearizable")
+            let present = workloads::read_prefix(&reader, "set/", Consistency::Linearizable)
                 .await
                 .map_err(ClusterError::Misuse)?;
             let tally = set_tally.lock().expect("tally");
             (None, Some(workloads::judge_set(&tally, &present)))
         }
         Workload::Bank => {
-            let balances = workloads::read_prefix(&cluster.http, &apis[0], "bank/", "linearizable")
+            let balances = workloads::read_prefix(&reader, "bank/", Consistency::Linearizable)
                 .await
                 .map_err(ClusterError::Misuse)?;
             let mut tally = bank_tally.lock().expect("tally");
@@ -597,6 +587,56 @@ fn write_artifacts(
     Ok(())
 }
 
+/// The tallies the set and bank workloads keep as they run.
+#[derive(Clone)]
+struct Tallies {
+    set: Arc<Mutex<SetTally>>,
+    bank: Arc<Mutex<BankTally>>,
+}
+
+/// One task per client slot, running the workload of `options`.
+fn spawn_clients(
+    options: &Arc<TestOptions>,
+    ctx: &ClientContext,
+    recorder: &Recorder,
+    tallies: &Tallies,
+    accounts: u64,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..options.concurrency)
+        .map(|slot| match options.workload {
+            Workload::Register => {
+                tokio::spawn(client(slot, options.clone(), ctx.clone(), recorder.clone()))
+            }
+            Workload::Set => tokio::spawn(workloads::set_client(
+                slot,
+                ctx.clone(),
+                tallies.set.clone(),
+            )),
+            Workload::Bank => tokio::spawn(workloads::bank_client(
+                slot,
+                ctx.clone(),
+                accounts,
+                options.consistency.clone(),
+                tallies.bank.clone(),
+            )),
+        })
+        .collect()
+}
+
+/// Print what the clients did so far every 5 s until `stop`.
+async fn report_progress(recorder: Recorder, tallies: Tallies, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let events = recorder.events.lock().expect("lock").len();
+        let adds = tallies.set.lock().expect("tally").attempted.len();
+        let reads = tallies.bank.lock().expect("tally").reads;
+        eprintln!(
+            "[{:>6.1}s] progress: {events} register events, {adds} set adds, {reads} bank reads",
+            recorder.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
 /// Run one test. Errors are harness failures (exit code 3), never verdicts.
 pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
     std::fs::create_dir_all(&options.out)?;
@@ -624,53 +664,31 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
     let interval = Duration::from_secs_f64(options.concurrency as f64 / options.rate.max(1) as f64);
     let timeout = Duration::from_millis(options.request_timeout_ms);
     let accounts = options.keys.max(2);
+    let clients = apis
+        .iter()
+        .map(|api| workloads::node_client(api, timeout, &options.consistency))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ClusterError::Misuse)?;
     let set_tally = Arc::new(Mutex::new(SetTally::default()));
     let bank_tally = Arc::new(Mutex::new(BankTally::default()));
     if options.workload == Workload::Bank {
-        workloads::open_accounts(&cluster.http, &apis[0], accounts)
+        workloads::open_accounts(&clients[0], accounts)
             .await
             .map_err(ClusterError::Misuse)?;
     }
     let ctx = ClientContext {
-        apis: apis.clone(),
-        http: cluster.http.clone(),
+        clients,
         interval,
         timeout,
         stop: stop.clone(),
         max_ops,
     };
-    let clients: Vec<_> = (0..options.concurrency)
-        .map(|slot| match options.workload {
-            Workload::Register => {
-                tokio::spawn(client(slot, options.clone(), ctx.clone(), recorder.clone()))
-            }
-            Workload::Set => {
-                tokio::spawn(workloads::set_client(slot, ctx.clone(), set_tally.clone()))
-            }
-            Workload::Bank => tokio::spawn(workloads::bank_client(
-                slot,
-                ctx.clone(),
-                accounts,
-                options.consistency.clone(),
-                bank_tally.clone(),
-            )),
-        })
-        .collect();
-    let progress = tokio::spawn({
-        let recorder = recorder.clone();
-        let set_tally = set_tally.clone();
-        let bank_tally = bank_tally.clone();
-        let stop = stop.clone();
-        async move {
-            while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                let events = recorder.events.lock().expect("lock").len();
-                let adds = set_tally.lock().expect("tally").attempted.len();
-                let reads = bank_tally.lock().expect("tally").reads;
-                eprintln!("[{:>6.1}s] progress: {events} register events, {adds} set adds, {reads} bank reads", recorder.started.elapsed().as_secs_f64());
-            }
-        }
-    });
+    let tallies = Tallies {
+        set: set_tally.clone(),
+        bank: bank_tally.clone(),
+    };
+    let clients = spawn_clients(&options, &ctx, &recorder, &tallies, accounts);
+    let progress = tokio::spawn(report_progress(recorder.clone(), tallies, stop.clone()));
     let started = recorder.started;
     run_faults(&mut cluster, &faults, &recorder).await?;
     tokio::time::sleep_until((started + Duration::from_millis(time_limit_ms)).into()).await;
@@ -689,7 +707,7 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
         bank_tally: &bank_tally,
         accounts,
     };
-    let (check, invariant) = final_check(&options, &cluster, &final_state).await?;
+    let (check, invariant) = final_check(&options, &final_state).await?;
     let history = History {
         events: std::mem::take(&mut *recorder.events.lock().expect("lock")),
     };

@@ -13,16 +13,55 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mirrorkv_client::{
+    Client, ClientError, ClientOptions, Compare, Consistency, Range, ReadOptions, Txn, TxnOp,
+};
 use serde::Serialize;
-use serde_json::{json, Value as Json};
 
-use crate::cluster::encode_key;
+/// A client of the one node at `api` as a test needs it: every request goes to that node only
+/// (no resend elsewhere), writes carry no idempotency key and reads no `min_index` floor (each
+/// would change what the history records), reads are at `consistency`, each request bounded by
+/// `timeout`.
+pub fn node_client(api: &str, timeout: Duration, consistency: &str) -> Result<Client, String> {
+    let consistency: Consistency = consistency
+        .parse()
+        .map_err(|e: ClientError| e.to_string())?;
+    Client::with_options(
+        [api],
+        ClientOptions {
+            timeout_ms: timeout.as_millis() as u64,
+            consistency: Some(consistency),
+            read_your_writes: false,
+            idempotent_writes: false,
+            ..ClientOptions::default()
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Whether a write that failed with `error` certainly had no effect; `false` when it may have
+/// been applied (its outcome is unknown).
+pub fn certainly_not_applied(error: &ClientError) -> bool {
+    match error {
+        // A 504 (the node gave up waiting) or a 500 may have applied; every other answer
+        // (400, 404, 412, 413, 422, 429, 503, 410) was given before anything was appended.
+        ClientError::Api {
+            status,
+            outcome_unknown,
+            ..
+        } => !outcome_unknown && status.as_u16() != 504 && status.as_u16() != 500,
+        // Never connected, or refused before sending: nothing reached the node.
+        ClientError::Unreachable { .. } | ClientError::Invalid(_) => true,
+        // Sent, and its answer was lost or unreadable.
+        ClientError::OutcomeUnknown { .. } | ClientError::Decode(_) => false,
+    }
+}
 
 /// What every client of a run shares: where to send, how fast, how long to wait, when to stop.
 #[derive(Clone)]
 pub struct ClientContext {
-    pub apis: Vec<String>,
-    pub http: reqwest::Client,
+    /// One client per node (`node_client`), in node order.
+    pub clients: Vec<Client>,
     /// Time between two operations of one client.
     pub interval: Duration,
     /// Per-request timeout.
@@ -78,36 +117,26 @@ pub struct SetTally {
 
 /// One `set` client: adds `slot-counter` elements until `stop` (bounded by `max_ops`).
 pub async fn set_client(slot: u64, ctx: ClientContext, tally: Arc<Mutex<SetTally>>) {
-    let ClientContext {
-        apis,
-        http,
-        timeout,
-        ..
-    } = ctx.clone();
     let mut next_at = tokio::time::Instant::now();
     for counter in 0..ctx.max_ops {
         if !ctx.next_turn(&mut next_at).await {
             break;
         }
         let element = format!("{slot}-{counter}");
-        let api = &apis[(counter as usize + slot as usize) % apis.len()];
+        let client = &ctx.clients[(counter as usize + slot as usize) % ctx.clients.len()];
         tally
             .lock()
             .expect("tally")
             .attempted
             .insert(element.clone());
-        let url = format!("{api}/v1/kv/{}", encode_key(&format!("set/{element}")));
-        let answer =
-            tokio::time::timeout(timeout, http.put(url).body(element.clone()).send()).await;
+        let key = format!("set/{element}");
+        let answer = tokio::time::timeout(ctx.timeout, client.put(&key, element.clone())).await;
         let mut tally = tally.lock().expect("tally");
         match answer {
-            Ok(Ok(response)) if response.status() == 200 => {
+            Ok(Ok(_)) => {
                 tally.acknowledged.insert(element);
             }
-            // Refused before delivery, or a definite error: not added.
-            Ok(Err(e)) if e.is_connect() => {}
-            Ok(Ok(response)) if response.status().is_client_error() || response.status() == 503 => {
-            }
+            Ok(Err(e)) if certainly_not_applied(&e) => {}
             _ => {
                 tally.unknown.insert(element);
             }
@@ -115,39 +144,36 @@ pub async fn set_client(slot: u64, ctx: ClientContext, tally: Arc<Mutex<SetTally
     }
 }
 
-/// Read every key under `prefix` through `api` with a linearizable range read, page by page.
+/// Every key under `prefix` and its value, read through `client` at `consistency`, a page of
+/// at most 1000 keys at a time (one page, one index, for the few keys a bank run has).
 pub async fn read_prefix(
-    http: &reqwest::Client,
-    api: &str,
+    client: &Client,
     prefix: &str,
-    consistency: &str,
+    consistency: Consistency,
 ) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    let mut start: Option<String> = None;
-    loop {
-        let mut url = format!(
-            "{api}/v1/kv?prefix={}&limit=1000&consistency={consistency}",
-            encode_key(prefix)
-        );
-        if let Some(start) = &start {
-            url.push_str(&format!("&start={}", encode_key(start)));
-        }
-        let response = http.get(url).send().await.map_err(|e| e.to_string())?;
-        if response.status() != 200 {
-            return Err(format!("range read answered {}", response.status()));
-        }
-        let body: Json = response.json().await.map_err(|e| e.to_string())?;
-        for item in body["items"].as_array().into_iter().flatten() {
-            let key = item["key"].as_str().unwrap_or_default().to_string();
-            let value = item["value"].as_str().unwrap_or_default().to_string();
-            out.insert(key, value);
-        }
-        match body["next"].as_str() {
-            Some(next) => start = Some(next.to_string()),
-            None => return Ok(out),
-        }
-    }
+    let range = Range {
+        prefix: Some(prefix.to_string()),
+        limit: Some(1000),
+        ..Range::default()
+    };
+    let options = ReadOptions {
+        consistency: Some(consistency),
+        ..ReadOptions::default()
+    };
+    let read = client
+        .range_all(&range, MAX_PREFIX_KEYS, &options)
+        .await
+        .map_err(|e| format!("range read of {prefix:?}: {e}"))?;
+    Ok(read
+        .value
+        .items
+        .into_iter()
+        .map(|kv| (kv.key, String::from_utf8_lossy(&kv.value).into_owned()))
+        .collect())
 }
+
+/// The most keys `read_prefix` reads: more than any run writes under one prefix.
+const MAX_PREFIX_KEYS: usize = 10_000_000;
 
 /// The `set` verdict from the tally and the final read.
 pub fn judge_set(tally: &SetTally, present: &BTreeMap<String, String>) -> InvariantReport {
@@ -168,20 +194,22 @@ pub fn judge_set(tally: &SetTally, present: &BTreeMap<String, String>) -> Invari
 }
 
 /// Create the accounts of a bank run in one transaction.
-pub async fn open_accounts(http: &reqwest::Client, api: &str, accounts: u64) -> Result<(), String> {
-    let puts: Vec<Json> = (0..accounts)
-        .map(|i| json!({"put": {"key": format!("bank/{i}"), "value": INITIAL_BALANCE.to_string()}}))
-        .collect();
-    let response = http
-        .post(format!("{api}/v1/txn"))
-        .json(&json!({"success": puts}))
-        .send()
+pub async fn open_accounts(client: &Client, accounts: u64) -> Result<(), String> {
+    let txn = Txn {
+        compare: Vec::new(),
+        success: (0..accounts)
+            .map(|i| TxnOp::Put {
+                key: format!("bank/{i}"),
+                value: INITIAL_BALANCE.to_string().into_bytes(),
+            })
+            .collect(),
+        failure: Vec::new(),
+    };
+    client
+        .txn(&txn)
         .await
-        .map_err(|e| e.to_string())?;
-    if response.status() != 200 {
-        return Err(format!("opening accounts answered {}", response.status()));
-    }
-    Ok(())
+        .map(|_| ())
+        .map_err(|e| format!("opening accounts: {e}"))
 }
 
 /// Check one read of all accounts; `Some(problem)` if it breaks the invariant.
@@ -221,22 +249,19 @@ pub async fn bank_client(
     consistency: String,
     tally: Arc<Mutex<BankTally>>,
 ) {
-    let ClientContext {
-        apis,
-        http,
-        timeout,
-        ..
-    } = ctx.clone();
+    let Ok(consistency) = consistency.parse::<Consistency>() else {
+        return;
+    };
     let mut next_at = tokio::time::Instant::now();
     for counter in 0..ctx.max_ops {
         if !ctx.next_turn(&mut next_at).await {
             break;
         }
-        let api = &apis[(counter as usize + slot as usize) % apis.len()];
+        let client = &ctx.clients[(counter as usize + slot as usize) % ctx.clients.len()];
         // Every read of all accounts is judged, whatever its consistency level: a range page is
         // read at one index, so even a stale read must balance.
         let Ok(Ok(balances)) =
-            tokio::time::timeout(timeout, read_prefix(&http, api, "bank/", &consistency)).await
+            tokio::time::timeout(ctx.timeout, read_prefix(client, "bank/", consistency)).await
         else {
             continue;
         };
@@ -267,28 +292,37 @@ pub async fn bank_client(
             continue;
         }
         // Compare the values read, so a transfer only applies to the balances it saw.
-        let body = json!({
-            "compare": [
-                {"key": format!("bank/{from}"), "value": from_balance.to_string()},
-                {"key": format!("bank/{to}"), "value": to_balance.to_string()},
+        let (from_key, to_key) = (format!("bank/{from}"), format!("bank/{to}"));
+        let txn = Txn {
+            compare: vec![
+                Compare::Value {
+                    key: from_key.clone(),
+                    value: from_balance.to_string().into_bytes(),
+                },
+                Compare::Value {
+                    key: to_key.clone(),
+                    value: to_balance.to_string().into_bytes(),
+                },
             ],
-            "success": [
-                {"put": {"key": format!("bank/{from}"), "value": (from_balance - amount).to_string()}},
-                {"put": {"key": format!("bank/{to}"), "value": (to_balance + amount).to_string()}},
+            success: vec![
+                TxnOp::Put {
+                    key: from_key,
+                    value: (from_balance - amount).to_string().into_bytes(),
+                },
+                TxnOp::Put {
+                    key: to_key,
+                    value: (to_balance + amount).to_string().into_bytes(),
+                },
             ],
-        });
+            failure: Vec::new(),
+        };
         tally.lock().expect("tally").transfers_attempted += 1;
-        let answer = tokio::time::timeout(
-            timeout,
-            http.post(format!("{api}/v1/txn")).json(&body).send(),
-        )
-        .await;
+        let answer = tokio::time::timeout(ctx.timeout, client.txn(&txn)).await;
         let mut tally = tally.lock().expect("tally");
         match answer {
-            Ok(Ok(response)) if response.status() == 200 => tally.transfers_ok += 1,
-            Ok(Err(e)) if e.is_connect() => {}
-            Ok(Ok(response)) if response.status().is_client_error() || response.status() == 503 => {
-            }
+            // Applied or not, the answer is definite (a failed compare changes nothing).
+            Ok(Ok(_)) => tally.transfers_ok += 1,
+            Ok(Err(e)) if certainly_not_applied(&e) => {}
             _ => tally.transfers_unknown += 1,
         }
     }
