@@ -9,20 +9,18 @@
 //! ranges. Nothing here asserts a figure: it prints them and writes JSON.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{header, Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use jepsen_lite::cluster::{encode_key, wait_for, Cluster, ClusterOptions};
+use hyper::Method;
+use jepsen_lite::cluster::{wait_for, Cluster, ClusterOptions};
+
+use crate::conn::{connect, load_batch, Conn, Http1};
+use crate::etcd::EtcdCluster;
 
 /// Which store a cell measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -125,7 +123,7 @@ pub struct CellLimits {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum OpKind {
+pub(crate) enum OpKind {
     Get,
     Put,
     Txn,
@@ -146,7 +144,7 @@ pub fn bench_key(i: u64) -> String {
     format!("bk-{i:013}")
 }
 
-fn bench_value(value_bytes: usize, salt: u64) -> Vec<u8> {
+pub(crate) fn bench_value(value_bytes: usize, salt: u64) -> Vec<u8> {
     let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
     (0..value_bytes)
         .map(|j| alphabet[((j as u64 + salt) % alphabet.len() as u64) as usize])
@@ -155,334 +153,7 @@ fn bench_value(value_bytes: usize, salt: u64) -> Vec<u8> {
 
 /// Longest wait for one request's whole answer (in both stores' clients), and for a connection to
 /// a mirrorkv node.
-const REQUEST_TIMEOUT_MS: u64 = 10_000;
-
-/// One HTTP/1.1 connection to a mirrorkv node, made again after an error.
-///
-/// The bench drives mirrorkv through hyper's own client connection rather than reqwest: on
-/// these 2 cores the load generator shares the CPU with the cluster it measures, and reqwest's
-/// pool, URL parsing and middleware cost about as much CPU per request as a node's whole HTTP
-/// handling. etcd is driven through etcd-client, a thin layer over tonic's gRPC channel.
-struct Http1 {
-    addr: String,
-    sender: Option<SendRequest<Full<Bytes>>>,
-}
-
-impl Http1 {
-    /// A client for the node at `base`, which connects on its first request.
-    fn new(base: &str) -> Http1 {
-        Http1 {
-            addr: base.trim_start_matches("http://").to_string(),
-            sender: None,
-        }
-    }
-
-    /// A client for the node at `base`, connected now (within `REQUEST_TIMEOUT_MS`).
-    async fn open(base: &str) -> Result<Http1, String> {
-        let mut http = Http1::new(base);
-        let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
-        let connected = tokio::time::timeout(timeout, Self::connect(&http.addr))
-            .await
-            .map_err(|_| {
-                format!(
-                    "no connection to {} within {REQUEST_TIMEOUT_MS} ms",
-                    http.addr
-                )
-            })?;
-        http.sender = Some(connected?);
-        Ok(http)
-    }
-
-    async fn connect(addr: &str) -> Result<SendRequest<Full<Bytes>>, String> {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
-        // Drives the connection; ends when the sender is dropped or the connection fails.
-        tokio::spawn(connection);
-        Ok(sender)
-    }
-
-    /// Send one request and read its whole answer.
-    async fn request(
-        &mut self,
-        method: Method,
-        path_and_query: &str,
-        content_type: &str,
-        body: Vec<u8>,
-    ) -> Result<(StatusCode, Bytes), String> {
-        let work = async {
-            let sender = match &mut self.sender {
-                Some(sender) if !sender.is_closed() => sender,
-                _ => self.sender.insert(Self::connect(&self.addr).await?),
-            };
-            sender.ready().await.map_err(|e| e.to_string())?;
-            let request = Request::builder()
-                .method(method)
-                .uri(path_and_query)
-                .header(header::HOST, &self.addr)
-                .header(header::CONTENT_TYPE, content_type)
-                .body(Full::new(Bytes::from(body)))
-                .map_err(|e| e.to_string())?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = response.status();
-            // Read the whole body, as a real client would.
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok((status, body))
-        };
-        let answer =
-            match tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), work).await {
-                Ok(answer) => answer,
-                Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT_MS} ms")),
-            };
-        if answer.is_err() {
-            // The connection may hold a half-read answer: start afresh.
-            self.sender = None;
-        }
-        answer
-    }
-}
-
-/// One client's connection to one node.
-enum Conn {
-    Mirror {
-        http: Http1,
-        level: String,
-    },
-    Etcd {
-        kv: etcd_client::KvClient,
-        serializable: bool,
-    },
-}
-
-impl Conn {
-    async fn run(&mut self, op: OpKind, key: &str, value: &[u8]) -> Result<(), String> {
-        match self {
-            Conn::Mirror { http, level } => {
-                const BYTES: &str = "application/octet-stream";
-                let (status, body) = match op {
-                    OpKind::Get => {
-                        let path = format!("/v1/kv/{}?consistency={level}", encode_key(key));
-                        http.request(Method::GET, &path, BYTES, Vec::new()).await
-                    }
-                    OpKind::Put => {
-                        let path = format!("/v1/kv/{}", encode_key(key));
-                        http.request(Method::PUT, &path, BYTES, value.to_vec())
-                            .await
-                    }
-                    OpKind::Txn => {
-                        let body = serde_json::to_vec(&serde_json::json!({
-                            "compare": [{"key": key, "exists": true}],
-                            "success": [{"put": {"key": key, "value": String::from_utf8_lossy(value)}}],
-                        }))
-                        .map_err(|e| e.to_string())?;
-                        http.request(Method::POST, "/v1/txn", "application/json", body)
-                            .await
-                    }
-                }?;
-                if status.is_success() || (op == OpKind::Get && status.as_u16() == 404) {
-                    Ok(())
-                } else {
-                    Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
-                }
-            }
-            Conn::Etcd { kv, serializable } => {
-                use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
-                match op {
-                    OpKind::Get => {
-                        let options = serializable.then(|| GetOptions::new().with_serializable());
-                        kv.get(key, options).await.map(|_| ())
-                    }
-                    OpKind::Put => kv.put(key, value, None).await.map(|_| ()),
-                    OpKind::Txn => kv
-                        .txn(
-                            Txn::new()
-                                .when([Compare::version(key, CompareOp::Greater, 0)])
-                                .and_then([TxnOp::put(key, value, None)]),
-                        )
-                        .await
-                        .map(|_| ()),
-                }
-                .map_err(|e| e.to_string())
-            }
-        }
-    }
-}
-
-/// A running 3-member etcd cluster on loopback, stopped on drop.
-pub struct EtcdCluster {
-    etcd: PathBuf,
-    dir: tempfile::TempDir,
-    peers: Vec<String>,
-    pub client_urls: Vec<String>,
-    children: Vec<(String, Child)>,
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-impl EtcdCluster {
-    /// Start `members` etcd members from the `etcd` binary and wait until they serve. The ports
-    /// are found by binding port 0 and letting go, so another process (an outgoing connection of
-    /// the other clusters) can take one before etcd binds it: then it starts again on new ports,
-    /// at most three times.
-    pub async fn start(etcd: &Path, members: usize) -> anyhow::Result<EtcdCluster> {
-        const ATTEMPTS: usize = 3;
-        let mut attempt = 1;
-        loop {
-            match Self::start_once(etcd, members).await {
-                Ok(cluster) => return Ok(cluster),
-                Err(e) if attempt < ATTEMPTS => {
-                    eprintln!("etcd did not start ({e:#}); starting it again on new ports");
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(e.context(format!("etcd did not start in {ATTEMPTS} attempts")))
-                }
-            }
-        }
-    }
-
-    async fn start_once(etcd: &Path, members: usize) -> anyhow::Result<EtcdCluster> {
-        let dir = tempfile::tempdir()?;
-        let mut peers = Vec::new();
-        let mut clients = Vec::new();
-        for _ in 0..members {
-            peers.push(format!("http://127.0.0.1:{}", free_port()?));
-            clients.push(format!("http://127.0.0.1:{}", free_port()?));
-        }
-        let mut cluster = EtcdCluster {
-            etcd: etcd.to_path_buf(),
-            dir,
-            peers,
-            client_urls: clients,
-            children: Vec::new(),
-        };
-        for i in 0..members {
-            let child = cluster.spawn(i)?;
-            cluster.children.push((format!("e{}", i + 1), child));
-        }
-        for i in 0..members {
-            if let Err(e) = cluster.wait_serving(i, "bench-health").await {
-                // The member's log goes with its data dir when `cluster` drops: keep its end.
-                let log =
-                    std::fs::read_to_string(cluster.dir.path().join(format!("e{}.log", i + 1)))
-                        .unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(3)..];
-                return Err(e.context(format!("member e{} log ends: {}", i + 1, tail.join(" | "))));
-            }
-        }
-        Ok(cluster)
-    }
-
-    /// Start member `i` (again: an existing data dir makes etcd ignore the initial-cluster
-    /// flags and rejoin).
-    fn spawn(&self, i: usize) -> anyhow::Result<Child> {
-        let name = format!("e{}", i + 1);
-        let initial: Vec<String> = self
-            .peers
-            .iter()
-            .enumerate()
-            .map(|(i, peer)| format!("e{}={peer}", i + 1))
-            .collect();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("{name}.log")))?;
-        Command::new(&self.etcd)
-            .arg("--name")
-            .arg(&name)
-            .arg("--data-dir")
-            .arg(self.dir.path().join(&name))
-            .arg("--listen-client-urls")
-            .arg(&self.client_urls[i])
-            .arg("--advertise-client-urls")
-            .arg(&self.client_urls[i])
-            .arg("--listen-peer-urls")
-            .arg(&self.peers[i])
-            .arg("--initial-advertise-peer-urls")
-            .arg(&self.peers[i])
-            .arg("--initial-cluster")
-            .arg(initial.join(","))
-            .arg("--initial-cluster-token")
-            .arg("mirrorkv-bench")
-            .arg("--initial-cluster-state")
-            .arg("new")
-            // Room for the 1M-key scale run (the default quota is 2 GiB).
-            .arg("--quota-backend-bytes")
-            .arg((8u64 << 30).to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("starting {}: {e}", self.etcd.display()))
-    }
-
-    /// Wait until member `i` answers a linearizable range of `key`.
-    async fn wait_serving(&self, i: usize, key: &str) -> anyhow::Result<()> {
-        let url = self.client_urls[i].clone();
-        wait_for(&format!("etcd at {url}"), Duration::from_secs(60), || {
-            let url = url.clone();
-            async move {
-                let options = etcd_client::ConnectOptions::new()
-                    .with_timeout(Duration::from_secs(2))
-                    .with_connect_timeout(Duration::from_secs(1));
-                let mut client = etcd_client::Client::connect([url], Some(options))
-                    .await
-                    .ok()?;
-                client.get(key, None).await.ok().map(|_| ())
-            }
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Index of the member that is leader now.
-    async fn leader(&self) -> anyhow::Result<usize> {
-        for (i, url) in self.client_urls.iter().enumerate() {
-            let mut client = etcd_client::Client::connect([url.clone()], None).await?;
-            let status = client.status().await?;
-            let is_leader = status
-                .header()
-                .is_some_and(|h| h.member_id() == status.leader());
-            if is_leader {
-                return Ok(i);
-            }
-        }
-        anyhow::bail!("no etcd member says it is the leader")
-    }
-
-    fn pids(&self) -> Vec<(String, u32)> {
-        self.children
-            .iter()
-            .map(|(name, child)| (format!("etcd {name}"), child.id()))
-            .collect()
-    }
-}
-
-impl Drop for EtcdCluster {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+pub(crate) const REQUEST_TIMEOUT_MS: u64 = 10_000;
 
 /// Both clusters of a run.
 pub struct Stores {
@@ -830,59 +501,6 @@ fn process_use(pids: &[(String, u32)], cpu_before: Vec<f64>) -> Vec<ProcessUse> 
         .collect()
 }
 
-async fn connect(store: Store, endpoint: String, level: &str) -> anyhow::Result<Conn> {
-    Ok(match store {
-        Store::Mirrorkv => Conn::Mirror {
-            http: Http1::open(&endpoint).await.map_err(anyhow::Error::msg)?,
-            level: level.to_string(),
-        },
-        Store::Etcd => {
-            let options = etcd_client::ConnectOptions::new()
-                .with_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
-                .with_connect_timeout(Duration::from_secs(5));
-            let client = etcd_client::Client::connect([endpoint], Some(options)).await?;
-            Conn::Etcd {
-                kv: client.kv_client(),
-                serializable: level == "stale",
-            }
-        }
-    })
-}
-
-async fn load_batch(conn: &mut Conn, keys: &[u64], value_bytes: usize) -> anyhow::Result<()> {
-    match conn {
-        Conn::Mirror { http, .. } => {
-            let success: Vec<serde_json::Value> = keys
-                .iter()
-                .map(|&k| {
-                    serde_json::json!({"put": {"key": bench_key(k), "value": String::from_utf8_lossy(&bench_value(value_bytes, k))}})
-                })
-                .collect();
-            let body = serde_json::to_vec(&serde_json::json!({ "success": success }))?;
-            let (status, body) = http
-                .request(Method::POST, "/v1/txn", "application/json", body)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            anyhow::ensure!(
-                status.is_success(),
-                "preload: {status}: {}",
-                String::from_utf8_lossy(&body)
-            );
-            Ok(())
-        }
-        Conn::Etcd { kv, .. } => {
-            let ops: Vec<etcd_client::TxnOp> = keys
-                .iter()
-                .map(|&k| etcd_client::TxnOp::put(bench_key(k), bench_value(value_bytes, k), None))
-                .collect();
-            kv.clone()
-                .txn(etcd_client::Txn::new().and_then(ops))
-                .await?;
-            Ok(())
-        }
-    }
-}
-
 /// Latencies from 1 µs to 60 s at 3 significant digits.
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
@@ -915,18 +533,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// The `etcd` binary: `--etcd`, else `etcd` on the PATH.
-pub fn find_etcd(given: Option<PathBuf>) -> Option<PathBuf> {
-    if let Some(path) = given {
-        return Some(path);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("etcd"))
-            .find(|candidate| candidate.is_file())
-    })
 }
 
 /// A key count as the table shows it: `10k`, `1M`, `1500`.

@@ -7,6 +7,8 @@
 //! - this file: the flags, and the run over every key space, store and round.
 
 mod cells;
+mod conn;
+mod etcd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,7 +113,7 @@ fn main() -> ExitCode {
         etcd: if store == Some(Store::Mirrorkv) {
             None
         } else {
-            match cells::find_etcd(etcd) {
+            match etcd::find_etcd(etcd) {
                 Some(etcd) => Some(etcd),
                 None => {
                     eprintln!("mirrorkv-bench: no etcd binary (install etcd-server, or pass --etcd, or --store mirrorkv)");

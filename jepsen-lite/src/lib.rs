@@ -7,7 +7,8 @@
 //!   every node.
 //! - [`checker`]: Wing–Gong–Lowe search with memoization, per key, in parallel, time-limited.
 //! - [`edn`]: a small EDN reader; [`edn_out`] writes histories as EDN.
-//! - [`cluster`]: real `mirrorkv` processes on loopback, with a proxy per directed link.
+//! - [`cluster`]: real `mirrorkv` processes on loopback, with a proxy per directed link
+//!   ([`proxy`]).
 //! - [`nemesis`]: the faults and the schedule one seed decides.
 //! - [`harness`]: `jepsen-lite test`: cluster + workload + nemesis + final reads + check.
 //! - [`report`]: `report.html`, timelines per key and latency over time, faults shaded.
@@ -26,6 +27,7 @@ pub mod history;
 pub mod model;
 pub mod nemesis;
 pub mod parse;
+pub mod proxy;
 pub mod report;
 pub mod workloads;
 
