@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use mirrorkv_raft_net::MembershipChange;
+use mirrorkv_coordinator::MembershipChange;
 use mirrorkv_storage::{NodeId, NodeInfo};
 use serde::Deserialize;
 use serde_json::json;

@@ -4,7 +4,11 @@
 //!
 //! - `cells`: one cell (a workload, a read level, a number of clients) against one store,
 //!   the clients, the preload, and the table.
+//! - `conn`: one client's connection (hyper HTTP/1.1 to mirrorkv, gRPC to etcd), the bulk load.
+//! - `etcd`: the 3-member etcd cluster, started from the `etcd` binary.
 //! - this file: the flags, and the run over every key space, store and round.
+//!
+//! Why: `bench/DESIGN.md`.
 
 mod cells;
 mod conn;

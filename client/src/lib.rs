@@ -1,5 +1,5 @@
-//! A typed client of the mirrorkv HTTP API (`../shared/API.md`), used by `mirrorkv ctl` and
-//! the node's tests. It knows the contract's rules so callers do not have to: which requests
+//! A typed client of the mirrorkv HTTP API (`../shared/API.md`), used by `mirrorkv ctl`,
+//! jepsen-lite's workloads and the node's tests. It knows the contract's rules so callers do not have to: which requests
 //! may go to another node, how keys and values travel, and how to read one's own writes.
 //!
 //! - [`client`]: [`Client`] and [`ClientOptions`]: endpoint failover, idempotency keys,

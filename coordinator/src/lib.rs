@@ -55,6 +55,7 @@ pub use gate::WriteGate;
 pub use lease::{Lease, LeaseConfig};
 pub use level::ReadLevel;
 pub use level::ReadRequest;
+pub use mirrorkv_raft_net::MembershipChange;
 
 use batch::{Appender, WriteBatcher};
 use forward::Forwarder;

@@ -1,4 +1,5 @@
-//! The mirrorkv node: wires storage, raft-net and the API together and runs them until shutdown.
+//! The mirrorkv node: wires storage, raft-net, the coordinator and the API together and runs
+//! them until shutdown.
 //!
 //! Modules:
 //! - [`config`]: flags, `MIRRORKV_*` environment and TOML into one `NodeConfig`.

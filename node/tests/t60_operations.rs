@@ -568,6 +568,17 @@ async fn t65_backup_and_restore_through_ctl(cluster: &Cluster, endpoints: &str) 
     );
 }
 
+/// `mirrorkv ctl --endpoints ENDPOINTS ARGS...`, asserted to succeed; its standard output.
+fn ctl_at(endpoints: &str) -> impl Fn(&[&str]) -> String + '_ {
+    move |args: &[&str]| {
+        let mut all = vec!["ctl", "--endpoints", endpoints];
+        all.extend_from_slice(args);
+        let (ok, stdout, stderr) = mirrorkv(&all, None);
+        assert!(ok, "mirrorkv ctl {args:?}: {stderr}");
+        String::from_utf8(stdout).unwrap()
+    }
+}
+
 /// t65, continued: membership changes, a snapshot and a backup through ctl, `dead` first in
 /// its endpoints.
 async fn t65_members_snapshot_and_backup_through_ctl(
@@ -576,13 +587,7 @@ async fn t65_members_snapshot_and_backup_through_ctl(
     endpoints: &str,
 ) {
     let endpoints = endpoints.to_string();
-    let ctl = |args: &[&str]| {
-        let mut all = vec!["ctl", "--endpoints", endpoints.as_str()];
-        all.extend_from_slice(args);
-        let (ok, stdout, stderr) = mirrorkv(&all, None);
-        assert!(ok, "mirrorkv ctl {args:?}: {stderr}");
-        String::from_utf8(stdout).unwrap()
-    };
+    let ctl = ctl_at(&endpoints);
     // Add a mirror, start it (its --join finds itself already added), promote, remove node 1.
     cluster.add_node(4, &["--join", &cluster.nodes[&2].api_addr.clone()]);
     let (api4, raft4) = (
@@ -669,13 +674,7 @@ async fn t65_ctl_end_to_end() {
         "{dead},{},{}",
         cluster.nodes[&1].api_addr, cluster.nodes[&2].api_addr
     );
-    let ctl = |args: &[&str]| {
-        let mut all = vec!["ctl", "--endpoints", endpoints.as_str()];
-        all.extend_from_slice(args);
-        let (ok, stdout, stderr) = mirrorkv(&all, None);
-        assert!(ok, "mirrorkv ctl {args:?}: {stderr}");
-        String::from_utf8(stdout).unwrap()
-    };
+    let ctl = ctl_at(&endpoints);
     assert!(ctl(&["put", "app/a", "1"]).starts_with("OK index "));
     let (ok, _, stderr) = mirrorkv(
         &["ctl", "--endpoints", &endpoints, "put", "app/b"],
