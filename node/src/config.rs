@@ -137,6 +137,10 @@ pub struct Flags {
     /// reads nothing from RocksDB; outside storage_memory_mib (0 turns it off).
     #[arg(long, env = "MIRRORKV_KEY_INDEX_MIB")]
     pub key_index_mib: Option<u64>,
+    /// The change history keeps the changes of at least this many of the newest log entries
+    /// (1 to 100000000); a watch from an older index gets `410 compacted`.
+    #[arg(long, env = "MIRRORKV_WATCH_HISTORY_ENTRIES")]
+    pub watch_history_entries: Option<u64>,
     /// Fault injection for tests, never for production: while leading, wait this long before
     /// every fsync of the node's own log appends, as a slow disk would (at most 60000).
     #[arg(long, env = "MIRRORKV_FAULT_LOG_SYNC_DELAY_MS", hide = true)]
@@ -177,6 +181,7 @@ pub struct NodeConfig {
     pub snapshot_chunk_bytes: u64,
     pub storage_memory_mib: u64,
     pub key_index_mib: u64,
+    pub watch_history_entries: u64,
     /// Fault injection for tests (`StoreOptions::fault_log_sync_delay_ms`); 0 in production.
     pub fault_log_sync_delay_ms: u64,
 }
@@ -225,6 +230,7 @@ impl Flags {
             raft_idle_timeout_ms: Some(net.idle_timeout_ms),
             storage_memory_mib: Some((store.memory_budget_bytes >> 20) as u64),
             key_index_mib: Some((store.key_index_max_bytes >> 20) as u64),
+            watch_history_entries: Some(store.history_entries),
             fault_log_sync_delay_ms: Some(0),
             ..Flags::default()
         }
@@ -279,6 +285,7 @@ impl Flags {
             raft_idle_timeout_ms: self.raft_idle_timeout_ms.or(file.raft_idle_timeout_ms),
             storage_memory_mib: self.storage_memory_mib.or(file.storage_memory_mib),
             key_index_mib: self.key_index_mib.or(file.key_index_mib),
+            watch_history_entries: self.watch_history_entries.or(file.watch_history_entries),
             fault_log_sync_delay_ms: self
                 .fault_log_sync_delay_ms
                 .or(file.fault_log_sync_delay_ms),
@@ -483,6 +490,12 @@ impl Flags {
         if key_index_mib > 1024 * 1024 {
             bail!("key_index_mib must be at most 1048576 (MiB)");
         }
+        let watch_history_entries = defaulted(flags.watch_history_entries)?;
+        if !(1..=MAX_WATCH_HISTORY_ENTRIES).contains(&watch_history_entries) {
+            bail!(
+                "watch_history_entries must be between 1 and {MAX_WATCH_HISTORY_ENTRIES} (entries)"
+            );
+        }
         let fault_log_sync_delay_ms = defaulted(flags.fault_log_sync_delay_ms)?;
         if fault_log_sync_delay_ms > 60_000 {
             bail!("fault_log_sync_delay_ms must be at most 60000 (ms)");
@@ -508,6 +521,7 @@ impl Flags {
             snapshot_chunk_bytes,
             storage_memory_mib,
             key_index_mib,
+            watch_history_entries,
             fault_log_sync_delay_ms,
         })
     }
@@ -585,6 +599,9 @@ pub const MAX_PAYLOAD_ENTRIES: u64 = 16;
 
 /// Room for an entry's framing and encoding besides its body, and for a frame's own.
 const ENTRY_OVERHEAD_BYTES: u64 = 64 * 1024;
+
+/// The longest change history a node may keep, in log entries: a thousand times the default.
+const MAX_WATCH_HISTORY_ENTRIES: u64 = 100_000_000;
 
 /// The longest `request_timeout_ms` accepted: an hour. Deadlines are `now + timeout`, and a
 /// timeout near `u64::MAX` ms would overflow the clock.
@@ -737,6 +754,7 @@ mod tests {
             raft_idle_timeout_ms: Some(net.idle_timeout_ms),
             storage_memory_mib: Some(config.storage_memory_mib),
             key_index_mib: Some(config.key_index_mib),
+            watch_history_entries: Some(config.watch_history_entries),
             fault_log_sync_delay_ms: Some(config.fault_log_sync_delay_ms),
             ..Flags::default()
         };

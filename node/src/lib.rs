@@ -199,6 +199,7 @@ fn store_options(config: &NodeConfig) -> anyhow::Result<mirrorkv_storage::StoreO
         fault_log_sync_delay_ms: config.fault_log_sync_delay_ms,
         key_index_max_bytes: usize::try_from(config.key_index_mib << 20)
             .context("key_index_mib is too large for this machine")?,
+        history_entries: config.watch_history_entries,
     })
 }
 

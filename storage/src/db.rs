@@ -10,6 +10,8 @@
 //!   `WriteBatch` moves both.
 //! - `snapshot`: `current` → the last built or installed snapshot: its meta and its file name
 //!   (the data is a file, see `snapshot`).
+//! - `changes`: big-endian `u64` index + key → the change of that key at that index (the
+//!   change history, see `changes`); its compact index is `m:changes_compact` in `sm`.
 
 use std::path::Path;
 
@@ -26,8 +28,11 @@ pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_RAFT_META: &str = "raft_meta";
 pub(crate) const CF_SM: &str = "sm";
 pub(crate) const CF_SNAPSHOT: &str = "snapshot";
+/// The change history (`changes`).
+pub(crate) const CF_CHANGES: &str = "changes";
 /// Every column family `open` creates.
-pub(crate) const COLUMN_FAMILIES: [&str; 4] = [CF_LOG, CF_RAFT_META, CF_SM, CF_SNAPSHOT];
+pub(crate) const COLUMN_FAMILIES: [&str; 5] =
+    [CF_LOG, CF_RAFT_META, CF_SM, CF_SNAPSHOT, CF_CHANGES];
 
 pub(crate) const KEY_VOTE: &[u8] = b"vote";
 pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
@@ -38,6 +43,8 @@ pub(crate) const KEY_SNAPSHOT: &[u8] = b"current";
 /// Present while a snapshot is being installed (names its file): the `sm` data is then a mix of
 /// old and new, readers refuse it, and opening the store finishes the install.
 pub(crate) const KEY_INSTALLING: &[u8] = b"m:installing";
+/// The change history's compact index (`changes`): every change after it is kept.
+pub(crate) const KEY_CHANGES_COMPACT: &[u8] = b"m:changes_compact";
 
 /// First byte of every data key in `sm`; data keys sort in `[DATA_TAG, DATA_TAG_END)`.
 pub(crate) const DATA_TAG: u8 = b'd';
@@ -124,6 +131,9 @@ pub struct StoreOptions {
     /// `memory_budget_bytes`. About 64 bytes plus the key's length per key: the default holds
     /// some two million 16-byte keys; keys beyond it are read from RocksDB as they are written.
     pub key_index_max_bytes: usize,
+    /// The change history keeps the changes of at least this many of the newest log entries
+    /// (`changes`); a watch from an older index is told the history was compacted.
+    pub history_entries: u64,
 }
 
 impl Default for StoreOptions {
@@ -132,6 +142,7 @@ impl Default for StoreOptions {
             memory_budget_bytes: 256 * 1024 * 1024,
             fault_log_sync_delay_ms: 0,
             key_index_max_bytes: 128 * 1024 * 1024,
+            history_entries: 100_000,
         }
     }
 }

@@ -27,6 +27,7 @@
 //! Why it is shaped this way, and every durability rule, is in `storage/DESIGN.md`.
 
 pub mod backup;
+pub mod changes;
 pub mod codec;
 mod db;
 pub mod error;
@@ -68,7 +69,7 @@ pub fn open_with(
         db.clone(),
         Duration::from_millis(options.fault_log_sync_delay_ms),
     )?;
-    let state_machine = StateMachine::open(db, path, options.key_index_max_bytes)?;
+    let state_machine = StateMachine::open(db, path, options)?;
     let purged = log_store.purged()?;
     let snapshot = state_machine.snapshot_log_id()?;
     let applied = state_machine.applied();

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use std::collections::HashMap;
 
+use mirrorkv_storage::changes::{Change, ChangeKind, KeyFilter};
+
 use mirrorkv_storage::{
     Command, CommandResult, Compare, CompareTarget, Entry, KeyRecord, LogId, LogStore,
     Precondition, RangeRequest, Response, StateMachine, StoreOptions, Txn, TxnOp, TxnOpResult,
@@ -96,6 +98,36 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// What applying one index changed, key by key in key order: a put for every key whose record
+/// changed, a delete for every key that existed before and does not after.
+fn model_changes(
+    index: u64,
+    before: &BTreeMap<String, KeyRecord>,
+    after: &BTreeMap<String, KeyRecord>,
+) -> Vec<Change> {
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    keys.into_iter()
+        .filter_map(|key| {
+            let prev_mod_index = before.get(key).map(|r| r.mod_index);
+            let kind = match (before.get(key), after.get(key)) {
+                (_, Some(now)) if before.get(key) != Some(now) => ChangeKind::Put {
+                    value: now.value.clone(),
+                    mod_index: now.mod_index,
+                    create_index: now.create_index,
+                },
+                (Some(_), None) => ChangeKind::Delete,
+                _ => return None,
+            };
+            Some(Change {
+                index,
+                key: key.clone(),
+                kind,
+                prev_mod_index,
+            })
+        })
+        .collect()
+}
+
 /// A batch of puts (odd keys) and deletes (even keys).
 fn batch_command(keys: Vec<u8>, value: Vec<u8>) -> Command {
     Command::Batch(
@@ -134,6 +166,11 @@ struct Harness {
     next_index: u64,
     /// The store's options: the key index bound varies by case (see `KEY_INDEX_BOUNDS`).
     options: StoreOptions,
+    /// The change history the store must hold: what each applied index changed, derived from
+    /// the model's state before and after it.
+    history: Vec<Change>,
+    /// The index the history starts after (the store's compact index).
+    history_after: u64,
 }
 
 /// Key index bounds the cases run with: none (every key read from RocksDB), room for about
@@ -156,6 +193,8 @@ impl Harness {
             _log: log,
             sm,
             model: BTreeMap::new(),
+            history: Vec::new(),
+            history_after: 0,
             idempotency: HashMap::new(),
             now_ms: 1_000,
             next_index: 1,
@@ -429,6 +468,9 @@ impl Harness {
             .unwrap()
             .expect("installed snapshot is current");
         assert_eq!(current.meta, snapshot.meta);
+        // An installed snapshot carries no history: it starts after the snapshot.
+        self.history.clear();
+        self.history_after = snapshot.meta.last_log_id.map_or(0, |id| id.index);
         self.dir = dir;
         self._log = log;
         self.sm = sm;
@@ -451,7 +493,10 @@ impl Harness {
     async fn apply_and_compare(&mut self, command: Command) {
         let index = self.next_index;
         self.next_index += 1;
+        let before = self.model.clone();
         let expected = self.model_apply(index, &command);
+        self.history
+            .extend(model_changes(index, &before, &self.model));
         // Values here are under 16 bytes: the bound the batchers use (`max_answer_bytes`)
         // must hold for every answer apply gives.
         let answer_bound_bytes = command.max_answer_bytes(16);
@@ -485,6 +530,41 @@ impl Harness {
         assert_eq!(all.value.next, None);
         let stored: BTreeMap<String, KeyRecord> = all.value.items.into_iter().collect();
         assert_eq!(stored, self.model, "state machine differs from the model");
+        // The change history: every change after its start, in index then key order, and
+        // nothing at or before its start.
+        let all_keys = KeyFilter::Prefix(String::new());
+        let page = reader
+            .changes(self.history_after + 1, &all_keys, usize::MAX)
+            .unwrap()
+            .expect("the history from its start");
+        assert_eq!(
+            page.changes, self.history,
+            "the change history differs from the model"
+        );
+        assert_eq!(
+            page.through_index,
+            self.applied().unwrap_or(0).max(self.history_after)
+        );
+        if self.history_after > 0 {
+            assert!(
+                reader
+                    .changes(self.history_after, &all_keys, usize::MAX)
+                    .unwrap()
+                    .is_err(),
+                "a read from the history's start index itself is compacted"
+            );
+        }
+        let one_key = KeyFilter::Key(key_name(3));
+        let page = reader
+            .changes(self.history_after + 1, &one_key, usize::MAX)
+            .unwrap()
+            .unwrap();
+        let expected: Vec<&Change> = self
+            .history
+            .iter()
+            .filter(|c| c.key == key_name(3))
+            .collect();
+        assert_eq!(page.changes.iter().collect::<Vec<_>>(), expected);
         for key in 0..12 {
             let name = key_name(key);
             assert_eq!(

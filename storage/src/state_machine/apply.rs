@@ -8,6 +8,7 @@ use openraft::EntryPayload;
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
 
 use super::StateMachine;
+use crate::changes::{self, ChangeKind, StoredChange};
 use crate::codec;
 use crate::db::{self, get_record, CF_SM, KEY_APPLIED, KEY_MEMBERSHIP};
 use crate::error::{Result, StorageError};
@@ -150,19 +151,37 @@ impl<'r, 'a> Overlay<'r, 'a> {
         Ok(existed)
     }
 
-    fn stage(self, batch: &mut WriteBatch) -> Result<()> {
+    /// Stage this command's writes at `index` into `batch`, each with its record in the change
+    /// history (a delete of a key that did not exist changes nothing and records nothing).
+    fn stage(self, index: u64, batch: &mut WriteBatch) -> Result<()> {
         let cf = db::cf(self.reads.db, CF_SM);
         for (key, change) in self.changes {
-            let meta = match change {
+            // What the key was before this entry: a batch's commands have disjoint keys, so no
+            // other command of the entry changed it.
+            let prev_mod_index = self.reads.meta(&key)?.map(|meta| meta.mod_index);
+            let (meta, kind) = match change {
                 Some(record) => {
                     batch.put_cf(cf, db::data_key(&key), codec::encode(&record)?);
-                    Some(record.meta())
+                    let meta = record.meta();
+                    let kind = ChangeKind::Put {
+                        mod_index: record.mod_index,
+                        create_index: record.create_index,
+                        value: record.value,
+                    };
+                    (Some(meta), Some(kind))
                 }
                 None => {
                     batch.delete_cf(cf, db::data_key(&key));
-                    None
+                    (None, prev_mod_index.map(|_| ChangeKind::Delete))
                 }
             };
+            if let Some(kind) = kind {
+                let change = StoredChange {
+                    kind,
+                    prev_mod_index,
+                };
+                changes::stage(self.reads.db, batch, index, &key, &change)?;
+            }
             self.reads.index_updates.push((key, meta));
         }
         Ok(())
@@ -253,7 +272,7 @@ impl StateMachine {
                 unreachable!("handled above")
             }
         };
-        overlay.stage(batch)?;
+        overlay.stage(index, batch)?;
         Ok(Response { index, result })
     }
 
@@ -384,9 +403,18 @@ impl StateMachine {
                 nothing
             }
         };
+        let new_compact =
+            changes::prune_to(self.changes_compact, log_id.index, self.history_entries);
+        if let Some(new_compact) = new_compact {
+            changes::stage_prune(&self.db, &mut batch, self.changes_compact, new_compact)?;
+        }
         batch.put_cf(cf, KEY_APPLIED, codec::encode(&Some(log_id))?);
-        // Data and applied index move together; see the module doc for why no fsync here.
+        // Data, history and applied index move together; see the module doc for why no fsync
+        // here.
         self.db.write(batch)?;
+        if let Some(new_compact) = new_compact {
+            self.changes_compact = new_compact;
+        }
         // Only now, so the index never holds what RocksDB does not.
         if !index_updates.is_empty() {
             for (key, meta) in index_updates {

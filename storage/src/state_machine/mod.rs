@@ -23,6 +23,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{OptionalSend, StorageIOError};
 use rocksdb::DB;
 
+use crate::changes;
 use crate::codec;
 use crate::db::{self, read_applied, read_membership, stored_snapshot, CF_SM, KEY_INSTALLING};
 use crate::error::{Result, StorageError};
@@ -46,6 +47,10 @@ pub struct StateMachine {
     snapshots: Snapshots,
     /// The indexes of live keys, so applying a write need not read its key (see `key_index`).
     index: KeyIndex,
+    /// The change history's compact index (`changes`), as stored.
+    changes_compact: u64,
+    /// How many of the newest entries' changes the history keeps at least.
+    history_entries: u64,
 }
 
 /// The snapshot files and the lock that orders the steps which change which one is current:
@@ -112,7 +117,7 @@ pub struct DiskUsage {
 impl StateMachine {
     /// Open the state machine of the store at `db_path`. A snapshot install that a crash
     /// interrupted is finished first, from its file (fsynced before the install began).
-    pub(crate) fn open(db: Arc<DB>, db_path: &Path, key_index_max_bytes: usize) -> Result<Self> {
+    pub(crate) fn open(db: Arc<DB>, db_path: &Path, options: &crate::StoreOptions) -> Result<Self> {
         let snapshots = Snapshots {
             dir: Arc::new(SnapshotDir::open(db_path)?),
             lock: Arc::default(),
@@ -128,13 +133,29 @@ impl StateMachine {
             .remove_stale(current.as_ref().map(|s| s.file.as_str()), true);
         let applied = read_applied(&db, None)?;
         let membership = read_membership(&db, None)?;
+        let changes_compact = match changes::read_compact(&db, None)? {
+            Some(compact) => compact,
+            None => {
+                // A store that kept no history yet (new, restored, or from before the history
+                // existed): it starts after what is applied now.
+                let compact = applied.map_or(0, |id| id.index);
+                db.put_cf(
+                    db::cf(&db, CF_SM),
+                    db::KEY_CHANGES_COMPACT,
+                    codec::encode(&compact)?,
+                )?;
+                compact
+            }
+        };
         Ok(Self {
             db,
             counters: Arc::default(),
             applied,
             membership,
             snapshots,
-            index: KeyIndex::new(key_index_max_bytes),
+            index: KeyIndex::new(options.key_index_max_bytes),
+            changes_compact,
+            history_entries: options.history_entries,
         })
     }
 
@@ -231,6 +252,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        self.changes_compact = meta.last_log_id.map_or(0, |id| id.index);
         self.counters
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);

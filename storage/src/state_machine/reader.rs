@@ -6,6 +6,7 @@ use std::sync::Arc;
 use rocksdb::{Direction, IteratorMode, ReadOptions, DB};
 
 use super::{DiskUsage, MemoryUsage, ReadAt, Snapshots, StorageCounters};
+use crate::changes::{self, ChangesPage, HistoryError, KeyFilter};
 use crate::codec;
 use crate::db::{self, consistent_view, read_applied, stored_snapshot, CF_SM};
 use crate::error::{Result, StorageError};
@@ -99,6 +100,18 @@ impl KvReader {
             state_bytes: cf_bytes(CF_SM)?,
             db_dir_bytes,
         })
+    }
+
+    /// The changes matching `filter` from `from_index` on, up to the applied index of one view
+    /// (at most about `max_changes`: a page never splits an index), or why the history cannot
+    /// serve them (`changes`). Blocking: call it from a blocking thread.
+    pub fn changes(
+        &self,
+        from_index: u64,
+        filter: &KeyFilter,
+        max_changes: usize,
+    ) -> Result<std::result::Result<ChangesPage, HistoryError>> {
+        changes::read(&self.db, from_index, filter, max_changes)
     }
 
     /// The applied index now.

@@ -181,7 +181,8 @@ fn open_buffered(path: &Path) -> Result<BufReader<std::fs::File>> {
 /// Replace the whole state machine with the snapshot `installing` (whose file was checked and
 /// fsynced, and whose `m:installing` marker is stored): delete the data, write the file's
 /// entries in frame-sized batches, then one fsynced batch that sets applied and membership,
-/// makes the snapshot current and removes the marker. Idempotent, so a crash midway is finished
+/// makes the snapshot current, empties the change history (which now starts after the
+/// snapshot) and removes the marker. Idempotent, so a crash midway is finished
 /// by running it again. Returns the number of entries.
 pub(super) fn load_snapshot(
     db: &DB,
@@ -206,6 +207,8 @@ pub(super) fn load_snapshot(
         codec::encode(installing)?,
     );
     batch.delete_cf(cf, KEY_INSTALLING);
+    // The history described the state just replaced: it now starts after the snapshot.
+    crate::changes::stage_reset(db, &mut batch, meta.last_log_id.map_or(0, |id| id.index))?;
     db.write_opt(batch, &db::synced())?;
     Ok(summary.entries)
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use super::snapshot_io::install_file;
 use super::*;
+use crate::changes::{HistoryError, KeyFilter};
 use crate::types::{
     ApplyRefusal, Command, CommandResult, Precondition, Txn, TxnOp, MAX_TXN_RESPONSE_BYTES,
 };
@@ -88,6 +89,24 @@ async fn an_install_interrupted_by_a_crash_is_finished_when_the_store_opens() {
         .expect("a current snapshot");
     assert_eq!(current.meta, meta);
     assert_eq!(reopened.snapshot_log_id().unwrap(), meta.last_log_id);
+    // The target's own history (its put of "old" at index 1) described the replaced state:
+    // it is gone, and the history starts after the snapshot.
+    let everything = KeyFilter::Prefix(String::new());
+    assert!(matches!(
+        reader.changes(1, &everything, 100).unwrap(),
+        Err(HistoryError::Compacted {
+            compact_index: 3,
+            ..
+        })
+    ));
+    assert_eq!(
+        reader
+            .changes(4, &everything, 100)
+            .unwrap()
+            .unwrap()
+            .changes,
+        []
+    );
 }
 
 #[tokio::test]
@@ -319,5 +338,99 @@ async fn idempotency_records_survive_their_own_entry_and_refuse_other_commands()
     assert_eq!(
         sm.reader().get("data/a").unwrap().value.unwrap().value,
         b"x"
+    );
+}
+
+#[tokio::test]
+async fn the_history_keeps_its_window_across_pruning_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = crate::StoreOptions {
+        history_entries: 10,
+        ..crate::StoreOptions::default()
+    };
+    let everything = KeyFilter::Prefix(String::new());
+    let last = 10 + crate::changes::PRUNE_STEP_ENTRIES + 5;
+    {
+        let (_log, mut sm) = crate::open_with(dir.path(), &options).unwrap();
+        let entries: Vec<Entry> = (1..=last).map(|i| put(i, &format!("k{}", i % 3))).collect();
+        sm.apply(entries).await.unwrap();
+    }
+    // Reopened: what the history kept is on disk, the window whole.
+    let (_log, sm) = crate::open_with(dir.path(), &options).unwrap();
+    let reader = sm.reader();
+    let compact = match reader.changes(1, &everything, 10_000).unwrap() {
+        Err(HistoryError::Compacted { compact_index, .. }) => compact_index,
+        other => panic!("index 1 was pruned: {other:?}"),
+    };
+    // Pruned once, at the first index a step past the window: 10 + step applied, compact = step.
+    assert_eq!(compact, crate::changes::PRUNE_STEP_ENTRIES);
+    assert!(last - compact >= 10, "at least the window is kept");
+    let page = reader
+        .changes(compact + 1, &everything, 10_000)
+        .unwrap()
+        .unwrap();
+    let indexes: Vec<u64> = page.changes.iter().map(|c| c.index).collect();
+    assert_eq!(
+        indexes,
+        ((compact + 1)..=last).collect::<Vec<_>>(),
+        "one change an index, none missing"
+    );
+    assert_eq!(page.through_index, last);
+    // Each put names the key's previous version.
+    let change = &page.changes[3];
+    assert_eq!(change.prev_mod_index, Some(change.index - 3));
+    // A page holds whole indexes up to its bound, and says where to go on.
+    let first = reader
+        .changes(compact + 1, &everything, 2)
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.changes.len(), 2);
+    assert_eq!(first.through_index, compact + 2);
+    // Past the applied index: nothing yet, and nothing examined beyond it.
+    let ahead = reader.changes(last + 5, &everything, 10).unwrap().unwrap();
+    assert_eq!((ahead.changes.len(), ahead.through_index), (0, last + 4));
+}
+
+#[tokio::test]
+async fn a_restored_store_keeps_no_history_before_the_backup() {
+    let (source_dir, target_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_log, mut source) = crate::open(source_dir.path()).unwrap();
+    source
+        .apply((1..=4).map(|i| put(i, "k")).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let mut copy = Vec::new();
+    source
+        .reader()
+        .write_backup(
+            1,
+            "c",
+            |_| {},
+            |bytes| {
+                copy.extend(bytes);
+                true
+            },
+        )
+        .unwrap();
+    let path = target_dir.path().join("db");
+    let node = crate::types::NodeInfo {
+        api_addr: "127.0.0.1:1".into(),
+        raft_addr: "127.0.0.1:2".into(),
+    };
+    crate::backup::restore(&copy[..], &path, 1, &[(1, node)].into()).unwrap();
+    let (_log, restored) = crate::open(&path).unwrap();
+    let reader = restored.reader();
+    let everything = KeyFilter::Prefix(String::new());
+    // The source's changes at 1..=4 are not in the copy: the history starts after it.
+    assert!(matches!(
+        reader.changes(4, &everything, 10).unwrap(),
+        Err(HistoryError::Compacted {
+            compact_index: 4,
+            ..
+        })
+    ));
+    assert_eq!(
+        reader.changes(5, &everything, 10).unwrap().unwrap().changes,
+        []
     );
 }
