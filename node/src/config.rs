@@ -137,8 +137,8 @@ pub struct Flags {
     /// reads nothing from RocksDB; outside storage_memory_mib (0 turns it off).
     #[arg(long, env = "MIRRORKV_KEY_INDEX_MIB")]
     pub key_index_mib: Option<u64>,
-    /// The change history keeps the changes of at least this many of the newest log entries
-    /// (1 to 100000000); a watch from an older index gets `410 compacted`.
+    /// The change history keeps what at least this many of the newest log entries changed, key
+    /// by key (1 to 100000000); older changes are pruned.
     #[arg(long, env = "MIRRORKV_WATCH_HISTORY_ENTRIES")]
     pub watch_history_entries: Option<u64>,
     /// Fault injection for tests, never for production: while leading, wait this long before

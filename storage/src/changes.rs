@@ -1,6 +1,6 @@
 //! The change history: what each applied entry changed, key by key, kept for the last
-//! `StoreOptions::history_entries` entries so that a watch can resume from an index
-//! (`storage/DESIGN.md`, "The change history").
+//! `StoreOptions::history_entries` entries, so that a reader (the watches to come) can resume
+//! from an index (`storage/DESIGN.md`, "The change history").
 //!
 //! Layout: the `changes` column family, big-endian `u64` index + key bytes → encoded
 //! [`StoredChange`]. One record per key an entry changed (an entry changes a key at most once:
@@ -43,7 +43,7 @@ pub struct StoredChange {
     pub prev_mod_index: Option<u64>,
 }
 
-/// One change of one key, as a watch reports it.
+/// One change of one key at one index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub index: u64,
@@ -168,7 +168,7 @@ impl KeyFilter {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HistoryError {
     /// The changes from `from_index` were pruned (or never kept here): every change after
-    /// `compact_index` is kept; re-read the state and watch from its index.
+    /// `compact_index` is kept; re-read the state and read the history from its index on.
     #[error("changes from index {from_index} are no longer kept here; the history starts after index {compact_index}")]
     Compacted { from_index: u64, compact_index: u64 },
 }

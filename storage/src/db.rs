@@ -132,7 +132,7 @@ pub struct StoreOptions {
     /// some two million 16-byte keys; keys beyond it are read from RocksDB as they are written.
     pub key_index_max_bytes: usize,
     /// The change history keeps the changes of at least this many of the newest log entries
-    /// (`changes`); a watch from an older index is told the history was compacted.
+    /// (`changes`); a read from an older index is refused as compacted.
     pub history_entries: u64,
 }
 

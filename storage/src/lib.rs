@@ -13,6 +13,8 @@
 //! - [`state_machine`]: `StateMachine` and its three jobs, a file each: `apply` (commands,
 //!   transactions, idempotency), `reader` (`KvReader`, reads for the API) and `snapshot_io`
 //!   (building and installing snapshots).
+//! - [`changes`]: the change history, what each applied entry changed key by key, kept for a
+//!   window of entries.
 //! - `key_index`: the mod and create indexes of live keys in memory, so applying a write does
 //!   not read its key from RocksDB.
 //! - `log_cache`: the newest log entries, decoded, so replication and apply do not read back
