@@ -106,7 +106,14 @@ impl<'a> Reads<'a> {
 /// ops of a transaction see each other, and they are committed as one batch.
 struct Overlay<'r, 'a> {
     reads: &'r mut Reads<'a>,
-    changes: BTreeMap<String, Option<KeyRecord>>,
+    changes: BTreeMap<String, Staged>,
+}
+
+/// One key this command changed: its `mod_index` before the command (taken when the command
+/// first touched it) and what it is now (`None`: deleted).
+struct Staged {
+    before: Option<u64>,
+    after: Option<KeyRecord>,
 }
 
 impl<'r, 'a> Overlay<'r, 'a> {
@@ -121,7 +128,7 @@ impl<'r, 'a> Overlay<'r, 'a> {
     /// txn's value compare and get need it; everything else needs only [`Self::meta`].
     fn record(&mut self, key: &str) -> Result<Option<&KeyRecord>> {
         match self.changes.get(key) {
-            Some(change) => Ok(change.as_ref()),
+            Some(staged) => Ok(staged.after.as_ref()),
             None => self.reads.record(key),
         }
     }
@@ -129,7 +136,7 @@ impl<'r, 'a> Overlay<'r, 'a> {
     /// The key's indexes as this command sees them (its own changes first).
     fn meta(&mut self, key: &str) -> Result<Option<KeyMeta>> {
         match self.changes.get(key) {
-            Some(change) => Ok(change.as_ref().map(KeyRecord::meta)),
+            Some(staged) => Ok(staged.after.as_ref().map(KeyRecord::meta)),
             None => self.reads.meta(key),
         }
     }
@@ -141,25 +148,36 @@ impl<'r, 'a> Overlay<'r, 'a> {
             mod_index: index,
             create_index: current.map_or(index, |c| c.create_index),
         };
-        self.changes.insert(key.to_string(), Some(record));
+        self.set(key, current, Some(record));
         Ok(current.map(|c| c.mod_index))
     }
 
     fn delete(&mut self, key: &str) -> Result<bool> {
-        let existed = self.meta(key)?.is_some();
-        self.changes.insert(key.to_string(), None);
-        Ok(existed)
+        let current = self.meta(key)?;
+        self.set(key, current, None);
+        Ok(current.is_some())
+    }
+
+    /// Record that `key`, which this command sees as `current`, is now `after`.
+    fn set(&mut self, key: &str, current: Option<KeyMeta>, after: Option<KeyRecord>) {
+        match self.changes.get_mut(key) {
+            Some(staged) => staged.after = after,
+            // First touched now: what the command sees is the state before it.
+            None => {
+                let before = current.map(|c| c.mod_index);
+                self.changes
+                    .insert(key.to_string(), Staged { before, after });
+            }
+        }
     }
 
     /// Stage this command's writes at `index` into `batch`, each with its record in the change
     /// history (a delete of a key that did not exist changes nothing and records nothing).
     fn stage(self, index: u64, batch: &mut WriteBatch) -> Result<()> {
         let cf = db::cf(self.reads.db, CF_SM);
-        for (key, change) in self.changes {
-            // What the key was before this entry: a batch's commands have disjoint keys, so no
-            // other command of the entry changed it.
-            let prev_mod_index = self.reads.meta(&key)?.map(|meta| meta.mod_index);
-            let (meta, kind) = match change {
+        for (key, Staged { before, after }) in self.changes {
+            let prev_mod_index = before;
+            let (meta, kind) = match after {
                 Some(record) => {
                     batch.put_cf(cf, db::data_key(&key), codec::encode(&record)?);
                     let meta = record.meta();
