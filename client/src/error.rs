@@ -44,6 +44,27 @@ impl ClientError {
         }
     }
 
+    /// For a write that failed with this error: may it have been applied? `false` only when it
+    /// certainly was not. A 504 (the node gave up waiting) or a 500 may have applied, and so
+    /// may a write whose connection broke after sending or whose answer could not be read;
+    /// every other answer (400, 404, 410, 412, 413, 422, 429, 503) is given before anything is
+    /// appended, and no connection means nothing was sent.
+    pub fn write_may_have_applied(&self) -> bool {
+        match self {
+            ClientError::Api {
+                status,
+                outcome_unknown,
+                ..
+            } => {
+                *outcome_unknown
+                    || *status == StatusCode::GATEWAY_TIMEOUT
+                    || *status == StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ClientError::Unreachable { .. } | ClientError::Invalid(_) => false,
+            ClientError::OutcomeUnknown { .. } | ClientError::Decode(_) => true,
+        }
+    }
+
     /// The API's error code, if a node answered with one.
     pub fn code(&self) -> Option<&str> {
         match self {
@@ -80,6 +101,37 @@ impl ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_timeout_a_500_or_a_lost_answer_leaves_a_write_open() {
+        let api = |status: u16, outcome_unknown: bool| ClientError::Api {
+            status: StatusCode::from_u16(status).unwrap(),
+            code: "x".into(),
+            message: String::new(),
+            retryable: false,
+            outcome_unknown,
+            mod_index: None,
+        };
+        for open in [api(504, false), api(500, false), api(503, true)] {
+            assert!(open.write_may_have_applied(), "{open}");
+        }
+        for not_applied in [400, 404, 410, 412, 413, 422, 429, 503] {
+            assert!(
+                !api(not_applied, false).write_may_have_applied(),
+                "{not_applied}"
+            );
+        }
+        let lost = ClientError::OutcomeUnknown {
+            endpoint: "e".into(),
+            message: "reset".into(),
+        };
+        assert!(lost.write_may_have_applied());
+        assert!(ClientError::Decode("half a body".into()).write_may_have_applied());
+        let never_connected = ClientError::Unreachable {
+            last: "refused".into(),
+        };
+        assert!(!never_connected.write_may_have_applied());
+    }
 
     #[test]
     fn an_api_error_keeps_its_code_retry_and_outcome() {

@@ -143,7 +143,7 @@ impl Rng {
 async fn run_op(client: &Client, key: &str, input: &Input) -> Ended {
     let written = |result: Result<Output, ClientError>| match result {
         Ok(output) => Ended::Ok(output),
-        Err(e) if workloads::certainly_not_applied(&e) => Ended::Fail,
+        Err(e) if !e.write_may_have_applied() => Ended::Fail,
         Err(_) => Ended::Info,
     };
     match input {

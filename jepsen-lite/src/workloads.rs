@@ -39,24 +39,6 @@ pub fn node_client(api: &str, timeout: Duration, consistency: &str) -> Result<Cl
     .map_err(|e| e.to_string())
 }
 
-/// Whether a write that failed with `error` certainly had no effect; `false` when it may have
-/// been applied (its outcome is unknown).
-pub fn certainly_not_applied(error: &ClientError) -> bool {
-    match error {
-        // A 504 (the node gave up waiting) or a 500 may have applied; every other answer
-        // (400, 404, 412, 413, 422, 429, 503, 410) was given before anything was appended.
-        ClientError::Api {
-            status,
-            outcome_unknown,
-            ..
-        } => !outcome_unknown && status.as_u16() != 504 && status.as_u16() != 500,
-        // Never connected, or refused before sending: nothing reached the node.
-        ClientError::Unreachable { .. } | ClientError::Invalid(_) => true,
-        // Sent, and its answer was lost or unreadable.
-        ClientError::OutcomeUnknown { .. } | ClientError::Decode(_) => false,
-    }
-}
-
 /// What every client of a run shares: where to send, how fast, how long to wait, when to stop.
 #[derive(Clone)]
 pub struct ClientContext {
@@ -136,7 +118,7 @@ pub async fn set_client(slot: u64, ctx: ClientContext, tally: Arc<Mutex<SetTally
             Ok(Ok(_)) => {
                 tally.acknowledged.insert(element);
             }
-            Ok(Err(e)) if certainly_not_applied(&e) => {}
+            Ok(Err(e)) if !e.write_may_have_applied() => {}
             _ => {
                 tally.unknown.insert(element);
             }
@@ -322,7 +304,7 @@ pub async fn bank_client(
         match answer {
             // Applied or not, the answer is definite (a failed compare changes nothing).
             Ok(Ok(_)) => tally.transfers_ok += 1,
-            Ok(Err(e)) if certainly_not_applied(&e) => {}
+            Ok(Err(e)) if !e.write_may_have_applied() => {}
             _ => tally.transfers_unknown += 1,
         }
     }
