@@ -63,6 +63,14 @@ impl ReadIndexBatcher {
     }
 }
 
+#[cfg(test)]
+impl ReadIndexBatcher {
+    /// Reads queued for the next round.
+    fn waiting(&self) -> usize {
+        self.queue.lock().expect("queue lock").waiting.len()
+    }
+}
+
 /// Run rounds until nobody waits: each round answers everyone who was waiting when it started.
 async fn run_rounds<R, F>(queue: Arc<Mutex<Queue>>, round: R)
 where
@@ -148,8 +156,10 @@ mod tests {
                 tokio::spawn(async move { batcher.read_index(round, in_secs(10)).await })
             })
             .collect();
-        // Each waiter is queued before its task yields; give them the chance to queue.
-        for _ in 0..100 {
+        // All three queued while round 1 is still in flight.
+        let deadline = in_secs(10);
+        while batcher.waiting() < 3 {
+            assert!(Instant::now() < deadline, "the late reads never queued");
             tokio::task::yield_now().await;
         }
         release.add_permits(1);

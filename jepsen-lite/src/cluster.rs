@@ -136,6 +136,9 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// With proxies: the proxy of every directed link (from, to).
     pub links: BTreeMap<(u64, u64), Proxy>,
+    /// One client per node for `put` and `get`, made on first use and kept, so their
+    /// connections are reused (a node keeps its address across restarts).
+    clients: std::sync::Mutex<BTreeMap<u64, Client>>,
 }
 
 /// Poll `check` until it returns `Some`, or fail once `deadline` has passed.
@@ -253,6 +256,7 @@ impl Cluster {
             env: options.env.clone(),
             http,
             links,
+            clients: std::sync::Mutex::default(),
         };
         for id in cluster.ids() {
             cluster.spawn(id)?;
@@ -572,10 +576,14 @@ impl Cluster {
         .await
     }
 
-    /// A client of node `id` alone (`mirrorkv-client`): no resend to another node, no
+    /// The client of node `id` alone (`mirrorkv-client`): no resend to another node, no
     /// idempotency key, no `min_index` floor, each request bounded as the fixture's own.
     fn node_client(&self, id: u64) -> Result<Client, String> {
-        Client::with_options(
+        let mut clients = self.clients.lock().expect("clients lock");
+        if let Some(client) = clients.get(&id) {
+            return Ok(client.clone());
+        }
+        let client = Client::with_options(
             [self.api(id)],
             ClientOptions {
                 timeout_ms: FIXTURE_TIMEOUT_MS,
@@ -584,7 +592,9 @@ impl Cluster {
                 ..ClientOptions::default()
             },
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        clients.insert(id, client.clone());
+        Ok(client)
     }
 
     /// `PUT` `value` at `key` through node `id`.
