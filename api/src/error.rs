@@ -48,6 +48,9 @@ pub enum ApiError {
     /// The client did not send its request in time (`body_read_timeout_ms`).
     #[error("{0}")]
     RequestTimeout(String),
+    /// Changes asked for are gone from this node's history (`from_index` too old).
+    #[error("{message}")]
+    Compacted { message: String, compact_index: u64 },
     #[error("internal error")]
     Internal(String),
 }
@@ -80,6 +83,14 @@ impl From<CoordError> for ApiError {
             CoordError::NoSuchMember(message) => ApiError::NoSuchMember(message),
             CoordError::NotCaughtUp(message) => ApiError::NotCaughtUp(message),
             CoordError::Removed(message) => ApiError::Removed(message),
+            CoordError::Overloaded(message) => ApiError::Overloaded(message),
+            CoordError::Compacted {
+                message,
+                compact_index,
+            } => ApiError::Compacted {
+                message,
+                compact_index,
+            },
             CoordError::Storage(e) => e.into(),
         }
     }
@@ -135,6 +146,9 @@ impl ApiError {
                 false,
             ),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout", true),
+            // Retrying the same request cannot help: re-read the range, then watch from its
+            // index.
+            ApiError::Compacted { .. } => (StatusCode::GONE, "compacted", false),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
         }
     }
@@ -152,6 +166,9 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::PreconditionFailed { mod_index } => body["mod_index"] = json!(mod_index),
             ApiError::OutcomeUnknown(_) => body["outcome"] = json!("unknown"),
+            ApiError::Compacted { compact_index, .. } => {
+                body["compact_index"] = json!(compact_index)
+            }
             _ => {}
         }
         let mut response = (status, axum::Json(body)).into_response();

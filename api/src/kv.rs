@@ -16,8 +16,10 @@ use tokio::time::Instant;
 use crate::error::ApiError;
 use crate::state::ApiState;
 use crate::values;
+use crate::watch;
 use mirrorkv_coordinator::ReadLevel;
 use mirrorkv_coordinator::ReadRequest;
+use mirrorkv_storage::changes::KeyFilter;
 
 /// The level reported on write responses: writes always go through the log.
 pub const WRITE_LEVEL: &str = "strong";
@@ -158,11 +160,19 @@ pub async fn get_key(
     path: Result<Path<String>, PathRejection>,
     query: Params,
 ) -> Response {
-    let parsed = params(query).and_then(|p| read_request(&p));
-    let level = parsed.as_ref().map(|r| r.level).unwrap_or_default();
+    let parsed = params(query).and_then(|p| Ok((read_request(&p)?, p)));
+    let level = parsed.as_ref().map(|(r, _)| r.level).unwrap_or_default();
     let result = async {
         let key = path_key(&state, path)?;
-        let request = parsed?;
+        let (request, params) = parsed?;
+        if let Some((wait_index, wait)) = watch::wait_request(&state, &params)? {
+            // Changed already: answer at once, without reading the history.
+            let current = state.node.reader.get(&key)?;
+            if current.value.is_none_or(|r| r.mod_index <= wait_index) {
+                let filter = KeyFilter::Key(key.clone());
+                watch::wait_for_change(&state, filter, wait_index, wait).await?;
+            }
+        }
         let deadline = Instant::now() + state.config.request_timeout();
         state.node.read_barrier(request, deadline).await?;
         let read = state.node.reader.get(&key)?;
@@ -467,6 +477,16 @@ pub async fn range(State(state): State<Arc<ApiState>>, query: Params) -> Respons
             }
         };
         let keys_only = parse_bool(&params, "keys_only")?;
+        if let Some((wait_index, wait)) = watch::wait_request(&state, &params)? {
+            let filter = match prefix {
+                Some(prefix) => KeyFilter::Prefix(prefix.clone()),
+                None => KeyFilter::Range {
+                    start: params.get("start").cloned().unwrap_or_default(),
+                    end: params.get("end").cloned(),
+                },
+            };
+            watch::wait_for_change(&state, filter, wait_index, wait).await?;
+        }
         let deadline = Instant::now() + state.config.request_timeout();
         state.node.read_barrier(request, deadline).await?;
         // The whole page comes from one point-in-time view of the state machine.

@@ -7,6 +7,7 @@
 //! - [`kv`]: single-key and range routes, idempotency keys, the `X-Mirrorkv-*` headers.
 //! - [`txn`]: `POST /v1/txn`.
 //! - [`values`]: values in JSON (`value` / `value_base64`).
+//! - [`watch`]: `GET /v1/watch` (NDJSON or SSE change streams) and blocking reads' parameters.
 //! - [`cluster`]: `/v1/cluster` (with every member's own progress), `/health`, `/ready`.
 //! - [`membership`]: the routes that add mirrors, promote and remove members.
 //! - [`ops`]: `POST /v1/snapshot`, the streamed `GET /v1/backup`, `GET /metrics`.
@@ -27,6 +28,7 @@ pub mod ops;
 pub mod state;
 pub mod txn;
 pub mod values;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -52,6 +54,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/kv", get(kv::range))
         .route("/v1/txn", post(txn::txn))
+        .route("/v1/watch", get(watch::watch))
         .route("/v1/cluster", get(cluster::cluster))
         .route("/v1/cluster/members", post(membership::add_member))
         .route(
@@ -105,7 +108,14 @@ async fn front_door(
     } else {
         None
     };
-    let response = match (removed, door.in_flight.admit()) {
+    // A blocking read waits without working: `max_watchers` bounds those, not the requests
+    // in flight (which they would use up).
+    let admitted = if is_blocking_read(&request) {
+        Ok(None)
+    } else {
+        door.in_flight.admit().map(Some)
+    };
+    let response = match (removed, admitted) {
         (Some(removed), _) => axum::response::IntoResponse::into_response(removed),
         (None, Ok(_permit)) => match read_body(&door.state.config, request).await {
             Ok(request) => next.run(request).await,
@@ -115,6 +125,15 @@ async fn front_door(
     };
     timer.finish(&door.state.metrics, response.status());
     response
+}
+
+/// A read with `wait_index`: it may wait for minutes.
+fn is_blocking_read(request: &axum::extract::Request) -> bool {
+    request.method() == axum::http::Method::GET
+        && request
+            .uri()
+            .query()
+            .is_some_and(|query| query.split('&').any(|p| p.starts_with("wait_index=")))
 }
 
 /// The request with its whole body read, within `body_read_timeout_ms` and `max_body_bytes`:
@@ -179,6 +198,7 @@ pub async fn serve(
         ))
         .keep_alive(true);
     let closed = state.metrics.connections_closed.clone();
+    let watch = state.node.watch.clone();
     let router = router(state);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -211,6 +231,9 @@ pub async fn serve(
         });
     }
     drop(listener);
+    // Streams would never finish by themselves: each ends with a line saying where to resume,
+    // and blocking reads answer now.
+    watch.close();
     // Stops keep-alive on every connection and waits for their requests to finish.
     graceful.shutdown().await;
     Ok(())

@@ -27,6 +27,60 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     raft: RaftGauges,
     storage: StorageGauges,
+    watch: WatchGauges,
+}
+
+/// Watch gauges and counters, read from the node's `WatchHub` and store when scraped.
+struct WatchGauges {
+    watchers_open: IntGauge,
+    watchers_synced: IntGauge,
+    events_sent: IntCounter,
+    lagging_ended: IntCounter,
+    compacted_ended: IntCounter,
+    refused: IntCounter,
+    history_compact_index: IntGauge,
+}
+
+impl WatchGauges {
+    fn new(r: &Registry) -> Self {
+        Self {
+            watchers_open: gauge(
+                r,
+                "mirrorkv_watchers_open",
+                "Change streams and blocking reads open on this node (bounded by max_watchers).",
+            ),
+            watchers_synced: gauge(
+                r,
+                "mirrorkv_watchers_synced",
+                "Of those, the ones caught up and fed by the node's change feed (the others read the history).",
+            ),
+            events_sent: counter(
+                r,
+                "mirrorkv_watch_events_sent_total",
+                "Change events handed to streams, counted once per stream.",
+            ),
+            lagging_ended: counter(
+                r,
+                "mirrorkv_watch_lagging_ended_total",
+                "Streams ended because their client fell watch_buffer_events behind.",
+            ),
+            compacted_ended: counter(
+                r,
+                "mirrorkv_watch_compacted_ended_total",
+                "Streams ended because the changes they needed next left the history (a snapshot installed).",
+            ),
+            refused: counter(
+                r,
+                "mirrorkv_watch_refused_total",
+                "Streams and blocking reads refused with 429 at max_watchers.",
+            ),
+            history_compact_index: gauge(
+                r,
+                "mirrorkv_watch_history_compact_index",
+                "The change history holds every change after this index, up to mirrorkv_applied_index; a watch from at or before it is 410.",
+            ),
+        }
+    }
 }
 
 /// Gauges read from openraft's metrics when scraped.
@@ -112,6 +166,7 @@ impl Default for Metrics {
         Self {
             raft: RaftGauges::new(r),
             storage: StorageGauges::new(r),
+            watch: WatchGauges::new(r),
             connections_closed: registered(
                 r,
                 IntCounterVec::new(
@@ -234,7 +289,7 @@ impl StorageGauges {
 /// everything else as `none`.
 fn level_label(method: &Method, route: &str, query: Option<&str>) -> &'static str {
     let is_kv = route.starts_with("/v1/kv");
-    let is_read = (is_kv && method == Method::GET) || route == "/v1/backup";
+    let is_read = (is_kv && method == Method::GET) || route == "/v1/backup" || route == "/v1/watch";
     if !is_read {
         return if is_kv || route == "/v1/txn" {
             "write"
@@ -298,6 +353,7 @@ impl Metrics {
     pub fn render(&self, node: &Coordinator) -> Result<(String, Vec<u8>), ApiError> {
         self.refresh_raft(node);
         self.refresh_storage(node)?;
+        self.refresh_watch(node)?;
         let encoder = TextEncoder::new();
         let mut body = Vec::new();
         encoder
@@ -348,6 +404,26 @@ impl Metrics {
                     .set(last_log_index.saturating_sub(matched) as i64);
             }
         }
+    }
+
+    /// The watch gauges and counters, from the hub and the store.
+    fn refresh_watch(&self, node: &Coordinator) -> Result<(), ApiError> {
+        let m = &self.watch;
+        let hub = &node.watch;
+        m.watchers_open.set(hub.open_watchers() as i64);
+        m.watchers_synced.set(hub.synced_watchers() as i64);
+        for (metric, source) in [
+            (&m.events_sent, &hub.counters.events_sent),
+            (&m.lagging_ended, &hub.counters.lagging_ended),
+            (&m.compacted_ended, &hub.counters.compacted_ended),
+            (&m.refused, &hub.counters.refused),
+        ] {
+            let total = source.load(Ordering::Relaxed);
+            metric.inc_by(total.saturating_sub(metric.get()));
+        }
+        m.history_compact_index
+            .set(node.reader.history_compact_index()? as i64);
+        Ok(())
     }
 
     /// The storage gauges and counters, from the store.

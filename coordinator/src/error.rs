@@ -35,6 +35,14 @@ pub enum CoordError {
     /// This node was removed from the cluster: it serves nothing any more; another member does.
     #[error("{0}")]
     Removed(String),
+    /// Too many of something at once on this node (watches); another attempt later, or on
+    /// another node, can succeed.
+    #[error("{0}")]
+    Overloaded(String),
+    /// Changes asked for are no longer in this node's history; the history starts after
+    /// `compact_index`.
+    #[error("{message}")]
+    Compacted { message: String, compact_index: u64 },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }

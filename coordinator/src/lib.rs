@@ -24,6 +24,7 @@
 //!   node's own removal.
 //! - [`status`]: this node's and every member's progress, readiness, snapshots on demand.
 //! - [`peer`]: what this node answers other nodes over raft-net.
+//! - [`watch`]: change streams and blocking reads (`WatchHub`, `WatchStream`).
 //!
 //! Why: `coordinator/DESIGN.md`.
 
@@ -41,6 +42,7 @@ pub mod read_index;
 pub mod removal;
 pub mod status;
 pub mod tasks;
+pub mod watch;
 pub mod write;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -118,6 +120,8 @@ pub struct Parts {
     pub contact: Arc<LeaderContact>,
     /// Committed index as this node knows it (kept by the log store).
     pub committed_index: Arc<AtomicU64>,
+    /// The feed of applied changes (set as the state machine's change listener).
+    pub watch: Arc<watch::WatchHub>,
 }
 
 /// One node's coordination with its cluster. Shared (`Arc`) by the API, raft-net's
@@ -128,6 +132,8 @@ pub struct Coordinator {
     pub raft: Raft,
     pub reader: KvReader,
     pub config: CoordinatorConfig,
+    /// The node's watches: the feed of applied changes and its limits.
+    pub watch: Arc<watch::WatchHub>,
     pool: Arc<PeerPool>,
     contact: Arc<LeaderContact>,
     committed_index: Arc<AtomicU64>,
@@ -165,6 +171,7 @@ impl Coordinator {
             raft: parts.raft.clone(),
             cluster_id: parts.cluster_id,
             reader: parts.reader,
+            watch: parts.watch,
             pool: parts.pool,
             contact: parts.contact,
             committed_index: parts.committed_index,
@@ -186,6 +193,15 @@ impl Coordinator {
     /// answered; the number still unanswered (a leader shutting down).
     pub async fn close_writes(&self, timeout: Duration) -> usize {
         self.appender.gate.close(timeout).await
+    }
+
+    /// A stream of the changes matching `filter` from `from_index` on (`watch::WatchStream`).
+    pub fn watch_stream(
+        &self,
+        filter: mirrorkv_storage::changes::KeyFilter,
+        from_index: u64,
+    ) -> Result<watch::WatchStream, CoordError> {
+        watch::WatchStream::open(&self.watch, self.reader.clone(), filter, from_index)
     }
 
     /// Whether this node learned that it was removed from the cluster.

@@ -578,7 +578,7 @@ impl Cluster {
 
     /// The client of node `id` alone (`mirrorkv-client`): no resend to another node, no
     /// idempotency key, no `min_index` floor, each request bounded as the fixture's own.
-    fn node_client(&self, id: u64) -> Result<Client, String> {
+    pub fn node_client(&self, id: u64) -> Result<Client, String> {
         let mut clients = self.clients.lock().expect("clients lock");
         if let Some(client) = clients.get(&id) {
             return Ok(client.clone());

@@ -141,6 +141,19 @@ pub struct Flags {
     /// by key (1 to 100000000); older changes are pruned.
     #[arg(long, env = "MIRRORKV_WATCH_HISTORY_ENTRIES")]
     pub watch_history_entries: Option<u64>,
+    /// A change stream with nothing to send writes a progress line this often (10 to 60000).
+    #[arg(long, env = "MIRRORKV_WATCH_PROGRESS_MS")]
+    pub watch_progress_ms: Option<u64>,
+    /// A change stream whose client falls this many events behind is ended as lagging, with
+    /// the index to resume from (1 to 1000000).
+    #[arg(long, env = "MIRRORKV_WATCH_BUFFER_EVENTS")]
+    pub watch_buffer_events: Option<usize>,
+    /// Change streams and blocking reads open at once on this node; past it 429 (1 to 1000000).
+    #[arg(long, env = "MIRRORKV_MAX_WATCHERS")]
+    pub max_watchers: Option<usize>,
+    /// The longest wait of a blocking read (wait=), in seconds (1 to 3600).
+    #[arg(long, env = "MIRRORKV_MAX_WAIT_S")]
+    pub max_wait_s: Option<u64>,
     /// Fault injection for tests, never for production: while leading, wait this long before
     /// every fsync of the node's own log appends, as a slow disk would (at most 60000).
     #[arg(long, env = "MIRRORKV_FAULT_LOG_SYNC_DELAY_MS", hide = true)]
@@ -182,6 +195,8 @@ pub struct NodeConfig {
     pub storage_memory_mib: u64,
     pub key_index_mib: u64,
     pub watch_history_entries: u64,
+    /// Change streams and blocking reads: progress, buffers, limits.
+    pub watch: mirrorkv_coordinator::watch::WatchConfig,
     /// Fault injection for tests (`StoreOptions::fault_log_sync_delay_ms`); 0 in production.
     pub fault_log_sync_delay_ms: u64,
 }
@@ -202,6 +217,7 @@ impl Flags {
         let coordinator = mirrorkv_coordinator::CoordinatorConfig::default();
         let net = mirrorkv_raft_net::NetConfig::default();
         let store = mirrorkv_storage::StoreOptions::default();
+        let watch = mirrorkv_coordinator::watch::WatchConfig::default();
         Flags {
             join_timeout_ms: Some(60_000),
             promote_max_lag_entries: Some(coordinator.promote_max_lag_entries),
@@ -231,6 +247,10 @@ impl Flags {
             storage_memory_mib: Some((store.memory_budget_bytes >> 20) as u64),
             key_index_mib: Some((store.key_index_max_bytes >> 20) as u64),
             watch_history_entries: Some(store.history_entries),
+            watch_progress_ms: Some(watch.progress_ms),
+            watch_buffer_events: Some(watch.buffer_events),
+            max_watchers: Some(watch.max_watchers),
+            max_wait_s: Some(watch.max_wait_s),
             fault_log_sync_delay_ms: Some(0),
             ..Flags::default()
         }
@@ -286,6 +306,10 @@ impl Flags {
             storage_memory_mib: self.storage_memory_mib.or(file.storage_memory_mib),
             key_index_mib: self.key_index_mib.or(file.key_index_mib),
             watch_history_entries: self.watch_history_entries.or(file.watch_history_entries),
+            watch_progress_ms: self.watch_progress_ms.or(file.watch_progress_ms),
+            watch_buffer_events: self.watch_buffer_events.or(file.watch_buffer_events),
+            max_watchers: self.max_watchers.or(file.max_watchers),
+            max_wait_s: self.max_wait_s.or(file.max_wait_s),
             fault_log_sync_delay_ms: self
                 .fault_log_sync_delay_ms
                 .or(file.fault_log_sync_delay_ms),
@@ -482,20 +506,8 @@ impl Flags {
         if snapshot_chunk_bytes + 64 * 1024 > u64::from(net.max_frame_bytes) {
             bail!("snapshot_chunk_bytes must be at least 64 KiB below max_frame_bytes");
         }
-        let storage_memory_mib = defaulted(flags.storage_memory_mib)?;
-        if !(16..=1024 * 1024).contains(&storage_memory_mib) {
-            bail!("storage_memory_mib must be between 16 and 1048576 (MiB)");
-        }
-        let key_index_mib = defaulted(flags.key_index_mib)?;
-        if key_index_mib > 1024 * 1024 {
-            bail!("key_index_mib must be at most 1048576 (MiB)");
-        }
-        let watch_history_entries = defaulted(flags.watch_history_entries)?;
-        if !(1..=MAX_WATCH_HISTORY_ENTRIES).contains(&watch_history_entries) {
-            bail!(
-                "watch_history_entries must be between 1 and {MAX_WATCH_HISTORY_ENTRIES} (entries)"
-            );
-        }
+        let (storage_memory_mib, key_index_mib, watch_history_entries) = store_settings(&flags)?;
+        let watch = watch_config(&flags)?;
         let fault_log_sync_delay_ms = defaulted(flags.fault_log_sync_delay_ms)?;
         if fault_log_sync_delay_ms > 60_000 {
             bail!("fault_log_sync_delay_ms must be at most 60000 (ms)");
@@ -522,9 +534,54 @@ impl Flags {
             storage_memory_mib,
             key_index_mib,
             watch_history_entries,
+            watch,
             fault_log_sync_delay_ms,
         })
     }
+}
+
+/// The store's memory budgets and history window, each checked against its bounds.
+fn store_settings(flags: &Flags) -> anyhow::Result<(u64, u64, u64)> {
+    let storage_memory_mib = defaulted(flags.storage_memory_mib)?;
+    if !(16..=1024 * 1024).contains(&storage_memory_mib) {
+        bail!("storage_memory_mib must be between 16 and 1048576 (MiB)");
+    }
+    let key_index_mib = defaulted(flags.key_index_mib)?;
+    if key_index_mib > 1024 * 1024 {
+        bail!("key_index_mib must be at most 1048576 (MiB)");
+    }
+    let watch_history_entries = defaulted(flags.watch_history_entries)?;
+    if !(1..=MAX_WATCH_HISTORY_ENTRIES).contains(&watch_history_entries) {
+        bail!("watch_history_entries must be between 1 and {MAX_WATCH_HISTORY_ENTRIES} (entries)");
+    }
+    Ok((storage_memory_mib, key_index_mib, watch_history_entries))
+}
+
+/// The watch settings, each checked against its bounds.
+fn watch_config(flags: &Flags) -> anyhow::Result<mirrorkv_coordinator::watch::WatchConfig> {
+    let progress_ms = defaulted(flags.watch_progress_ms)?;
+    if !(10..=60_000).contains(&progress_ms) {
+        bail!("watch_progress_ms must be between 10 and 60000 (ms)");
+    }
+    let buffer_events = defaulted(flags.watch_buffer_events)?;
+    if !(1..=1_000_000).contains(&buffer_events) {
+        bail!("watch_buffer_events must be between 1 and 1000000 (events)");
+    }
+    let max_watchers = defaulted(flags.max_watchers)?;
+    if !(1..=1_000_000).contains(&max_watchers) {
+        bail!("max_watchers must be between 1 and 1000000 (streams and blocking reads)");
+    }
+    let max_wait_s = defaulted(flags.max_wait_s)?;
+    if !(1..=3600).contains(&max_wait_s) {
+        bail!("max_wait_s must be between 1 and 3600 (s)");
+    }
+    Ok(mirrorkv_coordinator::watch::WatchConfig {
+        progress_ms,
+        buffer_events,
+        max_watchers,
+        max_wait_s,
+        ..Default::default()
+    })
 }
 
 /// A setting that `Flags::defaults` fills; `Err` only if a default was left out there.
@@ -618,173 +675,4 @@ fn check_timeouts_ms(timeouts: &[(&str, u64)]) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A config file with the required settings, then `extra` (TOML lines).
-    fn file_with(extra: &str) -> Flags {
-        toml::from_str(&format!(
-            "id = 1\ndata_dir = \"/d\"\napi_addr = \"a:1\"\nraft_addr = \"r:1\"\n{extra}"
-        ))
-        .unwrap()
-    }
-
-    #[test]
-    fn timeouts_and_sizes_are_checked_against_each_other() {
-        let resolve = |extra: &str| {
-            Flags::default()
-                .or(file_with(extra))
-                .resolve()
-                .map_err(|e| e.to_string())
-        };
-        assert!(resolve("").is_ok(), "the defaults fit together");
-        let error = resolve("request_timeout_ms = 18446744073709551615").unwrap_err();
-        assert!(
-            error.contains("request_timeout_ms must be between 1 and 3600000"),
-            "{error}"
-        );
-        assert!(resolve("request_timeout_ms = 0").is_err());
-        assert!(resolve("request_timeout_ms = 3600000").is_ok());
-        let error = resolve("max_body_bytes = 8388608").unwrap_err();
-        assert!(
-            error.contains("raise max_frame_bytes or lower max_body_bytes"),
-            "{error}"
-        );
-        assert!(resolve("max_body_bytes = 8388608\nmax_frame_bytes = 268435456").is_ok());
-        let error = resolve("max_value_bytes = 4194304").unwrap_err();
-        assert!(error.contains("must be at most max_body_bytes"), "{error}");
-    }
-
-    #[test]
-    fn parses_initial_cluster_and_rejects_bad_specs() {
-        let members = parse_initial_cluster("1=127.0.0.1:7001/127.0.0.1:8001, 2=h:2/h:3").unwrap();
-        assert_eq!(members.len(), 2);
-        assert_eq!(members[&1].raft_addr, "127.0.0.1:7001");
-        assert_eq!(members[&2].api_addr, "h:3");
-        assert!(parse_initial_cluster("1=a").is_err());
-        assert!(parse_initial_cluster("x=a/b").is_err());
-        assert!(parse_initial_cluster("1=a/b,1=c/d").is_err());
-        assert!(parse_initial_cluster("0=a/b").is_err());
-    }
-
-    #[test]
-    fn flags_take_precedence_over_the_file() {
-        let file: Flags = toml::from_str("id = 3\ndata_dir = \"/d\"\napi_addr = \"a:1\"\nraft_addr = \"r:1\"\nrequest_timeout_ms = 900").unwrap();
-        let flags = Flags {
-            id: Some(7),
-            ..Flags::default()
-        };
-        let config = flags.or(file).resolve().unwrap();
-        assert_eq!(config.id, 7);
-        assert_eq!(config.api.request_timeout_ms, 900);
-        assert!(toml::from_str::<Flags>("no_such_setting = 1").is_err());
-    }
-
-    #[test]
-    fn key_index_mib_defaults_to_128_and_is_bounded() {
-        let resolve = |extra: &str| Flags::default().or(file_with(extra)).resolve();
-        assert_eq!(resolve("").unwrap().key_index_mib, 128);
-        assert_eq!(resolve("key_index_mib = 0").unwrap().key_index_mib, 0);
-        let error = resolve("key_index_mib = 1048577").unwrap_err().to_string();
-        assert!(
-            error.contains("key_index_mib must be at most 1048576 (MiB)"),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn every_default_is_shown_in_help_and_is_what_resolve_uses() {
-        let mut command = with_defaults_in_help(<Flags as clap::CommandFactory>::command());
-        let help = command.render_help().to_string();
-        let hidden: Vec<String> = command
-            .get_arguments()
-            .filter(|arg| arg.is_hide_set())
-            .map(|arg| arg.get_id().to_string())
-            .collect();
-        let line_of = |flag: &str| {
-            let at = help
-                .find(&format!("--{flag} "))
-                .unwrap_or_else(|| panic!("--{flag} in help:\n{help}"));
-            // A flag's help runs until the next flag.
-            let rest = &help[at..];
-            rest[..rest[2..].find("\n  -").map_or(rest.len(), |end| end + 2)].to_string()
-        };
-        let defaults = serde_json::to_value(Flags::defaults()).unwrap();
-        let mut shown = 0;
-        for (name, value) in defaults.as_object().unwrap() {
-            if value.is_null() || value.is_array() || hidden.contains(name) {
-                continue;
-            }
-            let value = value.as_str().map_or(value.to_string(), str::to_string);
-            let text = line_of(&name.replace('_', "-"));
-            assert!(text.contains(&format!("[default: {value}]")), "{text}");
-            shown += 1;
-        }
-        assert!(shown >= 25, "only {shown} defaults shown");
-        // What help shows is what a node gets when nothing else sets it.
-        let config = Flags::default().or(file_with("")).resolve().unwrap();
-        let d = Flags::defaults();
-        let (api, coordinator, net) = (&config.api, &config.coordinator, &config.net);
-        let resolved = Flags {
-            join_timeout_ms: Some(config.join_timeout_ms),
-            promote_max_lag_entries: Some(coordinator.promote_max_lag_entries),
-            log_format: Some(match config.log_format {
-                LogFormat::Text => "text".into(),
-                LogFormat::Json => "json".into(),
-            }),
-            max_key_bytes: Some(api.max_key_bytes),
-            max_value_bytes: Some(api.max_value_bytes),
-            max_body_bytes: Some(api.max_body_bytes),
-            max_range_page_bytes: Some(api.max_range_page_bytes),
-            max_connections: Some(api.max_connections),
-            max_in_flight_requests: Some(api.max_in_flight_requests),
-            request_timeout_ms: Some(api.request_timeout_ms),
-            idle_timeout_ms: Some(api.idle_timeout_ms),
-            header_read_timeout_ms: Some(api.header_read_timeout_ms),
-            body_read_timeout_ms: Some(api.body_read_timeout_ms),
-            write_timeout_ms: Some(api.write_timeout_ms),
-            heartbeat_interval_ms: Some(config.heartbeat_interval_ms),
-            election_timeout_min_ms: Some(config.election_timeout_min_ms),
-            election_timeout_max_ms: Some(config.election_timeout_max_ms),
-            idempotency_window_s: Some(coordinator.idempotency_window_s),
-            snapshot_threshold_entries: Some(config.snapshot_threshold_entries),
-            snapshot_chunk_bytes: Some(config.snapshot_chunk_bytes),
-            max_frame_bytes: Some(net.max_frame_bytes),
-            raft_frame_timeout_ms: Some(net.frame_read_timeout_ms),
-            raft_idle_timeout_ms: Some(net.idle_timeout_ms),
-            storage_memory_mib: Some(config.storage_memory_mib),
-            key_index_mib: Some(config.key_index_mib),
-            watch_history_entries: Some(config.watch_history_entries),
-            fault_log_sync_delay_ms: Some(config.fault_log_sync_delay_ms),
-            ..Flags::default()
-        };
-        // Every default, compared whole (a default added to one side only shows up here).
-        assert_eq!(
-            serde_json::to_value(&resolved).unwrap(),
-            serde_json::to_value(&d).unwrap()
-        );
-        assert_eq!(config.lease_margin_ms, config.election_timeout_max_ms / 4);
-    }
-
-    #[test]
-    fn a_file_value_wins_over_a_default_and_a_flag_over_both() {
-        let file = file_with("heartbeat_interval_ms = 50\nsnapshot_threshold_entries = 7");
-        let flags = Flags {
-            snapshot_threshold_entries: Some(9),
-            ..Flags::default()
-        };
-        let config = flags.or(file).resolve().unwrap();
-        assert_eq!(config.heartbeat_interval_ms, 50);
-        assert_eq!(config.snapshot_threshold_entries, 9);
-        assert_eq!(config.election_timeout_max_ms, 1000);
-    }
-
-    #[test]
-    fn cluster_id_is_stable_and_depends_on_members() {
-        let a = parse_initial_cluster("1=a/b,2=c/d").unwrap();
-        let b = parse_initial_cluster("2=c/d,1=a/b").unwrap();
-        let c = parse_initial_cluster("1=a/b").unwrap();
-        assert_eq!(cluster_id(&a), cluster_id(&b));
-        assert_ne!(cluster_id(&a), cluster_id(&c));
-    }
-}
+mod tests;

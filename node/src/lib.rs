@@ -26,6 +26,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use mirrorkv_api::ApiState;
 use mirrorkv_coordinator::peer::PeerService;
+use mirrorkv_coordinator::watch::WatchHub;
 use mirrorkv_coordinator::{Coordinator, Parts};
 use mirrorkv_raft_net::{LeaderContact, NetworkFactory, PeerPool};
 use mirrorkv_storage::{NodeInfo, Raft};
@@ -89,9 +90,11 @@ pub async fn run(
             "fault injection: while leading, every fsync of the log is delayed (tests only)"
         );
     }
-    let (log_store, state_machine) =
+    let (log_store, mut state_machine) =
         mirrorkv_storage::open_with(&config.data_dir.join("db"), &store_options(&config)?)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let watch = WatchHub::new(config.watch.clone());
+    state_machine.set_change_listener(watch.clone());
     let reader = state_machine.reader();
     let committed_index = log_store.committed_index();
     let raft_addr = listeners.raft.local_addr()?;
@@ -132,6 +135,7 @@ pub async fn run(
             pool,
             contact: contact.clone(),
             committed_index,
+            watch,
         },
         config.coordinator.clone(),
     );

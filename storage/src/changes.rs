@@ -52,6 +52,37 @@ pub struct Change {
     pub prev_mod_index: Option<u64>,
 }
 
+/// How much one history read returns at most. A page never splits an index, so it may pass
+/// either bound by the changes of its last index (one entry's, a few MiB at most).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit {
+    pub max_changes: usize,
+    /// Keys and values, in bytes.
+    pub max_bytes: usize,
+}
+
+impl PageLimit {
+    /// At most `max_changes` changes, whatever their size.
+    pub fn changes(max_changes: usize) -> Self {
+        Self {
+            max_changes,
+            max_bytes: usize::MAX,
+        }
+    }
+}
+
+/// Told of every change as it is applied (the watches of a node). Called on the applying
+/// task, after the changes are in RocksDB and before openraft answers their writes: it must
+/// not block.
+pub trait ChangeListener: Send + Sync + 'static {
+    /// Every entry up to `applied_index` is applied; `changes` are those of the entries applied
+    /// since the previous call, in index order, then key order within an index.
+    fn applied(&self, applied_index: u64, changes: Vec<Change>);
+    /// The state is now what it was at `applied_index`, with no history before it: the store
+    /// was opened there (the listener was just set), or a snapshot was installed.
+    fn restarted_at(&self, applied_index: u64);
+}
+
 /// The changes of a history read, in index order, then key order within an index.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChangesPage {
@@ -174,13 +205,13 @@ pub enum HistoryError {
 }
 
 /// Read the changes matching `filter` with an index from `from_index` up to the applied index
-/// of one view, at most `max_changes` of them (the page then ends early, at the index of its
-/// last change). Blocking: call it from a blocking thread.
+/// of one view, within `limit` (the page then ends early, at the index of its last change).
+/// Blocking: call it from a blocking thread.
 pub(crate) fn read(
     db: &DB,
     from_index: u64,
     filter: &KeyFilter,
-    max_changes: usize,
+    limit: PageLimit,
 ) -> Result<std::result::Result<ChangesPage, HistoryError>> {
     let (view, applied) = db::consistent_view(db)?;
     let applied = applied.map_or(0, |id| id.index);
@@ -207,11 +238,12 @@ pub(crate) fn read(
         read_options,
         IteratorMode::From(&start, Direction::Forward),
     );
+    let mut page_bytes = 0usize;
     for item in iter {
         let (record_key, value) = item?;
         let (index, key) = split_key(&record_key)?;
-        if page.changes.len() >= max_changes && page.changes.last().is_some_and(|c| c.index < index)
-        {
+        let full = page.changes.len() >= limit.max_changes || page_bytes >= limit.max_bytes;
+        if full && page.changes.last().is_some_and(|c| c.index < index) {
             page.through_index = index - 1;
             break;
         }
@@ -219,6 +251,7 @@ pub(crate) fn read(
             continue;
         }
         let stored: StoredChange = codec::decode(&value)?;
+        page_bytes = page_bytes.saturating_add(record_key.len() + value.len());
         page.changes.push(Change {
             index,
             key: key.to_string(),

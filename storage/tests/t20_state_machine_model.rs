@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use std::collections::HashMap;
 
-use mirrorkv_storage::changes::{Change, ChangeKind, KeyFilter};
+use mirrorkv_storage::changes::{Change, ChangeKind, KeyFilter, PageLimit};
 
 use mirrorkv_storage::{
     Command, CommandResult, Compare, CompareTarget, Entry, KeyRecord, LogId, LogStore,
@@ -534,7 +534,11 @@ impl Harness {
         // nothing at or before its start.
         let all_keys = KeyFilter::Prefix(String::new());
         let page = reader
-            .changes(self.history_after + 1, &all_keys, usize::MAX)
+            .changes(
+                self.history_after + 1,
+                &all_keys,
+                PageLimit::changes(usize::MAX),
+            )
             .unwrap()
             .expect("the history from its start");
         assert_eq!(
@@ -548,7 +552,11 @@ impl Harness {
         if self.history_after > 0 {
             assert!(
                 reader
-                    .changes(self.history_after, &all_keys, usize::MAX)
+                    .changes(
+                        self.history_after,
+                        &all_keys,
+                        PageLimit::changes(usize::MAX)
+                    )
                     .unwrap()
                     .is_err(),
                 "a read from the history's start index itself is compacted"
@@ -556,7 +564,11 @@ impl Harness {
         }
         let one_key = KeyFilter::Key(key_name(3));
         let page = reader
-            .changes(self.history_after + 1, &one_key, usize::MAX)
+            .changes(
+                self.history_after + 1,
+                &one_key,
+                PageLimit::changes(usize::MAX),
+            )
             .unwrap()
             .unwrap();
         let expected: Vec<&Change> = self

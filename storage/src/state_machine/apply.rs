@@ -8,7 +8,7 @@ use openraft::EntryPayload;
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
 
 use super::StateMachine;
-use crate::changes::{self, ChangeKind, StoredChange};
+use crate::changes::{self, Change, ChangeKind, StoredChange};
 use crate::codec;
 use crate::db::{self, get_record, CF_SM, KEY_APPLIED, KEY_MEMBERSHIP};
 use crate::error::{Result, StorageError};
@@ -41,10 +41,12 @@ struct Reads<'a> {
     /// commands, and never one this entry wrote.
     idempotency_written: HashSet<String>,
     idempotency_expired_before_ms: Option<u64>,
+    /// The entry's changes, for the change listener (`None`: no listener, nothing kept).
+    changes: Option<Vec<Change>>,
 }
 
 impl<'a> Reads<'a> {
-    fn new(db: &'a DB, index: &'a KeyIndex) -> Self {
+    fn new(db: &'a DB, index: &'a KeyIndex, keep_changes: bool) -> Self {
         Self {
             db,
             index,
@@ -52,6 +54,7 @@ impl<'a> Reads<'a> {
             index_updates: Vec::new(),
             idempotency_written: HashSet::new(),
             idempotency_expired_before_ms: None,
+            changes: keep_changes.then(Vec::new),
         }
     }
 
@@ -199,6 +202,14 @@ impl<'r, 'a> Overlay<'r, 'a> {
                     prev_mod_index,
                 };
                 changes::stage(self.reads.db, batch, index, &key, &change)?;
+                if let Some(kept) = &mut self.reads.changes {
+                    kept.push(Change {
+                        index,
+                        key: key.clone(),
+                        kind: change.kind,
+                        prev_mod_index: change.prev_mod_index,
+                    });
+                }
             }
             self.reads.index_updates.push((key, meta));
         }
@@ -385,7 +396,12 @@ impl StateMachine {
         counters.key_index_bytes.store(bytes, Ordering::Relaxed);
     }
 
-    pub(super) fn apply_one(&mut self, entry: Entry) -> Result<Response> {
+    /// Apply `entry`; its changes are added to `changes` when there is a listener.
+    pub(super) fn apply_one(
+        &mut self,
+        entry: Entry,
+        changes: &mut Vec<Change>,
+    ) -> Result<Response> {
         let log_id = entry.log_id;
         // Invariant: entries are applied once each, in log order.
         assert!(
@@ -403,7 +419,7 @@ impl StateMachine {
         let response = match entry.payload {
             EntryPayload::Blank => nothing,
             EntryPayload::Normal(command) => {
-                let mut reads = Reads::new(&self.db, &self.index);
+                let mut reads = Reads::new(&self.db, &self.index, self.listener.is_some());
                 let response = self.execute(log_id.index, command, &mut reads, &mut batch)?;
                 if let Some(expired_before_ms) = reads.idempotency_expired_before_ms {
                     self.prune_idempotency(
@@ -413,6 +429,7 @@ impl StateMachine {
                     )?;
                 }
                 index_updates = reads.index_updates;
+                changes.extend(reads.changes.unwrap_or_default());
                 response
             }
             EntryPayload::Membership(membership) => {

@@ -23,7 +23,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{OptionalSend, StorageIOError};
 use rocksdb::DB;
 
-use crate::changes;
+use crate::changes::{self, ChangeListener};
 use crate::codec;
 use crate::db::{self, read_applied, read_membership, stored_snapshot, CF_SM, KEY_INSTALLING};
 use crate::error::{Result, StorageError};
@@ -51,6 +51,8 @@ pub struct StateMachine {
     changes_compact: u64,
     /// How many of the newest entries' changes the history keeps at least.
     history_entries: u64,
+    /// Told of every applied change (the node's watches), once set.
+    listener: Option<Arc<dyn ChangeListener>>,
 }
 
 /// The snapshot files and the lock that orders the steps which change which one is current:
@@ -156,6 +158,7 @@ impl StateMachine {
             index: KeyIndex::new(options.key_index_max_bytes),
             changes_compact,
             history_entries: options.history_entries,
+            listener: None,
         })
     }
 
@@ -166,6 +169,13 @@ impl StateMachine {
             counters: self.counters.clone(),
             snapshots: self.snapshots.clone(),
         }
+    }
+
+    /// Tell `listener` of every change applied from now on; it is first told where the state
+    /// is now (`ChangeListener::restarted_at`). Set before the state machine is handed to Raft.
+    pub fn set_change_listener(&mut self, listener: Arc<dyn ChangeListener>) {
+        listener.restarted_at(self.applied.map_or(0, |id| id.index));
+        self.listener = Some(listener);
     }
 
     /// The last applied log id (for the start-up invariant check).
@@ -207,12 +217,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut responses = Vec::new();
+        let mut changes = Vec::new();
         for entry in entries {
             let log_id = entry.log_id;
             let response = self
-                .apply_one(entry)
+                .apply_one(entry, &mut changes)
                 .map_err(|e| RaftStorageError::from(StorageIOError::apply(log_id, &e)))?;
             responses.push(response);
+        }
+        // After the entries are in RocksDB (a listener may read the history up to here) and
+        // before openraft answers their writes.
+        if let (Some(listener), Some(applied)) = (&self.listener, self.applied) {
+            listener.applied(applied.index, changes);
         }
         Ok(responses)
     }
@@ -253,6 +269,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.changes_compact = meta.last_log_id.map_or(0, |id| id.index);
+        if let Some(listener) = &self.listener {
+            listener.restarted_at(self.changes_compact);
+        }
         self.counters
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rocksdb::{Direction, IteratorMode, ReadOptions, DB};
 
 use super::{DiskUsage, MemoryUsage, ReadAt, Snapshots, StorageCounters};
-use crate::changes::{self, ChangesPage, HistoryError, KeyFilter};
+use crate::changes::{self, ChangesPage, HistoryError, KeyFilter, PageLimit};
 use crate::codec;
 use crate::db::{self, consistent_view, read_applied, stored_snapshot, CF_SM};
 use crate::error::{Result, StorageError};
@@ -103,15 +103,21 @@ impl KvReader {
     }
 
     /// The changes matching `filter` from `from_index` on, up to the applied index of one view
-    /// (at most about `max_changes`: a page never splits an index), or why the history cannot
-    /// serve them (`changes`). Blocking: call it from a blocking thread.
+    /// (within `limit`: a page never splits an index), or why the history cannot serve them
+    /// (`changes`). Blocking: call it from a blocking thread.
     pub fn changes(
         &self,
         from_index: u64,
         filter: &KeyFilter,
-        max_changes: usize,
+        limit: PageLimit,
     ) -> Result<std::result::Result<ChangesPage, HistoryError>> {
-        changes::read(&self.db, from_index, filter, max_changes)
+        changes::read(&self.db, from_index, filter, limit)
+    }
+
+    /// The change history's compact index now: every change after it is kept
+    /// (`changes`, the module doc).
+    pub fn history_compact_index(&self) -> Result<u64> {
+        Ok(changes::read_compact(&self.db, None)?.unwrap_or(0))
     }
 
     /// The applied index now.

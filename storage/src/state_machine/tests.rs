@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::snapshot_io::install_file;
 use super::*;
-use crate::changes::{HistoryError, KeyFilter};
+use crate::changes::{HistoryError, KeyFilter, PageLimit};
 use crate::types::{
     ApplyRefusal, Command, CommandResult, Precondition, Txn, TxnOp, MAX_TXN_RESPONSE_BYTES,
 };
@@ -93,7 +93,9 @@ async fn an_install_interrupted_by_a_crash_is_finished_when_the_store_opens() {
     // it is gone, and the history starts after the snapshot.
     let everything = KeyFilter::Prefix(String::new());
     assert!(matches!(
-        reader.changes(1, &everything, 100).unwrap(),
+        reader
+            .changes(1, &everything, PageLimit::changes(100))
+            .unwrap(),
         Err(HistoryError::Compacted {
             compact_index: 3,
             ..
@@ -101,7 +103,7 @@ async fn an_install_interrupted_by_a_crash_is_finished_when_the_store_opens() {
     ));
     assert_eq!(
         reader
-            .changes(4, &everything, 100)
+            .changes(4, &everything, PageLimit::changes(100))
             .unwrap()
             .unwrap()
             .changes,
@@ -358,7 +360,10 @@ async fn the_history_keeps_its_window_across_pruning_and_restarts() {
     // Reopened: what the history kept is on disk, the window whole.
     let (_log, sm) = crate::open_with(dir.path(), &options).unwrap();
     let reader = sm.reader();
-    let compact = match reader.changes(1, &everything, 10_000).unwrap() {
+    let compact = match reader
+        .changes(1, &everything, PageLimit::changes(10_000))
+        .unwrap()
+    {
         Err(HistoryError::Compacted { compact_index, .. }) => compact_index,
         other => panic!("index 1 was pruned: {other:?}"),
     };
@@ -366,7 +371,7 @@ async fn the_history_keeps_its_window_across_pruning_and_restarts() {
     assert_eq!(compact, crate::changes::PRUNE_STEP_ENTRIES);
     assert!(last - compact >= 10, "at least the window is kept");
     let page = reader
-        .changes(compact + 1, &everything, 10_000)
+        .changes(compact + 1, &everything, PageLimit::changes(10_000))
         .unwrap()
         .unwrap();
     let indexes: Vec<u64> = page.changes.iter().map(|c| c.index).collect();
@@ -381,13 +386,16 @@ async fn the_history_keeps_its_window_across_pruning_and_restarts() {
     assert_eq!(change.prev_mod_index, Some(change.index - 3));
     // A page holds whole indexes up to its bound, and says where to go on.
     let first = reader
-        .changes(compact + 1, &everything, 2)
+        .changes(compact + 1, &everything, PageLimit::changes(2))
         .unwrap()
         .unwrap();
     assert_eq!(first.changes.len(), 2);
     assert_eq!(first.through_index, compact + 2);
     // Past the applied index: nothing yet, and nothing examined beyond it.
-    let ahead = reader.changes(last + 5, &everything, 10).unwrap().unwrap();
+    let ahead = reader
+        .changes(last + 5, &everything, PageLimit::changes(10))
+        .unwrap()
+        .unwrap();
     assert_eq!((ahead.changes.len(), ahead.through_index), (0, last + 4));
 }
 
@@ -423,14 +431,20 @@ async fn a_restored_store_keeps_no_history_before_the_backup() {
     let everything = KeyFilter::Prefix(String::new());
     // The source's changes at 1..=4 are not in the copy: the history starts after it.
     assert!(matches!(
-        reader.changes(4, &everything, 10).unwrap(),
+        reader
+            .changes(4, &everything, PageLimit::changes(10))
+            .unwrap(),
         Err(HistoryError::Compacted {
             compact_index: 4,
             ..
         })
     ));
     assert_eq!(
-        reader.changes(5, &everything, 10).unwrap().unwrap().changes,
+        reader
+            .changes(5, &everything, PageLimit::changes(10))
+            .unwrap()
+            .unwrap()
+            .changes,
         []
     );
 }
