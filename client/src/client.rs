@@ -54,6 +54,9 @@ impl Default for ClientOptions {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// For answers that stream (watches, backups): no deadline on the whole answer, which may
+    /// last hours; each read of it has one instead (`timeout_ms`).
+    stream_http: reqwest::Client,
     endpoints: Arc<[String]>,
     options: ClientOptions,
     shared: Arc<Shared>,
@@ -171,8 +174,14 @@ impl Client {
             .timeout(Duration::from_millis(options.timeout_ms))
             .build()
             .map_err(|e| ClientError::Invalid(format!("building the HTTP client: {e}")))?;
+        let stream_http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_millis(options.timeout_ms))
+            .build()
+            .map_err(|e| ClientError::Invalid(format!("building the HTTP client: {e}")))?;
         Ok(Client {
             http,
+            stream_http,
             endpoints: endpoints.into(),
             options,
             shared: Arc::default(),
@@ -192,6 +201,15 @@ impl Client {
 
     /// Send to the preferred endpoint, then the others in turn, until one answers for good.
     async fn send(&self, call: &Call<'_>) -> Result<Answer, ClientError> {
+        self.send_on(&self.http, call).await
+    }
+
+    /// `send` through `http` (`stream_http` for answers that stream).
+    async fn send_on(
+        &self,
+        http: &reqwest::Client,
+        call: &Call<'_>,
+    ) -> Result<Answer, ClientError> {
         let Call {
             method,
             path_and_query,
@@ -206,9 +224,7 @@ impl Client {
         for attempt in 0..count {
             let at = (first + attempt) % count;
             let endpoint = &self.endpoints[at];
-            let mut request = self
-                .http
-                .request(method.clone(), format!("{endpoint}{path_and_query}"));
+            let mut request = http.request(method.clone(), format!("{endpoint}{path_and_query}"));
             for (name, value) in headers.iter() {
                 request = request.header(*name, value);
             }
@@ -591,7 +607,10 @@ impl Client {
     pub async fn backup(&self, options: &ReadOptions) -> Result<Backup, ClientError> {
         let path = with_query("/v1/backup".into(), &self.read_query(options));
         let answer = self
-            .send(&Call::plain(Method::GET, &path, Resend::Read))
+            .send_on(
+                &self.stream_http,
+                &Call::plain(Method::GET, &path, Resend::Read),
+            )
             .await?;
         if !answer.status.is_success() {
             let bytes = self.read_body(answer.response).await?;
@@ -600,6 +619,7 @@ impl Client {
         Ok(Backup {
             index: header_u64(&answer.headers, "x-mirrorkv-index"),
             response: answer.response,
+            chunk_timeout: Duration::from_millis(self.options.timeout_ms),
         })
     }
 }
@@ -609,15 +629,23 @@ pub struct Backup {
     /// The log index the backup is a copy at.
     pub index: Option<u64>,
     response: reqwest::Response,
+    /// Longest wait for the next chunk (`ClientOptions::timeout_ms`).
+    chunk_timeout: Duration,
 }
 
 impl Backup {
     /// The next bytes of the backup, `None` at its end.
     pub async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, ClientError> {
-        self.response
-            .chunk()
-            .await
-            .map_err(|e| ClientError::Decode(format!("the backup stream broke off: {e}")))
+        let timeout = self.chunk_timeout;
+        match tokio::time::timeout(timeout, self.response.chunk()).await {
+            Ok(chunk) => {
+                chunk.map_err(|e| ClientError::Decode(format!("the backup stream broke off: {e}")))
+            }
+            Err(_) => Err(ClientError::Decode(format!(
+                "the backup stream sent nothing for {} ms (timeout_ms)",
+                timeout.as_millis()
+            ))),
+        }
     }
 }
 
@@ -647,6 +675,8 @@ fn read_of<T>(headers: &HeaderMap, value: T) -> Read<T> {
         value,
     }
 }
+
+pub mod watch;
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 //! may go to another node, how keys and values travel, and how to read one's own writes.
 //!
 //! - [`client`]: [`Client`] and [`ClientOptions`]: endpoint failover, idempotency keys,
-//!   read-your-writes.
+//!   read-your-writes; [`client::watch`]: [`Watch`], a change stream that resumes by itself.
 //! - [`types`]: typed requests and answers ([`KeyValue`], [`Range`], [`Txn`], [`ClusterStatus`], ...).
 //! - [`keys`]: the one encoding of keys in URLs.
 //! - [`error`]: [`ClientError`], which says whether a retry can help.
@@ -73,6 +73,7 @@ pub mod error;
 pub mod keys;
 pub mod types;
 
+pub use client::watch::{Event, EventKind, Watch, WatchMessage, WatchOptions, WatchTarget};
 pub use client::{new_idempotency_key, Backup, Client, ClientOptions, MAX_PAGE_KEYS};
 pub use error::ClientError;
 pub use types::{

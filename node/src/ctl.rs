@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use mirrorkv_client::{
-    Client, ClientOptions, ClusterStatus, Consistency, KeyValue, Range, ReadOptions, TxnOpResult,
-    WriteOptions,
+    Client, ClientOptions, ClusterStatus, Consistency, Event, EventKind, KeyValue, Range,
+    ReadOptions, TxnOpResult, WatchMessage, WatchOptions, WatchTarget, WriteOptions,
 };
 use serde_json::{json, Value};
 
@@ -76,6 +76,21 @@ pub enum CtlCommand {
     Snapshot,
     /// Write a consistent backup to standard output (`mirrorkv ctl backup > FILE`).
     Backup,
+    /// Print each change of a key, or of every key under --prefix, one line each, as it
+    /// happens; resumes by itself if the connection breaks.
+    Watch {
+        /// The key to watch (or give --prefix).
+        #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
+        key: Option<String>,
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Start with the changes at this index (default: only changes from now on).
+        #[arg(long)]
+        from_index: Option<u64>,
+        /// Exit after this many events (default: run until interrupted).
+        #[arg(long)]
+        max_events: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +160,24 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Member { command } => member(&client, command, json).await,
         CtlCommand::Snapshot => snapshot(&client, json).await,
         CtlCommand::Backup => backup(&client, json).await,
+        CtlCommand::Watch {
+            key,
+            prefix,
+            from_index,
+            max_events,
+        } => {
+            let target = match (key, prefix) {
+                (Some(key), _) => WatchTarget::Key(key),
+                (None, Some(prefix)) => WatchTarget::Prefix(prefix),
+                (None, None) => bail!("give a KEY or --prefix"),
+            };
+            let options = WatchOptions {
+                from_index,
+                consistency,
+                ..WatchOptions::default()
+            };
+            watch(&client, target, options, max_events, json).await
+        }
     }
 }
 
@@ -329,6 +362,72 @@ async fn backup(client: &Client, json: bool) -> anyhow::Result<()> {
 }
 
 /// `cluster status` as a table.
+async fn watch(
+    client: &Client,
+    target: WatchTarget,
+    options: WatchOptions,
+    max_events: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut stream = client.watch(target, options);
+    let mut printed = 0u64;
+    while max_events.is_none_or(|max| printed < max) {
+        let WatchMessage::Event(event) = stream.next().await? else {
+            continue;
+        };
+        let line = if json {
+            event_json(&event).to_string()
+        } else {
+            match &event.kind {
+                EventKind::Put { value, .. } => {
+                    let value = KeyValue {
+                        key: event.key.clone(),
+                        value: value.clone(),
+                        mod_index: event.index,
+                        create_index: 0,
+                    };
+                    format!("{} put {} {}", event.index, event.key, value.value_text())
+                }
+                EventKind::Delete => format!("{} delete {}", event.index, event.key),
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        printed += 1;
+    }
+    Ok(())
+}
+
+/// An event as the contract writes it on a watch stream.
+fn event_json(event: &Event) -> Value {
+    let mut line = json!({"index": event.index, "key": event.key,
+                          "prev_mod_index": event.prev_mod_index});
+    match &event.kind {
+        EventKind::Put {
+            value,
+            mod_index,
+            create_index,
+        } => {
+            let item = KeyValue {
+                key: event.key.clone(),
+                value: value.clone(),
+                mod_index: *mod_index,
+                create_index: *create_index,
+            }
+            .to_json();
+            line["type"] = json!("put");
+            for field in ["value", "value_base64", "mod_index", "create_index"] {
+                if !item[field].is_null() {
+                    line[field] = item[field].clone();
+                }
+            }
+        }
+        EventKind::Delete => line["type"] = json!("delete"),
+    }
+    line
+}
+
 fn print_status(status: &ClusterStatus) {
     let show = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     println!(

@@ -494,3 +494,99 @@ async fn t85_watchers_are_limited_and_streams_end_when_the_node_stops() {
     assert_eq!(last["error"]["code"], "unavailable", "{last}");
     assert!(last["resume_index"].as_u64().unwrap() > index, "{last}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t86_the_client_watch_resumes_across_a_killed_node_and_ctl_prints_events() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = *cluster.ids().iter().find(|&&id| id != leader).unwrap();
+    let others: Vec<String> = cluster
+        .ids()
+        .iter()
+        .filter(|&&id| id != follower)
+        .map(|&id| cluster.nodes[&id].api_addr.clone())
+        .collect();
+    let endpoints = [vec![cluster.nodes[&follower].api_addr.clone()], others].concat();
+    let client = mirrorkv_client::Client::new(endpoints.clone()).unwrap();
+    let mut watch = client.watch(
+        mirrorkv_client::WatchTarget::Prefix("w/".into()),
+        mirrorkv_client::WatchOptions::default(),
+    );
+    let writer = cluster.node_client(leader).unwrap();
+    // The first message opens the stream (on the follower, the first endpoint): a progress
+    // mark, as nothing was written since.
+    let opened = tokio::time::timeout(LINE, watch.next())
+        .await
+        .expect("opened");
+    assert!(
+        matches!(opened, Ok(mirrorkv_client::WatchMessage::Progress(_))),
+        "{opened:?}"
+    );
+    let mut written = vec![writer.put("w/0", "0").await.unwrap().index];
+    let mut seen = Vec::new();
+    while seen.is_empty() {
+        let message = tokio::time::timeout(LINE, watch.next())
+            .await
+            .expect("an event");
+        if let mirrorkv_client::WatchMessage::Event(e) = message.unwrap() {
+            seen.push(e.index);
+        }
+    }
+    cluster.kill(follower);
+    for i in 1..20 {
+        written.push(writer.put(&format!("w/{i}"), "x").await.unwrap().index);
+    }
+    while seen.len() < written.len() {
+        let message = tokio::time::timeout(LINE, watch.next())
+            .await
+            .expect("an event within the deadline")
+            .expect("the watch resumes on another node");
+        if let mirrorkv_client::WatchMessage::Event(e) = message {
+            seen.push(e.index);
+        }
+    }
+    assert_eq!(
+        seen, written,
+        "every write once, in order, across the node's death"
+    );
+
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "--endpoints", &endpoints[1]];
+        all.extend_from_slice(args);
+        let (ok, out, stderr) = mirrorkv(&all, None);
+        assert!(ok, "ctl {args:?}: {stderr}");
+        String::from_utf8(out).unwrap()
+    };
+    let from = written[1].to_string();
+    let text = ctl(&[
+        "watch",
+        "--prefix",
+        "w/",
+        "--from-index",
+        &from,
+        "--max-events",
+        "2",
+    ]);
+    assert_eq!(
+        text,
+        format!("{} put w/1 x\n{} put w/2 x\n", written[1], written[2])
+    );
+    let json_out = ctl(&[
+        "watch",
+        "w/3",
+        "--from-index",
+        &from,
+        "--max-events",
+        "1",
+        "--json",
+    ]);
+    let event: Value = serde_json::from_str(json_out.trim()).unwrap();
+    assert_eq!(
+        (
+            event["key"].as_str(),
+            event["type"].as_str(),
+            event["index"].as_u64()
+        ),
+        (Some("w/3"), Some("put"), Some(written[3]))
+    );
+}

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use mirrorkv_storage::changes::{Change, ChangeKind, KeyFilter, PageLimit};
 
 use mirrorkv_storage::{
-    Command, CommandResult, Compare, CompareTarget, Entry, KeyRecord, LogId, LogStore,
+    Command, CommandResult, Compare, CompareTarget, Entry, KeyRecord, KvReader, LogId, LogStore,
     Precondition, RangeRequest, Response, StateMachine, StoreOptions, Txn, TxnOp, TxnOpResult,
 };
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
@@ -524,14 +524,9 @@ impl Harness {
         (index > 0).then_some(index)
     }
 
-    fn check_equal(&self) {
-        let reader = self.sm.reader();
-        let all = reader.range(&RangeRequest::from(b"", 10_000)).unwrap();
-        assert_eq!(all.value.next, None);
-        let stored: BTreeMap<String, KeyRecord> = all.value.items.into_iter().collect();
-        assert_eq!(stored, self.model, "state machine differs from the model");
-        // The change history: every change after its start, in index then key order, and
-        // nothing at or before its start.
+    /// The change history: every change after its start, in index then key order, and
+    /// nothing at or before its start; pages bounded by bytes walk it whole, index by index.
+    fn check_history(&self, reader: &KvReader) {
         let all_keys = KeyFilter::Prefix(String::new());
         let page = reader
             .changes(
@@ -577,6 +572,37 @@ impl Harness {
             .filter(|c| c.key == key_name(3))
             .collect();
         assert_eq!(page.changes.iter().collect::<Vec<_>>(), expected);
+        let mut paged = Vec::new();
+        let mut from = self.history_after + 1;
+        loop {
+            let limit = PageLimit {
+                max_changes: usize::MAX,
+                max_bytes: 40,
+            };
+            let page = reader.changes(from, &all_keys, limit).unwrap().unwrap();
+            if let (Some(first), Some(last)) = (page.changes.first(), page.changes.last()) {
+                assert!(first.index >= from && last.index <= page.through_index);
+            }
+            let done = page.changes.is_empty();
+            paged.extend(page.changes);
+            from = page.through_index + 1;
+            if done {
+                break;
+            }
+        }
+        assert_eq!(
+            paged, self.history,
+            "byte-bounded pages walk the whole history"
+        );
+    }
+
+    fn check_equal(&self) {
+        let reader = self.sm.reader();
+        let all = reader.range(&RangeRequest::from(b"", 10_000)).unwrap();
+        assert_eq!(all.value.next, None);
+        let stored: BTreeMap<String, KeyRecord> = all.value.items.into_iter().collect();
+        assert_eq!(stored, self.model, "state machine differs from the model");
+        self.check_history(&reader);
         for key in 0..12 {
             let name = key_name(key);
             assert_eq!(
