@@ -27,6 +27,9 @@ pub enum Workload {
     Set,
     /// Transfers between accounts in transactions; every read must see the same total.
     Bank,
+    /// Unique puts under one prefix while watchers on several nodes stream it, dropping and
+    /// resuming their connections; every watcher must see exactly the log's changes.
+    Watch,
 }
 
 /// What to run.
@@ -54,6 +57,12 @@ pub struct TestOptions {
     /// The nodes' `--snapshot-threshold-entries`: small, so that a run builds many snapshots
     /// and a node that was killed or cut off catches up through a snapshot install.
     pub snapshot_threshold_entries: u64,
+    /// Watchers of a watch run.
+    pub watchers: usize,
+    /// A planted bug, for the checker's own test: watchers drop the first event after each
+    /// resume.
+    #[serde(skip)]
+    pub plant_watch_drop: bool,
 }
 
 impl TestOptions {
@@ -538,6 +547,7 @@ async fn final_check(
             let tally = set_tally.lock().expect("tally");
             (None, Some(workloads::judge_set(&tally, &present)))
         }
+        Workload::Watch => unreachable!("a watch run is judged by finish_watch"),
         Workload::Bank => {
             let balances = workloads::read_prefix(&reader, "bank/", Consistency::Linearizable)
                 .await
@@ -558,6 +568,25 @@ async fn final_check(
             (None, Some(report))
         }
     })
+}
+
+/// The end of a watch run: the watchers cover the final index, then are judged; what each
+/// received goes to `watchers.json`.
+async fn finish_watch(
+    options: &TestOptions,
+    apis: &[String],
+    run: crate::watch::WatchRun,
+) -> Result<InvariantReport, ClusterError> {
+    let reader = workloads::node_client(
+        &apis[0],
+        Duration::from_millis(FINAL_READ_TIMEOUT_MS),
+        "linearizable",
+    )
+    .map_err(ClusterError::Misuse)?;
+    let (report, logs) = run.finish(&reader).await.map_err(ClusterError::Misuse)?;
+    let logs = serde_json::to_string(&logs).expect("watcher logs serialize");
+    std::fs::write(options.out.join("watchers.json"), logs)?;
+    Ok(report)
 }
 
 /// The run's history (JSON lines and EDN) and its HTML report, in the output folder.
@@ -592,6 +621,7 @@ fn write_artifacts(
 struct Tallies {
     set: Arc<Mutex<SetTally>>,
     bank: Arc<Mutex<BankTally>>,
+    watch_writes: Arc<Mutex<Vec<crate::watch::WriteRecord>>>,
 }
 
 /// One task per client slot, running the workload of `options`.
@@ -618,6 +648,11 @@ fn spawn_clients(
                 accounts,
                 options.consistency.clone(),
                 tallies.bank.clone(),
+            )),
+            Workload::Watch => tokio::spawn(crate::watch::writer(
+                slot,
+                ctx.clone(),
+                tallies.watch_writes.clone(),
             )),
         })
         .collect()
@@ -683,9 +718,27 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
         stop: stop.clone(),
         max_ops,
     };
+    let watch_run = match options.workload {
+        Workload::Watch => Some(
+            crate::watch::WatchRun::start(
+                &apis,
+                &ctx.clients[0],
+                options.watchers,
+                options.seed,
+                options.plant_watch_drop,
+            )
+            .await
+            .map_err(ClusterError::Misuse)?,
+        ),
+        _ => None,
+    };
     let tallies = Tallies {
         set: set_tally.clone(),
         bank: bank_tally.clone(),
+        watch_writes: watch_run
+            .as_ref()
+            .map(|run| run.writes.clone())
+            .unwrap_or_default(),
     };
     let clients = spawn_clients(&options, &ctx, &recorder, &tallies, accounts);
     let progress = tokio::spawn(report_progress(recorder.clone(), tallies, stop.clone()));
@@ -707,7 +760,10 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
         bank_tally: &bank_tally,
         accounts,
     };
-    let (check, invariant) = final_check(&options, &final_state).await?;
+    let (check, invariant) = match watch_run {
+        Some(run) => (None, Some(finish_watch(&options, &apis, run).await?)),
+        None => final_check(&options, &final_state).await?,
+    };
     let history = History {
         events: std::mem::take(&mut *recorder.events.lock().expect("lock")),
     };

@@ -13,6 +13,7 @@
 //! - [`harness`]: `jepsen-lite test`: cluster + workload + nemesis + final reads + check.
 //! - [`report`]: `report.html`, timelines per key and latency over time, faults shaded.
 //! - [`workloads`]: the `set` and `bank` workloads and their invariants.
+//! - [`watch`]: the `watch` workload (writers, watchers that resume) and its checker.
 //! - [`parse`]: history formats: our JSON lines, Jepsen/Knossos EDN, the Jepsen console log.
 //!
 //! Why it is shaped this way: `jepsen-lite/DESIGN.md`.
@@ -29,6 +30,7 @@ pub mod nemesis;
 pub mod parse;
 pub mod proxy;
 pub mod report;
+pub mod watch;
 pub mod workloads;
 
 pub use checker::{check, CheckOptions, CheckResult, GaveUp, Verdict, DEFAULT_MAX_STATES_PER_KEY};

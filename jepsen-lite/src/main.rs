@@ -109,6 +109,9 @@ struct TestArgs {
     /// installed under the faults too.
     #[arg(long, default_value_t = 200)]
     snapshot_threshold_entries: u64,
+    /// Watchers of the watch workload, spread over the nodes.
+    #[arg(long, default_value_t = 4)]
+    watchers: usize,
 }
 
 #[derive(Args)]
@@ -195,6 +198,7 @@ fn run_test(args: TestArgs) -> ExitCode {
         out,
         request_timeout_ms,
         snapshot_threshold_entries,
+        watchers,
     } = args;
     let seed = seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -218,9 +222,11 @@ fn run_test(args: TestArgs) -> ExitCode {
         out: out.clone(),
         request_timeout_ms,
         snapshot_threshold_entries,
+        watchers,
+        plant_watch_drop: false,
     };
     let reproduce = format!(
-        "jepsen-lite test --nodes {nodes} --time-limit {time_limit} --rate {rate} --concurrency {concurrency} --keys {keys} --ops-per-key {ops_per_key} --check-time-limit-s {check_time_limit_s} --workload {} --nemesis {} --consistency {consistency} --seed {seed} --snapshot-threshold-entries {snapshot_threshold_entries} --out {}",
+        "jepsen-lite test --nodes {nodes} --time-limit {time_limit} --rate {rate} --concurrency {concurrency} --keys {keys} --ops-per-key {ops_per_key} --check-time-limit-s {check_time_limit_s} --workload {} --nemesis {} --consistency {consistency} --seed {seed} --snapshot-threshold-entries {snapshot_threshold_entries} --watchers {watchers} --out {}",
         workload.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()),
         nemesis.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()),
         out.display()

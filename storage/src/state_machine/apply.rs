@@ -429,7 +429,11 @@ impl StateMachine {
                     )?;
                 }
                 index_updates = reads.index_updates;
-                changes.extend(reads.changes.unwrap_or_default());
+                let mut entry_changes = reads.changes.unwrap_or_default();
+                // In key order within the entry (a batch stages command by command), as the
+                // history reads them back.
+                entry_changes.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+                changes.extend(entry_changes);
                 response
             }
             EntryPayload::Membership(membership) => {

@@ -448,3 +448,87 @@ async fn a_restored_store_keeps_no_history_before_the_backup() {
         []
     );
 }
+
+/// What a change listener was told, in order.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<String>>);
+
+impl ChangeListener for Recorded {
+    fn applied(&self, applied_index: u64, changes: Vec<crate::changes::Change>) {
+        let keys: Vec<String> = changes
+            .iter()
+            .map(|c| format!("{}:{}", c.index, c.key))
+            .collect();
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("applied {applied_index} [{}]", keys.join(" ")));
+    }
+    fn restarted_at(&self, applied_index: u64) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("restarted {applied_index}"));
+    }
+}
+
+#[tokio::test]
+async fn the_listener_hears_each_apply_in_history_order_and_each_install() {
+    let (source_dir, target_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_log, mut target) = crate::open(target_dir.path()).unwrap();
+    let recorded = Arc::new(Recorded::default());
+    target.set_change_listener(recorded.clone());
+    // A batch stages command by command ("z" first); the listener hears key order, as the
+    // history reads it; a delete of nothing changes nothing.
+    let batch = Command::Batch(vec![
+        Command::Put {
+            key: "z".into(),
+            value: b"1".to_vec(),
+            precondition: Precondition::None,
+        },
+        Command::Put {
+            key: "a".into(),
+            value: b"2".to_vec(),
+            precondition: Precondition::None,
+        },
+        Command::Delete {
+            key: "none".into(),
+            precondition: Precondition::None,
+        },
+    ]);
+    target.apply([entry(1, batch), put(2, "m")]).await.unwrap();
+    let everything = KeyFilter::Prefix(String::new());
+    let history = target
+        .reader()
+        .changes(1, &everything, PageLimit::changes(10))
+        .unwrap()
+        .unwrap();
+    let history: Vec<String> = history
+        .changes
+        .iter()
+        .map(|c| format!("{}:{}", c.index, c.key))
+        .collect();
+    assert_eq!(history, ["1:a", "1:z", "2:m"]);
+
+    let (mut source, _, _) = store_with_snapshot(source_dir.path(), &["x", "y", "w", "v"]).await;
+    let snapshot = source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut receiving = target.begin_receiving_snapshot().await.unwrap();
+    let mut sent = snapshot.snapshot;
+    tokio::io::copy(&mut *sent, &mut *receiving).await.unwrap();
+    tokio::io::AsyncWriteExt::shutdown(&mut *receiving)
+        .await
+        .unwrap();
+    target
+        .install_snapshot(&snapshot.meta, receiving)
+        .await
+        .unwrap();
+    assert_eq!(
+        *recorded.0.lock().unwrap(),
+        ["restarted 0", "applied 2 [1:a 1:z 2:m]", "restarted 4"]
+    );
+}
