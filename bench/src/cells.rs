@@ -199,7 +199,7 @@ impl Stores {
     /// The store's client endpoints with the current leader first, so that client 0 (the
     /// only one in a 1-client cell) talks to the leader of either store, and the others spread
     /// over the members in the same pattern for both.
-    async fn endpoints(&self, store: Store) -> anyhow::Result<Vec<String>> {
+    pub(crate) async fn endpoints(&self, store: Store) -> anyhow::Result<Vec<String>> {
         let (mut endpoints, leader) = match store {
             Store::Mirrorkv => {
                 let cluster = self
@@ -283,7 +283,7 @@ impl Stores {
         }
     }
 
-    fn pids(&self, store: Store) -> Vec<(String, u32)> {
+    pub(crate) fn pids(&self, store: Store) -> Vec<(String, u32)> {
         match store {
             Store::Mirrorkv => self
                 .mirrorkv
@@ -523,7 +523,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// A `kB` line of /proc/PID/status (0 if absent).
-fn status_kib(pid: u32, field: &str) -> u64 {
+pub(crate) fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {

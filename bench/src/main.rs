@@ -6,6 +6,7 @@
 //!   the clients, the preload, and the table.
 //! - `conn`: one client's connection (hyper HTTP/1.1 to mirrorkv, gRPC to etcd), the bulk load.
 //! - `etcd`: the 3-member etcd cluster, started from the `etcd` binary.
+//! - `watch`: the watch cell (one writer, N watchers of its prefix; delay and memory).
 //! - this file: the flags, and the run over every key space, store and round.
 //!
 //! Why: `bench/DESIGN.md`.
@@ -13,6 +14,7 @@
 mod cells;
 mod conn;
 mod etcd;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +77,12 @@ struct Args {
     json: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Run the watch cells instead, one per count of watchers (`--watch 100,1000`): one
+    /// writer at --watch-rate puts/s for --duration-s, every watcher on its prefix.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    watch: Vec<usize>,
+    #[arg(long, default_value_t = 100)]
+    watch_rate: u64,
 }
 
 fn main() -> ExitCode {
@@ -94,6 +102,8 @@ fn main() -> ExitCode {
         restart,
         json,
         seed,
+        watch,
+        watch_rate,
     } = Args::parse();
     let bin = bin.unwrap_or_else(default_mirrorkv_bin);
     let cells: Vec<(BenchWorkload, String, usize)> = if matrix {
@@ -147,7 +157,12 @@ fn main() -> ExitCode {
     let Some(runtime) = runtime("mirrorkv-bench") else {
         return ExitCode::from(3);
     };
-    match runtime.block_on(run_bench(options)) {
+    let result = if watch.is_empty() {
+        runtime.block_on(run_bench(options))
+    } else {
+        runtime.block_on(run_watch_bench(&options, &watch, watch_rate))
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mirrorkv-bench: {e:#}");
@@ -228,6 +243,46 @@ async fn run_bench(run: BenchRun) -> anyhow::Result<()> {
         });
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The watch cells: for each count of watchers, each store in turn, `rounds` times.
+async fn run_watch_bench(run: &BenchRun, counts: &[usize], rate: u64) -> anyhow::Result<()> {
+    let stores = Stores::start(
+        run.mirrorkv.then_some(run.bin.as_path()),
+        run.etcd.as_deref(),
+        &[],
+    )
+    .await?;
+    let mut measured = Vec::new();
+    if run.mirrorkv {
+        measured.push(Store::Mirrorkv);
+    }
+    if run.etcd.is_some() {
+        measured.push(Store::Etcd);
+    }
+    let mut results = Vec::new();
+    let mut round = 0;
+    for _ in 0..run.rounds {
+        for &watchers in counts {
+            for &store in &measured {
+                round += 1;
+                let cell = watch::WatchCell {
+                    watchers,
+                    writes_per_s: rate,
+                    duration: run.limits.duration,
+                };
+                let result = watch::run_watch_cell(&stores, store, cell, round).await?;
+                eprintln!("{result:?}");
+                results.push(result);
+            }
+        }
+    }
+    watch::print_watch_table(&results);
+    if let Some(path) = &run.json {
+        let report = serde_json::json!({"machine": machine(), "watch": results});
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(())
 }
