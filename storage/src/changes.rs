@@ -1,6 +1,7 @@
 //! The change history: what each applied entry changed, key by key, kept for the last
-//! `StoreOptions::history_entries` entries, so that a reader (the watches to come) can resume
-//! from an index (`storage/DESIGN.md`, "The change history").
+//! `StoreOptions::history_entries` entries, so that a watch can start or resume from an index
+//! (`storage/DESIGN.md`, "The change history"). A [`ChangeListener`] (the node's watch feed)
+//! is told of each applied batch's changes as they are written.
 //!
 //! Layout: the `changes` column family, big-endian `u64` index + key bytes → encoded
 //! [`StoredChange`]. One record per key an entry changed (an entry changes a key at most once:
