@@ -13,10 +13,11 @@ use mirrorkv_storage::{Command, CommandResult, Precondition, RangeRequest};
 use serde_json::json;
 use tokio::time::Instant;
 
+use crate::blocking;
 use crate::error::ApiError;
 use crate::state::ApiState;
 use crate::values;
-use crate::watch;
+use mirrorkv_coordinator::watch::interval::prefix_end;
 use mirrorkv_coordinator::ReadLevel;
 use mirrorkv_coordinator::ReadRequest;
 use mirrorkv_storage::changes::KeyFilter;
@@ -165,12 +166,12 @@ pub async fn get_key(
     let result = async {
         let key = path_key(&state, path)?;
         let (request, params) = parsed?;
-        if let Some((wait_index, wait)) = watch::wait_request(&state, &params)? {
+        if let Some((wait_index, wait)) = blocking::wait_request(&state, &params)? {
             // Changed already: answer at once, without reading the history.
             let current = state.node.reader.get(&key)?;
             if current.value.is_none_or(|r| r.mod_index <= wait_index) {
                 let filter = KeyFilter::Key(key.clone());
-                watch::wait_for_change(&state, filter, wait_index, wait).await?;
+                blocking::wait_for_change(&state, filter, wait_index, wait).await?;
             }
         }
         let deadline = Instant::now() + state.config.request_timeout();
@@ -419,18 +420,6 @@ pub fn body_error(state: &ApiState, rejection: BytesRejection) -> ApiError {
     }
 }
 
-/// The smallest byte string greater than every string that starts with `prefix`, if any.
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 /// `GET /v1/kv?prefix=P` or `?start=A&end=B`, with `limit`, `keys_only`, and the read levels.
 pub async fn range(State(state): State<Arc<ApiState>>, query: Params) -> Response {
     let params = params(query);
@@ -477,7 +466,7 @@ pub async fn range(State(state): State<Arc<ApiState>>, query: Params) -> Respons
             }
         };
         let keys_only = parse_bool(&params, "keys_only")?;
-        if let Some((wait_index, wait)) = watch::wait_request(&state, &params)? {
+        if let Some((wait_index, wait)) = blocking::wait_request(&state, &params)? {
             let filter = match prefix {
                 Some(prefix) => KeyFilter::Prefix(prefix.clone()),
                 None => KeyFilter::Range {
@@ -485,7 +474,7 @@ pub async fn range(State(state): State<Arc<ApiState>>, query: Params) -> Respons
                     end: params.get("end").cloned(),
                 },
             };
-            watch::wait_for_change(&state, filter, wait_index, wait).await?;
+            blocking::wait_for_change(&state, filter, wait_index, wait).await?;
         }
         let deadline = Instant::now() + state.config.request_timeout();
         state.node.read_barrier(request, deadline).await?;

@@ -7,7 +7,8 @@
 //! - [`kv`]: single-key and range routes, idempotency keys, the `X-Mirrorkv-*` headers.
 //! - [`txn`]: `POST /v1/txn`.
 //! - [`values`]: values in JSON (`value` / `value_base64`).
-//! - [`watch`]: `GET /v1/watch` (NDJSON or SSE change streams) and blocking reads' parameters.
+//! - [`watch`]: `GET /v1/watch` (NDJSON or SSE change streams) and the key filter.
+//! - [`blocking`]: blocking reads' `wait_index` and `wait`, shared by the KV routes.
 //! - [`cluster`]: `/v1/cluster` (with every member's own progress), `/health`, `/ready`.
 //! - [`membership`]: the routes that add mirrors, promote and remove members.
 //! - [`ops`]: `POST /v1/snapshot`, the streamed `GET /v1/backup`, `GET /metrics`.
@@ -18,6 +19,7 @@
 //!
 //! Why: `api/DESIGN.md`.
 
+pub mod blocking;
 pub mod cluster;
 pub mod error;
 pub mod kv;

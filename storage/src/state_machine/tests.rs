@@ -24,6 +24,27 @@ fn put(index: u64, key: &str) -> Entry {
     }
 }
 
+/// Build a snapshot of `source` and install it in `target` through the chunked file path
+/// openraft uses.
+async fn send_snapshot(source: &mut StateMachine, target: &mut StateMachine) {
+    let snapshot = source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut receiving = target.begin_receiving_snapshot().await.unwrap();
+    let mut sent = snapshot.snapshot;
+    tokio::io::copy(&mut *sent, &mut *receiving).await.unwrap();
+    tokio::io::AsyncWriteExt::shutdown(&mut *receiving)
+        .await
+        .unwrap();
+    target
+        .install_snapshot(&snapshot.meta, receiving)
+        .await
+        .unwrap();
+}
+
 /// A store at `dir` holding `keys`, put at indexes 1.., and a snapshot of it.
 async fn store_with_snapshot(dir: &Path, keys: &[&str]) -> (StateMachine, SnapshotMeta, PathBuf) {
     let (_log, mut sm) = crate::open(dir).unwrap();
@@ -160,18 +181,7 @@ async fn a_snapshot_install_clears_the_key_index() {
         .apply([put(1, "k"), delete, put(3, "k")])
         .await
         .unwrap();
-    let mut builder = source.get_snapshot_builder().await;
-    let snapshot = builder.build_snapshot().await.unwrap();
-    let mut receiving = target.begin_receiving_snapshot().await.unwrap();
-    let mut sent = snapshot.snapshot;
-    tokio::io::copy(&mut *sent, &mut *receiving).await.unwrap();
-    tokio::io::AsyncWriteExt::shutdown(&mut *receiving)
-        .await
-        .unwrap();
-    target
-        .install_snapshot(&snapshot.meta, receiving)
-        .await
-        .unwrap();
+    send_snapshot(&mut source, &mut target).await;
     assert_eq!(target.index.len(), 0);
 
     let answers = target.apply([put(4, "k")]).await.unwrap();
@@ -511,22 +521,7 @@ async fn the_listener_hears_each_apply_in_history_order_and_each_install() {
     assert_eq!(history, ["1:a", "1:z", "2:m"]);
 
     let (mut source, _, _) = store_with_snapshot(source_dir.path(), &["x", "y", "w", "v"]).await;
-    let snapshot = source
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    let mut receiving = target.begin_receiving_snapshot().await.unwrap();
-    let mut sent = snapshot.snapshot;
-    tokio::io::copy(&mut *sent, &mut *receiving).await.unwrap();
-    tokio::io::AsyncWriteExt::shutdown(&mut *receiving)
-        .await
-        .unwrap();
-    target
-        .install_snapshot(&snapshot.meta, receiving)
-        .await
-        .unwrap();
+    send_snapshot(&mut source, &mut target).await;
     assert_eq!(
         *recorded.0.lock().unwrap(),
         ["restarted 0", "applied 2 [1:a 1:z 2:m]", "restarted 4"]
