@@ -96,6 +96,7 @@ struct RaftGauges {
     members: IntGaugeVec,
     replication_lag: IntGaugeVec,
     log_entries: IntGauge,
+    append_entries_sent: IntCounterVec,
 }
 
 /// Gauges and counters read from the store when scraped.
@@ -133,6 +134,10 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     registered(registry, IntGaugeVec::new(Opts::new(name, help), labels))
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 impl Default for Metrics {
@@ -227,6 +232,12 @@ impl RaftGauges {
                 r,
                 "mirrorkv_log_entries",
                 "Log entries stored (not yet purged).",
+            ),
+            append_entries_sent: counter_vec(
+                r,
+                "mirrorkv_raft_append_entries_sent_total",
+                "AppendEntries requests this node sent its peers, by whether they carried entries (carrying=entries) or none (carrying=none: heartbeats, leadership checks, commit-only messages).",
+                &["carrying"],
             ),
         }
     }
@@ -392,6 +403,15 @@ impl Metrics {
         m.members
             .with_label_values(&["mirror"])
             .set((all - voters) as i64);
+        let sent = node.sent_to_peers();
+        for (carrying, source) in [
+            ("entries", &sent.append_entries_with_entries),
+            ("none", &sent.append_entries_empty),
+        ] {
+            let metric = m.append_entries_sent.with_label_values(&[carrying]);
+            let total = source.load(Ordering::Relaxed);
+            metric.inc_by(total.saturating_sub(metric.get()));
+        }
         m.replication_lag.reset();
         if let Some(replication) = &raft_metrics.replication {
             for (follower, matched) in replication {

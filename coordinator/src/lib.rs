@@ -295,6 +295,11 @@ impl Coordinator {
         self.committed_index.load(Ordering::Acquire)
     }
 
+    /// What this node's Raft sent its peers (for the metrics).
+    pub fn sent_to_peers(&self) -> &mirrorkv_raft_net::SentCounters {
+        &self.pool.sent
+    }
+
     /// Milliseconds since this node last heard from a leader; 0 on the leader, `None` if never.
     pub fn last_contact_ms(&self) -> Option<u64> {
         self.last_contact_ms_under(self.leader())

@@ -513,6 +513,20 @@ async fn t64_metrics_parse_and_move() {
     // Five new keys, each indexed once it is applied.
     assert!(moved("mirrorkv_key_index_keys") >= 5.0, "{after}");
     assert!(sample(&after, "mirrorkv_key_index_bytes").unwrap() > 0.0);
+    // Each write reached both followers in AppendEntries carrying it; heartbeats carry none.
+    assert!(
+        moved(r#"mirrorkv_raft_append_entries_sent_total{carrying="entries"}"#) >= 2.0,
+        "{after}"
+    );
+    assert!(
+        sample(
+            &after,
+            r#"mirrorkv_raft_append_entries_sent_total{carrying="none"}"#
+        )
+        .unwrap()
+            > 0.0,
+        "{after}"
+    );
 }
 
 /// Test 5: `mirrorkv ctl` drives the operations end to end: keys, scans, a transaction,

@@ -316,11 +316,23 @@ fn spawn_connection(stream: TcpStream, addr: String, config: NetConfig) -> Conne
     }
 }
 
+/// What this node's Raft sent its peers, counted as it is sent (served as metrics).
+#[derive(Debug, Default)]
+pub struct SentCounters {
+    /// AppendEntries requests that carried log entries.
+    pub append_entries_with_entries: AtomicU64,
+    /// AppendEntries requests that carried none: heartbeats, leadership checks, and the
+    /// messages that only tell a follower a new committed index.
+    pub append_entries_empty: AtomicU64,
+}
+
 /// All peer clients of a node, keyed by the address they dial, plus the `--peer` overrides.
 pub struct PeerPool {
     config: NetConfig,
     overrides: HashMap<NodeId, String>,
     clients: Mutex<HashMap<String, Arc<PeerClient>>>,
+    /// What the node's Raft sent through this pool.
+    pub sent: SentCounters,
 }
 
 impl PeerPool {
@@ -330,6 +342,7 @@ impl PeerPool {
             config,
             overrides,
             clients: Mutex::default(),
+            sent: SentCounters::default(),
         }
     }
 

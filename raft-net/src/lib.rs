@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use backoff::Backoff;
-pub use client::{PeerClient, PeerPool};
+pub use client::{PeerClient, PeerPool, SentCounters};
 pub use error::NetError;
 pub use message::{
     ForwardError, MembershipChange, NodeStatus, ReadIndexKind, Refusal, RpcRequest, RpcResponse,

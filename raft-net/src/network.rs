@@ -1,6 +1,7 @@
 //! openraft's `RaftNetworkFactory` / `RaftNetwork` over raft-net: Raft RPCs become `RpcRequest`s
 //! on the pooled peer connections, with openraft's per-RPC deadline.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use mirrorkv_storage::{NodeId, NodeInfo, TypeConfig};
@@ -37,6 +38,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerNetwork {
             target,
             client: self.pool.client(target, node),
+            pool: self.pool.clone(),
         }
     }
 }
@@ -45,6 +47,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerNetwork {
     target: NodeId,
     client: Arc<PeerClient>,
+    /// Where what is sent is counted.
+    pool: Arc<PeerPool>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeInfo, E>>;
@@ -88,6 +92,13 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
         let entries = rpc.entries.len() as u64;
+        let sent = &self.pool.sent;
+        let counter = if entries == 0 {
+            &sent.append_entries_empty
+        } else {
+            &sent.append_entries_with_entries
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let request = RpcRequest::AppendEntries(rpc);
         match self.client.call(&request, option.hard_ttl()).await {
             Ok(RpcResponse::AppendEntries(Ok(response))) => Ok(response),

@@ -149,13 +149,23 @@ where
     /// mirrorkv patch: `next_action` is a heartbeat made only to carry a new committed index,
     /// which may wait up to [`COMMIT_LINGER`] for the next entries to carry it instead.
     commit_only: bool,
+
+    /// mirrorkv patch: whether the last commit-only heartbeat would have been (or was) carried
+    /// by entries arriving within [`COMMIT_LINGER`]; only then does the next one wait.
+    linger_pays: bool,
+
+    /// mirrorkv patch: when the pending commit-only heartbeat was made, until entries arrive.
+    commit_only_since: Option<InstantOf<C>>,
 }
 
 /// mirrorkv patch: how long a commit-only AppendEntries waits for new entries to ride on.
 ///
 /// Under load the next entry is appended a few hundred microseconds after the previous one
-/// commits, so waiting saves each follower a round trip per entry. Idle, a follower learns of
-/// a commit this much later. Explicit heartbeats never wait.
+/// commits, so waiting saves each follower a round trip per entry. It waits only while that
+/// pays (`linger_pays`: the last wait ended with entries, or entries came this soon after
+/// the last commit-only heartbeat was made): at a lower rate the wait would end empty and
+/// only make followers (and their watchers) learn of the commit later. Explicit heartbeats
+/// never wait.
 const COMMIT_LINGER: Duration = Duration::from_micros(1000);
 
 impl<C, N, LS> ReplicationCore<C, N, LS>
@@ -210,6 +220,8 @@ where
             next_action: None,
             entries_hint: Default::default(),
             commit_only: false,
+            linger_pays: false,
+            commit_only_since: None,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -612,7 +624,10 @@ where
         let sleep = C::sleep(COMMIT_LINGER);
         let recv = self.rx_event.recv();
         select! {
-            _ = sleep => {}
+            _ = sleep => {
+                // Nothing came to carry the index: do not wait next time.
+                self.linger_pays = false;
+            }
             recv_res = recv => {
                 let event = recv_res.ok_or(ReplicationClosed::new("RaftCore closed replication"))?;
                 self.process_event(event);
@@ -718,8 +733,9 @@ where
                 // If there is no action, fill in an heartbeat action to send committed index.
                 if self.next_action.is_none() {
                     self.next_action = Some(Data::new_heartbeat());
-                    // mirrorkv patch
-                    self.commit_only = true;
+                    // mirrorkv patch: wait for entries only while waiting pays.
+                    self.commit_only = self.linger_pays;
+                    self.commit_only_since = Some(C::now());
                 }
             }
             Replicate::Heartbeat => {
@@ -753,6 +769,14 @@ where
                                 "can not send other data while sending snapshot"
                             );
                         }
+                    }
+                }
+
+                // mirrorkv patch: entries soon after a commit-only heartbeat was made mean
+                // waiting for them pays.
+                if matches!(d, Data::Logs(_)) {
+                    if let Some(since) = self.commit_only_since.take() {
+                        self.linger_pays = C::now() - since <= COMMIT_LINGER;
                     }
                 }
 
