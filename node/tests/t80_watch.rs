@@ -590,3 +590,105 @@ async fn t86_the_client_watch_resumes_across_a_killed_node_and_ctl_prints_events
         (Some("w/3"), Some("put"), Some(written[3]))
     );
 }
+
+/// A follower that falls behind the leader's log installs a snapshot while a stream is open on
+/// it: the stream either carries on with every change in order or ends with `compacted`; it
+/// never skips. (The contract's rule for snapshot installs; the hub's unit test
+/// `a_snapshot_install_ends_synced_watchers_as_compacted_and_close_ends_all` covers the hub
+/// alone, this the whole path: raft-net, the install, storage's listener, the API.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t87_a_snapshot_install_under_an_open_stream_ends_it_as_compacted_never_skips() {
+    let threshold_entries = 50;
+    let cluster = Cluster::start_with_proxies(
+        3,
+        &[
+            "--snapshot-threshold-entries",
+            &threshold_entries.to_string(),
+            "--request-timeout-ms",
+            "2000",
+        ],
+    )
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = *cluster.running().iter().find(|&&id| id != leader).unwrap();
+    let mut stream = Lines::open(&format!("{}/v1/watch?prefix=s/", cluster.api(follower))).await;
+    let mut written = vec![(
+        put_ok(&cluster, leader, "s/first", "v").await,
+        "s/first".to_string(),
+    )];
+    assert_eq!(
+        stream.event(LINE).await["index"].as_u64(),
+        Some(written[0].0)
+    );
+    let follower_last_log = cluster.node_view(follower).await.unwrap()["last_log_index"]
+        .as_u64()
+        .unwrap();
+
+    // Cut off (its API still answers), the follower falls far behind; the leader snapshots and
+    // purges past it, so only a snapshot can bring it back.
+    cluster.isolate(follower);
+    for i in 0..threshold_entries * 6 {
+        let key = format!("s/{i}");
+        written.push((put_ok(&cluster, leader, &key, "v").await, key));
+    }
+    wait_for(
+        "the leader to purge past the follower",
+        DEADLINE,
+        || async {
+            let purged = cluster.node_view(leader).await?["purged_index"].as_u64()?;
+            (purged > follower_last_log).then_some(())
+        },
+    )
+    .await;
+    cluster.heal();
+    let last = written.last().unwrap().0;
+    wait_for("the follower to catch up", DEADLINE, || async {
+        let view = cluster.node_view(follower).await?;
+        (view["applied_index"].as_u64()? >= last).then_some(())
+    })
+    .await;
+    let log = std::fs::read_to_string(&cluster.nodes[&follower].log_path).unwrap();
+    assert!(
+        log.contains("installed snapshot"),
+        "the follower caught up through a snapshot"
+    );
+
+    // Whatever came is exactly the next writes in order; then either all of them or the end.
+    let mut next = 1;
+    let ended = loop {
+        let Some(line) = stream.next(LINE).await else {
+            panic!("the stream ended without a last line after {next} events");
+        };
+        let line: Value = serde_json::from_str(&line).unwrap();
+        if line.get("progress").is_some() {
+            continue;
+        }
+        if let Some(error) = line.get("error") {
+            break Some((error["code"].clone(), line["compact_index"].as_u64()));
+        }
+        let (index, key) = &written[next];
+        assert_eq!(
+            (line["index"].as_u64(), line["key"].as_str()),
+            (Some(*index), Some(key.as_str())),
+            "event {next} after the first"
+        );
+        next += 1;
+        if next == written.len() {
+            break None;
+        }
+    };
+    println!("t87: {next} events in order, then {ended:?}");
+    if let Some((code, compact_index)) = ended {
+        assert_eq!(code, "compacted");
+        let compact_index = compact_index.expect("compact_index");
+        assert!(
+            compact_index >= written[next - 1].0,
+            "compact_index {compact_index} must cover the events sent ({})",
+            written[next - 1].0
+        );
+        assert!(
+            stream.next(LINE).await.is_none(),
+            "nothing after the last line"
+        );
+    }
+}
