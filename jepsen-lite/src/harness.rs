@@ -1,7 +1,7 @@
 //! `jepsen-lite test`: start a real cluster with a proxy on every link, run a workload while the
 //! nemesis injects faults, heal everything, read everything back, and check the history.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -402,6 +402,18 @@ impl TestOutcome {
     }
 }
 
+/// The nodes' folder of a run under `out`, emptied: a previous run's cluster left there would
+/// otherwise start again with its data, and every checker assumes the run began on an empty
+/// store (the watch checker, for one, reported the old keys' `prev_mod_index` as bad reads).
+fn fresh_nodes_dir(out: &Path) -> std::io::Result<PathBuf> {
+    let dir = out.join("nodes");
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    Ok(dir)
+}
+
 /// A fresh cluster for the run: every link through a proxy, the nodes' deadline a little below
 /// the clients' (so a node answers before its client gives up), and small snapshots.
 async fn start_cluster(options: &TestOptions) -> Result<Cluster, ClusterError> {
@@ -420,7 +432,7 @@ async fn start_cluster(options: &TestOptions) -> Result<Cluster, ClusterError> {
         ],
         node_args: Default::default(),
         proxies: true,
-        dir: Some(options.out.join("nodes")),
+        dir: Some(fresh_nodes_dir(&options.out)?),
         clock_rates: Default::default(),
         env: Vec::new(),
     })
@@ -776,3 +788,6 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
     )?;
     Ok(outcome)
 }
+
+#[cfg(test)]
+mod tests;

@@ -99,7 +99,8 @@ struct TestArgs {
     consistency: String,
     #[arg(long)]
     seed: Option<u64>,
-    /// Where history, logs and results go.
+    /// Where history, logs and results go. Each run starts a fresh cluster in its `nodes`
+    /// folder: a previous run's nodes there are removed first.
     #[arg(long, default_value = "jepsen-out")]
     out: PathBuf,
     /// Per-request client timeout.
