@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{wait_for, Cluster, WriteOutcome, DEADLINE};
+use common::{wait_applied, wait_for, Cluster, WriteOutcome, DEADLINE};
 
 /// Read every key through node `id` at `consistency` and compare with `expected`.
 async fn assert_all_readable(
@@ -25,19 +25,6 @@ async fn assert_all_readable(
             "key {key} through node {id} at {consistency}"
         );
     }
-}
-
-/// Wait until node `id` has applied at least `index` (as its `/v1/cluster` reports).
-async fn wait_applied(cluster: &Cluster, id: u64, index: u64) {
-    wait_for(
-        &format!("node {id} to apply index {index}"),
-        DEADLINE,
-        || async {
-            let view = cluster.node_view(id).await?;
-            (view["applied_index"].as_u64()? >= index).then_some(())
-        },
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

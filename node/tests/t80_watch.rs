@@ -641,12 +641,7 @@ async fn t87_a_snapshot_install_under_an_open_stream_ends_it_as_compacted_never_
     )
     .await;
     cluster.heal();
-    let last = written.last().unwrap().0;
-    wait_for("the follower to catch up", DEADLINE, || async {
-        let view = cluster.node_view(follower).await?;
-        (view["applied_index"].as_u64()? >= last).then_some(())
-    })
-    .await;
+    wait_applied(&cluster, follower, written.last().unwrap().0).await;
     let log = std::fs::read_to_string(&cluster.nodes[&follower].log_path).unwrap();
     assert!(
         log.contains("installed snapshot"),

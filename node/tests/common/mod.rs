@@ -39,6 +39,19 @@ where
     ok(jepsen_lite::cluster::wait_for(what, deadline, check).await)
 }
 
+/// Wait until node `id` has applied at least `index` (as its `/v1/cluster` reports).
+pub async fn wait_applied(cluster: &Cluster, id: u64, index: u64) {
+    wait_for(
+        &format!("node {id} to apply index {index}"),
+        DEADLINE,
+        || async {
+            let view = cluster.node_view(id).await?;
+            (view["applied_index"].as_u64()? >= index).then_some(())
+        },
+    )
+    .await
+}
+
 impl Cluster {
     async fn start_inner(
         n: u64,
