@@ -15,6 +15,9 @@ pub enum ApiError {
     InvalidArgument(String),
     #[error("key not found")]
     NotFound,
+    /// A lease that does not live (never granted, revoked or expired).
+    #[error("{0}")]
+    LeaseNotFound(String),
     #[error("precondition failed")]
     PreconditionFailed { mod_index: Option<u64> },
     #[error("{0}")]
@@ -108,6 +111,17 @@ impl From<&mirrorkv_storage::ApplyRefusal> for ApiError {
             mirrorkv_storage::ApplyRefusal::IdempotencyKeyReused => {
                 ApiError::IdempotencyKeyReused(refusal.to_string())
             }
+            mirrorkv_storage::ApplyRefusal::LeaseNotFound { .. } => {
+                ApiError::LeaseNotFound(refusal.to_string())
+            }
+            // Waiting can help: leases expire.
+            mirrorkv_storage::ApplyRefusal::TooManyLeases { .. } => {
+                ApiError::Overloaded(refusal.to_string())
+            }
+            mirrorkv_storage::ApplyRefusal::TooManyKeysOnLease { .. } => {
+                ApiError::TooLarge(refusal.to_string())
+            }
+            mirrorkv_storage::ApplyRefusal::NotAlone => ApiError::Internal(refusal.to_string()),
         }
     }
 }
@@ -119,7 +133,9 @@ impl ApiError {
     fn status_code_retryable(&self) -> (StatusCode, &'static str, bool) {
         match self {
             ApiError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument", false),
-            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found", false),
+            ApiError::NotFound | ApiError::LeaseNotFound(_) => {
+                (StatusCode::NOT_FOUND, "not_found", false)
+            }
             ApiError::PreconditionFailed { .. } => (
                 StatusCode::PRECONDITION_FAILED,
                 "precondition_failed",

@@ -9,7 +9,7 @@ use axum::extract::{OriginalUri, Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use mirrorkv_storage::{Command, CommandResult, Precondition, RangeRequest};
+use mirrorkv_storage::{Command, CommandResult, LeaseAttach, Precondition, RangeRequest};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -33,7 +33,7 @@ pub fn params(query: Params) -> Result<HashMap<String, String>, ApiError> {
         .map_err(|e| ApiError::InvalidArgument(format!("malformed query string: {e}")))
 }
 
-fn parse_u64(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+pub fn parse_u64(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
     params
         .get(name)
         .map(|value| {
@@ -261,6 +261,19 @@ fn redirect(
     Ok(Some(response))
 }
 
+/// A put's attachment to lease `id`, with this node's limit of keys per lease.
+pub fn lease_attach(state: &ApiState, id: u64) -> Result<LeaseAttach, ApiError> {
+    if id == 0 {
+        return Err(ApiError::InvalidArgument(
+            "lease must be a lease id (a positive integer), got 0".into(),
+        ));
+    }
+    Ok(LeaseAttach {
+        id,
+        max_keys: state.node.leases.config.max_keys_per_lease,
+    })
+}
+
 /// Wrap `command` with the request's `Idempotency-Key`, if it has one.
 pub fn with_idempotency(
     state: &ApiState,
@@ -361,15 +374,20 @@ pub async fn put_key(
             )));
         }
         let precondition = precondition(&headers, true)?;
-        let command = with_idempotency(
-            &state,
-            &headers,
-            Command::Put {
+        let put = match parse_u64(&params, "lease")? {
+            None => Command::Put {
                 key,
                 value: value.to_vec(),
                 precondition,
             },
-        )?;
+            Some(id) => Command::PutLeased {
+                key,
+                value: value.to_vec(),
+                precondition,
+                lease: lease_attach(&state, id)?,
+            },
+        };
+        let command = with_idempotency(&state, &headers, put)?;
         run_write(&state, command).await
     }
     .await;

@@ -6,6 +6,7 @@
 //! - [`state`]: `ApiState` (the node's `Coordinator`, the limits, the metrics) and `ApiConfig`.
 //! - [`kv`]: single-key and range routes, idempotency keys, the `X-Mirrorkv-*` headers.
 //! - [`txn`]: `POST /v1/txn`.
+//! - [`lease`]: `/v1/lease` routes: grant, keepalive, revoke, lookup.
 //! - [`values`]: values in JSON (`value` / `value_base64`).
 //! - [`watch`]: `GET /v1/watch` (NDJSON or SSE change streams) and the key filter.
 //! - [`blocking`]: blocking reads' `wait_index` and `wait`, shared by the KV routes.
@@ -23,6 +24,7 @@ pub mod blocking;
 pub mod cluster;
 pub mod error;
 pub mod kv;
+pub mod lease;
 pub mod limits;
 pub mod membership;
 pub mod metrics;
@@ -57,6 +59,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/kv", get(kv::range))
         .route("/v1/txn", post(txn::txn))
         .route("/v1/watch", get(watch::watch))
+        .route("/v1/lease", post(lease::grant))
+        .route("/v1/lease/{id}", get(lease::get).delete(lease::revoke))
+        .route("/v1/lease/{id}/keepalive", post(lease::keepalive))
         .route("/v1/cluster", get(cluster::cluster))
         .route("/v1/cluster/members", post(membership::add_member))
         .route(

@@ -53,6 +53,8 @@ struct PutBody {
     key: String,
     value: Option<String>,
     value_base64: Option<String>,
+    /// Attach the key to this lease.
+    lease: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,9 +100,16 @@ fn parse_op(state: &ApiState, what: String, body: OpBody) -> Result<TxnOp, ApiEr
                     state.config.max_value_bytes
                 )));
             }
-            TxnOp::Put {
-                key: put.key,
-                value,
+            match put.lease {
+                None => TxnOp::Put {
+                    key: put.key,
+                    value,
+                },
+                Some(id) => TxnOp::PutLeased {
+                    key: put.key,
+                    value,
+                    lease: kv::lease_attach(state, id)?,
+                },
             }
         }
         (None, Some(delete), None) => TxnOp::Delete { key: delete.key },
@@ -111,7 +120,10 @@ fn parse_op(state: &ApiState, what: String, body: OpBody) -> Result<TxnOp, ApiEr
             )))
         }
     };
-    let (TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key }) = &op;
+    let (TxnOp::Put { key, .. }
+    | TxnOp::PutLeased { key, .. }
+    | TxnOp::Delete { key }
+    | TxnOp::Get { key }) = &op;
     check_key(state, key)?;
     Ok(op)
 }

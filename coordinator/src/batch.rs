@@ -66,6 +66,8 @@ struct BatchForm {
     keys: HashSet<u64>,
     budget: BatchBudget,
     commands: usize,
+    /// The first command goes alone (`Command::goes_alone`): nothing joins it.
+    alone: bool,
 }
 
 impl BatchForm {
@@ -74,16 +76,17 @@ impl BatchForm {
             keys: key_hashes(first).into_iter().collect(),
             budget: BatchBudget::new(first, max_value_bytes),
             commands: 1,
+            alone: first.goes_alone(),
         }
     }
 
     fn is_full(&self) -> bool {
-        self.commands >= MAX_COMMANDS_PER_ENTRY
+        self.alone || self.commands >= MAX_COMMANDS_PER_ENTRY
     }
 
     /// Add `next` if it may join the batch; false (and unchanged) if not.
     fn admit(&mut self, next: &Command) -> bool {
-        if self.is_full() {
+        if self.is_full() || next.goes_alone() {
             return false;
         }
         let next_keys = key_hashes(next);
@@ -451,6 +454,35 @@ mod tests {
             "one idempotency key once"
         );
         assert!(form.admit(&put(4)));
+    }
+
+    /// A revoke or an expiry deletes keys no conflict key names: it shares its entry with
+    /// nothing, before or after it. Grants share (apply numbers them in entry order).
+    #[test]
+    fn a_lease_revoke_or_expiry_goes_alone() {
+        let revoke = Command::LeaseRevoke { id: 256 };
+        let mut form = BatchForm::new(&put(1), MAX_VALUE_BYTES);
+        assert!(!form.admit(&revoke), "joins no batch");
+        let mut alone = BatchForm::new(&revoke, MAX_VALUE_BYTES);
+        assert!(alone.is_full());
+        assert!(!alone.admit(&put(2)), "nothing joins it");
+        let expire = Command::LeaseExpire { ids: vec![256] };
+        assert!(!form.admit(&expire));
+        let idempotent_revoke = Command::Idempotent {
+            key: "r".into(),
+            issued_at_ms: 0,
+            window_ms: 0,
+            command: Box::new(revoke),
+        };
+        assert!(!form.admit(&idempotent_revoke));
+        let grant = Command::LeaseGrant {
+            ttl_ms: 2000,
+            max_leases: 10,
+        };
+        assert!(
+            form.admit(&grant) && form.admit(&grant.clone()),
+            "grants share"
+        );
     }
 
     #[test]

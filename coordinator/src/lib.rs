@@ -25,6 +25,8 @@
 //! - [`status`]: this node's and every member's progress, readiness, snapshots on demand.
 //! - [`peer`]: what this node answers other nodes over raft-net.
 //! - [`watch`]: change streams and blocking reads (`WatchHub`, `WatchStream`).
+//! - [`leases`]: clients' leases with a TTL: the leader's timers, expiry through the log,
+//!   keepalives from any node (not [`lease`], the leader's read lease).
 //!
 //! Why: `coordinator/DESIGN.md`.
 
@@ -33,6 +35,7 @@ pub mod error;
 pub mod forward;
 pub mod gate;
 pub mod lease;
+pub mod leases;
 pub mod level;
 pub mod membership;
 pub mod peer;
@@ -122,6 +125,8 @@ pub struct Parts {
     pub committed_index: Arc<AtomicU64>,
     /// The feed of applied changes (set as the state machine's change listener).
     pub watch: Arc<watch::WatchHub>,
+    /// The leases' timers (set as the state machine's lease listener).
+    pub leases: Arc<leases::LeaseTimers>,
 }
 
 /// One node's coordination with its cluster. Shared (`Arc`) by the API, raft-net's
@@ -134,6 +139,10 @@ pub struct Coordinator {
     pub config: CoordinatorConfig,
     /// The node's watches: the feed of applied changes and its limits.
     pub watch: Arc<watch::WatchHub>,
+    /// The leases' timers and limits.
+    pub leases: Arc<leases::LeaseTimers>,
+    /// This node's keepalives, queued for the leader.
+    keepalives: leases::KeepaliveBatcher,
     pool: Arc<PeerPool>,
     contact: Arc<LeaderContact>,
     committed_index: Arc<AtomicU64>,
@@ -172,6 +181,8 @@ impl Coordinator {
             cluster_id: parts.cluster_id,
             reader: parts.reader,
             watch: parts.watch,
+            leases: parts.leases,
+            keepalives: leases::KeepaliveBatcher::new(config.max_queued_writes),
             pool: parts.pool,
             contact: parts.contact,
             committed_index: parts.committed_index,

@@ -1,9 +1,11 @@
 //! `PeerService`: what this node answers other nodes over raft-net (forwarded writes, read
-//! indexes, membership changes, status). Raft's own RPCs are served by raft-net directly.
+//! indexes, membership changes, status, leases). Raft's own RPCs are served by raft-net directly.
 
 use std::sync::Arc;
 
-use mirrorkv_raft_net::{AppHandler, ForwardError, MembershipChange, NodeStatus, ReadIndexKind};
+use mirrorkv_raft_net::{
+    AppHandler, ForwardError, LeaseTimes, MembershipChange, NodeStatus, ReadIndexKind,
+};
 use mirrorkv_storage::{Command, Response};
 
 use crate::membership;
@@ -29,5 +31,10 @@ impl AppHandler for PeerService {
 
     fn status(&self) -> NodeStatus {
         self.node.status()
+    }
+
+    async fn leases(&self, ids: Vec<u64>, renew: bool) -> Result<LeaseTimes, ForwardError> {
+        let deadline = tokio::time::Instant::now() + self.node.config.request_timeout();
+        self.node.leases_as_leader(ids, renew, deadline).await
     }
 }

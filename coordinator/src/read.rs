@@ -175,7 +175,11 @@ async fn check_staleness(node: &Arc<Coordinator>, max_staleness_ms: u64) -> Resu
 }
 
 /// Wait until the local state machine has applied `index`.
-async fn wait_applied(node: &Coordinator, index: u64, deadline: Instant) -> Result<(), CoordError> {
+pub(crate) async fn wait_applied(
+    node: &Coordinator,
+    index: u64,
+    deadline: Instant,
+) -> Result<(), CoordError> {
     if node.reader.applied_index()? >= index {
         return Ok(());
     }

@@ -1,14 +1,14 @@
-//! The coordination's background tasks: the write batcher, the forwarder and the removal
-//! watch, each given only what it needs.
+//! The coordination's background tasks: the write batcher, the forwarder, the removal watch,
+//! the leader's lease expiry and the keepalive batcher, each given only what it needs.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::{batch, forward, removal, Coordinator};
+use crate::{batch, forward, leases, removal, Coordinator};
 
 impl Coordinator {
-    /// Start the tasks that run until `stop()` resolves: the write batcher, the forwarder and
-    /// the removal watch. Call once.
+    /// Start the tasks that run until `stop()` resolves: the write batcher, the forwarder, the
+    /// removal watch, lease expiry and keepalives. Call once.
     pub fn spawn_tasks<F>(self: &Arc<Self>, stop: impl Fn() -> F)
     where
         F: Future<Output = ()> + Send + 'static,
@@ -30,5 +30,7 @@ impl Coordinator {
             ));
         }
         tokio::spawn(removal::watch_removal(self.clone(), stop()));
+        tokio::spawn(leases::run_expiry(self.clone(), stop()));
+        tokio::spawn(leases::run_keepalives(self.clone(), stop()));
     }
 }

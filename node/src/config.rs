@@ -154,6 +154,15 @@ pub struct Flags {
     /// The longest wait of a blocking read (wait=), in seconds (1 to 3600).
     #[arg(long, env = "MIRRORKV_MAX_WAIT_S")]
     pub max_wait_s: Option<u64>,
+    /// Shortest TTL a lease may be granted, in seconds (1 to 86400; the longest is 86400).
+    #[arg(long, env = "MIRRORKV_MIN_LEASE_TTL_S")]
+    pub min_lease_ttl_s: Option<u64>,
+    /// Live leases at once in the cluster; a grant past it is answered 429 (1 to 10000000).
+    #[arg(long, env = "MIRRORKV_MAX_LEASES")]
+    pub max_leases: Option<u64>,
+    /// Keys attached to one lease; a put past it is answered 413 (1 to 100000).
+    #[arg(long, env = "MIRRORKV_MAX_KEYS_PER_LEASE")]
+    pub max_keys_per_lease: Option<u64>,
     /// Fault injection for tests, never for production: while leading, wait this long before
     /// every fsync of the node's own log appends, as a slow disk would (at most 60000).
     #[arg(long, env = "MIRRORKV_FAULT_LOG_SYNC_DELAY_MS", hide = true)]
@@ -197,6 +206,8 @@ pub struct NodeConfig {
     pub watch_history_entries: u64,
     /// Change streams and blocking reads: progress, buffers, limits.
     pub watch: mirrorkv_coordinator::watch::WatchConfig,
+    /// Leases: TTL bounds and limits.
+    pub leases: mirrorkv_coordinator::leases::LeasesConfig,
     /// Fault injection for tests (`StoreOptions::fault_log_sync_delay_ms`); 0 in production.
     pub fault_log_sync_delay_ms: u64,
 }
@@ -218,6 +229,7 @@ impl Flags {
         let net = mirrorkv_raft_net::NetConfig::default();
         let store = mirrorkv_storage::StoreOptions::default();
         let watch = mirrorkv_coordinator::watch::WatchConfig::default();
+        let leases = mirrorkv_coordinator::leases::LeasesConfig::default();
         Flags {
             join_timeout_ms: Some(60_000),
             promote_max_lag_entries: Some(coordinator.promote_max_lag_entries),
@@ -251,6 +263,9 @@ impl Flags {
             watch_buffer_events: Some(watch.buffer_events),
             max_watchers: Some(watch.max_watchers),
             max_wait_s: Some(watch.max_wait_s),
+            min_lease_ttl_s: Some(leases.min_ttl_s),
+            max_leases: Some(leases.max_leases),
+            max_keys_per_lease: Some(leases.max_keys_per_lease),
             fault_log_sync_delay_ms: Some(0),
             ..Flags::default()
         }
@@ -310,6 +325,9 @@ impl Flags {
             watch_buffer_events: self.watch_buffer_events.or(file.watch_buffer_events),
             max_watchers: self.max_watchers.or(file.max_watchers),
             max_wait_s: self.max_wait_s.or(file.max_wait_s),
+            min_lease_ttl_s: self.min_lease_ttl_s.or(file.min_lease_ttl_s),
+            max_leases: self.max_leases.or(file.max_leases),
+            max_keys_per_lease: self.max_keys_per_lease.or(file.max_keys_per_lease),
             fault_log_sync_delay_ms: self
                 .fault_log_sync_delay_ms
                 .or(file.fault_log_sync_delay_ms),
@@ -508,6 +526,7 @@ impl Flags {
         }
         let (storage_memory_mib, key_index_mib, watch_history_entries) = store_settings(&flags)?;
         let watch = watch_config(&flags)?;
+        let leases = leases_config(&flags)?;
         let fault_log_sync_delay_ms = defaulted(flags.fault_log_sync_delay_ms)?;
         if fault_log_sync_delay_ms > 60_000 {
             bail!("fault_log_sync_delay_ms must be at most 60000 (ms)");
@@ -535,6 +554,7 @@ impl Flags {
             key_index_mib,
             watch_history_entries,
             watch,
+            leases,
             fault_log_sync_delay_ms,
         })
     }
@@ -581,6 +601,32 @@ fn watch_config(flags: &Flags) -> anyhow::Result<mirrorkv_coordinator::watch::Wa
         max_watchers,
         max_wait_s,
         ..Default::default()
+    })
+}
+
+/// The lease settings, each checked against its bounds.
+fn leases_config(flags: &Flags) -> anyhow::Result<mirrorkv_coordinator::leases::LeasesConfig> {
+    let defaults = mirrorkv_coordinator::leases::LeasesConfig::default();
+    let min_ttl_s = defaulted(flags.min_lease_ttl_s)?;
+    if !(1..=defaults.max_ttl_s).contains(&min_ttl_s) {
+        bail!(
+            "min_lease_ttl_s must be between 1 and {} (s)",
+            defaults.max_ttl_s
+        );
+    }
+    let max_leases = defaulted(flags.max_leases)?;
+    if !(1..=10_000_000).contains(&max_leases) {
+        bail!("max_leases must be between 1 and 10000000 (leases)");
+    }
+    let max_keys_per_lease = defaulted(flags.max_keys_per_lease)?;
+    if !(1..=100_000).contains(&max_keys_per_lease) {
+        bail!("max_keys_per_lease must be between 1 and 100000 (keys)");
+    }
+    Ok(mirrorkv_coordinator::leases::LeasesConfig {
+        min_ttl_s,
+        max_leases,
+        max_keys_per_lease,
+        ..defaults
     })
 }
 

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use mirrorkv_api::ApiState;
+use mirrorkv_coordinator::leases::LeaseTimers;
 use mirrorkv_coordinator::peer::PeerService;
 use mirrorkv_coordinator::watch::WatchHub;
 use mirrorkv_coordinator::{Coordinator, Parts};
@@ -95,6 +96,10 @@ pub async fn run(
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let watch = WatchHub::new(config.watch.clone());
     state_machine.set_change_listener(watch.clone());
+    let leases = LeaseTimers::new(config.leases.clone());
+    state_machine
+        .set_lease_listener(leases.clone())
+        .context("reading the live leases")?;
     let reader = state_machine.reader();
     let committed_index = log_store.committed_index();
     let raft_addr = listeners.raft.local_addr()?;
@@ -136,6 +141,7 @@ pub async fn run(
             contact: contact.clone(),
             committed_index,
             watch,
+            leases,
         },
         config.coordinator.clone(),
     );

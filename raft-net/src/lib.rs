@@ -28,7 +28,8 @@ pub use backoff::Backoff;
 pub use client::{PeerClient, PeerPool, SentCounters};
 pub use error::NetError;
 pub use message::{
-    ForwardError, MembershipChange, NodeStatus, ReadIndexKind, Refusal, RpcRequest, RpcResponse,
+    ForwardError, LeaseTime, LeaseTimes, MembershipChange, NodeStatus, ReadIndexKind, Refusal,
+    RpcRequest, RpcResponse,
 };
 pub use network::NetworkFactory;
 pub use server::AppHandler;
@@ -156,6 +157,29 @@ impl PeerClient {
     ) -> Result<Result<u64, ForwardError>, NetError> {
         let answer = self.call(&RpcRequest::Membership(change), timeout).await?;
         expect_answer!(answer, Membership)
+    }
+
+    /// Ask this peer (which should be the leader) to renew leases or tell their timers.
+    pub async fn leases(
+        &self,
+        ids: Vec<u64>,
+        renew: bool,
+        timeout: Duration,
+    ) -> Result<Result<LeaseTimes, ForwardError>, NetError> {
+        let asked = ids.len();
+        let answer = self
+            .call(&RpcRequest::Leases { ids, renew }, timeout)
+            .await?;
+        let answer = expect_answer!(answer, Leases)?;
+        if let Ok(times) = &answer {
+            if times.leases.len() != asked {
+                return Err(NetError::Malformed(format!(
+                    "{} lease answers to {asked} leases asked",
+                    times.leases.len()
+                )));
+            }
+        }
+        Ok(answer)
     }
 
     /// Ask this peer for its own progress.

@@ -25,6 +25,31 @@ pub enum RpcRequest {
     Membership(MembershipChange),
     /// Ask a node for its own progress (for `GET /v1/cluster` on any node).
     Status,
+    /// Leases' timers, asked of the node believed to be leader, which alone keeps them: renew
+    /// each (keepalives, `renew`) or only tell how long each has left. Many in one frame.
+    Leases {
+        ids: Vec<u64>,
+        renew: bool,
+    },
+}
+
+/// The leader's answer to [`RpcRequest::Leases`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTimes {
+    /// A read index confirmed after the request arrived: every lease ended by then is gone
+    /// from `leases`. A node answering its own client from this waits to apply it first.
+    pub read_index: u64,
+    /// One per id asked, in order: `None` for a lease that does not live (or whose expiry the
+    /// leader has proposed).
+    pub leases: Vec<Option<LeaseTime>>,
+}
+
+/// One lease's timer on the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTime {
+    pub ttl_ms: u64,
+    /// Until the leader expires it, unless renewed.
+    pub remaining_ms: u64,
 }
 
 /// What a read index must promise, by read level.
@@ -113,4 +138,6 @@ pub enum RpcResponse {
     /// Sent unasked (request id 0) by a server that is shutting down, after it answered every
     /// request it had read: any request still unanswered on that connection was never read.
     GoingAway,
+    /// The leases' timers asked for.
+    Leases(Result<LeaseTimes, ForwardError>),
 }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::error::NetError;
 use crate::frame;
 use crate::message::{
-    ForwardError, MembershipChange, NodeStatus, ReadIndexKind, RpcRequest, RpcResponse,
+    ForwardError, LeaseTimes, MembershipChange, NodeStatus, ReadIndexKind, RpcRequest, RpcResponse,
 };
 use crate::{LeaderContact, NetConfig};
 
@@ -38,6 +38,12 @@ pub trait AppHandler: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<u64, ForwardError>> + Send;
     /// This node's own progress.
     fn status(&self) -> NodeStatus;
+    /// Renew leases or tell their timers (this node should be the leader).
+    fn leases(
+        &self,
+        ids: Vec<u64>,
+        renew: bool,
+    ) -> impl std::future::Future<Output = Result<LeaseTimes, ForwardError>> + Send;
 }
 
 /// Serve raft-net on `listener` until `shutdown` resolves. Vote requests that arrive before
@@ -336,5 +342,6 @@ async fn handle<H: AppHandler>(
         RpcRequest::ReadIndex { kind } => RpcResponse::ReadIndex(app.read_index(kind).await),
         RpcRequest::Membership(change) => RpcResponse::Membership(app.membership(change).await),
         RpcRequest::Status => RpcResponse::Status(app.status()),
+        RpcRequest::Leases { ids, renew } => RpcResponse::Leases(app.leases(ids, renew).await),
     }
 }

@@ -79,6 +79,14 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// Decode a value from the front of `bytes` and return it with the bytes after it (for a
+/// record that carries an optional suffix, such as a leased key's lease id).
+pub fn decode_prefix<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<(T, &'a [u8]), CodecError> {
+    Ok(postcard::take_from_bytes(bytes)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,10 @@
 //! Layout (see `storage/DESIGN.md`):
 //! - `log`: big-endian `u64` log index → encoded `Entry`. Big-endian so RocksDB orders by index.
 //! - `raft_meta`: `vote`, `committed`, `purged` → encoded values.
-//! - `sm`: `d` + key bytes → encoded `KeyRecord`; `i` + idempotency key → encoded
+//! - `sm`: `d` + key bytes → encoded `KeyRecord`, followed by the key's lease id (a postcard
+//!   `u64`) when it is attached to one (`encode_record`); `l` + lease id (BE) → encoded
+//!   `LeaseRecord`; `k` + lease id (BE) + key bytes → () (the keys of a lease, in key order);
+//!   `i` + idempotency key → encoded
 //!   `IdempotencyRecord`, `t` + issued-at (BE) + idempotency key → expiry index;
 //!   `m:applied`, `m:membership` → encoded values; `m:installing` → the snapshot being
 //!   installed, while one is. Data and the applied index share one column family so one
@@ -54,6 +57,10 @@ pub(crate) const DATA_TAG_END: u8 = DATA_TAG + 1;
 pub(crate) const IDEMPOTENCY_TAG: u8 = b'i';
 /// First byte of the idempotency expiry index: `t` + issued_at_ms (BE) + idempotency key → ().
 pub(crate) const IDEMPOTENCY_TIME_TAG: u8 = b't';
+/// First byte of lease records in `sm`: `l` + lease id (BE) → `LeaseRecord`.
+pub(crate) const LEASE_TAG: u8 = b'l';
+/// First byte of the keys attached to leases: `k` + lease id (BE) + key → ().
+pub(crate) const LEASE_KEY_TAG: u8 = b'k';
 /// Meta keys of `sm` start with this byte; everything else in `sm` is replicated data that a
 /// snapshot carries.
 pub(crate) const META_TAG: u8 = b'm';
@@ -76,6 +83,52 @@ pub(crate) fn idempotency_time_key(issued_at_ms: u64, key: &str) -> Vec<u8> {
     out.extend_from_slice(&issued_at_ms.to_be_bytes());
     out.extend_from_slice(key.as_bytes());
     out
+}
+
+/// The `sm` key of lease `id`'s record.
+pub(crate) fn lease_key(id: u64) -> [u8; 9] {
+    let mut out = [LEASE_TAG; 9];
+    out[1..].copy_from_slice(&id.to_be_bytes());
+    out
+}
+
+/// The `sm` key recording that `key` is attached to lease `id`; `key` empty gives the prefix
+/// of every key of the lease.
+pub(crate) fn lease_member_key(id: u64, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 9);
+    out.push(LEASE_KEY_TAG);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// A key's stored value: its encoded record, then its lease id if it has one (0: none).
+pub(crate) fn encode_record(record: &KeyRecord, lease: u64) -> Result<Vec<u8>> {
+    let mut bytes = codec::encode(record)?;
+    if lease != 0 {
+        bytes.extend_from_slice(&codec::encode(&lease)?);
+    }
+    Ok(bytes)
+}
+
+/// A key's record and its lease id (0: none) from its stored value (`encode_record`). Records
+/// stored before leases existed have no suffix and decode as before.
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<(KeyRecord, u64)> {
+    let (record, rest) = codec::decode_prefix::<KeyRecord>(bytes)?;
+    Ok((record, decode_lease_suffix(rest)?))
+}
+
+/// The lease id after a key's record: none (0), or one non-zero postcard `u64` and nothing more.
+pub(crate) fn decode_lease_suffix(rest: &[u8]) -> Result<u64> {
+    if rest.is_empty() {
+        return Ok(0);
+    }
+    match codec::decode::<u64>(rest)? {
+        0 => Err(StorageError::Invariant(
+            "a key record with lease id 0 after it".into(),
+        )),
+        lease => Ok(lease),
+    }
 }
 
 /// The `sm` key under which a user key's record is stored.
@@ -128,8 +181,8 @@ pub struct StoreOptions {
     pub fault_log_sync_delay_ms: u64,
     /// Most memory (estimated) for the key index: the mod and create indexes of live keys,
     /// kept so that applying a write does not read its key from RocksDB (`key_index`). Outside
-    /// `memory_budget_bytes`. About 64 bytes plus the key's length per key: the default holds
-    /// some two million 16-byte keys; keys beyond it are read from RocksDB as they are written.
+    /// `memory_budget_bytes`. About 72 bytes plus the key's length per key: the default holds
+    /// some one and a half million 16-byte keys; keys beyond it are read from RocksDB as they are written.
     pub key_index_max_bytes: usize,
     /// The change history keeps the changes of at least this many of the newest log entries
     /// (`changes`); a read from an older index is refused as compacted.
@@ -247,9 +300,10 @@ pub(crate) fn stored_snapshot(db: &DB) -> Result<Option<StoredSnapshot>> {
     }
 }
 
-pub(crate) fn get_record(db: &DB, key: &str) -> Result<Option<KeyRecord>> {
+/// A key's record and its lease id (0: none).
+pub(crate) fn get_record(db: &DB, key: &str) -> Result<Option<(KeyRecord, u64)>> {
     match db.get_pinned_cf(cf(db, CF_SM), data_key(key))? {
-        Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+        Some(bytes) => Ok(Some(decode_record(&bytes)?)),
         None => Ok(None),
     }
 }

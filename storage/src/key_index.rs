@@ -27,22 +27,26 @@ use crate::types::KeyRecord;
 pub(crate) struct KeyMeta {
     pub mod_index: u64,
     pub create_index: u64,
+    /// The lease the key is attached to (0: none), so that a write that detaches it reads
+    /// nothing more.
+    pub lease: u64,
 }
 
 impl KeyRecord {
-    /// The record's indexes, as the key index keeps them.
-    pub(crate) fn meta(&self) -> KeyMeta {
+    /// The record's indexes, as the key index keeps them, with the key's `lease` (0: none).
+    pub(crate) fn meta(&self, lease: u64) -> KeyMeta {
         KeyMeta {
             mod_index: self.mod_index,
             create_index: self.create_index,
+            lease,
         }
     }
 }
 
 /// Estimated memory of one entry besides its key's bytes: the boxed key's pointer and length
-/// (16), the `KeyMeta` (16), the hash table's control byte and spare capacity (about 16), and
+/// (16), the `KeyMeta` (24), the hash table's control byte and spare capacity (about 16), and
 /// the allocator's rounding of the key (about 16). An estimate: the bound is on this figure.
-const ENTRY_OVERHEAD_BYTES: usize = 64;
+const ENTRY_OVERHEAD_BYTES: usize = 72;
 
 /// The mod and create indexes of live keys; see the module doc.
 #[derive(Debug)]
@@ -117,6 +121,7 @@ mod tests {
         Some(KeyMeta {
             mod_index,
             create_index: 1,
+            lease: 0,
         })
     }
 

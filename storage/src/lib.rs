@@ -15,6 +15,8 @@
 //!   (building and installing snapshots).
 //! - [`changes`]: the change history, what each applied entry changed key by key, kept for a
 //!   window of entries.
+//! - [`leases`]: what the state machine keeps of leases, and `LeaseListener`, which tells the
+//!   node's lease timers what apply granted and ended.
 //! - `key_index`: the mod and create indexes of live keys in memory, so applying a write does
 //!   not read its key from RocksDB.
 //! - `log_cache`: the newest log entries, decoded, so replication and apply do not read back
@@ -34,6 +36,7 @@ pub mod codec;
 mod db;
 pub mod error;
 mod key_index;
+pub mod leases;
 mod log_cache;
 pub mod log_store;
 mod records;
@@ -48,6 +51,7 @@ use std::time::Duration;
 
 pub use db::StoreOptions;
 pub use error::StorageError;
+pub use leases::{LeaseInfo, LeaseListener};
 pub use log_store::LogStore;
 pub use state_machine::{
     DiskUsage, KvReader, MemoryUsage, RangePage, RangeRequest, ReadAt, StateMachine,

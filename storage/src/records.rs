@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::db;
 use crate::error::Result;
+use crate::leases::LeaseRecord;
 use crate::types::{Response, SnapshotMeta};
 
 /// The record of a snapshot in RocksDB: its metadata and the name of its file in the snapshot
@@ -59,8 +60,15 @@ pub(crate) fn check_stream_record(
             text(rest)?;
             // The indexes only (the value is stepped over, not copied); decoding them checks
             // the whole record's encoding all the same.
-            let record: KeyRecordIndexes =
-                codec::decode(value).map_err(|e| format!("an undecodable key record ({e})"))?;
+            let (record, lease) = codec::decode_prefix::<KeyRecordIndexes>(value)
+                .map_err(|e| format!("an undecodable key record ({e})"))?;
+            let lease = db::decode_lease_suffix(lease)
+                .map_err(|e| format!("an undecodable lease id after a key record ({e})"))?;
+            if lease >> 8 > applied_index {
+                return Err(format!(
+                    "a key attached to lease {lease}, granted past applied index {applied_index}"
+                ));
+            }
             if !(1 <= record.create_index
                 && record.create_index <= record.mod_index
                 && record.mod_index <= applied_index)
@@ -88,9 +96,37 @@ pub(crate) fn check_stream_record(
             }
             text(&rest[8..])?;
         }
+        db::LEASE_TAG => {
+            let id = lease_id_of(rest)?;
+            if rest.len() != 8 {
+                return Err("a malformed lease key".into());
+            }
+            let _: LeaseRecord =
+                codec::decode(value).map_err(|e| format!("an undecodable lease record ({e})"))?;
+            if id >> 8 > applied_index || id >> 8 == 0 {
+                return Err(format!(
+                    "lease {id}, not granted by any entry up to applied index {applied_index}"
+                ));
+            }
+        }
+        db::LEASE_KEY_TAG => {
+            lease_id_of(rest)?;
+            if !value.is_empty() {
+                return Err("a malformed lease key entry".into());
+            }
+            text(&rest[8..])?;
+        }
         _ => return Err("a reserved key".into()),
     }
     Ok(())
+}
+
+/// The lease id at the front of a lease key's rest.
+fn lease_id_of(rest: &[u8]) -> std::result::Result<u64, String> {
+    rest.get(..8)
+        .and_then(|id| id.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| "a malformed lease key".to_string())
 }
 
 pub(crate) fn decode_idempotency_record(bytes: &[u8]) -> Result<IdempotencyRecord> {

@@ -73,7 +73,43 @@ pub enum Command {
     /// `conflict_keys` are pairwise disjoint, so no key changes twice at one index and a key's
     /// `mod_index` still names exactly one version of it.
     Batch(Vec<Command>),
+    /// Grant a lease of `ttl_ms`. Its id is `index << 8` plus its place among the grants of
+    /// its entry ([`lease_id`]): unique, and increasing with the log. Refused when
+    /// `max_leases` leases live already (the granting node's limit, logged so every node
+    /// decides the same).
+    LeaseGrant { ttl_ms: u64, max_leases: u64 },
+    /// End lease `id` now: delete it and every key attached to it, in this one entry. Goes
+    /// alone in its entry ([`Command::goes_alone`]).
+    LeaseRevoke { id: u64 },
+    /// The leader's: end the leases `ids`, whose TTL ran out on its clock, with their keys.
+    /// Leases already gone are skipped. Goes alone in its entry.
+    LeaseExpire { ids: Vec<u64> },
+    /// A `Put` that also attaches `key` to a lease (a put without one detaches it).
+    PutLeased {
+        key: String,
+        value: Vec<u8>,
+        precondition: Precondition,
+        lease: LeaseAttach,
+    },
 }
+
+/// The lease a put attaches its key to, and the most keys that lease may hold (the limit of
+/// the node that took the put, logged so that every node decides the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseAttach {
+    pub id: u64,
+    pub max_keys: u64,
+}
+
+/// The id of the `nth` lease granted by the entry at `index` (`Command::LeaseGrant`). An
+/// entry holds at most 256 grants: apply refuses the rest.
+pub fn lease_id(index: u64, nth: u64) -> u64 {
+    (index << 8) | nth
+}
+
+/// Most leases one entry may grant (the place of a grant in its entry is the low byte of its
+/// id).
+pub const MAX_GRANTS_PER_ENTRY: u64 = 256;
 
 /// The deepest nesting of commands a decoder accepts: a batch holds idempotent commands that
 /// hold a command (3), with room to spare. Deeper is refused as malformed.
@@ -139,6 +175,22 @@ enum CommandWire {
         command: Box<Command>,
     },
     Batch(Vec<Command>),
+    LeaseGrant {
+        ttl_ms: u64,
+        max_leases: u64,
+    },
+    LeaseRevoke {
+        id: u64,
+    },
+    LeaseExpire {
+        ids: Vec<u64>,
+    },
+    PutLeased {
+        key: String,
+        value: Vec<u8>,
+        precondition: Precondition,
+        lease: LeaseAttach,
+    },
 }
 
 /// The limits a client command must keep, checked by [`Command::validate`] wherever a
@@ -193,10 +245,17 @@ impl Command {
         match self {
             Command::Put {
                 key: k, value: v, ..
+            }
+            | Command::PutLeased {
+                key: k, value: v, ..
             } => {
                 key(k, "key")?;
                 value(v)
             }
+            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => Ok(()),
+            Command::LeaseExpire { .. } => Err(InvalidCommand::Invalid(
+                "leases are expired by the leader only".into(),
+            )),
             Command::Delete { key: k, .. } => key(k, "key"),
             Command::Txn(txn) => {
                 let ops = txn.compare.len() + txn.success.len() + txn.failure.len();
@@ -214,7 +273,10 @@ impl Command {
                 }
                 for op in txn.success.iter().chain(&txn.failure) {
                     match op {
-                        TxnOp::Put { key: k, value: v } => {
+                        TxnOp::Put { key: k, value: v }
+                        | TxnOp::PutLeased {
+                            key: k, value: v, ..
+                        } => {
                             key(k, "key")?;
                             value(v)?;
                         }
@@ -235,11 +297,13 @@ impl Command {
                     )));
                 }
                 match **command {
-                    Command::Idempotent { .. } | Command::Batch(_) | Command::Barrier => {
-                        Err(InvalidCommand::Invalid(
-                            "an idempotent command holds a put, a delete or a transaction".into(),
-                        ))
-                    }
+                    Command::Idempotent { .. }
+                    | Command::Batch(_)
+                    | Command::Barrier
+                    | Command::LeaseExpire { .. } => Err(InvalidCommand::Invalid(
+                        "an idempotent command holds a put, a delete, a transaction or a lease grant or revoke"
+                            .into(),
+                    )),
                     ref inner => inner.validate(limits),
                 }
             }
@@ -256,7 +320,13 @@ impl Command {
     pub fn max_answer_bytes(&self, max_value_bytes: usize) -> usize {
         const PART_BYTES: usize = 32;
         match self {
-            Command::Put { .. } | Command::Delete { .. } | Command::Barrier => 2 * PART_BYTES,
+            Command::Put { .. }
+            | Command::Delete { .. }
+            | Command::Barrier
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseExpire { .. }
+            | Command::PutLeased { .. } => 2 * PART_BYTES,
             Command::Txn(txn) => {
                 let ops = txn.success.len().max(txn.failure.len());
                 let gets: usize = txn
@@ -293,12 +363,22 @@ impl Command {
 
     fn collect_conflict_keys<'a>(&'a self, keys: &mut Vec<(u8, &'a str)>) {
         match self {
-            Command::Put { key, .. } | Command::Delete { key, .. } => keys.push((b'd', key)),
+            Command::Put { key, .. }
+            | Command::Delete { key, .. }
+            | Command::PutLeased { key, .. } => keys.push((b'd', key)),
+            // Grants read and write only the lease count, in order within their entry; revokes
+            // and expiries go alone (`goes_alone`).
+            Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseExpire { .. } => {}
             Command::Txn(txn) => {
                 keys.extend(txn.compare.iter().map(|c| (b'd', c.key.as_str())));
                 for op in txn.success.iter().chain(&txn.failure) {
                     let key = match op {
-                        TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => key,
+                        TxnOp::Put { key, .. }
+                        | TxnOp::PutLeased { key, .. }
+                        | TxnOp::Delete { key }
+                        | TxnOp::Get { key } => key,
                     };
                     keys.push((b'd', key));
                 }
@@ -324,7 +404,12 @@ impl Command {
         const PART_BYTES: usize = 32;
         match self {
             Command::Put { key, value, .. } => PART_BYTES + key.len() + value.len(),
+            // Two more varints of up to 10 bytes: the lease and its key limit.
+            Command::PutLeased { key, value, .. } => PART_BYTES + 20 + key.len() + value.len(),
             Command::Delete { key, .. } => PART_BYTES + key.len(),
+            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => PART_BYTES,
+            // A varint of up to 10 bytes per id.
+            Command::LeaseExpire { ids } => PART_BYTES + 10 * ids.len(),
             Command::Txn(txn) => {
                 let compares: usize = txn
                     .compare
@@ -344,6 +429,9 @@ impl Command {
                     .chain(&txn.failure)
                     .map(|op| match op {
                         TxnOp::Put { key, value } => PART_BYTES + key.len() + value.len(),
+                        TxnOp::PutLeased { key, value, .. } => {
+                            PART_BYTES + 20 + key.len() + value.len()
+                        }
                         TxnOp::Delete { key } | TxnOp::Get { key } => PART_BYTES + key.len(),
                     })
                     .sum();
@@ -356,6 +444,19 @@ impl Command {
             Command::Batch(commands) => {
                 PART_BYTES + commands.iter().map(Command::approx_bytes).sum::<usize>()
             }
+        }
+    }
+}
+
+impl Command {
+    /// Whether this command must be the only one in its log entry: a lease revoke or expiry
+    /// deletes keys that no conflict key names, so it may not share an entry with writes that
+    /// could touch them. Apply refuses one inside a batch (`ApplyRefusal::NotAlone`).
+    pub fn goes_alone(&self) -> bool {
+        match self {
+            Command::LeaseRevoke { .. } | Command::LeaseExpire { .. } => true,
+            Command::Idempotent { command, .. } => command.goes_alone(),
+            _ => false,
         }
     }
 }
@@ -386,9 +487,22 @@ pub enum CompareTarget {
 /// One operation of a transaction branch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOp {
-    Put { key: String, value: Vec<u8> },
-    Delete { key: String },
-    Get { key: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    Get {
+        key: String,
+    },
+    /// A put that attaches the key to a lease. Last, so that existing logs keep decoding.
+    PutLeased {
+        key: String,
+        value: Vec<u8>,
+        lease: LeaseAttach,
+    },
 }
 
 /// The result of one transaction operation.
@@ -431,6 +545,10 @@ pub enum CommandResult {
     /// same, and no command can make apply fail (storage/DESIGN.md, "No input may make apply
     /// fail").
     Refused(ApplyRefusal),
+    /// A lease was granted (`Command::LeaseGrant`).
+    LeaseGranted { id: u64, ttl_ms: u64 },
+    /// A revoke or an expiry ended `leases` leases and deleted `keys_deleted` keys with them.
+    LeasesEnded { leases: u64, keys_deleted: u64 },
 }
 
 /// Why a command was refused by apply.
@@ -444,6 +562,15 @@ pub enum ApplyRefusal {
     /// The `Idempotency-Key` answered another request (another method, key or body) within
     /// its window.
     IdempotencyKeyReused,
+    /// The lease does not exist (never granted, revoked or expired).
+    LeaseNotFound { id: u64 },
+    /// `max` leases live already.
+    TooManyLeases { max: u64 },
+    /// The lease holds `max` keys already.
+    TooManyKeysOnLease { id: u64, max: u64 },
+    /// A lease revoke or expiry inside a batch, or more than `MAX_GRANTS_PER_ENTRY` grants in
+    /// one entry (the proposer never forms either).
+    NotAlone,
 }
 
 impl fmt::Display for ApplyRefusal {
@@ -453,6 +580,21 @@ impl fmt::Display for ApplyRefusal {
             ApplyRefusal::IdempotencyKeyReused => write!(
                 f,
                 "this Idempotency-Key was used for a different request (method, key or body) within its window; nothing was applied (use a new key for a new request)"
+            ),
+            ApplyRefusal::LeaseNotFound { id } => {
+                write!(f, "lease {id} does not exist (never granted, revoked or expired)")
+            }
+            ApplyRefusal::TooManyLeases { max } => write!(
+                f,
+                "{max} leases are live, the most max_leases allows; nothing was applied (revoke leases or raise --max-leases)"
+            ),
+            ApplyRefusal::TooManyKeysOnLease { id, max } => write!(
+                f,
+                "lease {id} holds {max} keys, the most max_keys_per_lease allows; nothing was applied (use another lease)"
+            ),
+            ApplyRefusal::NotAlone => write!(
+                f,
+                "a lease revoke or expiry must be alone in its entry, and an entry grants at most {MAX_GRANTS_PER_ENTRY} leases"
             ),
             ApplyRefusal::ResponseTooLarge {
                 at_least_bytes,
@@ -527,95 +669,4 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
 pub type RaftStorageError = openraft::StorageError<NodeId>;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `approx_bytes` bounds batches against the frame limit, so it must not undercount.
-    #[test]
-    fn approx_bytes_covers_the_encoded_size() {
-        let put = |key: &str, value_bytes: usize| Command::Put {
-            key: key.into(),
-            value: vec![7; value_bytes],
-            precondition: Precondition::ModIndex(u64::MAX),
-        };
-        let txn = Command::Txn(Txn {
-            compare: vec![Compare {
-                key: "k".repeat(300),
-                target: CompareTarget::Value(vec![1; 70_000]),
-            }],
-            success: vec![
-                TxnOp::Put {
-                    key: "a".into(),
-                    value: vec![2; 200],
-                },
-                TxnOp::Delete { key: "b".into() },
-            ],
-            failure: vec![TxnOp::Get {
-                key: "c".repeat(20_000),
-            }],
-        });
-        let idempotent = Command::Idempotent {
-            key: "writer-1".into(),
-            issued_at_ms: u64::MAX,
-            window_ms: u64::MAX,
-            command: Box::new(put("x", 5)),
-        };
-        let commands = vec![
-            put("", 0),
-            put("key", 100),
-            put(&"k".repeat(16_384), 1 << 20),
-            Command::Delete {
-                key: "gone".into(),
-                precondition: Precondition::Absent,
-            },
-            Command::Barrier,
-            txn.clone(),
-            idempotent.clone(),
-            Command::Batch(vec![put("a", 100), txn, idempotent]),
-        ];
-        for command in commands {
-            let encoded = crate::codec::encode(&command).unwrap().len();
-            assert!(
-                encoded <= command.approx_bytes(),
-                "{encoded} encoded bytes > approx {} for {command:?}",
-                command.approx_bytes()
-            );
-        }
-    }
-
-    /// Thousands of nested commands in a few kilobytes: refused as malformed, not a stack
-    /// overflow (which aborted the process before the depth limit).
-    #[test]
-    fn deeply_nested_commands_are_refused_not_a_stack_overflow() {
-        // Idempotent is variant 4: empty key, issued_at 0, window 0, then the inner command.
-        let mut bytes = Vec::new();
-        for _ in 0..1_000_000 {
-            bytes.extend_from_slice(&[4, 0, 0, 0]);
-        }
-        bytes.push(3); // Barrier
-        let decoded = std::thread::spawn(move || crate::codec::decode::<Command>(&bytes))
-            .join()
-            .expect("decoding does not overflow the stack");
-        assert!(decoded.is_err());
-        // Batches nest through Vec: variant 5, one element.
-        let mut bytes = Vec::new();
-        for _ in 0..1_000_000 {
-            bytes.extend_from_slice(&[5, 1]);
-        }
-        bytes.push(3);
-        let decoded = std::thread::spawn(move || crate::codec::decode::<Command>(&bytes))
-            .join()
-            .expect("decoding does not overflow the stack");
-        assert!(decoded.is_err());
-        // Every legitimate shape still round-trips, and the depth count starts over after
-        // an error.
-        let nested = Command::Batch(vec![Command::Idempotent {
-            key: "k".into(),
-            issued_at_ms: 1,
-            window_ms: 2,
-            command: Box::new(Command::Txn(Txn::default())),
-        }]);
-        let encoded = crate::codec::encode(&nested).unwrap();
-        assert_eq!(crate::codec::decode::<Command>(&encoded).unwrap(), nested);
-    }
-}
+mod tests;

@@ -1,11 +1,14 @@
 //! Model-based property test: the RocksDB state machine and a `BTreeMap` model receive the same
-//! random puts, deletes, conditional writes, snapshots, restores into a fresh store and re-opens,
-//! and must always hold the same keys with the same values and indexes, whatever the bound of
+//! random puts, deletes, conditional writes, lease grants, leased puts, revokes and expiries,
+//! snapshots, restores into a fresh store and re-opens, and must always hold the same keys with
+//! the same values and indexes, and the same leases with the same keys, whatever the bound of
 //! the store's key index.
 //!
 //! The seed is printed; set `PROPTEST_RNG_SEED=<seed>` to replay a run exactly.
 
 mod common;
+#[path = "t20_model/leases.rs"]
+mod leases;
 
 use std::collections::BTreeMap;
 
@@ -13,9 +16,10 @@ use std::collections::HashMap;
 
 use mirrorkv_storage::changes::{Change, ChangeKind, KeyFilter, PageLimit};
 
+use leases::LeaseModel;
 use mirrorkv_storage::{
     Command, CommandResult, Compare, CompareTarget, Entry, KeyRecord, KvReader, LogId, LogStore,
-    Precondition, RangeRequest, Response, StateMachine, StoreOptions, Txn, TxnOp, TxnOpResult,
+    Precondition, RangeRequest, Response, StateMachine, StoreOptions, Txn, TxnOp,
 };
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload};
@@ -69,6 +73,32 @@ enum Op {
         keys: Vec<u8>,
         value: Vec<u8>,
     },
+    /// Grant a lease (at most `MAX_LEASES` live).
+    Grant {
+        ttl_s: u8,
+    },
+    /// Put `key` attached to the lease of `slot` (a live one, or an ended or unknown one).
+    PutLeased {
+        key: u8,
+        slot: u8,
+        value: Vec<u8>,
+    },
+    /// A transaction whose success branch puts `key` attached to the lease of `slot`.
+    TxnLeased {
+        key: u8,
+        slot: u8,
+    },
+    Revoke {
+        slot: u8,
+    },
+    Expire {
+        slots: Vec<u8>,
+    },
+    /// Two grants and leased puts of distinct keys in one batch.
+    GrantsInBatch {
+        keys: Vec<u8>,
+        slot: u8,
+    },
     Snapshot,
     RestoreSnapshotIntoFreshStore,
     Reopen,
@@ -88,10 +118,18 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(key, guess_current, put_key, value)| Op::Txn { key, guess_current, put_key, value }),
         // Values from a small set, so that a key's next use is often the same request (a retry)
         // and often another one (refused within the window).
-        2 => (0u8..3, 0u64..60, key, prop_oneof![Just(vec![1u8]), Just(vec![2u8])])
+        2 => (0u8..3, 0u64..60, key.clone(), prop_oneof![Just(vec![1u8]), Just(vec![2u8])])
             .prop_map(|(idem, advance_ms, key, value)| Op::IdempotentPut { idem, advance_ms, key, value }),
         2 => (proptest::collection::btree_set(0u8..12, 1..6), proptest::collection::vec(any::<u8>(), 0..8))
             .prop_map(|(keys, value)| Op::Batch { keys: keys.into_iter().collect(), value }),
+        2 => (1u8..5).prop_map(|ttl_s| Op::Grant { ttl_s }),
+        4 => (key.clone(), 0u8..6, proptest::collection::vec(any::<u8>(), 0..8))
+            .prop_map(|(key, slot, value)| Op::PutLeased { key, slot, value }),
+        1 => (key.clone(), 0u8..6).prop_map(|(key, slot)| Op::TxnLeased { key, slot }),
+        1 => (0u8..6).prop_map(|slot| Op::Revoke { slot }),
+        1 => proptest::collection::vec(0u8..6, 1..4).prop_map(|slots| Op::Expire { slots }),
+        1 => (proptest::collection::btree_set(0u8..12, 1..4), 0u8..6)
+            .prop_map(|(keys, slot)| Op::GrantsInBatch { keys: keys.into_iter().collect(), slot }),
         1 => Just(Op::Snapshot),
         1 => Just(Op::RestoreSnapshotIntoFreshStore),
         1 => Just(Op::Reopen),
@@ -171,6 +209,9 @@ struct Harness {
     history: Vec<Change>,
     /// The index the history starts after (the store's compact index).
     history_after: u64,
+    leases: LeaseModel,
+    /// Leases granted by the entry being applied (the low byte of the next grant's id).
+    entry_grants: u64,
 }
 
 /// Key index bounds the cases run with: none (every key read from RocksDB), room for about
@@ -195,6 +236,8 @@ impl Harness {
             model: BTreeMap::new(),
             history: Vec::new(),
             history_after: 0,
+            leases: LeaseModel::default(),
+            entry_grants: 0,
             idempotency: HashMap::new(),
             now_ms: 1_000,
             next_index: 1,
@@ -222,40 +265,35 @@ impl Harness {
             Command::Delete { key, precondition } => match self.model_check(key, *precondition) {
                 Some(failed) => failed,
                 None => CommandResult::Delete {
-                    deleted: self.model.remove(key).is_some(),
+                    deleted: self.model_delete(key),
                 },
             },
-            Command::Txn(txn) => {
-                let succeeded = txn.compare.iter().all(|c| {
-                    let current = self.model.get(&c.key);
-                    match &c.target {
-                        CompareTarget::ModIndex(m) => current.map_or(0, |r| r.mod_index) == *m,
-                        CompareTarget::Value(v) => current.is_some_and(|r| &r.value == v),
-                        CompareTarget::Exists(e) => current.is_some() == *e,
+            Command::PutLeased {
+                key,
+                value,
+                precondition,
+                lease,
+            } => match self.model_check(key, *precondition) {
+                Some(failed) => failed,
+                None => match self.leases.refusal(key, *lease) {
+                    Some(refusal) => CommandResult::Refused(refusal),
+                    None => CommandResult::Put {
+                        prev_mod_index: self.model_put_leased(index, key, value, lease.id),
+                    },
+                },
+            },
+            Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseExpire { .. } => self.model_lease(index, command),
+            Command::Txn(txn) => match self.model_txn(index, txn) {
+                Ok(result) => result,
+                Err(refusal) => {
+                    return Response {
+                        index,
+                        result: CommandResult::Refused(refusal),
                     }
-                });
-                let ops = if succeeded {
-                    &txn.success
-                } else {
-                    &txn.failure
-                };
-                let results = ops
-                    .iter()
-                    .map(|op| match op {
-                        TxnOp::Put { key, value } => TxnOpResult::Put {
-                            prev_mod_index: self.model_put(index, key, value),
-                        },
-                        TxnOp::Delete { key } => TxnOpResult::Delete {
-                            deleted: self.model.remove(key).is_some(),
-                        },
-                        TxnOp::Get { key } => TxnOpResult::Get {
-                            key: key.clone(),
-                            record: self.model.get(key).cloned(),
-                        },
-                    })
-                    .collect();
-                CommandResult::Txn { succeeded, results }
-            }
+                }
+            },
             Command::Barrier => CommandResult::Nothing,
             Command::Batch(commands) => CommandResult::Batch(
                 commands
@@ -308,6 +346,25 @@ impl Harness {
     }
 
     fn model_put(&mut self, index: u64, key: &str, value: &[u8]) -> Option<u64> {
+        self.model_put_leased(index, key, value, 0)
+    }
+
+    fn model_delete(&mut self, key: &str) -> bool {
+        self.leases.set_lease(key, 0);
+        self.model.remove(key).is_some()
+    }
+
+    /// End lease `id` and delete its keys: how many, or `None` if it does not live.
+    fn model_end_lease(&mut self, id: u64) -> Option<u64> {
+        let keys = self.leases.end(id)?;
+        for key in &keys {
+            self.model.remove(key);
+        }
+        Some(keys.len() as u64)
+    }
+
+    fn model_put_leased(&mut self, index: u64, key: &str, value: &[u8], lease: u64) -> Option<u64> {
+        self.leases.set_lease(key, lease);
         let current = self.model.get(key).cloned();
         let create_index = current.as_ref().map_or(index, |r| r.create_index);
         self.model.insert(
@@ -404,6 +461,12 @@ impl Harness {
                 }
             }
             Op::Batch { keys, value } => batch_command(keys, value),
+            op @ (Op::Grant { .. }
+            | Op::PutLeased { .. }
+            | Op::TxnLeased { .. }
+            | Op::Revoke { .. }
+            | Op::Expire { .. }
+            | Op::GrantsInBatch { .. }) => self.lease_command(op),
             Op::Snapshot | Op::RestoreSnapshotIntoFreshStore | Op::Reopen => {
                 unreachable!("store operations apply no command")
             }
@@ -493,6 +556,7 @@ impl Harness {
     async fn apply_and_compare(&mut self, command: Command) {
         let index = self.next_index;
         self.next_index += 1;
+        self.entry_grants = 0;
         let before = self.model.clone();
         let expected = self.model_apply(index, &command);
         self.history
@@ -603,6 +667,7 @@ impl Harness {
         let stored: BTreeMap<String, KeyRecord> = all.value.items.into_iter().collect();
         assert_eq!(stored, self.model, "state machine differs from the model");
         self.check_history(&reader);
+        self.leases.check(&reader);
         for key in 0..12 {
             let name = key_name(key);
             assert_eq!(

@@ -140,6 +140,9 @@ fn every_default_is_shown_in_help_and_is_what_resolve_uses() {
         watch_buffer_events: Some(config.watch.buffer_events),
         max_watchers: Some(config.watch.max_watchers),
         max_wait_s: Some(config.watch.max_wait_s),
+        min_lease_ttl_s: Some(config.leases.min_ttl_s),
+        max_leases: Some(config.leases.max_leases),
+        max_keys_per_lease: Some(config.leases.max_keys_per_lease),
         fault_log_sync_delay_ms: Some(config.fault_log_sync_delay_ms),
         ..Flags::default()
     };

@@ -1,5 +1,6 @@
 //! Applying entries: one `WriteBatch` per entry with its data changes and the new applied log
-//! id; transactions, batches and idempotent commands; pruning expired idempotency records.
+//! id; transactions, batches and idempotent commands; leases and the keys attached to them;
+//! pruning expired idempotency records.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -13,10 +14,12 @@ use crate::codec;
 use crate::db::{self, get_record, CF_SM, KEY_APPLIED, KEY_MEMBERSHIP};
 use crate::error::{Result, StorageError};
 use crate::key_index::{KeyIndex, KeyMeta};
+use crate::leases::{LeaseEvent, LeaseRecord};
 use crate::records::{decode_idempotency_record, IdempotencyRecord};
 use crate::types::{
-    ApplyRefusal, Command, CommandResult, CompareTarget, Entry, KeyRecord, Precondition, Response,
-    StoredMembership, Txn, TxnOp, TxnOpResult, MAX_TXN_RESPONSE_BYTES,
+    lease_id, ApplyRefusal, Command, CommandResult, CompareTarget, Entry, KeyRecord, LeaseAttach,
+    Precondition, Response, StoredMembership, Txn, TxnOp, TxnOpResult, MAX_GRANTS_PER_ENTRY,
+    MAX_TXN_RESPONSE_BYTES,
 };
 
 /// Most expired idempotency records removed per applied idempotent command: bounds the work of
@@ -32,7 +35,8 @@ const MAX_EXPIRED_PRUNED_PER_APPLY: usize = 64;
 struct Reads<'a> {
     db: &'a DB,
     index: &'a KeyIndex,
-    records: HashMap<String, Option<KeyRecord>>,
+    /// Records with their lease ids (0: none).
+    records: HashMap<String, Option<(KeyRecord, u64)>>,
     /// The index changes the entry's writes make, in order; applied to the index only once the
     /// entry's write batch is in RocksDB.
     index_updates: Vec<(String, Option<KeyMeta>)>,
@@ -43,10 +47,21 @@ struct Reads<'a> {
     idempotency_expired_before_ms: Option<u64>,
     /// The entry's changes, for the change listener (`None`: no listener, nothing kept).
     changes: Option<Vec<Change>>,
+    /// Lease records as the entry's commands left them so far (`None`: ended): unlike data
+    /// keys, commands of one entry share leases (a grant counts, puts attach keys), and each
+    /// sees what the commands before it did.
+    leases: HashMap<u64, Option<LeaseRecord>>,
+    /// Live leases before the entry, and what its commands added (grants) and took away.
+    lease_count: u64,
+    lease_count_delta: i64,
+    /// Leases granted by the entry so far (the low byte of the next grant's id).
+    grants: u64,
+    /// Leases granted and ended, for the lease listener once the entry is written.
+    lease_events: Vec<LeaseEvent>,
 }
 
 impl<'a> Reads<'a> {
-    fn new(db: &'a DB, index: &'a KeyIndex, keep_changes: bool) -> Self {
+    fn new(db: &'a DB, index: &'a KeyIndex, keep_changes: bool, lease_count: u64) -> Self {
         Self {
             db,
             index,
@@ -55,7 +70,28 @@ impl<'a> Reads<'a> {
             idempotency_written: HashSet::new(),
             idempotency_expired_before_ms: None,
             changes: keep_changes.then(Vec::new),
+            leases: HashMap::new(),
+            lease_count,
+            lease_count_delta: 0,
+            grants: 0,
+            lease_events: Vec::new(),
         }
+    }
+
+    /// Lease `id` as the entry's commands so far left it.
+    fn lease(&mut self, id: u64) -> Result<Option<LeaseRecord>> {
+        if let Some(lease) = self.leases.get(&id) {
+            return Ok(*lease);
+        }
+        let lease = match self
+            .db
+            .get_pinned_cf(db::cf(self.db, CF_SM), db::lease_key(id))?
+        {
+            Some(bytes) => Some(codec::decode(&bytes)?),
+            None => None,
+        };
+        self.leases.insert(id, lease);
+        Ok(lease)
     }
 
     /// The key's indexes as applied before this entry: from the index if it holds the key,
@@ -66,11 +102,12 @@ impl<'a> Reads<'a> {
                 return Ok(Some(meta));
             }
         }
-        Ok(self.record(key)?.map(KeyRecord::meta))
+        Ok(self.record(key)?.map(|(record, lease)| record.meta(*lease)))
     }
 
-    /// The key's record as applied before this entry; read from RocksDB the first time only.
-    fn record(&mut self, key: &str) -> Result<Option<&KeyRecord>> {
+    /// The key's record and lease as applied before this entry; read from RocksDB the first
+    /// time only.
+    fn record(&mut self, key: &str) -> Result<Option<&(KeyRecord, u64)>> {
         if !self.records.contains_key(key) {
             let record = get_record(self.db, key)?;
             self.records.insert(key.to_string(), record);
@@ -96,7 +133,7 @@ impl<'a> Reads<'a> {
             .batched_multi_get_cf(db::cf(self.db, CF_SM), &data_keys, true);
         for (key, found) in keys.into_iter().zip(found) {
             let record = match found? {
-                Some(bytes) => Some(codec::decode(&bytes)?),
+                Some(bytes) => Some(db::decode_record(&bytes)?),
                 None => None,
             };
             self.records.insert(key.to_string(), record);
@@ -110,13 +147,19 @@ impl<'a> Reads<'a> {
 struct Overlay<'r, 'a> {
     reads: &'r mut Reads<'a>,
     changes: BTreeMap<String, Staged>,
+    /// Leases this command changed (`None`: ended).
+    leases: BTreeMap<u64, Option<LeaseRecord>>,
+    /// Keys this command attached to a lease (true) or detached from one (false).
+    lease_members: BTreeMap<(u64, String), bool>,
+    lease_count_delta: i64,
+    lease_events: Vec<LeaseEvent>,
 }
 
 /// One key this command changed: its `mod_index` before the command (taken when the command
-/// first touched it) and what it is now (`None`: deleted).
+/// first touched it) and what it is now with its lease (`None`: deleted).
 struct Staged {
     before: Option<u64>,
-    after: Option<KeyRecord>,
+    after: Option<(KeyRecord, u64)>,
 }
 
 impl<'r, 'a> Overlay<'r, 'a> {
@@ -124,45 +167,190 @@ impl<'r, 'a> Overlay<'r, 'a> {
         Self {
             reads,
             changes: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            lease_members: BTreeMap::new(),
+            lease_count_delta: 0,
+            lease_events: Vec::new(),
         }
     }
 
     /// The key's record as this command sees it (its own changes first). Borrowed: only a
     /// txn's value compare and get need it; everything else needs only [`Self::meta`].
     fn record(&mut self, key: &str) -> Result<Option<&KeyRecord>> {
-        match self.changes.get(key) {
-            Some(staged) => Ok(staged.after.as_ref()),
-            None => self.reads.record(key),
-        }
+        let stored = match self.changes.get(key) {
+            Some(staged) => staged.after.as_ref(),
+            None => self.reads.record(key)?,
+        };
+        Ok(stored.map(|(record, _)| record))
     }
 
     /// The key's indexes as this command sees them (its own changes first).
     fn meta(&mut self, key: &str) -> Result<Option<KeyMeta>> {
         match self.changes.get(key) {
-            Some(staged) => Ok(staged.after.as_ref().map(KeyRecord::meta)),
+            Some(staged) => Ok(staged
+                .after
+                .as_ref()
+                .map(|(record, lease)| record.meta(*lease))),
             None => self.reads.meta(key),
         }
     }
 
-    fn put(&mut self, index: u64, key: &str, value: Vec<u8>) -> Result<Option<u64>> {
+    /// Lease `id` as this command sees it (its own changes first).
+    fn lease(&mut self, id: u64) -> Result<Option<LeaseRecord>> {
+        match self.leases.get(&id) {
+            Some(lease) => Ok(*lease),
+            None => self.reads.lease(id),
+        }
+    }
+
+    /// Live leases as this command sees them.
+    fn lease_count(&self) -> u64 {
+        let delta = self.reads.lease_count_delta + self.lease_count_delta;
+        self.reads.lease_count.saturating_add_signed(delta)
+    }
+
+    /// Why `key` may not be attached to `attach.id` now, if it may not.
+    fn attach_refusal(&mut self, key: &str, attach: LeaseAttach) -> Result<Option<ApplyRefusal>> {
+        let Some(lease) = self.lease(attach.id)? else {
+            return Ok(Some(ApplyRefusal::LeaseNotFound { id: attach.id }));
+        };
+        let attached_already = self.meta(key)?.is_some_and(|m| m.lease == attach.id);
+        if !attached_already && lease.keys >= attach.max_keys {
+            return Ok(Some(ApplyRefusal::TooManyKeysOnLease {
+                id: attach.id,
+                max: attach.max_keys,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Put `key` at `index`, attached to `lease` (0: none; the caller checked that it may be).
+    fn put(&mut self, index: u64, key: &str, value: Vec<u8>, lease: u64) -> Result<Option<u64>> {
         let current = self.meta(key)?;
         let record = KeyRecord {
             value,
             mod_index: index,
             create_index: current.map_or(index, |c| c.create_index),
         };
-        self.set(key, current, Some(record));
+        self.move_to_lease(key, current.map_or(0, |c| c.lease), lease)?;
+        self.set(key, current, Some((record, lease)));
         Ok(current.map(|c| c.mod_index))
     }
 
     fn delete(&mut self, key: &str) -> Result<bool> {
         let current = self.meta(key)?;
+        if let Some(current) = current {
+            self.move_to_lease(key, current.lease, 0)?;
+        }
         self.set(key, current, None);
         Ok(current.is_some())
     }
 
+    /// Detach `key` from lease `from` and attach it to lease `to` (0: none).
+    fn move_to_lease(&mut self, key: &str, from: u64, to: u64) -> Result<()> {
+        if from == to {
+            return Ok(());
+        }
+        for (id, attach) in [(from, false), (to, true)] {
+            if id == 0 {
+                continue;
+            }
+            // A key's lease always exists (ending a lease deletes its keys); a missing one is
+            // only forgotten.
+            if let Some(mut lease) = self.lease(id)? {
+                lease.keys = if attach {
+                    lease.keys + 1
+                } else {
+                    lease.keys.saturating_sub(1)
+                };
+                self.leases.insert(id, Some(lease));
+            }
+            self.lease_members.insert((id, key.to_string()), attach);
+        }
+        Ok(())
+    }
+
+    /// Grant a lease of `ttl_ms` at `index`, unless `max_leases` live already.
+    fn grant(&mut self, index: u64, ttl_ms: u64, max_leases: u64) -> Result<CommandResult> {
+        let nth = self.reads.grants;
+        if nth >= MAX_GRANTS_PER_ENTRY {
+            return Ok(CommandResult::Refused(ApplyRefusal::NotAlone));
+        }
+        if self.lease_count() >= max_leases {
+            return Ok(CommandResult::Refused(ApplyRefusal::TooManyLeases {
+                max: max_leases,
+            }));
+        }
+        let id = lease_id(index, nth);
+        self.reads.grants += 1;
+        self.leases
+            .insert(id, Some(LeaseRecord { ttl_ms, keys: 0 }));
+        self.lease_count_delta += 1;
+        self.lease_events.push(LeaseEvent::Granted { id, ttl_ms });
+        Ok(CommandResult::LeaseGranted { id, ttl_ms })
+    }
+
+    /// End lease `id` with every key attached to it; the keys deleted, or `None` if the lease
+    /// does not exist. Reads the lease's keys from RocksDB: the command is alone in its entry
+    /// (`Command::goes_alone`), so they are exactly the lease's keys now.
+    fn end_lease(&mut self, id: u64) -> Result<Option<u64>> {
+        if self.lease(id)?.is_none() {
+            return Ok(None);
+        }
+        let prefix = db::lease_member_key(id, "");
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(db::lease_member_key(id + 1, ""));
+        let iter = self.reads.db.iterator_cf_opt(
+            db::cf(self.reads.db, CF_SM),
+            read_options,
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        let mut keys = Vec::new();
+        for item in iter {
+            let (member, _) = item?;
+            let key = std::str::from_utf8(&member[prefix.len()..])
+                .map_err(|_| StorageError::Invariant("a lease's key that is not UTF-8".into()))?;
+            keys.push(key.to_string());
+        }
+        for key in &keys {
+            self.delete(key)?;
+        }
+        self.leases.insert(id, None);
+        self.lease_count_delta -= 1;
+        self.lease_events.push(LeaseEvent::Ended { id });
+        Ok(Some(keys.len() as u64))
+    }
+
+    /// Run a lease grant, revoke or expiry at `index`.
+    fn execute_lease(&mut self, index: u64, command: Command) -> Result<CommandResult> {
+        Ok(match command {
+            Command::LeaseGrant { ttl_ms, max_leases } => self.grant(index, ttl_ms, max_leases)?,
+            Command::LeaseRevoke { id } => match self.end_lease(id)? {
+                None => CommandResult::Refused(ApplyRefusal::LeaseNotFound { id }),
+                Some(keys_deleted) => CommandResult::LeasesEnded {
+                    leases: 1,
+                    keys_deleted,
+                },
+            },
+            Command::LeaseExpire { ids } => {
+                let (mut leases, mut keys_deleted) = (0, 0);
+                for id in ids {
+                    if let Some(keys) = self.end_lease(id)? {
+                        leases += 1;
+                        keys_deleted += keys;
+                    }
+                }
+                CommandResult::LeasesEnded {
+                    leases,
+                    keys_deleted,
+                }
+            }
+            _ => unreachable!("only lease commands come here"),
+        })
+    }
+
     /// Record that `key`, which this command sees as `current`, is now `after`.
-    fn set(&mut self, key: &str, current: Option<KeyMeta>, after: Option<KeyRecord>) {
+    fn set(&mut self, key: &str, current: Option<KeyMeta>, after: Option<(KeyRecord, u64)>) {
         match self.changes.get_mut(key) {
             Some(staged) => staged.after = after,
             // First touched now: what the command sees is the state before it.
@@ -178,12 +366,27 @@ impl<'r, 'a> Overlay<'r, 'a> {
     /// history (a delete of a key that did not exist changes nothing and records nothing).
     fn stage(self, index: u64, batch: &mut WriteBatch) -> Result<()> {
         let cf = db::cf(self.reads.db, CF_SM);
+        for (id, lease) in self.leases {
+            match &lease {
+                Some(lease) => batch.put_cf(cf, db::lease_key(id), codec::encode(lease)?),
+                None => batch.delete_cf(cf, db::lease_key(id)),
+            }
+            self.reads.leases.insert(id, lease);
+        }
+        for ((id, key), attached) in self.lease_members {
+            match attached {
+                true => batch.put_cf(cf, db::lease_member_key(id, &key), []),
+                false => batch.delete_cf(cf, db::lease_member_key(id, &key)),
+            }
+        }
+        self.reads.lease_count_delta += self.lease_count_delta;
+        self.reads.lease_events.extend(self.lease_events);
         for (key, Staged { before, after }) in self.changes {
             let prev_mod_index = before;
             let (meta, kind) = match after {
-                Some(record) => {
-                    batch.put_cf(cf, db::data_key(&key), codec::encode(&record)?);
-                    let meta = record.meta();
+                Some((record, lease)) => {
+                    batch.put_cf(cf, db::data_key(&key), db::encode_record(&record, lease)?);
+                    let meta = record.meta(lease);
                     let kind = ChangeKind::Put {
                         mod_index: record.mod_index,
                         create_index: record.create_index,
@@ -255,9 +458,12 @@ impl StateMachine {
             // writes, which is why a batch only groups commands with disjoint conflict keys.
             reads.prefetch(&commands)?;
             let mut responses = Vec::with_capacity(commands.len());
+            let alone = commands.len() == 1;
             for command in commands {
                 responses.push(if matches!(command, Command::Batch(_)) {
                     refused(ApplyRefusal::NestedCommand)
+                } else if command.goes_alone() && !alone {
+                    refused(ApplyRefusal::NotAlone)
                 } else {
                     self.execute(index, command, reads, batch)?
                 });
@@ -276,9 +482,26 @@ impl StateMachine {
             } => match check(&mut overlay, &key, precondition)? {
                 Some(failed) => failed,
                 None => CommandResult::Put {
-                    prev_mod_index: overlay.put(index, &key, value)?,
+                    prev_mod_index: overlay.put(index, &key, value, 0)?,
                 },
             },
+            Command::PutLeased {
+                key,
+                value,
+                precondition,
+                lease,
+            } => match check(&mut overlay, &key, precondition)? {
+                Some(failed) => failed,
+                None => match overlay.attach_refusal(&key, lease)? {
+                    Some(refusal) => CommandResult::Refused(refusal),
+                    None => CommandResult::Put {
+                        prev_mod_index: overlay.put(index, &key, value, lease.id)?,
+                    },
+                },
+            },
+            Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseExpire { .. } => overlay.execute_lease(index, command)?,
             Command::Delete { key, precondition } => match check(&mut overlay, &key, precondition)?
             {
                 Some(failed) => failed,
@@ -412,6 +635,8 @@ impl StateMachine {
         let cf = db::cf(&self.db, CF_SM);
         let mut batch = WriteBatch::default();
         let mut index_updates = Vec::new();
+        let mut lease_events = Vec::new();
+        let mut lease_count = self.lease_count;
         let nothing = Response {
             index: log_id.index,
             result: CommandResult::Nothing,
@@ -419,7 +644,12 @@ impl StateMachine {
         let response = match entry.payload {
             EntryPayload::Blank => nothing,
             EntryPayload::Normal(command) => {
-                let mut reads = Reads::new(&self.db, &self.index, self.listener.is_some());
+                let mut reads = Reads::new(
+                    &self.db,
+                    &self.index,
+                    self.listener.is_some(),
+                    self.lease_count,
+                );
                 let response = self.execute(log_id.index, command, &mut reads, &mut batch)?;
                 if let Some(expired_before_ms) = reads.idempotency_expired_before_ms {
                     self.prune_idempotency(
@@ -429,6 +659,10 @@ impl StateMachine {
                     )?;
                 }
                 index_updates = reads.index_updates;
+                lease_events = reads.lease_events;
+                lease_count = reads
+                    .lease_count
+                    .saturating_add_signed(reads.lease_count_delta);
                 let mut entry_changes = reads.changes.unwrap_or_default();
                 // In key order within the entry (a batch stages command by command), as the
                 // history reads them back.
@@ -460,6 +694,15 @@ impl StateMachine {
                 self.index.set(&key, meta);
             }
             self.publish_index_size();
+        }
+        self.lease_count = lease_count;
+        if let Some(listener) = &self.lease_listener {
+            for event in lease_events {
+                match event {
+                    LeaseEvent::Granted { id, ttl_ms } => listener.granted(id, ttl_ms),
+                    LeaseEvent::Ended { id } => listener.ended(&[id]),
+                }
+            }
         }
         self.applied = Some(log_id);
         Ok(response)
@@ -513,8 +756,17 @@ fn run_txn(overlay: &mut Overlay<'_, '_>, index: u64, txn: Txn) -> Result<Comman
         }
         results.push(match op {
             TxnOp::Put { key, value } => TxnOpResult::Put {
-                prev_mod_index: overlay.put(index, &key, value)?,
+                prev_mod_index: overlay.put(index, &key, value, 0)?,
             },
+            TxnOp::PutLeased { key, value, lease } => {
+                if let Some(refusal) = overlay.attach_refusal(&key, lease)? {
+                    // Nothing of a refused transaction is staged.
+                    return Ok(CommandResult::Refused(refusal));
+                }
+                TxnOpResult::Put {
+                    prev_mod_index: overlay.put(index, &key, value, lease.id)?,
+                }
+            }
             TxnOp::Delete { key } => TxnOpResult::Delete {
                 deleted: overlay.delete(&key)?,
             },

@@ -28,6 +28,7 @@ use crate::codec;
 use crate::db::{self, read_applied, read_membership, stored_snapshot, CF_SM, KEY_INSTALLING};
 use crate::error::{Result, StorageError};
 use crate::key_index::KeyIndex;
+use crate::leases::LeaseListener;
 use crate::records::StoredSnapshot;
 use crate::snapshot::{SnapshotDir, SnapshotFile};
 use crate::types::{
@@ -53,6 +54,10 @@ pub struct StateMachine {
     history_entries: u64,
     /// Told of every applied change (the node's watches), once set.
     listener: Option<Arc<dyn ChangeListener>>,
+    /// Live leases (`db::LEASE_TAG` records), counted at open and after an install.
+    lease_count: u64,
+    /// Told of every lease granted and ended (the node's lease timers), once set.
+    lease_listener: Option<Arc<dyn LeaseListener>>,
 }
 
 /// The snapshot files and the lock that orders the steps which change which one is current:
@@ -134,6 +139,7 @@ impl StateMachine {
             .dir
             .remove_stale(current.as_ref().map(|s| s.file.as_str()), true);
         let applied = read_applied(&db, None)?;
+        let lease_count = reader::live_leases(&db)?.len() as u64;
         let membership = read_membership(&db, None)?;
         let changes_compact = match changes::read_compact(&db, None)? {
             Some(compact) => compact,
@@ -159,6 +165,8 @@ impl StateMachine {
             changes_compact,
             history_entries: options.history_entries,
             listener: None,
+            lease_count,
+            lease_listener: None,
         })
     }
 
@@ -176,6 +184,14 @@ impl StateMachine {
     pub fn set_change_listener(&mut self, listener: Arc<dyn ChangeListener>) {
         listener.restarted_at(self.applied.map_or(0, |id| id.index));
         self.listener = Some(listener);
+    }
+
+    /// Tell `listener` of every lease granted and ended from now on; it is first told which
+    /// leases live now (`LeaseListener::reset`). Set before the state machine is handed to Raft.
+    pub fn set_lease_listener(&mut self, listener: Arc<dyn LeaseListener>) -> Result<()> {
+        listener.reset(reader::live_leases(&self.db)?);
+        self.lease_listener = Some(listener);
+        Ok(())
     }
 
     /// The last applied log id (for the start-up invariant check).
@@ -271,6 +287,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.changes_compact = meta.last_log_id.map_or(0, |id| id.index);
         if let Some(listener) = &self.listener {
             listener.restarted_at(self.changes_compact);
+        }
+        let leases = reader::live_leases(&self.db).map_err(sm_read_err)?;
+        self.lease_count = leases.len() as u64;
+        if let Some(listener) = &self.lease_listener {
+            listener.reset(leases);
         }
         self.counters
             .snapshots_installed

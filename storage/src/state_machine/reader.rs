@@ -10,6 +10,7 @@ use crate::changes::{self, ChangesPage, HistoryError, KeyFilter, PageLimit};
 use crate::codec;
 use crate::db::{self, consistent_view, read_applied, stored_snapshot, CF_SM};
 use crate::error::{Result, StorageError};
+use crate::leases::{LeaseInfo, LeaseRecord};
 use crate::records::KeyRecordIndexes;
 use crate::snapshot::io_error;
 use crate::types::KeyRecord;
@@ -130,7 +131,7 @@ impl KvReader {
         let (snapshot, applied) = consistent_view(&self.db)?;
         let index = applied.map_or(0, |id| id.index);
         let value = match snapshot.get_cf(db::cf(&self.db, CF_SM), db::data_key(key))? {
-            Some(bytes) => Some(codec::decode(&bytes)?),
+            Some(bytes) => Some(db::decode_record(&bytes)?.0),
             None => None,
         };
         Ok(ReadAt { index, value })
@@ -164,14 +165,15 @@ impl KvReader {
                 .ok_or_else(|| StorageError::Invariant("non-UTF-8 key in state machine".into()))?;
             let record = if request.keys_only {
                 // The indexes only: the value's bytes are skipped, never copied.
-                let indexes: KeyRecordIndexes = codec::decode(&value)?;
+                let (indexes, lease) = codec::decode_prefix::<KeyRecordIndexes>(&value)?;
+                db::decode_lease_suffix(lease)?;
                 KeyRecord {
                     value: Vec::new(),
                     mod_index: indexes.mod_index,
                     create_index: indexes.create_index,
                 }
             } else {
-                codec::decode(&value)?
+                db::decode_record(&value)?.0
             };
             let item_bytes = user_key.len() + record.value.len();
             let full = page.items.len() == request.max_keys
@@ -185,6 +187,70 @@ impl KvReader {
         }
         Ok(ReadAt { index, value: page })
     }
+}
+
+impl KvReader {
+    /// Lease `id` if it lives, with its first `max_keys` keys in key order, read at one point
+    /// in time.
+    pub fn lease(&self, id: u64, max_keys: usize) -> Result<ReadAt<Option<LeaseInfo>>> {
+        let (snapshot, applied) = consistent_view(&self.db)?;
+        let index = applied.map_or(0, |id| id.index);
+        let cf = db::cf(&self.db, CF_SM);
+        let Some(bytes) = snapshot.get_cf(cf, db::lease_key(id))? else {
+            return Ok(ReadAt { index, value: None });
+        };
+        let record: LeaseRecord = codec::decode(&bytes)?;
+        let prefix = db::lease_member_key(id, "");
+        let mut read_options = ReadOptions::default();
+        read_options.set_snapshot(&snapshot);
+        read_options.set_iterate_upper_bound(db::lease_member_key(id + 1, ""));
+        let iter = self.db.iterator_cf_opt(
+            cf,
+            read_options,
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        let mut keys = Vec::new();
+        for item in iter.take(max_keys) {
+            let (member, _) = item?;
+            let key = std::str::from_utf8(&member[prefix.len()..])
+                .map_err(|_| StorageError::Invariant("a lease's key that is not UTF-8".into()))?;
+            keys.push(key.to_string());
+        }
+        let info = LeaseInfo {
+            id,
+            ttl_ms: record.ttl_ms,
+            key_count: record.keys,
+            keys,
+        };
+        Ok(ReadAt {
+            index,
+            value: Some(info),
+        })
+    }
+}
+
+/// Every live lease as `(id, ttl_ms)`, in id order (for the lease listener: at most
+/// `--max-leases` of them).
+pub(crate) fn live_leases(db: &DB) -> Result<Vec<(u64, u64)>> {
+    let mut read_options = ReadOptions::default();
+    read_options.set_iterate_upper_bound(vec![db::LEASE_TAG + 1]);
+    let iter = db.iterator_cf_opt(
+        db::cf(db, CF_SM),
+        read_options,
+        IteratorMode::From(&[db::LEASE_TAG], Direction::Forward),
+    );
+    let mut leases = Vec::new();
+    for item in iter {
+        let (key, value) = item?;
+        let id = key
+            .get(1..)
+            .and_then(|id| id.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| StorageError::Invariant("a malformed lease key".into()))?;
+        let record: LeaseRecord = codec::decode(&value)?;
+        leases.push((id, record.ttl_ms));
+    }
+    Ok(leases)
 }
 
 /// What one range read asks for.

@@ -1,0 +1,159 @@
+//! Lease routes (`shared/API.md`, "Leases (TTL), locks and elections"): grant, keepalive,
+//! revoke, lookup. Keys are attached by `PUT /v1/kv/{key}?lease=L` and txn puts (`kv`, `txn`).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use mirrorkv_storage::{Command, CommandResult};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::kv::{self, finish, with_idempotency, WRITE_LEVEL};
+use crate::state::ApiState;
+
+/// The level label of lease routes in the request metrics: every one goes through the leader.
+const LEASE_LEVEL: &str = "linearizable";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantBody {
+    ttl_s: u64,
+}
+
+fn lease_id(path: Result<Path<String>, PathRejection>) -> Result<u64, ApiError> {
+    let Path(text) =
+        path.map_err(|e| ApiError::InvalidArgument(format!("malformed lease id: {e}")))?;
+    match text.parse::<u64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(ApiError::InvalidArgument(format!(
+            "a lease id is a positive integer, got {text:?}"
+        ))),
+    }
+}
+
+fn not_found(id: u64) -> ApiError {
+    ApiError::LeaseNotFound(format!(
+        "lease {id} does not exist (never granted, revoked or expired)"
+    ))
+}
+
+/// `POST /v1/lease {"ttl_s": T}` → `{"id", "ttl_s", "index"}`.
+pub async fn grant(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let body = body.map_err(|e| kv::body_error(&state, e))?;
+        let GrantBody { ttl_s } = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::InvalidArgument(format!("the body must be {{\"ttl_s\": SECONDS}}: {e}"))
+        })?;
+        let config = &state.node.leases.config;
+        if !(config.min_ttl_s..=config.max_ttl_s).contains(&ttl_s) {
+            return Err(ApiError::InvalidArgument(format!(
+                "ttl_s must be between {} and {} (seconds), got {ttl_s}",
+                config.min_ttl_s, config.max_ttl_s
+            )));
+        }
+        let command = Command::LeaseGrant {
+            ttl_ms: ttl_s * 1000,
+            max_leases: config.max_leases,
+        };
+        let command = with_idempotency(&state, &headers, command)?;
+        let deadline = Instant::now() + state.config.request_timeout();
+        let response = state.node.write(command, deadline).await?;
+        match response.result {
+            CommandResult::LeaseGranted { id, ttl_ms } => {
+                let body = json!({"id": id, "ttl_s": ttl_ms / 1000, "index": response.index});
+                Ok((Some(response.index), Json(body).into_response()))
+            }
+            CommandResult::Refused(refusal) => Err(ApiError::from(&refusal)),
+            other => Err(ApiError::Internal(format!(
+                "a lease grant applied as {other:?}"
+            ))),
+        }
+    }
+    .await;
+    finish(&state, WRITE_LEVEL, result)
+}
+
+/// `POST /v1/lease/{id}/keepalive` → `{"id", "ttl_s"}`: the lease lives `ttl_s` from now.
+pub async fn keepalive(
+    State(state): State<Arc<ApiState>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let result = async {
+        let id = lease_id(path)?;
+        let deadline = Instant::now() + state.config.request_timeout();
+        match state.node.keepalive(id, deadline).await? {
+            Some(time) => {
+                let body = json!({"id": id, "ttl_s": time.remaining_ms / 1000});
+                Ok((None, Json(body).into_response()))
+            }
+            None => Err(not_found(id)),
+        }
+    }
+    .await;
+    finish(&state, LEASE_LEVEL, result)
+}
+
+/// `DELETE /v1/lease/{id}` → `{"index", "keys_deleted"}`: the lease and its keys are gone at
+/// `index`.
+pub async fn revoke(
+    State(state): State<Arc<ApiState>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let id = lease_id(path)?;
+        let command = with_idempotency(&state, &headers, Command::LeaseRevoke { id })?;
+        let deadline = Instant::now() + state.config.request_timeout();
+        let response = state.node.write(command, deadline).await?;
+        match response.result {
+            CommandResult::LeasesEnded { keys_deleted, .. } => {
+                let body = json!({"index": response.index, "keys_deleted": keys_deleted});
+                Ok((Some(response.index), Json(body).into_response()))
+            }
+            CommandResult::Refused(refusal) => Err(ApiError::from(&refusal)),
+            other => Err(ApiError::Internal(format!(
+                "a lease revoke applied as {other:?}"
+            ))),
+        }
+    }
+    .await;
+    finish(&state, WRITE_LEVEL, result)
+}
+
+/// `GET /v1/lease/{id}` → `{"id", "ttl_s", "remaining_ms", "keys"}` (at most
+/// `max_keys_per_lease` keys, in key order).
+pub async fn get(
+    State(state): State<Arc<ApiState>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let result = async {
+        let id = lease_id(path)?;
+        let deadline = Instant::now() + state.config.request_timeout();
+        let max_keys = state.node.leases.config.max_keys_per_lease as usize;
+        match state.node.lease_info(id, max_keys, deadline).await? {
+            Some((info, time)) => {
+                let body = json!({
+                    "id": id,
+                    "ttl_s": info.ttl_ms / 1000,
+                    "remaining_ms": time.remaining_ms,
+                    "keys": info.keys,
+                });
+                Ok((None, Json(body).into_response()))
+            }
+            None => Err(not_found(id)),
+        }
+    }
+    .await;
+    finish(&state, LEASE_LEVEL, result)
+}
