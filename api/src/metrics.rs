@@ -28,6 +28,48 @@ pub struct Metrics {
     raft: RaftGauges,
     storage: StorageGauges,
     watch: WatchGauges,
+    leases: LeaseGauges,
+}
+
+/// Lease gauges and counters, read from the node's lease timers and store when scraped.
+struct LeaseGauges {
+    live: IntGauge,
+    keys: IntGauge,
+    ended: IntCounter,
+    expiries_proposed: IntCounter,
+    keepalives: IntCounter,
+}
+
+impl LeaseGauges {
+    fn new(r: &Registry) -> Self {
+        Self {
+            live: gauge(
+                r,
+                "mirrorkv_leases_live",
+                "Leases live (granted, not yet revoked or expired).",
+            ),
+            keys: gauge(
+                r,
+                "mirrorkv_lease_keys_attached",
+                "Keys attached to live leases.",
+            ),
+            ended: counter(
+                r,
+                "mirrorkv_leases_ended_total",
+                "Leases this node's apply ended, by revoke or expiry.",
+            ),
+            expiries_proposed: counter(
+                r,
+                "mirrorkv_lease_expiries_proposed_total",
+                "Leases this node, as leader, proposed to expire once their TTL ran out.",
+            ),
+            keepalives: counter(
+                r,
+                "mirrorkv_lease_keepalives_total",
+                "Keepalives this node's clients sent (rate() gives keepalives per second).",
+            ),
+        }
+    }
 }
 
 /// Watch gauges and counters, read from the node's `WatchHub` and store when scraped.
@@ -172,6 +214,7 @@ impl Default for Metrics {
             raft: RaftGauges::new(r),
             storage: StorageGauges::new(r),
             watch: WatchGauges::new(r),
+            leases: LeaseGauges::new(r),
             connections_closed: registered(
                 r,
                 IntCounterVec::new(
@@ -365,6 +408,7 @@ impl Metrics {
         self.refresh_raft(node);
         self.refresh_storage(node)?;
         self.refresh_watch(node)?;
+        self.refresh_leases(node);
         let encoder = TextEncoder::new();
         let mut body = Vec::new();
         encoder
@@ -427,6 +471,25 @@ impl Metrics {
     }
 
     /// The watch gauges and counters, from the hub and the store.
+    fn refresh_leases(&self, node: &Coordinator) {
+        let m = &self.leases;
+        let timers = &node.leases;
+        m.live.set(timers.live() as i64);
+        let keys = node.reader.counters().lease_keys.load(Ordering::Relaxed);
+        m.keys.set(keys as i64);
+        for (metric, source) in [
+            (&m.ended, &timers.counters.ended_total),
+            (
+                &m.expiries_proposed,
+                &timers.counters.expiries_proposed_total,
+            ),
+            (&m.keepalives, &timers.counters.keepalives_total),
+        ] {
+            let total = source.load(Ordering::Relaxed);
+            metric.inc_by(total.saturating_sub(metric.get()));
+        }
+    }
+
     fn refresh_watch(&self, node: &Coordinator) -> Result<(), ApiError> {
         let m = &self.watch;
         let hub = &node.watch;

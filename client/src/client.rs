@@ -71,18 +71,18 @@ struct Shared {
 }
 
 /// One request as `send` sends it to each endpoint in turn.
-struct Call<'a> {
-    method: Method,
-    path_and_query: &'a str,
+pub(crate) struct Call<'a> {
+    pub(crate) method: Method,
+    pub(crate) path_and_query: &'a str,
     /// The body and its content type (`Bytes`: each attempt shares it, none copies it).
-    body: Option<(bytes::Bytes, &'static str)>,
-    headers: &'a [(&'static str, String)],
-    resend: Resend,
+    pub(crate) body: Option<(bytes::Bytes, &'static str)>,
+    pub(crate) headers: &'a [(&'static str, String)],
+    pub(crate) resend: Resend,
 }
 
 impl<'a> Call<'a> {
     /// A request without a body or headers.
-    fn plain(method: Method, path_and_query: &'a str, resend: Resend) -> Self {
+    pub(crate) fn plain(method: Method, path_and_query: &'a str, resend: Resend) -> Self {
         Call {
             method,
             path_and_query,
@@ -102,7 +102,7 @@ struct Answer {
 
 /// What may be sent again to the next endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Resend {
+pub(crate) enum Resend {
     /// A read: it changes nothing.
     Read,
     /// A write with an idempotency key: a second copy answers the first's result.
@@ -263,7 +263,7 @@ impl Client {
     }
 
     /// `send`, then the answer's JSON body, or the API's error.
-    async fn send_json(&self, call: &Call<'_>) -> Result<Value, ClientError> {
+    pub(crate) async fn send_json(&self, call: &Call<'_>) -> Result<Value, ClientError> {
         let answer = self.send(call).await?;
         let bytes = self.read_body(answer.response).await?;
         if !answer.status.is_success() {
@@ -315,7 +315,10 @@ impl Client {
     }
 
     /// The headers of a write and how it may be resent.
-    fn write_headers(&self, options: &WriteOptions) -> (Vec<(&'static str, String)>, Resend) {
+    pub(crate) fn write_headers(
+        &self,
+        options: &WriteOptions,
+    ) -> (Vec<(&'static str, String)>, Resend) {
         let mut headers = Vec::new();
         if let Some(m) = options.if_mod_index {
             headers.push(("if-match", format!("\"{m}\"")));
@@ -389,7 +392,10 @@ impl Client {
     ) -> Result<PutResult, ClientError> {
         check_key(key)?;
         let (headers, resend) = self.write_headers(options);
-        let path = format!("/v1/kv/{}", key_path(key));
+        let path = match options.lease {
+            Some(lease) => format!("/v1/kv/{}?lease={lease}", key_path(key)),
+            None => format!("/v1/kv/{}", key_path(key)),
+        };
         let body = Some((value.into().into(), "application/octet-stream"));
         let call = Call {
             method: Method::PUT,
@@ -676,6 +682,7 @@ fn read_of<T>(headers: &HeaderMap, value: T) -> Read<T> {
     }
 }
 
+pub mod lease;
 pub mod watch;
 
 #[cfg(test)]

@@ -70,6 +70,8 @@ pub struct WriteOptions {
     /// The `Idempotency-Key`; one is generated when the client makes writes idempotent and
     /// this is `None`.
     pub idempotency_key: Option<String>,
+    /// Attach the put key to this lease (`?lease=`): it is deleted when the lease ends.
+    pub lease: Option<u64>,
 }
 
 /// The answer to a read, with the index it was read at and who served it.

@@ -7,6 +7,8 @@
 //! writes carry an idempotency key. One function per command; output is for people by default
 //! and JSON with `--json`.
 
+mod lease;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -47,7 +49,13 @@ pub enum CtlCommand {
     /// Print a key's value.
     Get { key: String },
     /// Set a key; the value is the argument, or standard input if absent.
-    Put { key: String, value: Option<String> },
+    Put {
+        key: String,
+        value: Option<String>,
+        /// Attach the key to this lease: it is deleted when the lease ends.
+        #[arg(long)]
+        lease: Option<u64>,
+    },
     /// Delete a key.
     Del { key: String },
     /// List keys with a prefix (every page, up to --limit keys).
@@ -90,6 +98,33 @@ pub enum CtlCommand {
         /// Exit after this many events (default: run until interrupted).
         #[arg(long)]
         max_events: Option<u64>,
+    },
+    /// Lease commands: grant, keepalive, revoke, get.
+    Lease {
+        #[command(subcommand)]
+        command: lease::LeaseCommand,
+    },
+    /// Hold lock NAME while COMMAND runs (`mirrorkv ctl lock NAME -- COMMAND...`); the command
+    /// gets the fencing token in MIRRORKV_FENCING_TOKEN and the lock key in MIRRORKV_LOCK_KEY.
+    Lock {
+        name: String,
+        /// TTL of the lock's lease: how long the lock outlives a holder that dies.
+        #[arg(long, default_value_t = 10)]
+        ttl_s: u64,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Campaign in election NAME with VALUE: print when elected, hold until interrupted.
+    Elect {
+        name: String,
+        #[arg(required_unless_present = "observe")]
+        value: Option<String>,
+        /// Print the leader's value now and at every change instead of campaigning.
+        #[arg(long)]
+        observe: bool,
+        /// TTL of the campaign's lease.
+        #[arg(long, default_value_t = 10)]
+        ttl_s: u64,
     },
 }
 
@@ -146,7 +181,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     let json = args.json;
     match args.command {
         CtlCommand::Get { key } => get(&client, &key, json).await,
-        CtlCommand::Put { key, value } => put(&client, &key, value, json).await,
+        CtlCommand::Put { key, value, lease } => put(&client, &key, value, lease, json).await,
         CtlCommand::Del { key } => del(&client, &key, json).await,
         CtlCommand::Scan {
             prefix,
@@ -178,6 +213,18 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             };
             watch(&client, target, options, max_events, json).await
         }
+        CtlCommand::Lease { command } => lease::lease(&client, command, json).await,
+        CtlCommand::Lock {
+            name,
+            ttl_s,
+            command,
+        } => lease::lock(&client, &name, ttl_s, &command).await,
+        CtlCommand::Elect {
+            name,
+            value,
+            observe,
+            ttl_s,
+        } => lease::elect(&client, &name, value, observe, ttl_s).await,
     }
 }
 
@@ -199,12 +246,22 @@ async fn get(client: &Client, key: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn put(client: &Client, key: &str, value: Option<String>, json: bool) -> anyhow::Result<()> {
+async fn put(
+    client: &Client,
+    key: &str,
+    value: Option<String>,
+    lease: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
     let value = match value {
         Some(value) => value.into_bytes(),
         None => read_input(Path::new("-"))?,
     };
-    let put = client.put(key, value).await?;
+    let options = WriteOptions {
+        lease,
+        ..WriteOptions::default()
+    };
+    let put = client.put_with(key, value, &options).await?;
     if json {
         print_json(&json!({"index": put.index, "prev_mod_index": put.prev_mod_index}))
     } else {

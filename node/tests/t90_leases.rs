@@ -119,10 +119,33 @@ async fn t91_a_leased_key_lives_its_ttl_with_keepalives_longer_and_goes_at_revok
     for key in ["svc/c1", "svc/c2"] {
         assert_eq!(put_leased(&cluster, leader, key, lease).await.0, 200);
     }
+    // /metrics on a follower: the lease and its two keys, the keepalives its clients sent.
+    let gauges = |page: &str| {
+        (
+            metric_sample(page, "mirrorkv_leases_live"),
+            metric_sample(page, "mirrorkv_lease_keys_attached"),
+        )
+    };
+    wait_for("the follower's lease gauges", DEADLINE, || async {
+        (gauges(&cluster.metrics(follower).await) == (Some(1.0), Some(2.0))).then_some(())
+    })
+    .await;
+    let page = cluster.metrics(follower).await;
+    assert!(metric_sample(&page, "mirrorkv_lease_keepalives_total").unwrap() >= 20.0);
+    assert!(metric_sample(&page, "mirrorkv_leases_ended_total").unwrap() >= 2.0);
     let (status, body) =
         send(http().delete(format!("{}/v1/lease/{lease}", cluster.api(follower)))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["keys_deleted"], 2, "{body}");
+    let page = cluster.metrics(follower).await;
+    assert_eq!(
+        gauges(&page),
+        (Some(0.0), Some(0.0)),
+        "applied before the answer"
+    );
+    let leader_page = cluster.metrics(leader).await;
+    let proposed = metric_sample(&leader_page, "mirrorkv_lease_expiries_proposed_total");
+    assert!(proposed.unwrap() >= 2.0, "{proposed:?}");
     assert!(!exists(&cluster, follower, "svc/c1").await);
     assert!(!exists(&cluster, follower, "svc/c2").await);
     let (status, _) =
@@ -392,4 +415,157 @@ async fn same_deletes_everywhere(cluster: &Cluster, from_index: u64) {
         seen.push(deletes);
     }
     assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+}
+
+/// `mirrorkv ctl` with these endpoints and `args`; its stdout, panicking if it failed.
+fn ctl(endpoints: &str, args: &[&str]) -> String {
+    let mut all = vec!["ctl", "--endpoints", endpoints];
+    all.extend_from_slice(args);
+    let (ok, stdout, stderr) = mirrorkv(&all, None);
+    assert!(ok, "ctl {args:?}: {stderr}");
+    String::from_utf8(stdout).expect("UTF-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t94_ctl_leases_and_locks_that_hand_over_in_order_with_increasing_tokens() {
+    let cluster = Cluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let endpoints = endpoints_of(&cluster);
+    let endpoints = endpoints.as_str();
+
+    // lease grant | put --lease | get | keepalive --once | revoke.
+    let id = ctl(endpoints, &["lease", "grant", "30"]).trim().to_string();
+    ctl(endpoints, &["put", "svc/x", "on", "--lease", &id]);
+    let info: Value =
+        serde_json::from_str(&ctl(endpoints, &["--json", "lease", "get", &id])).unwrap();
+    assert_eq!(
+        (info["ttl_s"].as_u64(), &info["keys"]),
+        (Some(30), &json!(["svc/x"])),
+        "{info}"
+    );
+    assert!(ctl(endpoints, &["lease", "keepalive", &id, "--once"]).contains("renewed for 30 s"));
+    assert!(ctl(endpoints, &["lease", "revoke", &id]).contains("1 keys deleted"));
+    assert!(!mirrorkv(&["ctl", "--endpoints", endpoints, "get", "svc/x"], None).0);
+
+    // Three `ctl lock` holders at once: their commands never overlap, and each gets a larger
+    // fencing token than the one before.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("held");
+    let script = format!(
+        "echo start $MIRRORKV_FENCING_TOKEN >> {0}; sleep 0.3; echo end $MIRRORKV_FENCING_TOKEN >> {0}",
+        log.display()
+    );
+    let holders: Vec<_> = (0..3)
+        .map(|_| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_mirrorkv"))
+                .args([
+                    "ctl",
+                    "--endpoints",
+                    endpoints,
+                    "lock",
+                    "job",
+                    "--ttl-s",
+                    "5",
+                    "--",
+                    "sh",
+                    "-c",
+                    &script,
+                ])
+                .spawn()
+                .expect("ctl lock")
+        })
+        .collect();
+    for mut holder in holders {
+        assert!(holder.wait().unwrap().success());
+    }
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<(&str, u64)> = lines
+        .lines()
+        .map(|l| {
+            let (what, token) = l.split_once(' ').unwrap();
+            (what, token.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    for (i, pair) in lines.chunks(2).enumerate() {
+        assert_eq!(
+            (pair[0].0, pair[1].0),
+            ("start", "end"),
+            "overlap: {lines:?}"
+        );
+        assert_eq!(pair[0].1, pair[1].1, "{lines:?}");
+        if i > 0 {
+            assert!(
+                pair[0].1 > lines[2 * i - 1].1,
+                "tokens not increasing: {lines:?}"
+            );
+        }
+    }
+}
+
+/// The endpoints of every node, for `ctl --endpoints`.
+fn endpoints_of(cluster: &Cluster) -> String {
+    cluster
+        .ids()
+        .iter()
+        .map(|&id| cluster.api(id).trim_start_matches("http://").to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t95_ctl_elect_hands_over_when_the_leader_dies_and_observe_follows() {
+    let cluster = Cluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let endpoints = endpoints_of(&cluster);
+    let endpoints = endpoints.as_str();
+    let spawn = |args: &[&str]| {
+        let mut all = vec!["ctl", "--endpoints", endpoints, "elect", "db"];
+        all.extend_from_slice(args);
+        std::process::Command::new(env!("CARGO_BIN_EXE_mirrorkv"))
+            .args(all)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("ctl elect")
+    };
+    let first_line = |child: &mut std::process::Child| {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line
+    };
+    let mut a = spawn(&["A", "--ttl-s", "2"]);
+    assert_eq!(first_line(&mut a), "elected: A\n");
+    let mut observer = spawn(&["--observe"]);
+    let mut observed =
+        std::io::BufRead::lines(std::io::BufReader::new(observer.stdout.take().unwrap()));
+    assert_eq!(observed.next().unwrap().unwrap(), "A");
+    let mut b = spawn(&["B", "--ttl-s", "2"]);
+    wait_for("B to queue", DEADLINE, || async {
+        let scan = ctl(
+            endpoints,
+            &["scan", "--prefix", "_elect/db/", "--keys-only"],
+        );
+        (scan.lines().count() == 2).then_some(())
+    })
+    .await;
+    // A dies without resigning: its lease runs out, then B leads and the observer says so.
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let handed_over = tokio::task::spawn_blocking(move || {
+        let line = first_line(&mut b);
+        let seen = observed.next().unwrap().unwrap();
+        for mut child in [b, observer] {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        (line, seen)
+    });
+    let (line, seen) = tokio::time::timeout(Duration::from_secs(20), handed_over)
+        .await
+        .expect("B elected within 20 s")
+        .unwrap();
+    assert_eq!((line.as_str(), seen.as_str()), ("elected: B\n", "B"));
 }

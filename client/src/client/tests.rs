@@ -80,6 +80,7 @@ fn writes_get_a_fresh_idempotency_key_unless_turned_off() {
         if_mod_index: Some(3),
         if_absent: true,
         idempotency_key: None,
+        lease: None,
     };
     let (headers, resend) = plain.write_headers(&conditional);
     assert_eq!(resend, Resend::Write);

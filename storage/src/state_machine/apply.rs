@@ -54,6 +54,8 @@ struct Reads<'a> {
     /// Live leases before the entry, and what its commands added (grants) and took away.
     lease_count: u64,
     lease_count_delta: i64,
+    /// Keys the entry's commands attached to leases, less those they detached.
+    lease_keys_delta: i64,
     /// Leases granted by the entry so far (the low byte of the next grant's id).
     grants: u64,
     /// Leases granted and ended, for the lease listener once the entry is written.
@@ -73,6 +75,7 @@ impl<'a> Reads<'a> {
             leases: HashMap::new(),
             lease_count,
             lease_count_delta: 0,
+            lease_keys_delta: 0,
             grants: 0,
             lease_events: Vec::new(),
         }
@@ -152,6 +155,7 @@ struct Overlay<'r, 'a> {
     /// Keys this command attached to a lease (true) or detached from one (false).
     lease_members: BTreeMap<(u64, String), bool>,
     lease_count_delta: i64,
+    lease_keys_delta: i64,
     lease_events: Vec<LeaseEvent>,
 }
 
@@ -170,6 +174,7 @@ impl<'r, 'a> Overlay<'r, 'a> {
             leases: BTreeMap::new(),
             lease_members: BTreeMap::new(),
             lease_count_delta: 0,
+            lease_keys_delta: 0,
             lease_events: Vec::new(),
         }
     }
@@ -264,6 +269,7 @@ impl<'r, 'a> Overlay<'r, 'a> {
                     lease.keys.saturating_sub(1)
                 };
                 self.leases.insert(id, Some(lease));
+                self.lease_keys_delta += if attach { 1 } else { -1 };
             }
             self.lease_members.insert((id, key.to_string()), attach);
         }
@@ -380,6 +386,7 @@ impl<'r, 'a> Overlay<'r, 'a> {
             }
         }
         self.reads.lease_count_delta += self.lease_count_delta;
+        self.reads.lease_keys_delta += self.lease_keys_delta;
         self.reads.lease_events.extend(self.lease_events);
         for (key, Staged { before, after }) in self.changes {
             let prev_mod_index = before;
@@ -637,6 +644,7 @@ impl StateMachine {
         let mut index_updates = Vec::new();
         let mut lease_events = Vec::new();
         let mut lease_count = self.lease_count;
+        let mut lease_keys_delta = 0;
         let nothing = Response {
             index: log_id.index,
             result: CommandResult::Nothing,
@@ -660,6 +668,7 @@ impl StateMachine {
                 }
                 index_updates = reads.index_updates;
                 lease_events = reads.lease_events;
+                lease_keys_delta = reads.lease_keys_delta;
                 lease_count = reads
                     .lease_count
                     .saturating_add_signed(reads.lease_count_delta);
@@ -696,6 +705,13 @@ impl StateMachine {
             self.publish_index_size();
         }
         self.lease_count = lease_count;
+        if lease_keys_delta != 0 {
+            let keys = self.counters.lease_keys.load(Ordering::Relaxed);
+            self.counters.lease_keys.store(
+                keys.saturating_add_signed(lease_keys_delta),
+                Ordering::Relaxed,
+            );
+        }
         if let Some(listener) = &self.lease_listener {
             for event in lease_events {
                 match event {

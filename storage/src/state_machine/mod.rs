@@ -94,6 +94,8 @@ pub struct StorageCounters {
     /// Keys the key index holds, and its estimated bytes (`StoreOptions::key_index_max_bytes`).
     pub key_index_keys: AtomicU64,
     pub key_index_bytes: AtomicU64,
+    /// Keys attached to live leases.
+    pub lease_keys: AtomicU64,
 }
 
 /// What RocksDB holds in memory, in bytes.
@@ -139,7 +141,10 @@ impl StateMachine {
             .dir
             .remove_stale(current.as_ref().map(|s| s.file.as_str()), true);
         let applied = read_applied(&db, None)?;
-        let lease_count = reader::live_leases(&db)?.len() as u64;
+        let (leases, lease_keys) = reader::live_leases(&db)?;
+        let lease_count = leases.len() as u64;
+        let counters = Arc::new(StorageCounters::default());
+        counters.lease_keys.store(lease_keys, Ordering::Relaxed);
         let membership = read_membership(&db, None)?;
         let changes_compact = match changes::read_compact(&db, None)? {
             Some(compact) => compact,
@@ -157,7 +162,7 @@ impl StateMachine {
         };
         Ok(Self {
             db,
-            counters: Arc::default(),
+            counters,
             applied,
             membership,
             snapshots,
@@ -189,7 +194,7 @@ impl StateMachine {
     /// Tell `listener` of every lease granted and ended from now on; it is first told which
     /// leases live now (`LeaseListener::reset`). Set before the state machine is handed to Raft.
     pub fn set_lease_listener(&mut self, listener: Arc<dyn LeaseListener>) -> Result<()> {
-        listener.reset(reader::live_leases(&self.db)?);
+        listener.reset(reader::live_leases(&self.db)?.0);
         self.lease_listener = Some(listener);
         Ok(())
     }
@@ -288,8 +293,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(listener) = &self.listener {
             listener.restarted_at(self.changes_compact);
         }
-        let leases = reader::live_leases(&self.db).map_err(sm_read_err)?;
+        let (leases, lease_keys) = reader::live_leases(&self.db).map_err(sm_read_err)?;
         self.lease_count = leases.len() as u64;
+        self.counters
+            .lease_keys
+            .store(lease_keys, Ordering::Relaxed);
         if let Some(listener) = &self.lease_listener {
             listener.reset(leases);
         }

@@ -230,8 +230,8 @@ impl KvReader {
 }
 
 /// Every live lease as `(id, ttl_ms)`, in id order (for the lease listener: at most
-/// `--max-leases` of them).
-pub(crate) fn live_leases(db: &DB) -> Result<Vec<(u64, u64)>> {
+/// `--max-leases` of them), and the keys attached to them all.
+pub(crate) fn live_leases(db: &DB) -> Result<(Vec<(u64, u64)>, u64)> {
     let mut read_options = ReadOptions::default();
     read_options.set_iterate_upper_bound(vec![db::LEASE_TAG + 1]);
     let iter = db.iterator_cf_opt(
@@ -240,6 +240,7 @@ pub(crate) fn live_leases(db: &DB) -> Result<Vec<(u64, u64)>> {
         IteratorMode::From(&[db::LEASE_TAG], Direction::Forward),
     );
     let mut leases = Vec::new();
+    let mut keys = 0;
     for item in iter {
         let (key, value) = item?;
         let id = key
@@ -249,8 +250,9 @@ pub(crate) fn live_leases(db: &DB) -> Result<Vec<(u64, u64)>> {
             .ok_or_else(|| StorageError::Invariant("a malformed lease key".into()))?;
         let record: LeaseRecord = codec::decode(&value)?;
         leases.push((id, record.ttl_ms));
+        keys += record.keys;
     }
-    Ok(leases)
+    Ok((leases, keys))
 }
 
 /// What one range read asks for.
