@@ -30,6 +30,10 @@ pub enum Workload {
     /// Unique puts under one prefix while watchers on several nodes stream it, dropping and
     /// resuming their connections; every watcher must see exactly the log's changes.
     Watch,
+    /// Clients on every node take one lock (a leased key, as `mirrorkv ctl lock` does), write a
+    /// register guarded by their fencing token, and release, crash or pause; no two holders
+    /// may both write, tokens must grow, and no lease may end early.
+    Lock,
 }
 
 /// What to run.
@@ -63,6 +67,10 @@ pub struct TestOptions {
     /// resume.
     #[serde(skip)]
     pub plant_watch_drop: bool,
+    /// A planted bug, for the lock checker's own test: the nodes end leases this many ms
+    /// before their TTL (`--fault-lease-early-ms`). 0: none.
+    #[serde(skip)]
+    pub plant_lease_early_ms: u64,
 }
 
 impl TestOptions {
@@ -429,6 +437,8 @@ async fn start_cluster(options: &TestOptions) -> Result<Cluster, ClusterError> {
                 .to_string(),
             "--snapshot-threshold-entries".into(),
             options.snapshot_threshold_entries.to_string(),
+            "--fault-lease-early-ms".into(),
+            options.plant_lease_early_ms.to_string(),
         ],
         node_args: Default::default(),
         proxies: true,
@@ -472,116 +482,6 @@ async fn run_faults(
 /// Deadline of each read of the final phase, in milliseconds.
 const FINAL_READ_TIMEOUT_MS: u64 = 10_000;
 
-/// What the final phase reads.
-struct FinalState<'a> {
-    apis: &'a [String],
-    recorder: &'a Recorder,
-    set_tally: &'a Mutex<SetTally>,
-    bank_tally: &'a Mutex<BankTally>,
-    accounts: u64,
-}
-
-/// The final phase, everything healed: read everything back linearizably and judge the run,
-/// with the checker (register) or the workload's invariant (set, bank).
-async fn final_check(
-    options: &TestOptions,
-    state: &FinalState<'_>,
-) -> Result<(Option<CheckResult>, Option<InvariantReport>), ClusterError> {
-    let FinalState {
-        apis,
-        recorder,
-        set_tally,
-        bank_tally,
-        accounts,
-    } = *state;
-    // As patient as the cluster fixture's own requests: the cluster has just healed.
-    let reader = workloads::node_client(
-        &apis[0],
-        Duration::from_millis(FINAL_READ_TIMEOUT_MS),
-        "linearizable",
-    )
-    .map_err(ClusterError::Misuse)?;
-    Ok(match options.workload {
-        Workload::Register => {
-            let keys: std::collections::BTreeSet<String> = recorder
-                .events
-                .lock()
-                .expect("lock")
-                .iter()
-                .map(|e| e.key.clone())
-                .collect();
-            let final_process = 1_000_000;
-            for key in &keys {
-                recorder.record(event(
-                    final_process,
-                    EventType::Invoke,
-                    key,
-                    &Input::Read,
-                    None,
-                ));
-                match run_op(&reader, key, &Input::Read).await {
-                    Ended::Ok(output) => recorder.record(event(
-                        final_process,
-                        EventType::Ok,
-                        key,
-                        &Input::Read,
-                        Some(output),
-                    )),
-                    _ => recorder.record(event(
-                        final_process,
-                        EventType::Fail,
-                        key,
-                        &Input::Read,
-                        None,
-                    )),
-                }
-            }
-            let history = History {
-                events: recorder.events.lock().expect("lock").clone(),
-            };
-            let operations = history.operations().map_err(|e| {
-                ClusterError::Misuse(format!("the recorded history does not pair: {e}"))
-            })?;
-            let check = check(
-                &KeyValue,
-                &operations,
-                CheckOptions {
-                    time_limit: Duration::from_secs(options.check_time_limit_s),
-                    ..CheckOptions::default()
-                },
-            );
-            (Some(check), None)
-        }
-        Workload::Set => {
-            let present = workloads::read_prefix(&reader, "set/", Consistency::Linearizable)
-                .await
-                .map_err(ClusterError::Misuse)?;
-            let tally = set_tally.lock().expect("tally");
-            (None, Some(workloads::judge_set(&tally, &present)))
-        }
-        Workload::Watch => unreachable!("a watch run is judged by finish_watch"),
-        Workload::Bank => {
-            let balances = workloads::read_prefix(&reader, "bank/", Consistency::Linearizable)
-                .await
-                .map_err(ClusterError::Misuse)?;
-            let mut tally = bank_tally.lock().expect("tally");
-            tally.reads += 1;
-            if let Some(problem) = workloads::judge_bank_read(&balances, accounts) {
-                tally.bad_reads.push(format!("final read: {problem}"));
-            }
-            let report = InvariantReport {
-                attempted: tally.transfers_attempted,
-                acknowledged: tally.transfers_ok,
-                unknown: tally.transfers_unknown,
-                bad_reads: tally.bad_reads.clone(),
-                reads: tally.reads,
-                ..InvariantReport::default()
-            };
-            (None, Some(report))
-        }
-    })
-}
-
 /// The end of a watch run: the watchers cover the final index, then are judged; what each
 /// received goes to `watchers.json`.
 async fn finish_watch(
@@ -598,6 +498,19 @@ async fn finish_watch(
     let (report, logs) = run.finish(&reader).await.map_err(ClusterError::Misuse)?;
     let logs = serde_json::to_string(&logs).expect("watcher logs serialize");
     std::fs::write(options.out.join("watchers.json"), logs)?;
+    Ok(report)
+}
+
+/// Judge a lock run, and write every holding to `lock.json`. The early-expiry check is skipped
+/// under the clock nemesis (see `lock`).
+fn finish_lock(
+    options: &TestOptions,
+    tally: &Mutex<crate::lock::LockTally>,
+) -> Result<InvariantReport, ClusterError> {
+    let tally = tally.lock().expect("tally");
+    let report = crate::lock::judge_lock(&tally, options.nemesis != NemesisKind::Clock);
+    let held = serde_json::to_string_pretty(&tally.held).expect("held serializes");
+    std::fs::write(options.out.join("lock.json"), held)?;
     Ok(report)
 }
 
@@ -634,6 +547,7 @@ struct Tallies {
     set: Arc<Mutex<SetTally>>,
     bank: Arc<Mutex<BankTally>>,
     watch_writes: Arc<Mutex<Vec<crate::watch::WriteRecord>>>,
+    lock: Arc<Mutex<crate::lock::LockTally>>,
 }
 
 /// One task per client slot, running the workload of `options`.
@@ -666,6 +580,11 @@ fn spawn_clients(
                 ctx.clone(),
                 tallies.watch_writes.clone(),
             )),
+            Workload::Lock => tokio::spawn(crate::lock::lock_client(
+                slot,
+                ctx.clone(),
+                tallies.lock.clone(),
+            )),
         })
         .collect()
 }
@@ -682,6 +601,28 @@ async fn report_progress(recorder: Recorder, tallies: Tallies, stop: Arc<AtomicB
             recorder.started.elapsed().as_secs_f64()
         );
     }
+}
+
+/// What the run's clients share: one client per node, their pace and their bound (at most
+/// rate × time limit operations in all, plus slack).
+fn client_context(
+    options: &TestOptions,
+    apis: &[String],
+    stop: &Arc<AtomicBool>,
+) -> Result<ClientContext, ClusterError> {
+    let timeout = Duration::from_millis(options.request_timeout_ms);
+    let clients = apis
+        .iter()
+        .map(|api| workloads::node_client(api, timeout, &options.consistency))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ClusterError::Misuse)?;
+    Ok(ClientContext {
+        clients,
+        interval: Duration::from_secs_f64(options.concurrency as f64 / options.rate.max(1) as f64),
+        timeout,
+        stop: stop.clone(),
+        max_ops: options.rate * options.time_limit_s / options.concurrency.max(1) + 10,
+    })
 }
 
 /// Run one test. Errors are harness failures (exit code 3), never verdicts.
@@ -706,30 +647,17 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
         .into_iter()
         .map(|id| cluster.api(id))
         .collect();
-    // Bounded: at most rate × time limit operations in all, plus slack.
-    let max_ops = options.rate * options.time_limit_s / options.concurrency.max(1) + 10;
-    let interval = Duration::from_secs_f64(options.concurrency as f64 / options.rate.max(1) as f64);
-    let timeout = Duration::from_millis(options.request_timeout_ms);
     let accounts = options.keys.max(2);
-    let clients = apis
-        .iter()
-        .map(|api| workloads::node_client(api, timeout, &options.consistency))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(ClusterError::Misuse)?;
-    let set_tally = Arc::new(Mutex::new(SetTally::default()));
-    let bank_tally = Arc::new(Mutex::new(BankTally::default()));
+    let ctx = client_context(&options, &apis, &stop)?;
+    let (set_tally, bank_tally) = (
+        Arc::<Mutex<SetTally>>::default(),
+        Arc::<Mutex<BankTally>>::default(),
+    );
     if options.workload == Workload::Bank {
-        workloads::open_accounts(&clients[0], accounts)
+        workloads::open_accounts(&ctx.clients[0], accounts)
             .await
             .map_err(ClusterError::Misuse)?;
     }
-    let ctx = ClientContext {
-        clients,
-        interval,
-        timeout,
-        stop: stop.clone(),
-        max_ops,
-    };
     let watch_run = match options.workload {
         Workload::Watch => Some(
             crate::watch::WatchRun::start(
@@ -751,7 +679,9 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
             .as_ref()
             .map(|run| run.writes.clone())
             .unwrap_or_default(),
+        lock: Arc::default(),
     };
+    let lock_tally = tallies.lock.clone();
     let clients = spawn_clients(&options, &ctx, &recorder, &tallies, accounts);
     let progress = tokio::spawn(report_progress(recorder.clone(), tallies, stop.clone()));
     let started = recorder.started;
@@ -774,6 +704,9 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
     };
     let (check, invariant) = match watch_run {
         Some(run) => (None, Some(finish_watch(&options, &apis, run).await?)),
+        None if options.workload == Workload::Lock => {
+            (None, Some(finish_lock(&options, &lock_tally)?))
+        }
         None => final_check(&options, &final_state).await?,
     };
     let history = History {
@@ -789,5 +722,8 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
     Ok(outcome)
 }
 
+mod final_phase;
 #[cfg(test)]
 mod tests;
+
+use final_phase::{final_check, FinalState};

@@ -14,6 +14,8 @@
 //! - [`report`]: `report.html`, timelines per key and latency over time, faults shaded.
 //! - [`workloads`]: the `set` and `bank` workloads and their invariants.
 //! - [`watch`]: the `watch` workload (writers, watchers that resume) and its checker.
+//! - [`lock`]: the `lock` workload (holders that write under a fencing token, release, crash
+//!   or pause) and its checker.
 //! - [`parse`]: history formats: our JSON lines, Jepsen/Knossos EDN, the Jepsen console log.
 //!
 //! Why it is shaped this way: `jepsen-lite/DESIGN.md`.
@@ -25,6 +27,7 @@ pub mod edn;
 pub mod edn_out;
 pub mod harness;
 pub mod history;
+pub mod lock;
 pub mod model;
 pub mod nemesis;
 pub mod parse;

@@ -113,6 +113,10 @@ struct TestArgs {
     /// Watchers of the watch workload, spread over the nodes.
     #[arg(long, default_value_t = 4)]
     watchers: usize,
+    /// A planted bug, to see the lock checker catch it: the nodes end leases this many ms
+    /// before their TTL.
+    #[arg(long, default_value_t = 0, hide = true)]
+    plant_lease_early_ms: u64,
 }
 
 #[derive(Args)]
@@ -200,6 +204,7 @@ fn run_test(args: TestArgs) -> ExitCode {
         request_timeout_ms,
         snapshot_threshold_entries,
         watchers,
+        plant_lease_early_ms,
     } = args;
     let seed = seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -225,6 +230,7 @@ fn run_test(args: TestArgs) -> ExitCode {
         snapshot_threshold_entries,
         watchers,
         plant_watch_drop: false,
+        plant_lease_early_ms,
     };
     let reproduce = format!(
         "jepsen-lite test --nodes {nodes} --time-limit {time_limit} --rate {rate} --concurrency {concurrency} --keys {keys} --ops-per-key {ops_per_key} --check-time-limit-s {check_time_limit_s} --workload {} --nemesis {} --consistency {consistency} --seed {seed} --snapshot-threshold-entries {snapshot_threshold_entries} --watchers {watchers} --out {}",

@@ -167,6 +167,10 @@ pub struct Flags {
     /// every fsync of the node's own log appends, as a slow disk would (at most 60000).
     #[arg(long, env = "MIRRORKV_FAULT_LOG_SYNC_DELAY_MS", hide = true)]
     pub fault_log_sync_delay_ms: Option<u64>,
+    /// Fault injection for tests, never for production: the leader ends leases this much
+    /// before their TTL (jepsen-lite's planted bug; at most 60000).
+    #[arg(long, env = "MIRRORKV_FAULT_LEASE_EARLY_MS", hide = true)]
+    pub fault_lease_early_ms: Option<u64>,
 }
 
 /// Log output format.
@@ -267,6 +271,7 @@ impl Flags {
             max_leases: Some(leases.max_leases),
             max_keys_per_lease: Some(leases.max_keys_per_lease),
             fault_log_sync_delay_ms: Some(0),
+            fault_lease_early_ms: Some(0),
             ..Flags::default()
         }
     }
@@ -331,6 +336,7 @@ impl Flags {
             fault_log_sync_delay_ms: self
                 .fault_log_sync_delay_ms
                 .or(file.fault_log_sync_delay_ms),
+            fault_lease_early_ms: self.fault_lease_early_ms.or(file.fault_lease_early_ms),
         }
     }
 
@@ -622,10 +628,15 @@ fn leases_config(flags: &Flags) -> anyhow::Result<mirrorkv_coordinator::leases::
     if !(1..=100_000).contains(&max_keys_per_lease) {
         bail!("max_keys_per_lease must be between 1 and 100000 (keys)");
     }
+    let fault_early_ms = defaulted(flags.fault_lease_early_ms)?;
+    if fault_early_ms > 60_000 {
+        bail!("fault_lease_early_ms must be at most 60000 (ms)");
+    }
     Ok(mirrorkv_coordinator::leases::LeasesConfig {
         min_ttl_s,
         max_leases,
         max_keys_per_lease,
+        fault_early_ms,
         ..defaults
     })
 }

@@ -91,6 +91,12 @@ pub async fn run(
             "fault injection: while leading, every fsync of the log is delayed (tests only)"
         );
     }
+    if config.leases.fault_early_ms > 0 {
+        tracing::warn!(
+            early_ms = config.leases.fault_early_ms,
+            "fault injection: the leader ends leases early (tests only)"
+        );
+    }
     let (log_store, mut state_machine) =
         mirrorkv_storage::open_with(&config.data_dir.join("db"), &store_options(&config)?)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;

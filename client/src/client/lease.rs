@@ -3,9 +3,10 @@
 //!
 //! - [`Lease`]: a granted lease that keeps itself alive in the background until dropped or
 //!   revoked, and says when it is lost.
-//! - [`Lock`]: a key under `_lock/NAME/` attached to a lease and created with
-//!   `If-None-Match: *`; the holder is the key created first, each waiter watches the key just
-//!   ahead of it. The fencing token is the lock key's `mod_index`: strictly increasing per lock.
+//! - [`Lock`]: a key under `_lock/NAME/` attached to a lease and created only if absent (a
+//!   transaction that also reads `_lock/NAME`, so that two joins never share a log index); the
+//!   holder is the key created first, each waiter watches the key just ahead of it. The
+//!   fencing token is the lock key's `mod_index`: strictly increasing per lock.
 //! - [`Election`]: the same queue under `_elect/NAME/`, whose first key's value names the
 //!   leader.
 
@@ -104,8 +105,9 @@ impl Client {
 
     /// Grant a lease of `ttl_s` seconds that keeps itself alive until dropped or revoked.
     pub async fn lease(&self, ttl_s: u64) -> Result<Lease, ClientError> {
+        let asked = tokio::time::Instant::now();
         let id = self.lease_grant(ttl_s).await?;
-        Ok(Lease::keep(self.clone(), id, ttl_s))
+        Ok(Lease::keep(self.clone(), id, ttl_s, asked))
     }
 }
 
@@ -117,23 +119,28 @@ pub struct Lease {
     ttl_s: u64,
     client: Client,
     lost: watch::Receiver<Option<String>>,
+    /// The send time of the last acknowledged grant or keepalive, plus the TTL.
+    alive_until: std::sync::Arc<std::sync::Mutex<tokio::time::Instant>>,
     keeper: JoinHandle<()>,
 }
 
 impl Lease {
-    fn keep(client: Client, id: u64, ttl_s: u64) -> Lease {
+    fn keep(client: Client, id: u64, ttl_s: u64, asked: tokio::time::Instant) -> Lease {
         let (lost_tx, lost) = watch::channel(None);
+        let ttl = Duration::from_secs(ttl_s);
+        let alive_until = std::sync::Arc::new(std::sync::Mutex::new(asked + ttl));
         let keeper = tokio::spawn({
-            let client = client.clone();
+            let (client, alive_until) = (client.clone(), alive_until.clone());
             async move {
-                let ttl = Duration::from_secs(ttl_s);
                 let mut renewed_at = tokio::time::Instant::now();
                 loop {
                     tokio::time::sleep(ttl / 3).await;
                     loop {
+                        let sent = tokio::time::Instant::now();
                         match client.lease_keepalive(id).await {
                             Ok(_) => {
-                                renewed_at = tokio::time::Instant::now();
+                                renewed_at = sent;
+                                *alive_until.lock().unwrap_or_else(|p| p.into_inner()) = sent + ttl;
                                 break;
                             }
                             Err(e) if e.code() == Some("not_found") => {
@@ -157,6 +164,7 @@ impl Lease {
             ttl_s,
             client,
             lost,
+            alive_until,
             keeper,
         }
     }
@@ -167,6 +175,12 @@ impl Lease {
 
     pub fn ttl_s(&self) -> u64 {
         self.ttl_s
+    }
+
+    /// Until when the cluster certainly keeps the lease: the send time of the last
+    /// acknowledged grant or keepalive plus the TTL (the server never ends it earlier).
+    pub fn alive_until(&self) -> tokio::time::Instant {
+        *self.alive_until.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Why the lease is lost, if it is.
@@ -204,7 +218,12 @@ struct Queued {
     create_index: u64,
 }
 
-/// Put `value` at `prefix` + the lease id with `If-None-Match: *`, attached to `lease`.
+/// Create `prefix` + the lease id with `value`, attached to `lease`, if it does not exist:
+/// one transaction that also reads the queue's own name (`prefix` without its `/`), a key
+/// nobody writes. The read makes two joins of one queue conflict, so the leader never puts
+/// them in one log entry and every key of a queue has its own `create_index`: the queue's
+/// order, and the lock's fencing token, are then strict (a plain `If-None-Match: *` put could
+/// share an index with another waiter's).
 async fn join_queue(
     client: &Client,
     prefix: &str,
@@ -212,15 +231,24 @@ async fn join_queue(
     value: &[u8],
 ) -> Result<Queued, ClientError> {
     let key = format!("{prefix}{:020}", lease.id());
-    let options = WriteOptions {
-        if_absent: true,
-        lease: Some(lease.id()),
-        ..WriteOptions::default()
-    };
-    let put = client.put_with(&key, value.to_vec(), &options).await?;
+    let mut put = json!({"key": key, "lease": lease.id()});
+    crate::types::put_value(&mut put, value);
+    let body = json!({
+        "compare": [{"key": key, "exists": false}],
+        "success": [{"put": put}, {"get": {"key": prefix.trim_end_matches('/')}}],
+    });
+    let joined = client
+        .txn_json(body.to_string().into_bytes(), &WriteOptions::default())
+        .await?;
+    if !joined.succeeded {
+        return Err(ClientError::Invalid(format!(
+            "{key} exists already: lease {} is in the queue twice",
+            lease.id()
+        )));
+    }
     Ok(Queued {
         key,
-        create_index: put.index,
+        create_index: joined.index,
     })
 }
 
@@ -247,12 +275,16 @@ async fn wait_first(
                 lease.id()
             )));
         };
+        // By (create_index, key): joins of one queue never share an index (`join_queue`), the
+        // key only breaks a tie a queue written by other means could have.
+        let place = |kv: &KeyValue| (kv.create_index, kv.key.clone());
+        let mine_place = (mine.create_index, mine.key.clone());
         let ahead = queue
             .value
             .items
             .iter()
-            .filter(|kv| kv.create_index < mine.create_index)
-            .max_by_key(|kv| kv.create_index);
+            .filter(|kv| place(kv) < mine_place)
+            .max_by_key(|kv| place(kv));
         let Some(ahead) = ahead else {
             return Ok(me.clone());
         };

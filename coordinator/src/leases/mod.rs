@@ -52,6 +52,9 @@ pub struct LeasesConfig {
     /// Keys attached to one lease (`--max-keys-per-lease`); a put past it is refused. Also
     /// bounds the keys one revoke deletes in its one entry.
     pub max_keys_per_lease: u64,
+    /// Fault injection for tests only (0 in production): deadlines are set this much short of
+    /// the TTL, a lease that ends early, for jepsen-lite's planted bug.
+    pub fault_early_ms: u64,
 }
 
 impl Default for LeasesConfig {
@@ -61,6 +64,7 @@ impl Default for LeasesConfig {
             max_ttl_s: 86_400,
             max_leases: 100_000,
             max_keys_per_lease: 10_000,
+            fault_early_ms: 0,
         }
     }
 }
@@ -87,6 +91,8 @@ pub struct LeaseTimers {
 
 #[derive(Default)]
 struct Timers {
+    /// `LeasesConfig::fault_early_ms` (zero outside tests).
+    early: Duration,
     leases: HashMap<u64, Timer>,
     /// `(deadline, id)` of every lease, earliest first.
     due: BTreeSet<(Instant, u64)>,
@@ -113,7 +119,7 @@ impl Timers {
 
     fn insert(&mut self, id: u64, ttl: Duration, now: Instant) {
         self.remove(id);
-        let deadline = now + ttl;
+        let deadline = now + ttl.saturating_sub(self.early);
         self.leases.insert(
             id,
             Timer {
@@ -138,10 +144,14 @@ pub(crate) const EXPIRY_RETRY_MS: u64 = 1000;
 
 impl LeaseTimers {
     pub fn new(config: LeasesConfig) -> std::sync::Arc<Self> {
+        let timers = Timers {
+            early: Duration::from_millis(config.fault_early_ms),
+            ..Timers::default()
+        };
         std::sync::Arc::new(Self {
             config,
             counters: LeaseCounters::default(),
-            timers: Mutex::default(),
+            timers: Mutex::new(timers),
             changed: Notify::new(),
         })
     }
@@ -185,7 +195,8 @@ impl LeaseTimers {
         if timer.expiring {
             return None;
         }
-        timers.set_deadline(id, now + timer.ttl);
+        let deadline = now + timer.ttl.saturating_sub(timers.early);
+        timers.set_deadline(id, deadline);
         Some(LeaseTime {
             ttl_ms: timer.ttl.as_millis() as u64,
             remaining_ms: timer.ttl.as_millis() as u64,
@@ -241,9 +252,11 @@ impl LeaseListener for LeaseTimers {
     fn reset(&self, leases: Vec<(u64, u64)>) {
         let now = Instant::now();
         let mut timers = self.timers();
-        let led_term = timers.led_term;
-        *timers = Timers::default();
-        timers.led_term = led_term;
+        *timers = Timers {
+            early: timers.early,
+            led_term: timers.led_term,
+            ..Timers::default()
+        };
         for (id, ttl_ms) in leases {
             timers.insert(id, Duration::from_millis(ttl_ms), now);
         }

@@ -144,6 +144,7 @@ fn every_default_is_shown_in_help_and_is_what_resolve_uses() {
         max_leases: Some(config.leases.max_leases),
         max_keys_per_lease: Some(config.leases.max_keys_per_lease),
         fault_log_sync_delay_ms: Some(config.fault_log_sync_delay_ms),
+        fault_lease_early_ms: Some(config.leases.fault_early_ms),
         ..Flags::default()
     };
     // Every default, compared whole (a default added to one side only shows up here).
