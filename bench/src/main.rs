@@ -7,6 +7,7 @@
 //! - `conn`: one client's connection (hyper HTTP/1.1 to mirrorkv, gRPC to etcd), the bulk load.
 //! - `etcd`: the 3-member etcd cluster, started from the `etcd` binary.
 //! - `watch`: the watch cell (one writer, N watchers of its prefix; delay and memory).
+//! - `leases`: the lease cells (keepalives of N leases; a mass expiry under other writes).
 //! - this file: the flags, and the run over every key space, store and round.
 //!
 //! Why: `bench/DESIGN.md`.
@@ -14,6 +15,7 @@
 mod cells;
 mod conn;
 mod etcd;
+mod leases;
 mod watch;
 
 use std::path::PathBuf;
@@ -83,6 +85,11 @@ struct Args {
     watch: Vec<usize>,
     #[arg(long, default_value_t = 100)]
     watch_rate: u64,
+    /// Run the lease cells instead: for each count (`--leases 10000,100000`), that many leases
+    /// kept alive by --clients clients for --duration-s; then one mass expiry (10000 leases of
+    /// 10 keys each running out together while 16 clients put other keys).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    leases: Vec<usize>,
 }
 
 fn main() -> ExitCode {
@@ -104,6 +111,7 @@ fn main() -> ExitCode {
         seed,
         watch,
         watch_rate,
+        leases,
     } = Args::parse();
     let bin = bin.unwrap_or_else(default_mirrorkv_bin);
     let cells: Vec<(BenchWorkload, String, usize)> = if matrix {
@@ -157,7 +165,9 @@ fn main() -> ExitCode {
     let Some(runtime) = runtime("mirrorkv-bench") else {
         return ExitCode::from(3);
     };
-    let result = if watch.is_empty() {
+    let result = if !leases.is_empty() {
+        runtime.block_on(run_lease_bench(&options, &leases, clients))
+    } else if watch.is_empty() {
         runtime.block_on(run_bench(options))
     } else {
         runtime.block_on(run_watch_bench(&options, &watch, watch_rate))
@@ -282,6 +292,54 @@ async fn run_watch_bench(run: &BenchRun, counts: &[usize], rate: u64) -> anyhow:
     watch::print_watch_table(&results);
     if let Some(path) = &run.json {
         let report = serde_json::json!({"machine": machine(), "watch": results});
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
+/// The lease cells: per round, each count of leases on each store in turn, then a mass expiry
+/// on each; a fresh pair of clusters per round, so no round inherits another's leases.
+async fn run_lease_bench(run: &BenchRun, counts: &[usize], clients: usize) -> anyhow::Result<()> {
+    let mut measured = Vec::new();
+    if run.mirrorkv {
+        measured.push(Store::Mirrorkv);
+    }
+    if run.etcd.is_some() {
+        measured.push(Store::Etcd);
+    }
+    let (mut keepalives, mut expiries) = (Vec::new(), Vec::new());
+    for round in 0..u64::from(run.rounds) {
+        for &leases in counts {
+            for &store in &measured {
+                let stores = Stores::start(
+                    run.mirrorkv.then_some(run.bin.as_path()),
+                    run.etcd.as_deref(),
+                    &["--max-leases".to_string(), "1000000".to_string()],
+                )
+                .await?;
+                let result =
+                    leases::keepalive_cell(&stores, store, leases, clients, run.limits.duration)
+                        .await?;
+                eprintln!("{result:?}");
+                keepalives.push(result);
+            }
+        }
+        for &store in &measured {
+            let stores = Stores::start(
+                run.mirrorkv.then_some(run.bin.as_path()),
+                run.etcd.as_deref(),
+                &[],
+            )
+            .await?;
+            let result = leases::expiry_cell(&stores, store, round).await?;
+            eprintln!("{result:?}");
+            expiries.push(result);
+        }
+    }
+    leases::print_lease_tables(&keepalives, &expiries);
+    if let Some(path) = &run.json {
+        let report =
+            serde_json::json!({"machine": machine(), "keepalives": keepalives, "expiry": expiries});
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(())

@@ -94,23 +94,33 @@ fn a_new_leader_gives_every_lease_its_full_ttl_again() {
 
 #[test]
 fn expiry_entries_hold_a_bounded_number_of_leases_and_keys() {
-    // 10 keys each: 1000 leases a group at most, 10 000 keys.
-    let groups = cut_by_keys((0..2500).collect(), |_| 10);
+    // Leases without keys: groups of MAX_LEASES_PER_EXPIRY, the rest in the last.
+    let leases = 2 * MAX_LEASES_PER_EXPIRY + 7;
+    let groups = cut_by_keys((0..leases as u64).collect(), |_| 0);
     assert_eq!(
         groups.iter().map(Vec::len).collect::<Vec<_>>(),
-        vec![MAX_LEASES_PER_EXPIRY, MAX_LEASES_PER_EXPIRY, 500]
+        vec![MAX_LEASES_PER_EXPIRY, MAX_LEASES_PER_EXPIRY, 7]
     );
+    // 10 keys each: as many leases as MAX_KEYS_PER_EXPIRY keys allow.
+    let per_group = (MAX_KEYS_PER_EXPIRY / 10).min(MAX_LEASES_PER_EXPIRY as u64) as usize;
+    let groups = cut_by_keys((0..1000).collect(), |_| 10);
+    assert_eq!(groups.len(), 1000usize.div_ceil(per_group));
+    assert!(groups.iter().all(|g| g.len() <= per_group));
     // A lease of more keys than a group allows goes alone.
+    let quarter = MAX_KEYS_PER_EXPIRY / 4;
     let groups = cut_by_keys(vec![1, 2, 3, 4], |id| {
         if id == 2 {
             MAX_KEYS_PER_EXPIRY + 5
         } else {
-            4000
+            quarter
         }
     });
     assert_eq!(groups, vec![vec![1], vec![2], vec![3, 4]]);
-    for group in cut_by_keys((0..100).collect(), |id| id * 37 % 3000) {
-        let keys: u64 = group.iter().map(|id| id * 37 % 3000).sum();
+    for group in cut_by_keys((0..100).collect(), |id| id * 37 % (MAX_KEYS_PER_EXPIRY * 3)) {
+        let keys: u64 = group
+            .iter()
+            .map(|id| id * 37 % (MAX_KEYS_PER_EXPIRY * 3))
+            .sum();
         assert!(keys <= MAX_KEYS_PER_EXPIRY || group.len() == 1);
     }
     assert!(cut_by_keys(Vec::new(), |_| 1).is_empty());
