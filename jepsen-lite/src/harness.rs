@@ -425,21 +425,25 @@ fn fresh_nodes_dir(out: &Path) -> std::io::Result<PathBuf> {
 /// A fresh cluster for the run: every link through a proxy, the nodes' deadline a little below
 /// the clients' (so a node answers before its client gives up), and small snapshots.
 async fn start_cluster(options: &TestOptions) -> Result<Cluster, ClusterError> {
+    let mut extra_args: Vec<String> = vec![
+        "--request-timeout-ms".into(),
+        options
+            .request_timeout_ms
+            .saturating_sub(200)
+            .max(100)
+            .to_string(),
+        "--snapshot-threshold-entries".into(),
+        options.snapshot_threshold_entries.to_string(),
+    ];
+    // Only when planted, so that a build from before the flag still runs every other test.
+    if options.plant_lease_early_ms > 0 {
+        extra_args.push("--fault-lease-early-ms".into());
+        extra_args.push(options.plant_lease_early_ms.to_string());
+    }
     Cluster::start(ClusterOptions {
         bin: options.bin.clone(),
         nodes: options.nodes,
-        extra_args: vec![
-            "--request-timeout-ms".into(),
-            options
-                .request_timeout_ms
-                .saturating_sub(200)
-                .max(100)
-                .to_string(),
-            "--snapshot-threshold-entries".into(),
-            options.snapshot_threshold_entries.to_string(),
-            "--fault-lease-early-ms".into(),
-            options.plant_lease_early_ms.to_string(),
-        ],
+        extra_args,
         node_args: Default::default(),
         proxies: true,
         dir: Some(fresh_nodes_dir(&options.out)?),

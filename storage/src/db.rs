@@ -102,6 +102,15 @@ pub(crate) fn lease_member_key(id: u64, key: &str) -> Vec<u8> {
     out
 }
 
+/// Just past every key of lease `id` (`lease_member_key`): the next lease's prefix, or past the
+/// whole tag for the last possible id.
+pub(crate) fn lease_members_end(id: u64) -> Vec<u8> {
+    match id.checked_add(1) {
+        Some(next) => lease_member_key(next, ""),
+        None => vec![LEASE_KEY_TAG + 1],
+    }
+}
+
 /// A key's stored value: its encoded record, then its lease id if it has one (0: none).
 pub(crate) fn encode_record(record: &KeyRecord, lease: u64) -> Result<Vec<u8>> {
     let mut bytes = codec::encode(record)?;

@@ -28,8 +28,10 @@ pub struct LeaseInfo {
     pub keys: Vec<String>,
 }
 
-/// Told by the state machine of every lease granted and ended, once the entry that did it is
-/// in RocksDB. The node's lease timers implement it.
+/// Told by the state machine of every lease granted and ended by an entry, as it applies the
+/// entry, just before the entry's write batch (and with it the applied index) reaches RocksDB:
+/// whoever sees the index applied finds the timers already changed. The node's lease timers
+/// implement it.
 pub trait LeaseListener: Send + Sync + 'static {
     /// The live leases are now exactly `leases` (`(id, ttl_ms)`): the store was opened (the
     /// listener was just set), or a snapshot was installed.

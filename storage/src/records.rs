@@ -101,8 +101,11 @@ pub(crate) fn check_stream_record(
             if rest.len() != 8 {
                 return Err("a malformed lease key".into());
             }
-            let _: LeaseRecord =
+            let record: LeaseRecord =
                 codec::decode(value).map_err(|e| format!("an undecodable lease record ({e})"))?;
+            if !(1..=crate::types::MAX_LEASE_TTL_MS).contains(&record.ttl_ms) {
+                return Err(format!("lease {id} with a TTL of {} ms", record.ttl_ms));
+            }
             if id >> 8 > applied_index || id >> 8 == 0 {
                 return Err(format!(
                     "lease {id}, not granted by any entry up to applied index {applied_index}"

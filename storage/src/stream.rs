@@ -473,6 +473,11 @@ mod tests {
         );
     }
 
+    fn lease_record(id: u64, ttl_ms: u64) -> (Vec<u8>, Vec<u8>) {
+        let record = crate::leases::LeaseRecord { ttl_ms, keys: 0 };
+        (db::lease_key(id).to_vec(), codec::encode(&record).unwrap())
+    }
+
     #[test]
     fn records_apply_could_not_have_written_are_refused() {
         type Case = ((Vec<u8>, Vec<u8>), &'static str);
@@ -502,6 +507,31 @@ mod tests {
             (
                 (vec![db::IDEMPOTENCY_TIME_TAG, 1], vec![]),
                 "malformed idempotency expiry",
+            ),
+            // Leases (applied index 5: lease ids up to 5 << 8 | 255).
+            (
+                lease_record(6 << 8, 2000),
+                "not granted by any entry up to applied index 5",
+            ),
+            (lease_record(3 << 8, 0), "a TTL of 0 ms"),
+            (lease_record(3 << 8, u64::MAX), "a TTL of"),
+            ((vec![db::LEASE_TAG, 1, 2], vec![]), "a malformed lease key"),
+            (
+                (db::lease_member_key(3 << 8, "k"), vec![1]),
+                "a malformed lease key entry",
+            ),
+            (
+                (db::data_key("a"), {
+                    let mut bytes = codec::encode(&KeyRecord {
+                        value: vec![],
+                        mod_index: 2,
+                        create_index: 2,
+                    })
+                    .unwrap();
+                    bytes.extend(codec::encode(&(9u64 << 8)).unwrap());
+                    bytes
+                }),
+                "granted past applied index 5",
             ),
         ];
         for ((key, value), expected) in cases {

@@ -107,6 +107,9 @@ pub fn lease_id(index: u64, nth: u64) -> u64 {
     (index << 8) | nth
 }
 
+/// The longest TTL a lease may have (a day), checked wherever a grant enters a node.
+pub const MAX_LEASE_TTL_MS: u64 = 24 * 3600 * 1000;
+
 /// Most leases one entry may grant (the place of a grant in its entry is the low byte of its
 /// id).
 pub const MAX_GRANTS_PER_ENTRY: u64 = 256;
@@ -252,7 +255,15 @@ impl Command {
                 key(k, "key")?;
                 value(v)
             }
-            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => Ok(()),
+            Command::LeaseGrant { ttl_ms, .. } => {
+                if !(1..=MAX_LEASE_TTL_MS).contains(ttl_ms) {
+                    return Err(InvalidCommand::Invalid(format!(
+                        "a lease TTL of {ttl_ms} ms is not between 1 and {MAX_LEASE_TTL_MS}"
+                    )));
+                }
+                Ok(())
+            }
+            Command::LeaseRevoke { .. } => Ok(()),
             Command::LeaseExpire { .. } => Err(InvalidCommand::Invalid(
                 "leases are expired by the leader only".into(),
             )),

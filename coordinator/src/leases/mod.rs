@@ -119,7 +119,7 @@ impl Timers {
 
     fn insert(&mut self, id: u64, ttl: Duration, now: Instant) {
         self.remove(id);
-        let deadline = now + ttl.saturating_sub(self.early);
+        let deadline = later(now, ttl.saturating_sub(self.early));
         self.leases.insert(
             id,
             Timer {
@@ -136,6 +136,14 @@ impl Timers {
             self.due.remove(&(timer.deadline, id));
         }
     }
+}
+
+/// `now + by`, or far in the future if that is past what `Instant` holds. TTLs are checked
+/// where they enter (`Command::validate`, the state stream's validator); this keeps a timer
+/// from ever panicking all the same.
+fn later(now: Instant, by: Duration) -> Instant {
+    now.checked_add(by)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// How long after a proposed expiry the leader proposes it again if the lease still lives
@@ -195,7 +203,7 @@ impl LeaseTimers {
         if timer.expiring {
             return None;
         }
-        let deadline = now + timer.ttl.saturating_sub(timers.early);
+        let deadline = later(now, timer.ttl.saturating_sub(timers.early));
         timers.set_deadline(id, deadline);
         Some(LeaseTime {
             ttl_ms: timer.ttl.as_millis() as u64,
@@ -232,7 +240,7 @@ impl LeaseTimers {
             if let Some(timer) = timers.leases.get_mut(id) {
                 timer.expiring = true;
             }
-            timers.set_deadline(*id, now + Duration::from_millis(EXPIRY_RETRY_MS));
+            timers.set_deadline(*id, later(now, Duration::from_millis(EXPIRY_RETRY_MS)));
         }
         due
     }

@@ -305,7 +305,7 @@ impl<'r, 'a> Overlay<'r, 'a> {
         }
         let prefix = db::lease_member_key(id, "");
         let mut read_options = ReadOptions::default();
-        read_options.set_iterate_upper_bound(db::lease_member_key(id + 1, ""));
+        read_options.set_iterate_upper_bound(db::lease_members_end(id));
         let iter = self.reads.db.iterator_cf_opt(
             db::cf(self.reads.db, CF_SM),
             read_options,
@@ -691,6 +691,17 @@ impl StateMachine {
             changes::stage_prune(&self.db, &mut batch, self.changes_compact, new_compact)?;
         }
         batch.put_cf(cf, KEY_APPLIED, codec::encode(&Some(log_id))?);
+        // Told before the applied index moves, so that a renewal answered once this index is
+        // applied (coordinator `leases_as_leader`) never finds a lease this entry ended. The
+        // entry is committed: a write that fails here stops the node, which then re-applies it.
+        if let Some(listener) = &self.lease_listener {
+            for event in lease_events {
+                match event {
+                    LeaseEvent::Granted { id, ttl_ms } => listener.granted(id, ttl_ms),
+                    LeaseEvent::Ended { id } => listener.ended(&[id]),
+                }
+            }
+        }
         // Data, history and applied index move together; see the module doc for why no fsync
         // here.
         self.db.write(batch)?;
@@ -711,14 +722,6 @@ impl StateMachine {
                 keys.saturating_add_signed(lease_keys_delta),
                 Ordering::Relaxed,
             );
-        }
-        if let Some(listener) = &self.lease_listener {
-            for event in lease_events {
-                match event {
-                    LeaseEvent::Granted { id, ttl_ms } => listener.granted(id, ttl_ms),
-                    LeaseEvent::Ended { id } => listener.ended(&[id]),
-                }
-            }
         }
         self.applied = Some(log_id);
         Ok(response)

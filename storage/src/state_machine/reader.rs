@@ -203,7 +203,7 @@ impl KvReader {
         let prefix = db::lease_member_key(id, "");
         let mut read_options = ReadOptions::default();
         read_options.set_snapshot(&snapshot);
-        read_options.set_iterate_upper_bound(db::lease_member_key(id + 1, ""));
+        read_options.set_iterate_upper_bound(db::lease_members_end(id));
         let iter = self.db.iterator_cf_opt(
             cf,
             read_options,

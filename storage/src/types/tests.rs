@@ -117,3 +117,44 @@ fn deeply_nested_commands_are_refused_not_a_stack_overflow() {
     let encoded = crate::codec::encode(&nested).unwrap();
     assert_eq!(crate::codec::decode::<Command>(&encoded).unwrap(), nested);
 }
+
+/// A grant's TTL is checked where it enters a node (a peer could send any number); an expiry
+/// is the leader's own and never comes from outside.
+#[test]
+fn lease_commands_from_outside_are_checked() {
+    let limits = CommandLimits {
+        max_key_bytes: 16,
+        max_value_bytes: 16,
+        max_txn_ops: 4,
+        max_idempotency_key_bytes: 16,
+    };
+    let grant = |ttl_ms| Command::LeaseGrant {
+        ttl_ms,
+        max_leases: 10,
+    };
+    assert!(grant(2000).validate(&limits).is_ok());
+    assert!(grant(MAX_LEASE_TTL_MS).validate(&limits).is_ok());
+    for ttl_ms in [0, MAX_LEASE_TTL_MS + 1, u64::MAX] {
+        assert!(grant(ttl_ms).validate(&limits).is_err(), "{ttl_ms}");
+    }
+    assert!(Command::LeaseExpire { ids: vec![256] }
+        .validate(&limits)
+        .is_err());
+    let idempotent_expire = Command::Idempotent {
+        key: "k".into(),
+        issued_at_ms: 0,
+        window_ms: 0,
+        command: Box::new(Command::LeaseExpire { ids: vec![256] }),
+    };
+    assert!(idempotent_expire.validate(&limits).is_err());
+    let long_key = Command::PutLeased {
+        key: "k".repeat(17),
+        value: Vec::new(),
+        precondition: Precondition::None,
+        lease: LeaseAttach {
+            id: 256,
+            max_keys: 1,
+        },
+    };
+    assert!(long_key.validate(&limits).is_err());
+}
