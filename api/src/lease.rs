@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use mirrorkv_storage::{Command, CommandResult};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
@@ -44,6 +44,26 @@ fn not_found(id: u64) -> ApiError {
     ))
 }
 
+/// Apply a lease `command` (with the request's `Idempotency-Key`) and answer what `body` makes
+/// of its result; a refusal is its error, any other result a bug.
+async fn write(
+    state: &ApiState,
+    headers: &HeaderMap,
+    command: Command,
+    body: impl FnOnce(u64, CommandResult) -> Result<Value, CommandResult>,
+) -> Result<(Option<u64>, Response), ApiError> {
+    let command = with_idempotency(state, headers, command)?;
+    let deadline = Instant::now() + state.config.request_timeout();
+    let response = state.node.write(command, deadline).await?;
+    match body(response.index, response.result) {
+        Ok(body) => Ok((Some(response.index), Json(body).into_response())),
+        Err(CommandResult::Refused(refusal)) => Err(ApiError::from(&refusal)),
+        Err(other) => Err(ApiError::Internal(format!(
+            "a lease command applied as {other:?}"
+        ))),
+    }
+}
+
 /// `POST /v1/lease {"ttl_s": T}` → `{"id", "ttl_s", "index"}`.
 pub async fn grant(
     State(state): State<Arc<ApiState>>,
@@ -66,19 +86,13 @@ pub async fn grant(
             ttl_ms: ttl_s * 1000,
             max_leases: config.max_leases,
         };
-        let command = with_idempotency(&state, &headers, command)?;
-        let deadline = Instant::now() + state.config.request_timeout();
-        let response = state.node.write(command, deadline).await?;
-        match response.result {
+        write(&state, &headers, command, |index, result| match result {
             CommandResult::LeaseGranted { id, ttl_ms } => {
-                let body = json!({"id": id, "ttl_s": ttl_ms / 1000, "index": response.index});
-                Ok((Some(response.index), Json(body).into_response()))
+                Ok(json!({"id": id, "ttl_s": ttl_ms / 1000, "index": index}))
             }
-            CommandResult::Refused(refusal) => Err(ApiError::from(&refusal)),
-            other => Err(ApiError::Internal(format!(
-                "a lease grant applied as {other:?}"
-            ))),
-        }
+            other => Err(other),
+        })
+        .await
     }
     .await;
     finish(&state, WRITE_LEVEL, result)
@@ -113,19 +127,14 @@ pub async fn revoke(
 ) -> Response {
     let result = async {
         let id = lease_id(path)?;
-        let command = with_idempotency(&state, &headers, Command::LeaseRevoke { id })?;
-        let deadline = Instant::now() + state.config.request_timeout();
-        let response = state.node.write(command, deadline).await?;
-        match response.result {
+        let command = Command::LeaseRevoke { id };
+        write(&state, &headers, command, |index, result| match result {
             CommandResult::LeasesEnded { keys_deleted, .. } => {
-                let body = json!({"index": response.index, "keys_deleted": keys_deleted});
-                Ok((Some(response.index), Json(body).into_response()))
+                Ok(json!({"index": index, "keys_deleted": keys_deleted}))
             }
-            CommandResult::Refused(refusal) => Err(ApiError::from(&refusal)),
-            other => Err(ApiError::Internal(format!(
-                "a lease revoke applied as {other:?}"
-            ))),
-        }
+            other => Err(other),
+        })
+        .await
     }
     .await;
     finish(&state, WRITE_LEVEL, result)

@@ -176,6 +176,15 @@ impl Conn {
     }
 }
 
+/// An etcd client of the one member at `endpoint`, each request bounded by
+/// `REQUEST_TIMEOUT_MS`.
+pub(crate) async fn etcd_connect(endpoint: &str) -> anyhow::Result<etcd_client::Client> {
+    let options = etcd_client::ConnectOptions::new()
+        .with_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+        .with_connect_timeout(Duration::from_secs(5));
+    Ok(etcd_client::Client::connect([endpoint], Some(options)).await?)
+}
+
 pub(crate) async fn connect(store: Store, endpoint: String, level: &str) -> anyhow::Result<Conn> {
     Ok(match store {
         Store::Mirrorkv => Conn::Mirror {
@@ -183,10 +192,7 @@ pub(crate) async fn connect(store: Store, endpoint: String, level: &str) -> anyh
             level: level.to_string(),
         },
         Store::Etcd => {
-            let options = etcd_client::ConnectOptions::new()
-                .with_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
-                .with_connect_timeout(Duration::from_secs(5));
-            let client = etcd_client::Client::connect([endpoint], Some(options)).await?;
+            let client = etcd_connect(&endpoint).await?;
             Conn::Etcd {
                 kv: client.kv_client(),
                 serializable: level == "stale",

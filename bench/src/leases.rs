@@ -64,13 +64,7 @@ impl LeaseConn {
     async fn open(store: Store, endpoint: &str) -> anyhow::Result<LeaseConn> {
         Ok(match store {
             Store::Mirrorkv => LeaseConn::Mirror(Http1::new(endpoint)),
-            Store::Etcd => {
-                let options = etcd_client::ConnectOptions::new()
-                    .with_timeout(Duration::from_secs(10))
-                    .with_connect_timeout(Duration::from_secs(5));
-                let client = etcd_client::Client::connect([endpoint], Some(options)).await?;
-                LeaseConn::Etcd(Box::new(client))
-            }
+            Store::Etcd => LeaseConn::Etcd(Box::new(crate::conn::etcd_connect(endpoint).await?)),
         })
     }
 
