@@ -17,7 +17,7 @@ use crate::read::wait_applied;
 use crate::Coordinator;
 
 /// Most leases asked of the leader in one frame.
-pub const MAX_LEASES_PER_FRAME: usize = 4096;
+pub(crate) const MAX_LEASES_PER_FRAME: usize = 4096;
 /// Between retries, wait at most this long for the leader to change.
 const RETRY_WAIT_MS: u64 = 50;
 

@@ -37,7 +37,6 @@ use mirrorkv_storage::LeaseListener;
 use tokio::sync::Notify;
 
 pub(crate) use expiry::run_expiry;
-pub use keepalive::MAX_LEASES_PER_FRAME;
 pub(crate) use keepalive::{run_keepalives, KeepaliveBatcher};
 
 /// The limits of leases, each with its unit.
