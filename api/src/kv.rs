@@ -252,7 +252,8 @@ fn redirect(
         .leader()
         .and_then(|id| state.node.member(id))
         .ok_or_else(|| ApiError::Unavailable("no leader is known to redirect to".into()))?;
-    let location = format!("http://{}{}", leader.api_addr, uri.0);
+    let scheme = if state.config.https { "https" } else { "http" };
+    let location = format!("{scheme}://{}{}", leader.api_addr, uri.0);
     let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
     response.headers_mut().insert(
         "location",

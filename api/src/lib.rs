@@ -14,6 +14,7 @@
 //! - [`membership`]: the routes that add mirrors, promote and remove members.
 //! - [`ops`]: `POST /v1/snapshot`, the streamed `GET /v1/backup`, `GET /metrics`.
 //! - [`metrics`]: the node's metrics (Prometheus text) and `RequestTimer`, which counts requests.
+//! - [`tls`]: HTTPS (`ApiTls`), reloadable, with a handshake deadline.
 //! - [`limits`]: bounded connections and requests in flight (429 past the limit).
 //! - `front_door` (here): the one middleware, counting every request and shedding load.
 //! - [`error`]: `ApiError`, and the one mapping of errors to HTTP.
@@ -30,6 +31,7 @@ pub mod membership;
 pub mod metrics;
 pub mod ops;
 pub mod state;
+pub mod tls;
 pub mod txn;
 pub mod values;
 pub mod watch;
@@ -42,6 +44,7 @@ use axum::Router;
 
 pub use error::ApiError;
 pub use state::{ApiConfig, ApiState};
+pub use tls::ApiTls;
 
 /// The router of the whole API.
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -180,11 +183,12 @@ async fn read_body(
 }
 
 /// Serve the API on `listener` until `shutdown` resolves; in-flight requests finish first.
-/// HTTP/1.1 with keep-alive; each connection has the deadlines of `limits` (idle, header,
-/// body, write).
+/// HTTP/1.1 with keep-alive, over TLS when `tls` is set; each connection has the deadlines of
+/// `limits` (idle, header, body, write) and, with TLS, of its handshake.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<ApiState>,
+    tls: Option<Arc<ApiTls>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use tower::ServiceExt;
@@ -225,17 +229,36 @@ pub async fn serve(
                 response
             }
         });
-        let connection =
-            graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
-        let closed = closed.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                if e.is_timeout() {
-                    closed.with_label_values(&["header"]).inc();
-                }
-                tracing::debug!(error = %e, "API connection ended");
+        let connection = Connection {
+            http: http.clone(),
+            graceful: graceful.watcher(),
+            closed: closed.clone(),
+        };
+        match &tls {
+            None => {
+                tokio::spawn(connection.serve(stream, service));
             }
-        });
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                let timeout = std::time::Duration::from_millis(tls.handshake_timeout_ms);
+                tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => connection.serve(stream, service).await,
+                        Ok(Err(e)) => {
+                            connection.closed.with_label_values(&["tls"]).inc();
+                            tracing::debug!(error = %e, "API TLS handshake failed");
+                        }
+                        Err(_) => {
+                            connection.closed.with_label_values(&["handshake"]).inc();
+                            tracing::debug!(
+                                timeout_ms = timeout.as_millis() as u64,
+                                "API TLS handshake not finished in time"
+                            );
+                        }
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     // Streams would never finish by themselves: each ends with a line saying where to resume,
@@ -244,4 +267,38 @@ pub async fn serve(
     // Stops keep-alive on every connection and waits for their requests to finish.
     graceful.shutdown().await;
     Ok(())
+}
+
+/// What serving one accepted connection needs.
+struct Connection {
+    http: hyper::server::conn::http1::Builder,
+    graceful: hyper_util::server::graceful::Watcher,
+    /// Connections closed on a deadline, by reason.
+    closed: prometheus::IntCounterVec,
+}
+
+impl Connection {
+    /// Serve HTTP/1.1 on `io` (plain or TLS) until the connection ends.
+    async fn serve<I, S>(self, io: I, service: S)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::Service<
+                hyper::Request<hyper::body::Incoming>,
+                Response = axum::response::Response,
+                Error = std::convert::Infallible,
+            > + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let connection = self.graceful.watch(
+            self.http
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service),
+        );
+        if let Err(e) = connection.await {
+            if e.is_timeout() {
+                self.closed.with_label_values(&["header"]).inc();
+            }
+            tracing::debug!(error = %e, "API connection ended");
+        }
+    }
 }

@@ -220,7 +220,7 @@ impl Default for Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "mirrorkv_api_connections_closed_total",
-                        "API connections closed by this node, by reason: a deadline (idle, header, write_stall) or a new connection needing the slot of the longest-unused one (evicted).",
+                        "API connections closed by this node, by reason: a deadline (idle, header, write_stall, handshake: a TLS handshake not finished in time), a failed TLS handshake (tls), or a new connection needing the slot of the longest-unused one (evicted).",
                     ),
                     &["reason"],
                 ),

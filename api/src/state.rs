@@ -38,6 +38,8 @@ pub struct ApiConfig {
     /// Most bytes of keys and values in one range page (it ends early, with `next`, past them;
     /// a page always holds at least one key).
     pub max_range_page_bytes: usize,
+    /// The cluster's APIs serve HTTPS (`--tls-cert`): redirects name `https://`.
+    pub https: bool,
 }
 
 impl Default for ApiConfig {
@@ -58,6 +60,7 @@ impl Default for ApiConfig {
             default_range_limit: 1000,
             max_range_limit: 10_000,
             max_range_page_bytes: 4 * 1024 * 1024,
+            https: false,
         }
     }
 }

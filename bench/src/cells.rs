@@ -178,6 +178,7 @@ impl Stores {
                     proxies: false,
                     dir: None,
                     clock_rates: BTreeMap::new(),
+                    secure: false,
                     env: Vec::new(),
                 })
                 .await?;

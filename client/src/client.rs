@@ -35,6 +35,65 @@ pub struct ClientOptions {
     /// own answers stay far below the default: a range page is at most 4 MiB by default, a
     /// transaction's answer at most 8 MiB.
     pub max_answer_bytes: usize,
+    /// HTTPS: the CA to trust (and a client certificate, for nodes that ask for one). Endpoints
+    /// given without a scheme are then `https://`.
+    pub tls: Option<ClientTls>,
+}
+
+/// What a client needs for HTTPS. Only `ca_pem` is trusted: no system roots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The CA certificate(s) that signed the nodes' certificates (PEM).
+    pub ca_pem: Vec<u8>,
+    /// A client certificate and its key, both PEM, one after the other (`--tls-client-ca`).
+    pub identity_pem: Option<Vec<u8>>,
+}
+
+impl ClientTls {
+    /// Read the CA file, and the client certificate and key files if given.
+    pub fn from_files(
+        ca: &std::path::Path,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Self, ClientError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| ClientError::Invalid(format!("reading {}: {e}", path.display())))
+        };
+        let identity_pem = match identity {
+            Some((cert, key)) => {
+                let mut pem = read(cert)?;
+                pem.push(b'\n');
+                pem.extend(read(key)?);
+                Some(pem)
+            }
+            None => None,
+        };
+        Ok(Self {
+            ca_pem: read(ca)?,
+            identity_pem,
+        })
+    }
+
+    /// `builder` trusting only the CA and presenting the identity, if any.
+    fn apply(
+        &self,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<reqwest::ClientBuilder, ClientError> {
+        let invalid = |what: &str, e: reqwest::Error| ClientError::Invalid(format!("{what}: {e}"));
+        let mut builder = builder.use_rustls_tls();
+        for ca in reqwest::Certificate::from_pem_bundle(&self.ca_pem)
+            .map_err(|e| invalid("the CA certificate", e))?
+        {
+            builder = builder.add_root_certificate(ca);
+        }
+        if let Some(identity) = &self.identity_pem {
+            builder = builder.identity(
+                reqwest::Identity::from_pem(identity)
+                    .map_err(|e| invalid("the client certificate", e))?,
+            );
+        }
+        Ok(builder)
+    }
 }
 
 impl Default for ClientOptions {
@@ -45,6 +104,7 @@ impl Default for ClientOptions {
             read_your_writes: true,
             idempotent_writes: true,
             max_answer_bytes: 64 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -140,8 +200,8 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
 }
 
 impl Client {
-    /// A client of the nodes at `endpoints` (`HOST:PORT` or `http://HOST:PORT`), with the
-    /// default options.
+    /// A client of the nodes at `endpoints` (`HOST:PORT`, `http://HOST:PORT` or
+    /// `https://HOST:PORT`), with the default options.
     pub fn new<S: Into<String>>(
         endpoints: impl IntoIterator<Item = S>,
     ) -> Result<Self, ClientError> {
@@ -153,6 +213,11 @@ impl Client {
         endpoints: impl IntoIterator<Item = S>,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let endpoints: Vec<String> = endpoints
             .into_iter()
             .map(Into::into)
@@ -162,20 +227,22 @@ impl Client {
                 if e.contains("://") {
                     e
                 } else {
-                    format!("http://{e}")
+                    format!("{scheme}://{e}")
                 }
             })
             .collect();
         if endpoints.is_empty() {
             return Err(ClientError::Invalid("no endpoints".into()));
         }
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
+        let builder = || match &options.tls {
+            Some(tls) => tls.apply(reqwest::Client::builder().tcp_nodelay(true)),
+            None => Ok(reqwest::Client::builder().tcp_nodelay(true)),
+        };
+        let http = builder()?
             .timeout(Duration::from_millis(options.timeout_ms))
             .build()
             .map_err(|e| ClientError::Invalid(format!("building the HTTP client: {e}")))?;
-        let stream_http = reqwest::Client::builder()
-            .tcp_nodelay(true)
+        let stream_http = builder()?
             .connect_timeout(Duration::from_millis(options.timeout_ms))
             .build()
             .map_err(|e| ClientError::Invalid(format!("building the HTTP client: {e}")))?;

@@ -75,7 +75,7 @@ pub mod types;
 
 pub use client::lease::{Election, Lease, LeaseInfo, Lock};
 pub use client::watch::{Event, EventKind, Watch, WatchMessage, WatchOptions, WatchTarget};
-pub use client::{new_idempotency_key, Backup, Client, ClientOptions, MAX_PAGE_KEYS};
+pub use client::{new_idempotency_key, Backup, Client, ClientOptions, ClientTls, MAX_PAGE_KEYS};
 pub use error::ClientError;
 pub use types::{
     ClusterStatus, Compare, Consistency, DeleteResult, KeyValue, Member, PutResult, Range,

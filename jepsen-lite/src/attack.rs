@@ -105,6 +105,7 @@ pub async fn run(options: AttackOptions) -> Result<AttackReport, ClusterError> {
         proxies: false,
         dir: None,
         clock_rates: Default::default(),
+        secure: false,
         env: Vec::new(),
     })
     .await?;

@@ -75,6 +75,52 @@ pub struct ClusterOptions {
     /// Environment variables of every node (settings as `MIRRORKV_*`: a binary that does not
     /// know one ignores it, so a test can run against an older build).
     pub env: Vec<(String, String)>,
+    /// TLS on both ports of every node (`mirrorkv certs init` in `dir/certs`): HTTPS with
+    /// client certificates required, mutual TLS between nodes; the fixture's clients use them.
+    pub secure: bool,
+}
+
+/// Certificates for a secure cluster of `nodes` in `dir/certs` (`mirrorkv certs init`).
+fn make_certs(bin: &Path, dir: &Path, nodes: u64) -> Result<PathBuf, ClusterError> {
+    let certs = dir.join("certs");
+    let output = Command::new(bin)
+        .args([
+            "certs",
+            "init",
+            "--force",
+            "--nodes",
+            &nodes.to_string(),
+            "--dir",
+        ])
+        .arg(&certs)
+        .output()?;
+    if !output.status.success() {
+        return Err(ClusterError::Misuse(format!(
+            "mirrorkv certs init failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(certs)
+}
+
+/// The fixture's HTTP client: HTTPS with the client certificate when `certs` is set.
+fn http_client(certs: Option<&Path>) -> Result<reqwest::Client, ClusterError> {
+    let misuse = |e: &dyn std::fmt::Display| ClusterError::Misuse(e.to_string());
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_millis(FIXTURE_TIMEOUT_MS))
+        .tcp_nodelay(true);
+    if let Some(certs) = certs {
+        let read = |name: &str| std::fs::read(certs.join(name));
+        let mut identity = read("client.pem")?;
+        identity.extend(read("client-key.pem")?);
+        builder = builder
+            .use_rustls_tls()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&read("ca.pem")?).map_err(|e| misuse(&e))?,
+            )
+            .identity(reqwest::Identity::from_pem(&identity).map_err(|e| misuse(&e))?);
+    }
+    builder.build().map_err(|e| misuse(&e))
 }
 
 /// `mirrorkv` next to the running binary (as the build puts it), else on the PATH.
@@ -134,6 +180,8 @@ pub struct Cluster {
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
     pub http: reqwest::Client,
+    /// With `secure`: the folder of the certificates (`ca.pem`, `node<i>.pem`, `client.pem`).
+    pub certs: Option<PathBuf>,
     /// With proxies: the proxy of every directed link (from, to).
     pub links: BTreeMap<(u64, u64), Proxy>,
     /// One client per node for `put` and `get`, made on first use and kept, so their
@@ -226,11 +274,12 @@ impl Cluster {
                 },
             );
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(FIXTURE_TIMEOUT_MS))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| ClusterError::Misuse(e.to_string()))?;
+        let certs = if options.secure {
+            Some(make_certs(&options.bin, &dir, options.nodes)?)
+        } else {
+            None
+        };
+        let http = http_client(certs.as_deref())?;
         let mut links = BTreeMap::new();
         if options.proxies {
             for from in 1..=options.nodes {
@@ -255,6 +304,7 @@ impl Cluster {
             extra_args: options.extra_args.clone(),
             env: options.env.clone(),
             http,
+            certs,
             links,
             clients: std::sync::Mutex::default(),
         };
@@ -276,6 +326,18 @@ impl Cluster {
     ) -> Result<&NodeProc, ClusterError> {
         if self.nodes.contains_key(&id) {
             return Err(ClusterError::Misuse(format!("node {id} exists")));
+        }
+        if let Some(certs) = &self.certs {
+            let output = Command::new(&self.bin)
+                .args(["certs", "node", "--force", "--id", &id.to_string(), "--dir"])
+                .arg(certs)
+                .output()?;
+            if !output.status.success() {
+                return Err(ClusterError::Misuse(format!(
+                    "mirrorkv certs node failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                )));
+            }
         }
         let api = TcpListener::bind("127.0.0.1:0")?;
         let raft = TcpListener::bind("127.0.0.1:0")?;
@@ -304,6 +366,7 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u64) -> Result<(), ClusterError> {
+        let tls_args = self.tls_args(id);
         let node = self
             .nodes
             .get_mut(&id)
@@ -341,6 +404,7 @@ impl Cluster {
             .arg("--raft-addr")
             .arg(&node.raft_addr)
             .args(&node.membership_args)
+            .args(tls_args)
             .args(&self.extra_args)
             .args(&node.own_args)
             .args(peers)
@@ -359,7 +423,44 @@ impl Cluster {
     }
 
     pub fn api(&self, id: u64) -> String {
-        format!("http://{}", self.nodes[&id].api_addr)
+        let scheme = if self.certs.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.nodes[&id].api_addr)
+    }
+
+    /// With `secure`: what a client needs (the CA, the client certificate and key).
+    pub fn client_tls(&self) -> Option<mirrorkv_client::ClientTls> {
+        let certs = self.certs.as_ref()?;
+        mirrorkv_client::ClientTls::from_files(
+            &certs.join("ca.pem"),
+            Some((&certs.join("client.pem"), &certs.join("client-key.pem"))),
+        )
+        .ok()
+    }
+
+    /// With `secure`: node `id`'s TLS flags (its certificate serves both ports).
+    fn tls_args(&self, id: u64) -> Vec<String> {
+        let Some(certs) = &self.certs else {
+            return Vec::new();
+        };
+        let file = |name: String| certs.join(name).display().to_string();
+        vec![
+            "--tls-cert".into(),
+            file(format!("node{id}.pem")),
+            "--tls-key".into(),
+            file(format!("node{id}-key.pem")),
+            "--tls-client-ca".into(),
+            file("ca.pem".into()),
+            "--peer-cert".into(),
+            file(format!("node{id}.pem")),
+            "--peer-key".into(),
+            file(format!("node{id}-key.pem")),
+            "--peer-ca".into(),
+            file("ca.pem".into()),
+        ]
     }
 
     /// Nodes whose process runs (paused ones included).
@@ -589,6 +690,7 @@ impl Cluster {
                 timeout_ms: FIXTURE_TIMEOUT_MS,
                 read_your_writes: false,
                 idempotent_writes: false,
+                tls: self.client_tls(),
                 ..ClientOptions::default()
             },
         )

@@ -448,6 +448,7 @@ async fn start_cluster(options: &TestOptions) -> Result<Cluster, ClusterError> {
         proxies: true,
         dir: Some(fresh_nodes_dir(&options.out)?),
         clock_rates: Default::default(),
+        secure: false,
         env: Vec::new(),
     })
     .await

@@ -12,6 +12,9 @@ use clap::Parser;
 use mirrorkv_storage::{NodeId, NodeInfo};
 use serde::{Deserialize, Serialize};
 
+mod security;
+pub use security::{DEFAULT_API_ADDR, DEFAULT_RAFT_ADDR};
+
 /// Flags of `mirrorkv`. Every field is optional here so the TOML file can fill it in.
 #[derive(Debug, Default, Parser, Deserialize, Serialize)]
 #[command(
@@ -163,6 +166,28 @@ pub struct Flags {
     /// Keys attached to one lease; a put past it is answered 413 (1 to 100000).
     #[arg(long, env = "MIRRORKV_MAX_KEYS_PER_LEASE")]
     pub max_keys_per_lease: Option<u64>,
+    /// Serve the API over HTTPS with this certificate (PEM; the chain, the node's first).
+    #[arg(long, env = "MIRRORKV_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, env = "MIRRORKV_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Also require API clients to present a certificate signed by this CA (PEM).
+    #[arg(long, env = "MIRRORKV_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Mutual TLS between nodes: this node's certificate (PEM), which must name
+    /// `mirrorkv-node-<id>`. Needs `--peer-key` and `--peer-ca`.
+    #[arg(long, env = "MIRRORKV_PEER_CERT")]
+    pub peer_cert: Option<PathBuf>,
+    /// The private key of `--peer-cert` (PEM).
+    #[arg(long, env = "MIRRORKV_PEER_KEY")]
+    pub peer_key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers' certificates must be signed by it.
+    #[arg(long, env = "MIRRORKV_PEER_CA")]
+    pub peer_ca: Option<PathBuf>,
+    /// A TLS handshake (either port) not finished within this closes the connection.
+    #[arg(long, env = "MIRRORKV_TLS_HANDSHAKE_TIMEOUT_MS")]
+    pub tls_handshake_timeout_ms: Option<u64>,
     /// Fault injection for tests, never for production: while leading, wait this long before
     /// every fsync of the node's own log appends, as a slow disk would (at most 60000).
     #[arg(long, env = "MIRRORKV_FAULT_LOG_SYNC_DELAY_MS", hide = true)]
@@ -214,6 +239,8 @@ pub struct NodeConfig {
     pub leases: mirrorkv_coordinator::leases::LeasesConfig,
     /// Fault injection for tests (`StoreOptions::fault_log_sync_delay_ms`); 0 in production.
     pub fault_log_sync_delay_ms: u64,
+    /// TLS on either port (`security.rs`).
+    pub tls: crate::tls::TlsSettings,
 }
 
 /// The settings that say how a node finds its cluster.
@@ -225,7 +252,7 @@ struct Membership {
 
 impl Flags {
     /// Every default, the one place they are written. Settings without one are required
-    /// (`id`, `data_dir`, the addresses), optional (`initial_cluster`, `join`, `peers`) or
+    /// (`id`, `data_dir`), optional (`initial_cluster`, `join`, `peers`, the TLS files) or
     /// derived from another (`lease_margin_ms`).
     pub fn defaults() -> Flags {
         let api = mirrorkv_api::ApiConfig::default();
@@ -272,6 +299,9 @@ impl Flags {
             max_keys_per_lease: Some(leases.max_keys_per_lease),
             fault_log_sync_delay_ms: Some(0),
             fault_lease_early_ms: Some(0),
+            api_addr: Some(DEFAULT_API_ADDR.into()),
+            raft_addr: Some(DEFAULT_RAFT_ADDR.into()),
+            tls_handshake_timeout_ms: Some(net.handshake_timeout_ms),
             ..Flags::default()
         }
     }
@@ -337,6 +367,15 @@ impl Flags {
                 .fault_log_sync_delay_ms
                 .or(file.fault_log_sync_delay_ms),
             fault_lease_early_ms: self.fault_lease_early_ms.or(file.fault_lease_early_ms),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            tls_client_ca: self.tls_client_ca.or(file.tls_client_ca),
+            peer_cert: self.peer_cert.or(file.peer_cert),
+            peer_key: self.peer_key.or(file.peer_key),
+            peer_ca: self.peer_ca.or(file.peer_ca),
+            tls_handshake_timeout_ms: self
+                .tls_handshake_timeout_ms
+                .or(file.tls_handshake_timeout_ms),
         }
     }
 
@@ -438,6 +477,7 @@ impl Flags {
             max_frame_bytes: defaulted(self.max_frame_bytes)?,
             frame_read_timeout_ms: defaulted(self.raft_frame_timeout_ms)?,
             idle_timeout_ms: defaulted(self.raft_idle_timeout_ms)?,
+            handshake_timeout_ms: defaulted(self.tls_handshake_timeout_ms)?,
             ..mirrorkv_raft_net::NetConfig::default()
         };
         check_timeouts_ms(&[
@@ -494,14 +534,15 @@ impl Flags {
             peer_overrides,
         } = flags.membership(id)?;
         let data_dir = flags.data_dir.clone().context("--data-dir is required")?;
-        let api_addr = flags.api_addr.clone().context("--api-addr is required")?;
-        let raft_addr = flags.raft_addr.clone().context("--raft-addr is required")?;
+        let api_addr = defaulted(flags.api_addr.clone())?;
+        let raft_addr = defaulted(flags.raft_addr.clone())?;
         let log_format = match flags.log_format.as_deref() {
             Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             other => bail!("--log-format must be text or json, got {other:?}"),
         };
-        let api = flags.api_config()?;
+        let mut api = flags.api_config()?;
+        api.https = flags.tls_cert.is_some();
         let net = flags.net_config(&api)?;
         let heartbeat_interval_ms = defaulted(flags.heartbeat_interval_ms)?;
         let election_timeout_min_ms = defaulted(flags.election_timeout_min_ms)?;
@@ -533,6 +574,7 @@ impl Flags {
         let (storage_memory_mib, key_index_mib, watch_history_entries) = store_settings(&flags)?;
         let watch = watch_config(&flags)?;
         let leases = leases_config(&flags)?;
+        let tls = security::tls_settings(&flags)?;
         let fault_log_sync_delay_ms = defaulted(flags.fault_log_sync_delay_ms)?;
         if fault_log_sync_delay_ms > 60_000 {
             bail!("fault_log_sync_delay_ms must be at most 60000 (ms)");
@@ -562,6 +604,7 @@ impl Flags {
             watch,
             leases,
             fault_log_sync_delay_ms,
+            tls,
         })
     }
 }

@@ -40,6 +40,25 @@ pub struct CtlArgs {
     /// Deadline of each HTTP request.
     #[arg(long, global = true, default_value_t = 30_000)]
     pub timeout_ms: u64,
+    /// Speak HTTPS, trusting only this CA (PEM); endpoints without a scheme become https://.
+    #[arg(long, global = true, env = "MIRRORKV_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM), for nodes started with --tls-client-ca; needs --key.
+    #[arg(
+        long = "cert",
+        global = true,
+        env = "MIRRORKV_CERT",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(
+        long = "key",
+        global = true,
+        env = "MIRRORKV_KEY",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -172,9 +191,18 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(str::parse::<Consistency>)
         .transpose()?;
+    let tls = match &args.ca {
+        Some(ca) => Some(mirrorkv_client::ClientTls::from_files(
+            ca,
+            args.client_cert.as_deref().zip(args.client_key.as_deref()),
+        )?),
+        None if args.client_cert.is_some() => anyhow::bail!("--cert needs --ca"),
+        None => None,
+    };
     let options = ClientOptions {
         timeout_ms: args.timeout_ms,
         consistency,
+        tls,
         ..ClientOptions::default()
     };
     let client = Client::with_options(args.endpoints, options)?;

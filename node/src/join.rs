@@ -39,7 +39,8 @@ struct ErrorDetail {
 /// Retries unreachable members and retryable errors until `join_timeout_ms`; an error that
 /// retrying cannot fix (e.g. the id is taken by another address) ends start-up.
 pub(crate) async fn ask_to_join(config: &NodeConfig, me: &NodeInfo) -> anyhow::Result<String> {
-    let client = reqwest::Client::builder()
+    let (client, scheme) = crate::tls::join_client(&config.tls)?;
+    let client = client
         .tcp_nodelay(true)
         .timeout(Duration::from_millis(
             config.api.request_timeout_ms * 4 + 1000,
@@ -53,7 +54,7 @@ pub(crate) async fn ask_to_join(config: &NodeConfig, me: &NodeInfo) -> anyhow::R
     let mut last_error = String::from("no attempt made");
     loop {
         for addr in &config.join {
-            let url = format!("http://{addr}/v1/cluster/members");
+            let url = format!("{scheme}://{addr}/v1/cluster/members");
             match client.post(&url).json(&body).send().await {
                 Ok(response) if response.status().is_success() => {
                     let joined: Joined = response

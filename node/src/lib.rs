@@ -6,6 +6,8 @@
 //! - `join`: a fresh node's request to be added to an existing cluster (`--join`).
 //! - `events`: structured log lines for every leadership and membership change.
 //! - [`restore`]: `mirrorkv restore`, a new data dir from a backup.
+//! - [`tls`]: the TLS files loaded into rustls configurations, reloaded on SIGHUP.
+//! - [`certs`]: `mirrorkv certs`, a CA and certificates for a dev or test cluster.
 //! - [`ctl`]: `mirrorkv ctl`, the command-line client.
 //! - [`open_files`]: the open-files limit, raised at start for `max_connections`.
 //! - this file: [`run`], the whole node as one function of (config, listeners, shutdown), so a
@@ -13,12 +15,14 @@
 //!
 //! Why: `node/DESIGN.md`.
 
+pub mod certs;
 pub mod config;
 pub mod ctl;
 mod events;
 mod join;
 pub mod open_files;
 pub mod restore;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,7 +33,7 @@ use mirrorkv_coordinator::leases::LeaseTimers;
 use mirrorkv_coordinator::peer::PeerService;
 use mirrorkv_coordinator::watch::WatchHub;
 use mirrorkv_coordinator::{Coordinator, Parts};
-use mirrorkv_raft_net::{LeaderContact, NetworkFactory, PeerPool};
+use mirrorkv_raft_net::{LeaderContact, NetworkFactory, PeerPool, Serving};
 use mirrorkv_storage::{NodeInfo, Raft};
 use openraft::error::{InitializeError, RaftError};
 use openraft::SnapshotPolicy;
@@ -85,18 +89,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
-    if config.fault_log_sync_delay_ms > 0 {
-        tracing::warn!(
-            delay_ms = config.fault_log_sync_delay_ms,
-            "fault injection: while leading, every fsync of the log is delayed (tests only)"
-        );
-    }
-    if config.leases.fault_early_ms > 0 {
-        tracing::warn!(
-            early_ms = config.leases.fault_early_ms,
-            "fault injection: the leader ends leases early (tests only)"
-        );
-    }
+    let tls = Arc::new(tls::LiveTls::load(config.id, &config.tls)?);
+    warn_at_start(&config, &listeners, &tls);
     let (log_store, mut state_machine) =
         mirrorkv_storage::open_with(&config.data_dir.join("db"), &store_options(&config)?)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
@@ -117,9 +111,10 @@ pub async fn run(
     let fresh = reader.applied_index()? == 0 && log_store_is_empty(&log_store).await?;
     let cluster_id = cluster_id_of(&config, fresh, &advertised).await?;
 
-    let pool = Arc::new(PeerPool::new(
+    let pool = Arc::new(PeerPool::with_tls(
         config.net.clone(),
         config.peer_overrides.clone(),
+        tls.peer.clone(),
     ));
     let raft = Raft::new(
         config.id,
@@ -155,22 +150,64 @@ pub async fn run(
     let votes_from = hold_votes_after_restart(&node, restarted, &config, &stop_rx);
     let net_server = tokio::spawn(mirrorkv_raft_net::server::serve(
         listeners.raft,
-        raft.clone(),
-        Arc::new(PeerService { node: node.clone() }),
-        contact,
-        config.net.clone(),
-        votes_from,
+        Serving {
+            raft: raft.clone(),
+            app: Arc::new(PeerService { node: node.clone() }),
+            contact,
+            config: config.net.clone(),
+            votes_from,
+            tls: tls.peer.clone(),
+        },
         stopped(stop_rx.clone()),
     ));
-    tracing::info!(node = config.id, %api_addr, %raft_addr, "mirrorkv node serving");
+    tracing::info!(
+        node = config.id,
+        %api_addr,
+        %raft_addr,
+        api_tls = tls.api.is_some(),
+        peer_tls = tls.peer.is_some(),
+        "mirrorkv node serving"
+    );
     let api_server = tokio::spawn(mirrorkv_api::serve(
         listeners.api,
         ApiState::new(node.clone(), config.api.clone()),
-        stopped(stop_rx),
+        tls.api.clone(),
+        stopped(stop_rx.clone()),
     ));
+    tls.clone().reload_on_sighup(stopped(stop_rx))?;
 
     shutdown.await;
     stop_node(&node, stop_tx, api_server, net_server).await
+}
+
+/// What an operator must know at start: fault injection is on (tests only), or a port listens
+/// beyond loopback without TLS (anyone who can reach it can then read and write everything,
+/// on the API, or speak Raft, on the raft port).
+fn warn_at_start(config: &NodeConfig, listeners: &Listeners, tls: &tls::LiveTls) {
+    if config.fault_log_sync_delay_ms > 0 {
+        tracing::warn!(
+            delay_ms = config.fault_log_sync_delay_ms,
+            "fault injection: while leading, every fsync of the log is delayed (tests only)"
+        );
+    }
+    if config.leases.fault_early_ms > 0 {
+        tracing::warn!(
+            early_ms = config.leases.fault_early_ms,
+            "fault injection: the leader ends leases early (tests only)"
+        );
+    }
+
+    let exposed = |listener: &TcpListener| {
+        listener
+            .local_addr()
+            .is_ok_and(|addr| !addr.ip().is_loopback())
+    };
+    if exposed(&listeners.api) && tls.api.is_none() {
+        tracing::warn!(node = config.id, api_addr = %config.api_addr, "the API listens beyond loopback without TLS: anyone who reaches it reads and writes in clear; see README \"Running securely\" (--tls-cert, --tls-key)");
+    }
+    if exposed(&listeners.raft) && tls.peer.is_none() {
+        tracing::warn!(node = config.id, raft_addr = %config.raft_addr, "raft-net listens beyond loopback without TLS: anyone who reaches it can speak Raft to this node; see README \"Running securely\" (--peer-cert, --peer-key, --peer-ca)");
+    }
 }
 
 /// Stop serving, in the order that leaves no client with an unknown outcome it could have been

@@ -1,5 +1,6 @@
 //! `mirrorkv`: run a node (the default), or `mirrorkv ctl ...` (the command-line client), or
-//! `mirrorkv restore ...` (a new data dir from a backup). One binary, so the client and the
+//! `mirrorkv restore ...` (a new data dir from a backup), or `mirrorkv certs ...` (certificates
+//! for a dev or test cluster). One binary, so the client and the
 //! restore tool always match the server's version.
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -33,6 +34,8 @@ enum Command {
     Ctl(CtlArgs),
     /// Build a new data dir from a backup file.
     Restore(RestoreArgs),
+    /// Certificates for a dev or test cluster: `certs init`, `certs node`.
+    Certs(mirrorkv_node::certs::CertsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +48,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Some(Command::Ctl(args)) => run_ctl(args),
         Some(Command::Restore(args)) => mirrorkv_node::restore::run(args),
+        Some(Command::Certs(args)) => mirrorkv_node::certs::run(args),
         None => run_node(cli.node),
     };
     match result {

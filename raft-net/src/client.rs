@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mirrorkv_storage::{codec, NodeId, NodeInfo};
-use tokio::io::{BufReader, BufWriter};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NetError;
 use crate::frame;
 use crate::message::{RpcRequest, RpcResponse};
-use crate::server::GOING_AWAY_REQUEST_ID;
+use crate::server::{ReadHalf, WriteHalf, GOING_AWAY_REQUEST_ID};
+use crate::tls::{node_name, PeerTls};
 use crate::NetConfig;
 
 /// The callers waiting for an answer on one connection. Once the connection's reader has
@@ -52,15 +53,24 @@ struct DialState {
 pub struct PeerClient {
     addr: String,
     config: NetConfig,
+    /// With peer TLS: the node this address must be (its certificate must name it) and this
+    /// node's TLS.
+    tls: Option<(NodeId, Arc<PeerTls>)>,
     next_request_id: AtomicU64,
     state: tokio::sync::Mutex<DialState>,
 }
 
 impl PeerClient {
+    #[cfg(test)]
     fn new(addr: String, config: NetConfig) -> Self {
+        Self::new_to(addr, config, None)
+    }
+
+    fn new_to(addr: String, config: NetConfig, tls: Option<(NodeId, Arc<PeerTls>)>) -> Self {
         Self {
             addr,
             config,
+            tls,
             next_request_id: AtomicU64::new(1),
             state: tokio::sync::Mutex::new(DialState::default()),
         }
@@ -164,12 +174,11 @@ impl PeerClient {
         let dial = tokio::time::timeout(
             Duration::from_millis(self.config.connect_timeout_ms),
             async {
-                let mut stream = TcpStream::connect(&self.addr).await?;
-                stream.set_nodelay(true)?;
+                let (mut read_half, write_half) = self.open().await?;
                 // Requests go only on a connection the server has accepted: it greets first.
                 // A connection that is never accepted (the server is stopping) thus never
                 // carries a request, so its loss is harmless.
-                match frame::read(&mut stream, max_frame_bytes, frame_read_timeout_ms).await? {
+                match frame::read(&mut read_half, max_frame_bytes, frame_read_timeout_ms).await? {
                     Some(hello)
                         if hello.request_id == GOING_AWAY_REQUEST_ID
                             && matches!(
@@ -177,15 +186,18 @@ impl PeerClient {
                                 Ok(RpcResponse::Hello)
                             ) =>
                     {
-                        Ok(stream)
+                        Ok((read_half, write_half))
                     }
+                    _ if self.tls.is_some() => Err(NetError::Refused(
+                        "the peer did not greet after the TLS handshake (its log says why)".into(),
+                    )),
                     _ => Err(NetError::Malformed("the peer did not greet".into())),
                 }
             },
         )
         .await;
-        let stream = match dial {
-            Ok(Ok(stream)) => stream,
+        let halves = match dial {
+            Ok(Ok(halves)) => halves,
             Ok(Err(e)) => return Err(self.dial_failed(&mut state, e)),
             Err(_) => {
                 let e = std::io::Error::new(
@@ -199,7 +211,7 @@ impl PeerClient {
             }
         };
         let connection = Arc::new(spawn_connection(
-            stream,
+            halves,
             self.addr.clone(),
             self.config.clone(),
         ));
@@ -207,6 +219,34 @@ impl PeerClient {
         state.consecutive_failures = 0;
         state.next_attempt = None;
         Ok(connection)
+    }
+
+    /// A new connection's halves: plain TCP, or TLS to the node this address must be, which
+    /// is then told which node this one is (`tls.rs`).
+    async fn open(&self) -> Result<(ReadHalf, WriteHalf), NetError> {
+        let stream = TcpStream::connect(&self.addr).await?;
+        stream.set_nodelay(true)?;
+        let Some((target, tls)) = &self.tls else {
+            let (read_half, write_half) = stream.into_split();
+            return Ok((Box::new(read_half), Box::new(write_half)));
+        };
+        let name = rustls::pki_types::ServerName::try_from(node_name(*target))
+            .map_err(|e| NetError::Refused(format!("no TLS name for node {target}: {e}")))?;
+        let mut stream = tls.connector().connect(name, stream).await.map_err(|e| {
+            NetError::Refused(format!("TLS handshake with node {target} failed: {e}"))
+        })?;
+        let identify = codec::encode(&RpcRequest::Identify {
+            node_id: tls.node_id,
+        })?;
+        let identify = frame::encode(
+            GOING_AWAY_REQUEST_ID,
+            &identify,
+            self.config.max_frame_bytes,
+        )?;
+        stream.write_all(&identify).await?;
+        stream.flush().await?;
+        let (read_half, write_half) = tokio::io::split(stream);
+        Ok((Box::new(read_half), Box::new(write_half)))
     }
 
     fn dial_failed(&self, state: &mut DialState, error: NetError) -> NetError {
@@ -238,8 +278,11 @@ impl Drop for Unregister<'_> {
     }
 }
 
-fn spawn_connection(stream: TcpStream, addr: String, config: NetConfig) -> Connection {
-    let (read_half, write_half) = stream.into_split();
+fn spawn_connection(
+    (read_half, write_half): (ReadHalf, WriteHalf),
+    addr: String,
+    config: NetConfig,
+) -> Connection {
     let mut read_half = BufReader::with_capacity(frame::IO_BUFFER_BYTES, read_half);
     let mut write_half = BufWriter::with_capacity(frame::IO_BUFFER_BYTES, write_half);
     let (outbox, mut inbox) = mpsc::channel::<Vec<u8>>(config.max_in_flight);
@@ -330,7 +373,9 @@ pub struct SentCounters {
 pub struct PeerPool {
     config: NetConfig,
     overrides: HashMap<NodeId, String>,
-    clients: Mutex<HashMap<String, Arc<PeerClient>>>,
+    /// With peer TLS, a client is for one node at one address; without, for one address.
+    clients: Mutex<HashMap<(NodeId, String), Arc<PeerClient>>>,
+    tls: Option<Arc<PeerTls>>,
     /// What the node's Raft sent through this pool.
     pub sent: SentCounters,
 }
@@ -338,10 +383,20 @@ pub struct PeerPool {
 impl PeerPool {
     /// `overrides` maps a node id to the address to dial instead of its advertised raft address.
     pub fn new(config: NetConfig, overrides: HashMap<NodeId, String>) -> Self {
+        Self::with_tls(config, overrides, None)
+    }
+
+    /// As `new`, dialing with peer TLS when `tls` is set.
+    pub fn with_tls(
+        config: NetConfig,
+        overrides: HashMap<NodeId, String>,
+        tls: Option<Arc<PeerTls>>,
+    ) -> Self {
         Self {
             config,
             overrides,
             clients: Mutex::default(),
+            tls,
             sent: SentCounters::default(),
         }
     }
@@ -354,9 +409,13 @@ impl PeerPool {
             .cloned()
             .unwrap_or_else(|| node.raft_addr.clone());
         let mut clients = self.clients.lock().expect("clients lock");
+        let key = (if self.tls.is_some() { id } else { 0 }, addr);
         clients
-            .entry(addr.clone())
-            .or_insert_with(|| Arc::new(PeerClient::new(addr, self.config.clone())))
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let tls = self.tls.clone().map(|tls| (id, tls));
+                Arc::new(PeerClient::new_to(key.1, self.config.clone(), tls))
+            })
             .clone()
     }
 

@@ -31,6 +31,10 @@ pub enum NetError {
     Overloaded { addr: String, max_in_flight: usize },
     #[error("peer could not serve the request: {0}")]
     Remote(String),
+    /// Peer TLS refused the connection (either end): a failed handshake, a certificate that
+    /// does not name the node, a message sent in another node's name. Says why.
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 impl NetError {
@@ -71,6 +75,7 @@ impl NetError {
                 max_in_flight: *max_in_flight,
             },
             NetError::Remote(message) => NetError::Remote(message.clone()),
+            NetError::Refused(message) => NetError::Refused(message.clone()),
         }
     }
 
@@ -85,6 +90,7 @@ impl NetError {
                 | NetError::Overloaded { .. }
                 | NetError::FrameTooLarge { .. }
                 | NetError::Codec(_)
+                | NetError::Refused(_)
         )
     }
 }

@@ -8,6 +8,7 @@
 //! - [`message`]: `RpcRequest` / `RpcResponse`, the messages carried.
 //! - [`client`]: `PeerPool` / `PeerClient`: reused multiplexed connections, backoff, deadlines.
 //! - [`server`]: accepts peer connections and serves requests against the local Raft node.
+//! - [`tls`]: mutual TLS between nodes: the certificate names the node (`mirrorkv-node-<id>`).
 //! - [`network`]: openraft's `RaftNetworkFactory` on top of the pool.
 //! - [`error`]: `NetError`, the error of this layer.
 //!
@@ -20,6 +21,7 @@ pub mod frame;
 pub mod message;
 pub mod network;
 pub mod server;
+pub mod tls;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -32,7 +34,8 @@ pub use message::{
     RpcRequest, RpcResponse,
 };
 pub use network::NetworkFactory;
-pub use server::AppHandler;
+pub use server::{AppHandler, Serving};
+pub use tls::{PeerTls, PeerTlsConfigs};
 
 use mirrorkv_storage::{Command, NodeId, Response};
 
@@ -57,6 +60,9 @@ pub struct NetConfig {
     /// An inbound connection that sends no frame for this long is said goodbye to and closed
     /// (its client dials again when it next needs to); a leader's heartbeats keep its own busy.
     pub idle_timeout_ms: u64,
+    /// With peer TLS: the handshake and the dialer's identification must be done within this
+    /// (both ends), so a peer that never finishes one cannot hold a connection.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for NetConfig {
@@ -71,6 +77,7 @@ impl Default for NetConfig {
             serve_timeout_ms: 10_000,
             frame_read_timeout_ms: 30_000,
             idle_timeout_ms: 60_000,
+            handshake_timeout_ms: 5_000,
         }
     }
 }

@@ -31,6 +31,24 @@ pub enum RpcRequest {
         ids: Vec<u64>,
         renew: bool,
     },
+    /// With peer TLS, the dialer's first frame: the node it is. The server greets only if
+    /// the dialer's certificate names that node (`tls.rs`); never sent without TLS.
+    Identify {
+        node_id: NodeId,
+    },
+}
+
+impl RpcRequest {
+    /// The node in whose name a Raft message is sent (a vote's candidate, an append's or a
+    /// snapshot's leader); `None` for the others, which any member may send.
+    pub fn sender(&self) -> Option<NodeId> {
+        match self {
+            RpcRequest::AppendEntries(request) => request.vote.leader_id().voted_for(),
+            RpcRequest::Vote(request) => request.vote.leader_id().voted_for(),
+            RpcRequest::InstallSnapshot(request) => request.vote.leader_id().voted_for(),
+            _ => None,
+        }
+    }
 }
 
 /// The leader's answer to [`RpcRequest::Leases`].

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mirrorkv_storage::NodeId;
 use mirrorkv_storage::{codec, Command, Raft, Response};
 use openraft::raft::AppendEntriesResponse;
-use tokio::io::{BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -16,7 +17,12 @@ use crate::frame;
 use crate::message::{
     ForwardError, LeaseTimes, MembershipChange, NodeStatus, ReadIndexKind, RpcRequest, RpcResponse,
 };
+use crate::tls::{certificate_names_node, node_name, PeerTls};
 use crate::{LeaderContact, NetConfig};
+
+/// The two halves of a connection, plain or TLS.
+pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// The application side of raft-net: serves the requests that are not Raft's own.
 pub trait AppHandler: Send + Sync + 'static {
@@ -46,18 +52,39 @@ pub trait AppHandler: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<LeaseTimes, ForwardError>> + Send;
 }
 
-/// Serve raft-net on `listener` until `shutdown` resolves. Vote requests that arrive before
-/// `votes_from` are refused unread (a restarted node's first leader lease, node/DESIGN.md);
-/// everything else is served at once.
+/// What the server serves with besides its listener.
+pub struct Serving<H> {
+    pub raft: Raft,
+    pub app: Arc<H>,
+    pub contact: Arc<LeaderContact>,
+    pub config: NetConfig,
+    /// Vote requests that arrive before this are refused unread (a restarted node's first
+    /// leader lease, node/DESIGN.md); everything else is served at once.
+    pub votes_from: Instant,
+    /// Peer TLS: `None` serves plain TCP.
+    pub tls: Option<Arc<PeerTls>>,
+}
+
+impl<H> Clone for Serving<H> {
+    fn clone(&self) -> Self {
+        Self {
+            raft: self.raft.clone(),
+            app: self.app.clone(),
+            contact: self.contact.clone(),
+            config: self.config.clone(),
+            votes_from: self.votes_from,
+            tls: self.tls.clone(),
+        }
+    }
+}
+
+/// Serve raft-net on `listener` until `shutdown` resolves.
 pub async fn serve<H: AppHandler>(
     listener: TcpListener,
-    raft: Raft,
-    app: Arc<H>,
-    contact: Arc<LeaderContact>,
-    config: NetConfig,
-    votes_from: Instant,
+    serving: Serving<H>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let config = serving.config.clone();
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -79,18 +106,21 @@ pub async fn serve<H: AppHandler>(
             tracing::warn!(%peer, max_connections = config.max_connections, "refusing raft-net connection: limit reached");
             continue;
         };
-        let raft = raft.clone();
-        let app = app.clone();
-        let contact = contact.clone();
-        let config = config.clone();
+        let serving = serving.clone();
         let stop_rx = stop_rx.clone();
         // Finished connections leave the set as new ones come, so it stays bounded.
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
-            if let Err(e) =
-                serve_connection(stream, raft, app, contact, config, votes_from, stop_rx).await
-            {
-                tracing::warn!(%peer, error = %e, "closed raft-net connection");
+            let result = match open(stream, serving.tls.as_deref(), &serving.config).await {
+                Ok((halves, peer_id)) => serve_connection(halves, peer_id, serving, stop_rx).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(NetError::Refused(why)) => {
+                    tracing::warn!(%peer, reason = %why, "refused a raft-net peer");
+                }
+                Err(e) => tracing::warn!(%peer, error = %e, "closed raft-net connection"),
+                Ok(()) => {}
             }
             drop(permit);
         });
@@ -183,17 +213,78 @@ async fn say_goodbye(in_flight: &Semaphore, answers: &mpsc::Sender<Vec<u8>>, con
     }
 }
 
-async fn serve_connection<H: AppHandler>(
+/// The connection's halves, and with TLS the node the peer proved to be: its certificate (from
+/// the cluster CA, rustls checked) names the node its first frame says it is. Both steps within
+/// `handshake_timeout_ms`.
+async fn open(
     stream: TcpStream,
-    raft: Raft,
-    app: Arc<H>,
-    contact: Arc<LeaderContact>,
-    config: NetConfig,
-    votes_from: Instant,
+    tls: Option<&PeerTls>,
+    config: &NetConfig,
+) -> Result<((ReadHalf, WriteHalf), Option<NodeId>), NetError> {
+    stream.set_nodelay(true)?;
+    let Some(tls) = tls else {
+        let (read_half, write_half) = stream.into_split();
+        return Ok(((Box::new(read_half), Box::new(write_half)), None));
+    };
+    let timeout_ms = config.handshake_timeout_ms;
+    let handshake = async {
+        let mut stream = tls
+            .acceptor()
+            .accept(stream)
+            .await
+            .map_err(|e| NetError::Refused(format!("TLS handshake failed: {e}")))?;
+        let first = frame::read(&mut stream, config.max_frame_bytes, timeout_ms)
+            .await
+            .map_err(|e| NetError::Refused(format!("no identification frame: {e}")))?;
+        let claimed = match first.map(|f| codec::decode::<RpcRequest>(&f.payload)) {
+            Some(Ok(RpcRequest::Identify { node_id })) => node_id,
+            _ => {
+                return Err(NetError::Refused(
+                    "the first frame after the TLS handshake is not an identification".into(),
+                ))
+            }
+        };
+        let names_it = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .is_some_and(|certificate| certificate_names_node(certificate, claimed));
+        if !names_it {
+            return Err(NetError::Refused(format!(
+                "the peer says it is node {claimed} but its certificate does not name {}",
+                node_name(claimed)
+            )));
+        }
+        Ok((stream, claimed))
+    };
+    let (stream, peer_id) = tokio::time::timeout(Duration::from_millis(timeout_ms), handshake)
+        .await
+        .map_err(|_| {
+            NetError::Refused(format!(
+                "TLS handshake not finished within handshake_timeout_ms={timeout_ms}"
+            ))
+        })??;
+    let (read_half, write_half) = tokio::io::split(stream);
+    Ok(((Box::new(read_half), Box::new(write_half)), Some(peer_id)))
+}
+
+/// Serve one connection; `peer_id` is the node a TLS peer proved to be (`open`): a Raft
+/// message in another node's name ends the connection.
+async fn serve_connection<H: AppHandler>(
+    (read_half, write_half): (ReadHalf, WriteHalf),
+    peer_id: Option<NodeId>,
+    serving: Serving<H>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), NetError> {
-    stream.set_nodelay(true)?;
-    let (read_half, write_half) = stream.into_split();
+    let Serving {
+        raft,
+        app,
+        contact,
+        config,
+        votes_from,
+        tls: _,
+    } = serving;
     let mut read_half = BufReader::with_capacity(frame::IO_BUFFER_BYTES, read_half);
     let mut write_half = BufWriter::with_capacity(frame::IO_BUFFER_BYTES, write_half);
     let (answers_tx, mut answers_rx) = mpsc::channel::<Vec<u8>>(config.max_in_flight);
@@ -240,9 +331,21 @@ async fn serve_connection<H: AppHandler>(
             Err(e) => break Err(e),
         };
         let request: RpcRequest = match codec::decode(&frame.payload) {
+            Ok(RpcRequest::Identify { .. }) => {
+                break Err(NetError::Malformed(
+                    "an identification is only the first frame of a TLS connection".into(),
+                ))
+            }
             Ok(request) => request,
             Err(e) => break Err(NetError::Malformed(format!("undecodable request: {e}"))),
         };
+        if let (Some(peer_id), Some(sender)) = (peer_id, request.sender()) {
+            if sender != peer_id {
+                break Err(NetError::Refused(format!(
+                    "node {peer_id} sent a Raft message in the name of node {sender}"
+                )));
+            }
+        }
         let permit = in_flight
             .clone()
             .acquire_owned()
@@ -343,5 +446,7 @@ async fn handle<H: AppHandler>(
         RpcRequest::Membership(change) => RpcResponse::Membership(app.membership(change).await),
         RpcRequest::Status => RpcResponse::Status(app.status()),
         RpcRequest::Leases { ids, renew } => RpcResponse::Leases(app.leases(ids, renew).await),
+        // Refused before it gets here (`serve_connection`).
+        RpcRequest::Identify { .. } => RpcResponse::Failed("unexpected identification".into()),
     }
 }

@@ -103,7 +103,10 @@ fn every_default_is_shown_in_help_and_is_what_resolve_uses() {
     }
     assert!(shown >= 25, "only {shown} defaults shown");
     // What help shows is what a node gets when nothing else sets it.
-    let config = Flags::default().or(file_with("")).resolve().unwrap();
+    let config = toml::from_str::<Flags>("id = 1\ndata_dir = \"/d\"")
+        .unwrap()
+        .resolve()
+        .unwrap();
     let d = Flags::defaults();
     let (api, coordinator, net) = (&config.api, &config.coordinator, &config.net);
     let resolved = Flags {
@@ -145,8 +148,12 @@ fn every_default_is_shown_in_help_and_is_what_resolve_uses() {
         max_keys_per_lease: Some(config.leases.max_keys_per_lease),
         fault_log_sync_delay_ms: Some(config.fault_log_sync_delay_ms),
         fault_lease_early_ms: Some(config.leases.fault_early_ms),
+        api_addr: Some(config.api_addr.clone()),
+        raft_addr: Some(config.raft_addr.clone()),
+        tls_handshake_timeout_ms: Some(config.tls.handshake_timeout_ms),
         ..Flags::default()
     };
+    assert_eq!(net.handshake_timeout_ms, config.tls.handshake_timeout_ms);
     // Every default, compared whole (a default added to one side only shows up here).
     assert_eq!(
         serde_json::to_value(&resolved).unwrap(),
@@ -175,4 +182,60 @@ fn cluster_id_is_stable_and_depends_on_members() {
     let c = parse_initial_cluster("1=a/b").unwrap();
     assert_eq!(cluster_id(&a), cluster_id(&b));
     assert_ne!(cluster_id(&a), cluster_id(&c));
+}
+
+#[test]
+fn nodes_listen_on_loopback_unless_told() {
+    let config = toml::from_str::<Flags>("id = 1\ndata_dir = \"/d\"")
+        .unwrap()
+        .resolve()
+        .unwrap();
+    for addr in [&config.api_addr, &config.raft_addr] {
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        assert!(addr.ip().is_loopback(), "{addr} is not loopback");
+    }
+    assert_eq!(
+        config.tls,
+        crate::tls::TlsSettings {
+            handshake_timeout_ms: 5000,
+            ..Default::default()
+        }
+    );
+}
+
+#[test]
+fn tls_files_come_in_whole_sets() {
+    let resolve = |extra: &str| {
+        Flags::default()
+            .or(file_with(extra))
+            .resolve()
+            .map(|config| config.tls)
+            .map_err(|e| e.to_string())
+    };
+    let error = resolve("tls_cert = \"c.pem\"").unwrap_err();
+    assert!(
+        error.contains("--tls-cert and --tls-key go together"),
+        "{error}"
+    );
+    let error = resolve("tls_client_ca = \"ca.pem\"").unwrap_err();
+    assert!(
+        error.contains("--tls-client-ca needs --tls-cert"),
+        "{error}"
+    );
+    let error = resolve("peer_cert = \"c.pem\"\npeer_key = \"k.pem\"").unwrap_err();
+    assert!(
+        error.contains("all of --peer-cert, --peer-key and --peer-ca"),
+        "{error}"
+    );
+    let error = resolve("tls_handshake_timeout_ms = 0").unwrap_err();
+    assert!(
+        error.contains("tls_handshake_timeout_ms must be between"),
+        "{error}"
+    );
+    let tls = resolve(
+        "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\npeer_cert = \"c.pem\"\npeer_key = \"k.pem\"\npeer_ca = \"ca.pem\"",
+    )
+    .unwrap();
+    assert!(tls.api.is_some_and(|api| api.client_ca.is_none()));
+    assert_eq!(tls.peer.map(|peer| peer.ca), Some("ca.pem".into()));
 }

@@ -52,6 +52,37 @@ pub async fn wait_applied(cluster: &Cluster, id: u64, index: u64) {
     .await
 }
 
+/// The options of a cluster of this build's binary. `MIRRORKV_TEST_BIN` runs another
+/// `mirrorkv` binary than this build's, e.g. an older one to see a test fail on it.
+fn options(
+    n: u64,
+    extra_args: &[&str],
+    node_args: &[(u64, &[&str])],
+    proxies: bool,
+    env: &[(&str, &str)],
+) -> ClusterOptions {
+    let bin = std::env::var_os("MIRRORKV_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mirrorkv")));
+    ClusterOptions {
+        bin,
+        nodes: n,
+        extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        node_args: node_args
+            .iter()
+            .map(|(id, args)| (*id, args.iter().map(|s| s.to_string()).collect()))
+            .collect(),
+        proxies,
+        dir: None,
+        clock_rates: Default::default(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        secure: false,
+    }
+}
+
 impl Cluster {
     async fn start_inner(
         n: u64,
@@ -72,24 +103,16 @@ impl Cluster {
         proxies: bool,
         env: &[(&str, &str)],
     ) -> Cluster {
-        let bin = std::env::var_os("MIRRORKV_TEST_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mirrorkv")));
+        let options = options(n, extra_args, node_args, proxies, env);
+        Cluster(ok(jepsen_lite::cluster::Cluster::start(options).await))
+    }
+
+    /// Start `n` nodes with TLS on both ports (the fixture's `secure`: certificates from
+    /// `mirrorkv certs init` in the cluster's folder, client certificates required).
+    pub async fn start_secure(n: u64, extra_args: &[&str], proxies: bool) -> Cluster {
         let options = ClusterOptions {
-            bin,
-            nodes: n,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            node_args: node_args
-                .iter()
-                .map(|(id, args)| (*id, args.iter().map(|s| s.to_string()).collect()))
-                .collect(),
-            proxies,
-            dir: None,
-            clock_rates: Default::default(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            secure: true,
+            ..options(n, extra_args, &[], proxies, &[])
         };
         Cluster(ok(jepsen_lite::cluster::Cluster::start(options).await))
     }
