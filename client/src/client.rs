@@ -75,7 +75,7 @@ impl ClientTls {
     }
 
     /// `builder` trusting only the CA and presenting the identity, if any.
-    fn apply(
+    pub fn configure(
         &self,
         builder: reqwest::ClientBuilder,
     ) -> Result<reqwest::ClientBuilder, ClientError> {
@@ -235,7 +235,7 @@ impl Client {
             return Err(ClientError::Invalid("no endpoints".into()));
         }
         let builder = || match &options.tls {
-            Some(tls) => tls.apply(reqwest::Client::builder().tcp_nodelay(true)),
+            Some(tls) => tls.configure(reqwest::Client::builder().tcp_nodelay(true)),
             None => Ok(reqwest::Client::builder().tcp_nodelay(true)),
         };
         let http = builder()?

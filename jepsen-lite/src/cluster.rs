@@ -110,15 +110,12 @@ fn http_client(certs: Option<&Path>) -> Result<reqwest::Client, ClusterError> {
         .timeout(Duration::from_millis(FIXTURE_TIMEOUT_MS))
         .tcp_nodelay(true);
     if let Some(certs) = certs {
-        let read = |name: &str| std::fs::read(certs.join(name));
-        let mut identity = read("client.pem")?;
-        identity.extend(read("client-key.pem")?);
-        builder = builder
-            .use_rustls_tls()
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(&read("ca.pem")?).map_err(|e| misuse(&e))?,
-            )
-            .identity(reqwest::Identity::from_pem(&identity).map_err(|e| misuse(&e))?);
+        let tls = mirrorkv_client::ClientTls::from_files(
+            &certs.join("ca.pem"),
+            Some((&certs.join("client.pem"), &certs.join("client-key.pem"))),
+        )
+        .map_err(|e| misuse(&e))?;
+        builder = tls.configure(builder).map_err(|e| misuse(&e))?;
     }
     builder.build().map_err(|e| misuse(&e))
 }

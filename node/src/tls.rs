@@ -227,17 +227,6 @@ pub fn join_client(
     let Some(peer) = &settings.peer else {
         bail!("joining over HTTPS needs --peer-ca (and --peer-cert, --peer-key) to verify the cluster's API certificates");
     };
-    let read =
-        |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
-    let ca = reqwest::Certificate::from_pem(&read(&peer.ca)?).context("the cluster CA")?;
-    let mut identity = read(&peer.cert)?;
-    identity.extend(read(&peer.key)?);
-    let identity = reqwest::Identity::from_pem(&identity).context("the peer certificate")?;
-    Ok((
-        builder
-            .use_rustls_tls()
-            .add_root_certificate(ca)
-            .identity(identity),
-        "https",
-    ))
+    let tls = mirrorkv_client::ClientTls::from_files(&peer.ca, Some((&peer.cert, &peer.key)))?;
+    Ok((tls.configure(builder)?, "https"))
 }

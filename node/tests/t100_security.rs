@@ -372,16 +372,10 @@ async fn t102_raft_net_refuses_every_peer_that_does_not_prove_its_node_id() {
 
 /// The DER of the certificate node `id` serves on its API now (a new connection).
 async fn served_certificate(cluster: &Cluster, id: u64) -> Vec<u8> {
-    let ca = std::fs::read(certs(cluster).join("ca.pem")).unwrap();
-    let dir = certs(cluster);
-    let mut identity = std::fs::read(dir.join("client.pem")).unwrap();
-    identity.extend(std::fs::read(dir.join("client-key.pem")).unwrap());
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_info(true)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .identity(reqwest::Identity::from_pem(&identity).unwrap())
-        .timeout(DEADLINE)
+    let tls = cluster.client_tls().expect("a secure cluster");
+    let client = tls
+        .configure(reqwest::Client::builder().tls_info(true).timeout(DEADLINE))
+        .unwrap()
         .build()
         .unwrap();
     let response = client
