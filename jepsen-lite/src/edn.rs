@@ -168,15 +168,18 @@ impl Reader<'_> {
             match b {
                 b'"' => return Ok(Edn::Str(out)),
                 b'\\' => {
-                    let Some(&e) = self.bytes.get(self.pos) else {
+                    // The escaped character whole: one byte of a multi-byte character would
+                    // leave the reader inside it (a panic at the next slice, found by
+                    // tests/t30_parse_fuzz.rs).
+                    let Some(escaped) = self.text[self.pos..].chars().next() else {
                         return self.error("unterminated string");
                     };
-                    self.pos += 1;
-                    out.push(match e {
-                        b'n' => '\n',
-                        b't' => '\t',
-                        b'r' => '\r',
-                        other => other as char,
+                    self.pos += escaped.len_utf8();
+                    out.push(match escaped {
+                        'n' => '\n',
+                        't' => '\t',
+                        'r' => '\r',
+                        other => other,
                     });
                 }
                 _ => {
@@ -323,6 +326,15 @@ mod tests {
         assert!(parse_all("{:a 1").is_err());
         assert!(parse_all("{:a}").is_err());
         assert!(parse_all(&"[".repeat(10_000)).is_err());
+    }
+
+    /// A backslash before a multi-byte character escapes the whole character (it panicked,
+    /// slicing inside the character; found by tests/t30_parse_fuzz.rs).
+    #[test]
+    fn an_escaped_multi_byte_character_is_read_whole() {
+        assert_eq!(parse_all("\"\\é\"").unwrap(), vec![Edn::Str("é".into())]);
+        assert_eq!(parse_all("\"a\\€b\"").unwrap(), vec![Edn::Str("a€b".into())]);
+        assert!(parse_all("\"\\").is_err());
     }
 
     #[test]

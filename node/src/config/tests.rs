@@ -239,3 +239,51 @@ fn tls_files_come_in_whole_sets() {
     assert!(tls.api.is_some_and(|api| api.client_ca.is_none()));
     assert_eq!(tls.peer.map(|peer| peer.ca), Some("ca.pem".into()));
 }
+
+/// Any value for any setting, from a file (flags and environment variables take the same
+/// path): the configuration resolves or says what is wrong, never panics (no overflow in the
+/// checks that combine settings). Seeded: the seed is printed, `PROPTEST_RNG_SEED=<seed>`
+/// replays a run.
+#[test]
+fn any_value_of_any_setting_resolves_or_is_refused() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed, TestRunner};
+    let names: Vec<String> = match serde_json::to_value(Flags::defaults()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => panic!("defaults serialize to a map"),
+    };
+    let seed = std::env::var("PROPTEST_RNG_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| u64::from(std::process::id()).rotate_left(17) ^ 0xc0f1);
+    println!("config fuzz seed: {seed} (replay with PROPTEST_RNG_SEED={seed})");
+    let value = prop_oneof![
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        (0u64..100_000).prop_map(|n| n.to_string()),
+        Just("0".to_string()),
+        any::<bool>().prop_map(|b| b.to_string()),
+        "[a-z0-9:=/,\\.]{0,20}".prop_map(|s| format!("{s:?}")),
+    ];
+    let settings = proptest::collection::vec((proptest::sample::select(names), value), 0..12);
+    let config = Config {
+        cases: 3000,
+        rng_seed: RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..Config::default()
+    };
+    TestRunner::new(config)
+        .run(&settings, |settings| {
+            let text: String = settings
+                .iter()
+                .map(|(name, value)| format!("{name} = {value}\n"))
+                .collect();
+            // A key twice is a TOML error; anything else is the configuration's to judge.
+            if let Ok(file) = toml::from_str::<Flags>(&format!("id = 1\ndata_dir = \"/d\"\n{text}"))
+            {
+                let _ = file.resolve();
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+}
