@@ -7,7 +7,10 @@
 # purpose, so that row is expected to be caught (it is reported, and does not fail the suite).
 #
 #   scripts/chaos.sh [SECONDS] [--nodes N] [--seed S] [--rate OPS_PER_S] [--concurrency N]
-#                    [--check-time-limit-s S]
+#                    [--check-time-limit-s S] [--secure]
+#
+# --secure runs every node with TLS on both ports (client certificates required) and every
+# client with its certificate (jepsen-lite test --secure).
 #
 # Nodes snapshot every 200 entries (jepsen-lite's default), so nodes that were killed or cut off
 # catch up through snapshot installs under the faults too; the table counts them.
@@ -22,6 +25,7 @@ seed=$(date +%s)
 rate=100
 concurrency=5
 check_time_limit_s=120
+secure=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes=$2; shift 2 ;;
@@ -29,7 +33,8 @@ while [ $# -gt 0 ]; do
     --rate) rate=$2; shift 2 ;;
     --concurrency) concurrency=$2; shift 2 ;;
     --check-time-limit-s) check_time_limit_s=$2; shift 2 ;;
-    *) echo "usage: scripts/chaos.sh [SECONDS] [--nodes N] [--seed S] [--rate OPS_PER_S] [--concurrency N] [--check-time-limit-s S]" >&2; exit 2 ;;
+    --secure) secure=(--secure); shift ;;
+    *) echo "usage: scripts/chaos.sh [SECONDS] [--nodes N] [--seed S] [--rate OPS_PER_S] [--concurrency N] [--check-time-limit-s S] [--secure]" >&2; exit 2 ;;
   esac
 done
 "$repo/scripts/deps.sh"
@@ -55,7 +60,7 @@ run() {
   local dir=$out/$name code=0
   "$bin/jepsen-lite" test --nodes "$nodes" --time-limit "$seconds" \
     --rate "$rate" --concurrency "$concurrency" --check-time-limit-s "$check_time_limit_s" --workload "$workload" \
-    --nemesis "$nemesis" --consistency "$level" --seed "$seed" --out "$dir" > "$dir.log" 2>&1 || code=$?
+    --nemesis "$nemesis" --consistency "$level" --seed "$seed" ${secure[@]+"${secure[@]}"} --out "$dir" > "$dir.log" 2>&1 || code=$?
   if [ "$nemesis-$level" = clock-lease ]; then
     # Expected to be caught (see the header); only a harness failure fails the suite.
     if [ "$code" -eq 3 ]; then failed=1; fi
@@ -99,6 +104,6 @@ for line in open(os.path.join(out, "runs.txt")):
     else:
         print(f"{workload:<9} {nemesis:<10} {level:<13} {verdict:<24} (no results: see {name}.log)")
 PY
-echo "seed $seed, $nodes nodes, ${seconds} s a run, --rate $rate --concurrency $concurrency, commit $commit, $(( $(date +%s) - started )) s in all"
+echo "seed $seed, $nodes nodes, ${seconds} s a run, --rate $rate --concurrency $concurrency${secure[@]+ ${secure[*]}}, commit $commit, $(( $(date +%s) - started )) s in all"
 echo "histories, logs and reproduce commands under $out"
 exit $failed

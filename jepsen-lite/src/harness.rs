@@ -67,6 +67,9 @@ pub struct TestOptions {
     /// resume.
     #[serde(skip)]
     pub plant_watch_drop: bool,
+    /// TLS on both ports of every node and client certificates required; the run's clients
+    /// use them (the cluster fixture's `secure`).
+    pub secure: bool,
     /// A planted bug, for the lock checker's own test: the nodes end leases this many ms
     /// before their TTL (`--fault-lease-early-ms`). 0: none.
     #[serde(skip)]
@@ -448,7 +451,7 @@ async fn start_cluster(options: &TestOptions) -> Result<Cluster, ClusterError> {
         proxies: true,
         dir: Some(fresh_nodes_dir(&options.out)?),
         clock_rates: Default::default(),
-        secure: false,
+        secure: options.secure,
         env: Vec::new(),
     })
     .await
@@ -492,12 +495,14 @@ const FINAL_READ_TIMEOUT_MS: u64 = 10_000;
 async fn finish_watch(
     options: &TestOptions,
     apis: &[String],
+    tls: Option<&mirrorkv_client::ClientTls>,
     run: crate::watch::WatchRun,
 ) -> Result<InvariantReport, ClusterError> {
     let reader = workloads::node_client(
         &apis[0],
         Duration::from_millis(FINAL_READ_TIMEOUT_MS),
         "linearizable",
+        tls,
     )
     .map_err(ClusterError::Misuse)?;
     let (report, logs) = run.finish(&reader).await.map_err(ClusterError::Misuse)?;
@@ -613,12 +618,13 @@ async fn report_progress(recorder: Recorder, tallies: Tallies, stop: Arc<AtomicB
 fn client_context(
     options: &TestOptions,
     apis: &[String],
+    tls: Option<&mirrorkv_client::ClientTls>,
     stop: &Arc<AtomicBool>,
 ) -> Result<ClientContext, ClusterError> {
     let timeout = Duration::from_millis(options.request_timeout_ms);
     let clients = apis
         .iter()
-        .map(|api| workloads::node_client(api, timeout, &options.consistency))
+        .map(|api| workloads::node_client(api, timeout, &options.consistency, tls))
         .collect::<Result<Vec<_>, _>>()
         .map_err(ClusterError::Misuse)?;
     Ok(ClientContext {
@@ -653,7 +659,8 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
         .map(|id| cluster.api(id))
         .collect();
     let accounts = options.keys.max(2);
-    let ctx = client_context(&options, &apis, &stop)?;
+    let tls = cluster.client_tls();
+    let ctx = client_context(&options, &apis, tls.as_ref(), &stop)?;
     let (set_tally, bank_tally) = (
         Arc::<Mutex<SetTally>>::default(),
         Arc::<Mutex<BankTally>>::default(),
@@ -671,6 +678,7 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
                 options.watchers,
                 options.seed,
                 options.plant_watch_drop,
+                tls.as_ref(),
             )
             .await
             .map_err(ClusterError::Misuse)?,
@@ -706,9 +714,13 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
         set_tally: &set_tally,
         bank_tally: &bank_tally,
         accounts,
+        tls: tls.as_ref(),
     };
     let (check, invariant) = match watch_run {
-        Some(run) => (None, Some(finish_watch(&options, &apis, run).await?)),
+        Some(run) => (
+            None,
+            Some(finish_watch(&options, &apis, tls.as_ref(), run).await?),
+        ),
         None if options.workload == Workload::Lock => {
             (None, Some(finish_lock(&options, &lock_tally)?))
         }

@@ -117,6 +117,10 @@ struct TestArgs {
     /// before their TTL.
     #[arg(long, default_value_t = 0, hide = true)]
     plant_lease_early_ms: u64,
+    /// TLS on both ports of every node (certificates from `mirrorkv certs init`), client
+    /// certificates required; the run's clients use them.
+    #[arg(long)]
+    secure: bool,
 }
 
 #[derive(Args)]
@@ -205,6 +209,7 @@ fn run_test(args: TestArgs) -> ExitCode {
         snapshot_threshold_entries,
         watchers,
         plant_lease_early_ms,
+        secure,
     } = args;
     let seed = seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -231,11 +236,13 @@ fn run_test(args: TestArgs) -> ExitCode {
         watchers,
         plant_watch_drop: false,
         plant_lease_early_ms,
+        secure,
     };
     let reproduce = format!(
-        "jepsen-lite test --nodes {nodes} --time-limit {time_limit} --rate {rate} --concurrency {concurrency} --keys {keys} --ops-per-key {ops_per_key} --check-time-limit-s {check_time_limit_s} --workload {} --nemesis {} --consistency {consistency} --seed {seed} --snapshot-threshold-entries {snapshot_threshold_entries} --watchers {watchers} --out {}",
+        "jepsen-lite test --nodes {nodes} --time-limit {time_limit} --rate {rate} --concurrency {concurrency} --keys {keys} --ops-per-key {ops_per_key} --check-time-limit-s {check_time_limit_s} --workload {} --nemesis {} --consistency {consistency} --seed {seed} --snapshot-threshold-entries {snapshot_threshold_entries} --watchers {watchers}{} --out {}",
         workload.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()),
         nemesis.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()),
+        if secure { " --secure" } else { "" },
         out.display()
     );
     let Some(runtime) = runtime("jepsen-lite") else {

@@ -121,6 +121,8 @@ pub struct WatcherConfig {
     pub final_index: Arc<Mutex<Option<(u64, Instant)>>>,
     /// A planted bug, for the checker's own test: drop the first event after each resume.
     pub drop_after_resume: bool,
+    /// HTTPS, for a secure cluster.
+    pub tls: Option<mirrorkv_client::ClientTls>,
 }
 
 /// What a watcher knows of its position: every index up to `whole` was received whole; the
@@ -162,11 +164,13 @@ impl Position {
 
 /// Run one watcher until it covered the final index (or the final deadline passed).
 pub async fn watcher(config: WatcherConfig) -> WatcherLog {
-    let http = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .expect("http client");
+        .connect_timeout(Duration::from_secs(2));
+    if let Some(tls) = &config.tls {
+        builder = tls.configure(builder).expect("the cluster's TLS files");
+    }
+    let http = builder.build().expect("http client");
     let mut log = WatcherLog {
         id: config.id,
         sessions: Vec::new(),
@@ -506,6 +510,7 @@ pub fn spawn_watchers(
     seed: u64,
     drop_after_resume: bool,
     final_index: &Arc<Mutex<Option<(u64, Instant)>>>,
+    tls: Option<&mirrorkv_client::ClientTls>,
 ) -> Vec<tokio::task::JoinHandle<WatcherLog>> {
     (0..count)
         .map(|id| {
@@ -516,6 +521,7 @@ pub fn spawn_watchers(
                 seed: seed.wrapping_add(id as u64 * 0x9e37_79b9),
                 final_index: final_index.clone(),
                 drop_after_resume,
+                tls: tls.cloned(),
             }))
         })
         .collect()
@@ -539,6 +545,7 @@ impl WatchRun {
         count: usize,
         seed: u64,
         drop_after_resume: bool,
+        tls: Option<&mirrorkv_client::ClientTls>,
     ) -> Result<WatchRun, String> {
         let now = reader
             .get(PREFIX)
@@ -546,7 +553,15 @@ impl WatchRun {
             .map_err(|e| format!("reading the start index: {e}"))?
             .index;
         let final_index = Arc::new(Mutex::new(None));
-        let watchers = spawn_watchers(apis, count, now + 1, seed, drop_after_resume, &final_index);
+        let watchers = spawn_watchers(
+            apis,
+            count,
+            now + 1,
+            seed,
+            drop_after_resume,
+            &final_index,
+            tls,
+        );
         Ok(WatchRun {
             writes: Arc::default(),
             final_index,

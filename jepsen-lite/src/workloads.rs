@@ -22,7 +22,12 @@ use serde::Serialize;
 /// (no resend elsewhere), writes carry no idempotency key and reads no `min_index` floor (each
 /// would change what the history records), reads are at `consistency`, each request bounded by
 /// `timeout`.
-pub fn node_client(api: &str, timeout: Duration, consistency: &str) -> Result<Client, String> {
+pub fn node_client(
+    api: &str,
+    timeout: Duration,
+    consistency: &str,
+    tls: Option<&mirrorkv_client::ClientTls>,
+) -> Result<Client, String> {
     let consistency: Consistency = consistency
         .parse()
         .map_err(|e: ClientError| e.to_string())?;
@@ -33,6 +38,7 @@ pub fn node_client(api: &str, timeout: Duration, consistency: &str) -> Result<Cl
             consistency: Some(consistency),
             read_your_writes: false,
             idempotent_writes: false,
+            tls: tls.cloned(),
             ..ClientOptions::default()
         },
     )

@@ -187,21 +187,22 @@ impl LiveTls {
         Ok(())
     }
 
-    /// Reload on every SIGHUP until `stop` resolves.
+    /// Reload on every SIGHUP until `stop` resolves. Listened for with TLS off too, so that a
+    /// reload (`systemctl reload`) never stops a node: SIGHUP's default action would.
     pub fn reload_on_sighup(
         self: Arc<Self>,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
-        if self.api.is_none() && self.peer.is_none() {
-            return Ok(());
-        }
         let mut hangups = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
         tokio::spawn(async move {
             tokio::pin!(stop);
             loop {
                 tokio::select! {
                     _ = hangups.recv() => match self.reload() {
+                        Ok(()) if self.api.is_none() && self.peer.is_none() => {
+                            tracing::info!(node = self.id, "SIGHUP: no TLS files to reload");
+                        }
                         Ok(()) => tracing::info!(node = self.id, "SIGHUP: reloaded the TLS certificates and keys"),
                         Err(e) => tracing::error!(node = self.id, error = %format!("{e:#}"), "SIGHUP: could not reload TLS; the certificates in use stay"),
                     },

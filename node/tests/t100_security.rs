@@ -479,3 +479,22 @@ fn t104_a_node_refuses_to_start_with_a_certificate_for_another_node() {
         "{stderr}"
     );
 }
+
+/// SIGHUP never stops a node, TLS or not (its default action would): `systemctl reload`
+/// is safe on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t105_sighup_does_not_stop_a_node_without_tls() {
+    let cluster = Cluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    hang_up(&cluster, 1);
+    wait_logged(&cluster, 1, "SIGHUP: no TLS files to reload").await;
+    let health = cluster
+        .http
+        .get(format!("{}/health", cluster.api(1)))
+        .send()
+        .await
+        .map(|r| r.status());
+    assert!(health.as_ref().is_ok_and(|s| *s == 200), "node 1 stopped: {health:?}");
+    let outcome = cluster.put(1, "after-hangup", b"v").await;
+    assert!(matches!(outcome, WriteOutcome::Ok { .. }), "{outcome:?}");
+}

@@ -26,6 +26,7 @@ fn options(consistency: &str, seed: u64, out: PathBuf) -> TestOptions {
         snapshot_threshold_entries: 100,
         watchers: 4,
         plant_watch_drop: false,
+        secure: false,
         plant_lease_early_ms: 0,
     }
 }
@@ -103,6 +104,7 @@ async fn t53_watchers_see_exactly_the_log_under_faults_and_a_dropped_event_is_ca
         nemesis: NemesisKind::All,
         rate: 50,
         plant_watch_drop: plant,
+        secure: false,
         ..options("linearizable", 7, dir.path().join(out))
     };
     let outcome = harness::run(watch(false, "watch")).await.unwrap();
@@ -159,4 +161,43 @@ async fn t54_lock_holders_never_overlap_under_faults_and_an_early_lease_is_caugh
         .lost
         .iter()
         .any(|r| r.contains("before its lease certainly ended")));
+}
+
+/// The register workload with TLS on both ports of every node and a client certificate on
+/// every client (`jepsen-lite test --secure`), under every fault together: still linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t55_a_secure_cluster_stays_linearizable_under_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("secure");
+    let outcome = harness::run(TestOptions {
+        nemesis: NemesisKind::All,
+        secure: true,
+        ..options("linearizable", 3, out.clone())
+    })
+    .await
+    .unwrap();
+    println!(
+        "t55: register under all faults, TLS on: {:?}, {} operations",
+        outcome.verdict, outcome.operations
+    );
+    assert_eq!(outcome.verdict, Verdict::Linearizable);
+    assert!(
+        outcome.operations >= 100,
+        "{} operations",
+        outcome.operations
+    );
+    // The nodes really ran with TLS on both ports (their log's start line says so; the log
+    // has terminal colours, which are taken out).
+    let log = std::fs::read_to_string(out.join("nodes").join("node1.log")).unwrap();
+    let mut plain = String::new();
+    let mut in_escape = false;
+    for c in log.chars() {
+        match (in_escape, c) {
+            (false, '\u{1b}') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (false, c) => plain.push(c),
+            (true, _) => {}
+        }
+    }
+    assert!(plain.contains("api_tls=true peer_tls=true"), "not secure");
 }

@@ -10,6 +10,8 @@ pub(super) struct FinalState<'a> {
     pub(super) set_tally: &'a Mutex<SetTally>,
     pub(super) bank_tally: &'a Mutex<BankTally>,
     pub(super) accounts: u64,
+    /// HTTPS, for a secure cluster.
+    pub(super) tls: Option<&'a mirrorkv_client::ClientTls>,
 }
 
 /// The final phase, everything healed: read everything back linearizably and judge the run,
@@ -24,12 +26,14 @@ pub(super) async fn final_check(
         set_tally,
         bank_tally,
         accounts,
+        tls,
     } = *state;
     // As patient as the cluster fixture's own requests: the cluster has just healed.
     let reader = workloads::node_client(
         &apis[0],
         Duration::from_millis(FINAL_READ_TIMEOUT_MS),
         "linearizable",
+        tls,
     )
     .map_err(ClusterError::Misuse)?;
     Ok(match options.workload {
