@@ -333,7 +333,10 @@ mod tests {
     #[test]
     fn an_escaped_multi_byte_character_is_read_whole() {
         assert_eq!(parse_all("\"\\é\"").unwrap(), vec![Edn::Str("é".into())]);
-        assert_eq!(parse_all("\"a\\€b\"").unwrap(), vec![Edn::Str("a€b".into())]);
+        assert_eq!(
+            parse_all("\"a\\€b\"").unwrap(),
+            vec![Edn::Str("a€b".into())]
+        );
         assert!(parse_all("\"\\").is_err());
     }
 

@@ -494,7 +494,10 @@ async fn t105_sighup_does_not_stop_a_node_without_tls() {
         .send()
         .await
         .map(|r| r.status());
-    assert!(health.as_ref().is_ok_and(|s| *s == 200), "node 1 stopped: {health:?}");
+    assert!(
+        health.as_ref().is_ok_and(|s| *s == 200),
+        "node 1 stopped: {health:?}"
+    );
     let outcome = cluster.put(1, "after-hangup", b"v").await;
     assert!(matches!(outcome, WriteOutcome::Ok { .. }), "{outcome:?}");
 }
