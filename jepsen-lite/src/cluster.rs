@@ -13,6 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mirrorkv_client::{Client, ClientError, ClientOptions, ReadOptions};
+
+#[path = "cluster_secure.rs"]
+mod secure;
 use serde_json::Value;
 
 pub use crate::proxy::{Delay, Proxy};
@@ -78,46 +81,6 @@ pub struct ClusterOptions {
     /// TLS on both ports of every node (`mirrorkv certs init` in `dir/certs`): HTTPS with
     /// client certificates required, mutual TLS between nodes; the fixture's clients use them.
     pub secure: bool,
-}
-
-/// Certificates for a secure cluster of `nodes` in `dir/certs` (`mirrorkv certs init`).
-fn make_certs(bin: &Path, dir: &Path, nodes: u64) -> Result<PathBuf, ClusterError> {
-    let certs = dir.join("certs");
-    let output = Command::new(bin)
-        .args([
-            "certs",
-            "init",
-            "--force",
-            "--nodes",
-            &nodes.to_string(),
-            "--dir",
-        ])
-        .arg(&certs)
-        .output()?;
-    if !output.status.success() {
-        return Err(ClusterError::Misuse(format!(
-            "mirrorkv certs init failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )));
-    }
-    Ok(certs)
-}
-
-/// The fixture's HTTP client: HTTPS with the client certificate when `certs` is set.
-fn http_client(certs: Option<&Path>) -> Result<reqwest::Client, ClusterError> {
-    let misuse = |e: &dyn std::fmt::Display| ClusterError::Misuse(e.to_string());
-    let mut builder = reqwest::Client::builder()
-        .timeout(Duration::from_millis(FIXTURE_TIMEOUT_MS))
-        .tcp_nodelay(true);
-    if let Some(certs) = certs {
-        let tls = mirrorkv_client::ClientTls::from_files(
-            &certs.join("ca.pem"),
-            Some((&certs.join("client.pem"), &certs.join("client-key.pem"))),
-        )
-        .map_err(|e| misuse(&e))?;
-        builder = tls.configure(builder).map_err(|e| misuse(&e))?;
-    }
-    builder.build().map_err(|e| misuse(&e))
 }
 
 /// `mirrorkv` next to the running binary (as the build puts it), else on the PATH.
@@ -272,11 +235,11 @@ impl Cluster {
             );
         }
         let certs = if options.secure {
-            Some(make_certs(&options.bin, &dir, options.nodes)?)
+            Some(secure::make_certs(&options.bin, &dir, options.nodes)?)
         } else {
             None
         };
-        let http = http_client(certs.as_deref())?;
+        let http = secure::http_client(certs.as_deref(), FIXTURE_TIMEOUT_MS)?;
         let mut links = BTreeMap::new();
         if options.proxies {
             for from in 1..=options.nodes {
@@ -325,16 +288,7 @@ impl Cluster {
             return Err(ClusterError::Misuse(format!("node {id} exists")));
         }
         if let Some(certs) = &self.certs {
-            let output = Command::new(&self.bin)
-                .args(["certs", "node", "--force", "--id", &id.to_string(), "--dir"])
-                .arg(certs)
-                .output()?;
-            if !output.status.success() {
-                return Err(ClusterError::Misuse(format!(
-                    "mirrorkv certs node failed: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                )));
-            }
+            secure::issue_node_cert(&self.bin, certs, id)?;
         }
         let api = TcpListener::bind("127.0.0.1:0")?;
         let raft = TcpListener::bind("127.0.0.1:0")?;
