@@ -228,7 +228,7 @@ impl<R: Read> FrameReader<R> {
             )));
         }
         // The buffer grows with the bytes that arrive, never ahead of them from the claimed
-        // length: a file that claims a 64 MiB frame and holds 10 bytes costs 10 bytes.
+        // length: a file that claims a 64 MiB frame and holds 10 bytes costs about what it holds.
         let mut payload = Vec::new();
         let read = (&mut self.input)
             .take(u64::from(len))
