@@ -5,7 +5,8 @@
 #                                   build if needed, start N nodes, wait for a leader; with
 #                                   --secure, TLS on both ports (client certificates required)
 #                                   with certificates from `mirrorkv certs init` in the run
-#                                   folder (certs/)
+#                                   folder (certs/), and --auth with the bootstrap token in
+#                                   certs/bootstrap-token
 #   scripts/cluster.sh join         start one more node that joins as a mirror (--join)
 #   scripts/cluster.sh status       one line per node
 #   scripts/cluster.sh down         stop every node (SIGTERM, then SIGKILL after 10 s)
@@ -43,7 +44,8 @@ scheme() { if secure; then echo https; else echo http; fi; }
 kv_curl() {
   if secure; then
     local c; c=$(certs_dir)
-    curl --cacert "$c/ca.pem" --cert "$c/client.pem" --key "$c/client-key.pem" "$@"
+    curl --cacert "$c/ca.pem" --cert "$c/client.pem" --key "$c/client-key.pem" \
+      -H "Authorization: Bearer $(cat "$c/bootstrap-token")" "$@"
   else
     curl "$@"
   fi
@@ -52,7 +54,8 @@ tls_flags() { # id: the TLS flags of that node when secure (its certificate serv
   secure || return 0
   local c; c=$(certs_dir)
   echo "--tls-cert $c/node$1.pem --tls-key $c/node$1-key.pem --tls-client-ca $c/ca.pem" \
-    "--peer-cert $c/node$1.pem --peer-key $c/node$1-key.pem --peer-ca $c/ca.pem"
+    "--peer-cert $c/node$1.pem --peer-key $c/node$1-key.pem --peer-ca $c/ca.pem" \
+    "--auth --auth-bootstrap-token-file $c/bootstrap-token"
 }
 
 start_node() { # id, then the flags that say how it finds its cluster
@@ -102,6 +105,9 @@ up() {
   if secure && [ ! -f "$(certs_dir)/ca.pem" ]; then
     "$bin" certs init --dir "$(certs_dir)" --nodes "$n" >/dev/null || die "mirrorkv certs init failed"
   fi
+  if secure && [ ! -f "$(certs_dir)/bootstrap-token" ]; then
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$(certs_dir)/bootstrap-token")
+  fi
   local spec=""
   for id in $(seq 1 "$n"); do
     spec+="${spec:+,}$id=$(sed -n "s/^raft_$id=//p" "$run_dir/cluster.env")/$(api_of "$id")"
@@ -123,11 +129,12 @@ up() {
   if secure; then
     local c; c=$(certs_dir)
     cat <<EXAMPLE
-TLS on both ports; certificates in $c. Try:
-  curl --cacert $c/ca.pem --cert $c/client.pem --key $c/client-key.pem -X PUT --data-binary 'hello' https://$api/v1/kv/greeting
+TLS on both ports and --auth; certificates and the bootstrap (admin) token in $c. Try:
+  curl --cacert $c/ca.pem --cert $c/client.pem --key $c/client-key.pem -H "Authorization: Bearer \$(cat $c/bootstrap-token)" -X PUT --data-binary 'hello' https://$api/v1/kv/greeting
 or the command-line client:
-  export MIRRORKV_ENDPOINTS=$(endpoints) MIRRORKV_CA=$c/ca.pem MIRRORKV_CERT=$c/client.pem MIRRORKV_KEY=$c/client-key.pem
+  export MIRRORKV_ENDPOINTS=$(endpoints) MIRRORKV_CA=$c/ca.pem MIRRORKV_CERT=$c/client.pem MIRRORKV_KEY=$c/client-key.pem MIRRORKV_TOKEN=\$(cat $c/bootstrap-token)
   $bin ctl get greeting
+  $bin ctl auth role put app --read-write app/ && $bin ctl auth token create --role app
 EXAMPLE
     return
   fi
@@ -159,7 +166,7 @@ join() {
   local tls_env=""
   if secure; then
     local c; c=$(certs_dir)
-    tls_env="MIRRORKV_CA=$c/ca.pem MIRRORKV_CERT=$c/client.pem MIRRORKV_KEY=$c/client-key.pem "
+    tls_env="MIRRORKV_CA=$c/ca.pem MIRRORKV_CERT=$c/client.pem MIRRORKV_KEY=$c/client-key.pem MIRRORKV_TOKEN=\$(cat $c/bootstrap-token) "
   fi
   echo "  promote it to voter: MIRRORKV_ENDPOINTS=$(endpoints) $tls_env$bin ctl member promote $id"
 }

@@ -54,6 +54,15 @@ pub enum ApiError {
     /// Changes asked for are gone from this node's history (`from_index` too old).
     #[error("{message}")]
     Compacted { message: String, compact_index: u64 },
+    /// No token, or one this node does not know (unknown, revoked, expired) (`--auth`).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A known token whose role does not allow the request. Never says whether a key exists.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A role or token that does not exist (`/v1/auth/...`).
+    #[error("{0}")]
+    AuthNotFound(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -122,6 +131,18 @@ impl From<&mirrorkv_storage::ApplyRefusal> for ApiError {
                 ApiError::TooLarge(refusal.to_string())
             }
             mirrorkv_storage::ApplyRefusal::NotAlone => ApiError::Internal(refusal.to_string()),
+            mirrorkv_storage::ApplyRefusal::RoleNotFound { .. }
+            | mirrorkv_storage::ApplyRefusal::TokenNotFound { .. } => {
+                ApiError::AuthNotFound(refusal.to_string())
+            }
+            mirrorkv_storage::ApplyRefusal::TooManyRoles { .. }
+            | mirrorkv_storage::ApplyRefusal::TooManyTokens { .. } => {
+                ApiError::TooLarge(refusal.to_string())
+            }
+            // Drawn at random: a retry draws anew.
+            mirrorkv_storage::ApplyRefusal::TokenExists { .. } => {
+                ApiError::Unavailable(refusal.to_string())
+            }
         }
     }
 }
@@ -165,6 +186,9 @@ impl ApiError {
             // Retrying the same request cannot help: re-read the range, then watch from its
             // index.
             ApiError::Compacted { .. } => (StatusCode::GONE, "compacted", false),
+            ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated", false),
+            ApiError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission_denied", false),
+            ApiError::AuthNotFound(_) => (StatusCode::NOT_FOUND, "not_found", false),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
         }
     }
@@ -188,6 +212,11 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE
             || status == StatusCode::TOO_MANY_REQUESTS
             || matches!(self, ApiError::NotCaughtUp(_))

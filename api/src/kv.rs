@@ -8,11 +8,12 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{OriginalUri, Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use mirrorkv_storage::{Command, CommandResult, LeaseAttach, Precondition, RangeRequest};
 use serde_json::json;
 use tokio::time::Instant;
 
+use crate::auth::Principal;
 use crate::blocking;
 use crate::error::ApiError;
 use crate::state::ApiState;
@@ -158,6 +159,7 @@ pub fn finish(
 
 pub async fn get_key(
     State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
     path: Result<Path<String>, PathRejection>,
     query: Params,
 ) -> Response {
@@ -165,6 +167,7 @@ pub async fn get_key(
     let level = parsed.as_ref().map(|(r, _)| r.level).unwrap_or_default();
     let result = async {
         let key = path_key(&state, path)?;
+        principal.require_read(&key)?;
         let (request, params) = parsed?;
         if let Some((wait_index, wait)) = blocking::wait_request(&state, &params)? {
             // Changed already: answer at once, without reading the history.
@@ -354,6 +357,7 @@ enum WriteAnswer {
 
 pub async fn put_key(
     State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
     uri: OriginalUri,
     path: Result<Path<String>, PathRejection>,
     query: Params,
@@ -362,6 +366,7 @@ pub async fn put_key(
 ) -> Response {
     let result = async {
         let key = path_key(&state, path)?;
+        principal.require_write(&key)?;
         let params = params(query)?;
         if let Some(response) = redirect(&state, &params, &uri)? {
             return Ok((None, response));
@@ -397,6 +402,7 @@ pub async fn put_key(
 
 pub async fn delete_key(
     State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
     uri: OriginalUri,
     path: Result<Path<String>, PathRejection>,
     query: Params,
@@ -404,6 +410,7 @@ pub async fn delete_key(
 ) -> Response {
     let result = async {
         let key = path_key(&state, path)?;
+        principal.require_write(&key)?;
         let params = params(query)?;
         if let Some(response) = redirect(&state, &params, &uri)? {
             return Ok((None, response));
@@ -440,7 +447,14 @@ pub fn body_error(state: &ApiState, rejection: BytesRejection) -> ApiError {
 }
 
 /// `GET /v1/kv?prefix=P` or `?start=A&end=B`, with `limit`, `keys_only`, and the read levels.
-pub async fn range(State(state): State<Arc<ApiState>>, query: Params) -> Response {
+/// A page holds only the keys the principal may read (`next` still moves past the others); a
+/// blocking range needs the right to read the whole range, as its answer tells of any change
+/// in it.
+pub async fn range(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    query: Params,
+) -> Response {
     let params = params(query);
     let parsed = params
         .as_ref()
@@ -486,6 +500,7 @@ pub async fn range(State(state): State<Arc<ApiState>>, query: Params) -> Respons
         };
         let keys_only = parse_bool(&params, "keys_only")?;
         if let Some((wait_index, wait)) = blocking::wait_request(&state, &params)? {
+            principal.require_read_range(&start, end.as_deref())?;
             let filter = match prefix {
                 Some(prefix) => KeyFilter::Prefix(prefix.clone()),
                 None => KeyFilter::Range {
@@ -514,6 +529,7 @@ pub async fn range(State(state): State<Arc<ApiState>>, query: Params) -> Respons
             .value
             .items
             .iter()
+            .filter(|(key, _)| principal.may_read(key))
             .map(|(key, record)| values::item(key, record, keys_only))
             .collect();
         let body = json!({"index": read.index, "items": items, "next": read.value.next});

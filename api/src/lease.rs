@@ -8,12 +8,13 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use mirrorkv_storage::{Command, CommandResult};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::kv::{self, finish, with_idempotency, WRITE_LEVEL};
 use crate::state::ApiState;
@@ -122,11 +123,23 @@ pub async fn keepalive(
 /// `index`.
 pub async fn revoke(
     State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
     let result = async {
         let id = lease_id(path)?;
+        if !principal.is_admin() {
+            // Revoking deletes every key attached: it needs the right to write each. Checked
+            // on the keys attached now; a key attached later was put by someone who could.
+            let deadline = Instant::now() + state.config.request_timeout();
+            let max_keys = state.node.leases.config.max_keys_per_lease as usize;
+            if let Some((info, _)) = state.node.lease_info(id, max_keys, deadline).await? {
+                for key in &info.keys {
+                    principal.require_write(key)?;
+                }
+            }
+        }
         let command = Command::LeaseRevoke { id };
         write(&state, &headers, command, |index, result| match result {
             CommandResult::LeasesEnded { keys_deleted, .. } => {
@@ -144,6 +157,7 @@ pub async fn revoke(
 /// `max_keys_per_lease` keys, in key order).
 pub async fn get(
     State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
     let result = async {
@@ -156,7 +170,7 @@ pub async fn get(
                     "id": id,
                     "ttl_s": info.ttl_ms / 1000,
                     "remaining_ms": time.remaining_ms,
-                    "keys": info.keys,
+                    "keys": info.keys.iter().filter(|k| principal.may_read(k)).collect::<Vec<_>>(),
                 });
                 Ok((None, Json(body).into_response()))
             }

@@ -3,6 +3,8 @@
 //! the leader, read levels, membership) is `mirrorkv-coordinator`'s.
 //!
 //! Modules, one job each:
+//! - [`auth`]: who a request is (`Principal`, from its bearer token) and what it may do.
+//! - [`auth_routes`]: `/v1/auth/...`: roles and tokens.
 //! - [`state`]: `ApiState` (the node's `Coordinator`, the limits, the metrics) and `ApiConfig`.
 //! - [`kv`]: single-key and range routes, idempotency keys, the `X-Mirrorkv-*` headers.
 //! - [`txn`]: `POST /v1/txn`.
@@ -21,6 +23,8 @@
 //!
 //! Why: `api/DESIGN.md`.
 
+pub mod auth;
+pub mod auth_routes;
 pub mod blocking;
 pub mod cluster;
 pub mod error;
@@ -39,7 +43,7 @@ pub mod watch;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 pub use error::ApiError;
@@ -75,6 +79,16 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/v1/cluster/members/{id}",
             delete(membership::remove_member),
         )
+        .route("/v1/auth/roles", get(auth_routes::list_roles))
+        .route(
+            "/v1/auth/roles/{name}",
+            put(auth_routes::put_role).delete(auth_routes::delete_role),
+        )
+        .route(
+            "/v1/auth/tokens",
+            get(auth_routes::list_tokens).post(auth_routes::create_token),
+        )
+        .route("/v1/auth/tokens/{id}", delete(auth_routes::delete_token))
         .route("/v1/snapshot", post(ops::snapshot))
         .route("/v1/backup", get(ops::backup))
         .route("/metrics", get(ops::metrics))
@@ -125,13 +139,23 @@ async fn front_door(
     } else {
         door.in_flight.admit().map(Some)
     };
-    let response = match (removed, admitted) {
-        (Some(removed), _) => axum::response::IntoResponse::into_response(removed),
-        (None, Ok(_permit)) => match read_body(&door.state.config, request).await {
-            Ok(request) => next.run(request).await,
+    let principal = match auth::is_public(&door.state.config.auth, request.uri().path()) {
+        true => Ok(auth::Principal::Open),
+        false => auth::authenticate(&door.state, request.headers()),
+    };
+    let response = match (principal, removed, admitted) {
+        (Err(unauthenticated), _, _) => {
+            axum::response::IntoResponse::into_response(unauthenticated)
+        }
+        (Ok(_), Some(removed), _) => axum::response::IntoResponse::into_response(removed),
+        (Ok(principal), None, Ok(_permit)) => match read_body(&door.state.config, request).await {
+            Ok(mut request) => {
+                request.extensions_mut().insert(principal);
+                next.run(request).await
+            }
             Err(error) => axum::response::IntoResponse::into_response(error),
         },
-        (None, Err(overloaded)) => axum::response::IntoResponse::into_response(overloaded),
+        (Ok(_), None, Err(overloaded)) => axum::response::IntoResponse::into_response(overloaded),
     };
     timer.finish(&door.state.metrics, response.status());
     response

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use mirrorkv_coordinator::MembershipChange;
 use mirrorkv_storage::{NodeId, NodeInfo};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::ApiState;
 
@@ -29,8 +30,10 @@ const MAX_ADDR_BYTES: usize = 256;
 
 pub async fn add_member(
     State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
     body: Result<Json<AddMember>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
+    principal.require_admin("change members")?;
     let Json(body) = body.map_err(|e| ApiError::InvalidArgument(e.body_text()))?;
     if body.id == 0 {
         return Err(ApiError::InvalidArgument("member ids are positive".into()));
@@ -63,8 +66,10 @@ pub async fn add_member(
 
 pub async fn promote_member(
     State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<NodeId>,
 ) -> Result<Response, ApiError> {
+    principal.require_admin("change members")?;
     let index = state
         .node
         .change_membership(MembershipChange::Promote { id })
@@ -74,8 +79,10 @@ pub async fn promote_member(
 
 pub async fn remove_member(
     State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<NodeId>,
 ) -> Result<Response, ApiError> {
+    principal.require_admin("change members")?;
     let index = state
         .node
         .change_membership(MembershipChange::Remove { id })

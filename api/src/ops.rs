@@ -7,11 +7,12 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::kv::{self, Params};
 use crate::state::ApiState;
@@ -20,7 +21,13 @@ use crate::state::ApiState;
 const BACKUP_BUFFERED_CHUNKS: usize = 4;
 
 /// `GET /metrics`: every metric in the Prometheus text format (`metrics::Metrics`).
-pub async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
+pub async fn metrics(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    principal.require_admin(
+        "read metrics (start nodes with --metrics-public to serve them to anyone)",
+    )?;
     let (content_type, body) = state.metrics.render(&state.node)?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response())
 }
@@ -28,7 +35,11 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, Api
 /// `POST /v1/snapshot`: build a snapshot of this node's applied state now and purge the log
 /// behind it (`Coordinator::snapshot_now`). Acts on the node that receives it (like `etcdctl
 /// defrag` per endpoint).
-pub async fn snapshot(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
+pub async fn snapshot(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    principal.require_admin("build snapshots")?;
     let taken = state.node.snapshot_now().await?;
     Ok(Json(json!({
         "index": taken.index,
@@ -44,10 +55,15 @@ pub async fn snapshot(State(state): State<Arc<ApiState>>) -> Result<Response, Ap
 /// the format of `mirrorkv_storage::backup`. The default level, `linearizable`, makes the copy
 /// contain every write acknowledged before the request was made. Writes go on meanwhile; the
 /// copy is read from one RocksDB view. `X-Mirrorkv-Index` is the copy's log index.
-pub async fn backup(State(state): State<Arc<ApiState>>, query: Params) -> Response {
+pub async fn backup(
+    State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
+    query: Params,
+) -> Response {
     let request = kv::params(query).and_then(|params| kv::read_request(&params));
     let level = request.as_ref().map(|r| r.level).unwrap_or_default();
     let result = async {
+        principal.require_admin("take backups")?;
         let request = request?;
         let deadline = Instant::now() + state.config.request_timeout();
         state.node.read_barrier(request, deadline).await?;

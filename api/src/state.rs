@@ -40,6 +40,8 @@ pub struct ApiConfig {
     pub max_range_page_bytes: usize,
     /// The cluster's APIs serve HTTPS (`--tls-cert`): redirects name `https://`.
     pub https: bool,
+    /// Tokens and roles (`--auth`).
+    pub auth: crate::auth::AuthSettings,
 }
 
 impl Default for ApiConfig {
@@ -61,6 +63,7 @@ impl Default for ApiConfig {
             max_range_limit: 10_000,
             max_range_page_bytes: 4 * 1024 * 1024,
             https: false,
+            auth: crate::auth::AuthSettings::default(),
         }
     }
 }

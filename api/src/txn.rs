@@ -7,12 +7,13 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use mirrorkv_storage::{Command, CommandResult, Compare, CompareTarget, Txn, TxnOp, TxnOpResult};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::kv::{self, check_key};
 use crate::state::ApiState;
@@ -176,14 +177,34 @@ fn result_json(result: &TxnOpResult) -> Value {
     }
 }
 
+/// A transaction needs the right to read every key it compares or gets and to write every
+/// key it puts or deletes, in both branches: which branch runs depends on data the principal
+/// may not see.
+fn authorize(principal: &Principal, txn: &Txn) -> Result<(), ApiError> {
+    for compare in &txn.compare {
+        principal.require_read(&compare.key)?;
+    }
+    for op in txn.success.iter().chain(&txn.failure) {
+        match op {
+            TxnOp::Get { key } => principal.require_read(key)?,
+            TxnOp::Put { key, .. } | TxnOp::PutLeased { key, .. } | TxnOp::Delete { key } => {
+                principal.require_write(key)?
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn txn(
     State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
         let body = body.map_err(|e| kv::body_error(&state, e))?;
         let txn = parse_txn(&state, &body)?;
+        authorize(&principal, &txn)?;
         let command = kv::with_idempotency(&state, &headers, Command::Txn(txn))?;
         let deadline = Instant::now() + state.config.request_timeout();
         let response = state.node.write(command, deadline).await?;

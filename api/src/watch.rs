@@ -11,11 +11,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use mirrorkv_coordinator::watch::{StreamEnd, WatchEvent, WatchItem, WatchStream};
 use mirrorkv_storage::changes::{Change, ChangeKind, KeyFilter};
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::kv::{self, Params};
 use crate::state::ApiState;
@@ -70,6 +72,7 @@ pub fn filter(state: &ApiState, params: &HashMap<String, String>) -> Result<KeyF
 /// `GET /v1/watch?key=K | prefix=P | start=A&end=B [&from_index=N] [&consistency=...]`.
 pub async fn watch(
     State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     query: Params,
 ) -> Response {
@@ -82,6 +85,10 @@ pub async fn watch(
     let result = async {
         let (request, params) = parsed?;
         let filter = filter(&state, &params)?;
+        // One key: refused outright. A prefix or range: only the keys it may read are sent.
+        if let KeyFilter::Key(key) = &filter {
+            principal.require_read(key)?;
+        }
         let from_index = from_index(&headers, &params, format)?;
         let deadline = Instant::now() + state.config.request_timeout();
         state.node.read_barrier(request, deadline).await?;
@@ -96,7 +103,7 @@ pub async fn watch(
         let stream = state.node.watch_stream(filter, from_index)?;
         Ok((
             Some(from_index - 1),
-            stream_response(&state, stream, format),
+            stream_response(&state, stream, format, principal),
         ))
     }
     .await;
@@ -136,35 +143,49 @@ fn compacted(from_index: u64, compact_index: u64) -> ApiError {
 
 /// The streamed answer: events as they come, a progress line when quiet, and a last line
 /// saying why it ended (unless the client left first).
-fn stream_response(state: &Arc<ApiState>, stream: WatchStream, format: Format) -> Response {
+fn stream_response(
+    state: &Arc<ApiState>,
+    stream: WatchStream,
+    format: Format,
+    principal: Principal,
+) -> Response {
     let quiet_for = Duration::from_millis(state.node.watch.config.progress_ms);
-    let body_state = (state.clone(), stream, false);
-    let body = futures::stream::unfold(body_state, move |(state, mut stream, done)| async move {
-        if done {
-            return None;
-        }
-        let (chunk, done) = match stream.next(quiet_for).await {
-            Ok(WatchItem::Events(events)) => {
-                let counters = &state.node.watch.counters;
-                counters
-                    .events_sent
-                    .fetch_add(events.len() as u64, Ordering::Relaxed);
-                (encode_events(&events, format), false)
+    let body_state = (state.clone(), stream, false, principal);
+    let body = futures::stream::unfold(
+        body_state,
+        move |(state, mut stream, done, principal)| async move {
+            if done {
+                return None;
             }
-            Ok(WatchItem::Progress(index)) => (
-                encode_line(&json!({ "progress": index }), Some(index), format),
-                false,
-            ),
-            Ok(WatchItem::End(end)) => (encode_end(end, stream.resume_index(), format), true),
-            Err(e) => {
-                let error = ApiError::from(e);
-                tracing::warn!(error = %error, "a watch stream failed");
-                let line = error_line(&error, stream.resume_index());
-                (encode_line(&line, None, format), true)
-            }
-        };
-        Some((Ok::<Bytes, Infallible>(chunk), (state, stream, done)))
-    });
+            let (chunk, done) = match stream.next(quiet_for).await {
+                Ok(WatchItem::Events(mut events)) => {
+                    if !principal.is_admin() {
+                        events.retain(|event| principal.may_read(&event.change.key));
+                    }
+                    let counters = &state.node.watch.counters;
+                    counters
+                        .events_sent
+                        .fetch_add(events.len() as u64, Ordering::Relaxed);
+                    (encode_events(&events, format), false)
+                }
+                Ok(WatchItem::Progress(index)) => (
+                    encode_line(&json!({ "progress": index }), Some(index), format),
+                    false,
+                ),
+                Ok(WatchItem::End(end)) => (encode_end(end, stream.resume_index(), format), true),
+                Err(e) => {
+                    let error = ApiError::from(e);
+                    tracing::warn!(error = %error, "a watch stream failed");
+                    let line = error_line(&error, stream.resume_index());
+                    (encode_line(&line, None, format), true)
+                }
+            };
+            Some((
+                Ok::<Bytes, Infallible>(chunk),
+                (state, stream, done, principal),
+            ))
+        },
+    );
     let content_type = match format {
         Format::Ndjson => "application/x-ndjson",
         Format::Sse => "text/event-stream",

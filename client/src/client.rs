@@ -38,6 +38,8 @@ pub struct ClientOptions {
     /// HTTPS: the CA to trust (and a client certificate, for nodes that ask for one). Endpoints
     /// given without a scheme are then `https://`.
     pub tls: Option<ClientTls>,
+    /// The bearer token sent on every request (nodes started with `--auth`).
+    pub token: Option<String>,
 }
 
 /// What a client needs for HTTPS. Only `ca_pem` is trusted: no system roots.
@@ -105,6 +107,7 @@ impl Default for ClientOptions {
             idempotent_writes: true,
             max_answer_bytes: 64 * 1024 * 1024,
             tls: None,
+            token: None,
         }
     }
 }
@@ -234,9 +237,21 @@ impl Client {
         if endpoints.is_empty() {
             return Err(ClientError::Invalid("no endpoints".into()));
         }
-        let builder = || match &options.tls {
-            Some(tls) => tls.configure(reqwest::Client::builder().tcp_nodelay(true)),
-            None => Ok(reqwest::Client::builder().tcp_nodelay(true)),
+        let mut headers = HeaderMap::new();
+        if let Some(token) = &options.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Invalid("a token of printable characters".into()))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let builder = || {
+            let builder = reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .default_headers(headers.clone());
+            match &options.tls {
+                Some(tls) => tls.configure(builder),
+                None => Ok(builder),
+            }
         };
         let http = builder()?
             .timeout(Duration::from_millis(options.timeout_ms))
@@ -749,6 +764,7 @@ fn read_of<T>(headers: &HeaderMap, value: T) -> Read<T> {
     }
 }
 
+pub mod auth;
 pub mod lease;
 pub mod watch;
 

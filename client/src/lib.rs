@@ -73,6 +73,7 @@ pub mod error;
 pub mod keys;
 pub mod types;
 
+pub use client::auth::{CreatedToken, Permission};
 pub use client::lease::{Election, Lease, LeaseInfo, Lock};
 pub use client::watch::{Event, EventKind, Watch, WatchMessage, WatchOptions, WatchTarget};
 pub use client::{new_idempotency_key, Backup, Client, ClientOptions, ClientTls, MAX_PAGE_KEYS};

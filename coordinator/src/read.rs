@@ -175,7 +175,7 @@ async fn check_staleness(node: &Arc<Coordinator>, max_staleness_ms: u64) -> Resu
 }
 
 /// Wait until the local state machine has applied `index`.
-pub(crate) async fn wait_applied(
+pub async fn wait_applied(
     node: &Coordinator,
     index: u64,
     deadline: Instant,

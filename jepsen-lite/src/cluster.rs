@@ -16,6 +16,7 @@ use mirrorkv_client::{Client, ClientError, ClientOptions, ReadOptions};
 
 #[path = "cluster_secure.rs"]
 mod secure;
+pub use secure::{ClientAccess, BOOTSTRAP_TOKEN_FILE};
 use serde_json::Value;
 
 pub use crate::proxy::{Delay, Proxy};
@@ -142,6 +143,8 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// With `secure`: the folder of the certificates (`ca.pem`, `node<i>.pem`, `client.pem`).
     pub certs: Option<PathBuf>,
+    /// What a client needs (`client_access`).
+    access: ClientAccess,
     /// With proxies: the proxy of every directed link (from, to).
     pub links: BTreeMap<(u64, u64), Proxy>,
     /// One client per node for `put` and `get`, made on first use and kept, so their
@@ -239,7 +242,8 @@ impl Cluster {
         } else {
             None
         };
-        let http = secure::http_client(certs.as_deref(), FIXTURE_TIMEOUT_MS)?;
+        let access = secure::ClientAccess::of(certs.as_deref())?;
+        let http = secure::http_client(&access, FIXTURE_TIMEOUT_MS)?;
         let mut links = BTreeMap::new();
         if options.proxies {
             for from in 1..=options.nodes {
@@ -265,6 +269,7 @@ impl Cluster {
             env: options.env.clone(),
             http,
             certs,
+            access,
             links,
             clients: std::sync::Mutex::default(),
         };
@@ -384,12 +389,12 @@ impl Cluster {
 
     /// With `secure`: what a client needs (the CA, the client certificate and key).
     pub fn client_tls(&self) -> Option<mirrorkv_client::ClientTls> {
-        let certs = self.certs.as_ref()?;
-        mirrorkv_client::ClientTls::from_files(
-            &certs.join("ca.pem"),
-            Some((&certs.join("client.pem"), &certs.join("client-key.pem"))),
-        )
-        .ok()
+        self.access.tls.clone()
+    }
+
+    /// What a client needs: with `secure`, TLS and the bootstrap token (`--auth`).
+    pub fn client_access(&self) -> ClientAccess {
+        self.access.clone()
     }
 
     /// With `secure`: node `id`'s TLS flags (its certificate serves both ports).
@@ -411,6 +416,9 @@ impl Cluster {
             file(format!("node{id}-key.pem")),
             "--peer-ca".into(),
             file("ca.pem".into()),
+            "--auth".into(),
+            "--auth-bootstrap-token-file".into(),
+            file(secure::BOOTSTRAP_TOKEN_FILE.into()),
         ]
     }
 
@@ -641,7 +649,8 @@ impl Cluster {
                 timeout_ms: FIXTURE_TIMEOUT_MS,
                 read_your_writes: false,
                 idempotent_writes: false,
-                tls: self.client_tls(),
+                tls: self.access.tls.clone(),
+                token: self.access.token.clone(),
                 ..ClientOptions::default()
             },
         )

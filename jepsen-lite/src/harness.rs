@@ -495,7 +495,7 @@ const FINAL_READ_TIMEOUT_MS: u64 = 10_000;
 async fn finish_watch(
     options: &TestOptions,
     apis: &[String],
-    tls: Option<&mirrorkv_client::ClientTls>,
+    tls: &crate::cluster::ClientAccess,
     run: crate::watch::WatchRun,
 ) -> Result<InvariantReport, ClusterError> {
     let reader = workloads::node_client(
@@ -618,7 +618,7 @@ async fn report_progress(recorder: Recorder, tallies: Tallies, stop: Arc<AtomicB
 fn client_context(
     options: &TestOptions,
     apis: &[String],
-    tls: Option<&mirrorkv_client::ClientTls>,
+    tls: &crate::cluster::ClientAccess,
     stop: &Arc<AtomicBool>,
 ) -> Result<ClientContext, ClusterError> {
     let timeout = Duration::from_millis(options.request_timeout_ms);
@@ -659,8 +659,8 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
         .map(|id| cluster.api(id))
         .collect();
     let accounts = options.keys.max(2);
-    let tls = cluster.client_tls();
-    let ctx = client_context(&options, &apis, tls.as_ref(), &stop)?;
+    let tls = cluster.client_access();
+    let ctx = client_context(&options, &apis, &tls, &stop)?;
     let (set_tally, bank_tally) = (
         Arc::<Mutex<SetTally>>::default(),
         Arc::<Mutex<BankTally>>::default(),
@@ -678,7 +678,7 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
                 options.watchers,
                 options.seed,
                 options.plant_watch_drop,
-                tls.as_ref(),
+                &tls,
             )
             .await
             .map_err(ClusterError::Misuse)?,
@@ -714,13 +714,10 @@ pub async fn run(options: TestOptions) -> Result<TestOutcome, ClusterError> {
         set_tally: &set_tally,
         bank_tally: &bank_tally,
         accounts,
-        tls: tls.as_ref(),
+        tls: &tls,
     };
     let (check, invariant) = match watch_run {
-        Some(run) => (
-            None,
-            Some(finish_watch(&options, &apis, tls.as_ref(), run).await?),
-        ),
+        Some(run) => (None, Some(finish_watch(&options, &apis, &tls, run).await?)),
         None if options.workload == Workload::Lock => {
             (None, Some(finish_lock(&options, &lock_tally)?))
         }

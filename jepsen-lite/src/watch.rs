@@ -122,7 +122,7 @@ pub struct WatcherConfig {
     /// A planted bug, for the checker's own test: drop the first event after each resume.
     pub drop_after_resume: bool,
     /// HTTPS, for a secure cluster.
-    pub tls: Option<mirrorkv_client::ClientTls>,
+    pub tls: crate::cluster::ClientAccess,
 }
 
 /// What a watcher knows of its position: every index up to `whole` was received whole; the
@@ -167,9 +167,10 @@ pub async fn watcher(config: WatcherConfig) -> WatcherLog {
     let mut builder = reqwest::Client::builder()
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(2));
-    if let Some(tls) = &config.tls {
-        builder = tls.configure(builder).expect("the cluster's TLS files");
-    }
+    builder = config
+        .tls
+        .configure(builder)
+        .expect("the cluster's TLS files and token");
     let http = builder.build().expect("http client");
     let mut log = WatcherLog {
         id: config.id,
@@ -510,7 +511,7 @@ pub fn spawn_watchers(
     seed: u64,
     drop_after_resume: bool,
     final_index: &Arc<Mutex<Option<(u64, Instant)>>>,
-    tls: Option<&mirrorkv_client::ClientTls>,
+    tls: &crate::cluster::ClientAccess,
 ) -> Vec<tokio::task::JoinHandle<WatcherLog>> {
     (0..count)
         .map(|id| {
@@ -521,7 +522,7 @@ pub fn spawn_watchers(
                 seed: seed.wrapping_add(id as u64 * 0x9e37_79b9),
                 final_index: final_index.clone(),
                 drop_after_resume,
-                tls: tls.cloned(),
+                tls: tls.clone(),
             }))
         })
         .collect()
@@ -545,7 +546,7 @@ impl WatchRun {
         count: usize,
         seed: u64,
         drop_after_resume: bool,
-        tls: Option<&mirrorkv_client::ClientTls>,
+        tls: &crate::cluster::ClientAccess,
     ) -> Result<WatchRun, String> {
         let now = reader
             .get(PREFIX)

@@ -26,7 +26,7 @@ pub fn node_client(
     api: &str,
     timeout: Duration,
     consistency: &str,
-    tls: Option<&mirrorkv_client::ClientTls>,
+    tls: &crate::cluster::ClientAccess,
 ) -> Result<Client, String> {
     let consistency: Consistency = consistency
         .parse()
@@ -38,7 +38,8 @@ pub fn node_client(
             consistency: Some(consistency),
             read_your_writes: false,
             idempotent_writes: false,
-            tls: tls.cloned(),
+            tls: tls.tls.clone(),
+            token: tls.token.clone(),
             ..ClientOptions::default()
         },
     )

@@ -13,7 +13,7 @@ use mirrorkv_storage::{NodeId, NodeInfo};
 use serde::{Deserialize, Serialize};
 
 mod security;
-pub use security::{DEFAULT_API_ADDR, DEFAULT_RAFT_ADDR};
+pub use security::{Secret, DEFAULT_API_ADDR, DEFAULT_RAFT_ADDR};
 
 /// Flags of `mirrorkv`. Every field is optional here so the TOML file can fill it in.
 #[derive(Debug, Default, Parser, Deserialize, Serialize)]
@@ -188,6 +188,15 @@ pub struct Flags {
     /// A TLS handshake (either port) not finished within this closes the connection.
     #[arg(long, env = "MIRRORKV_TLS_HANDSHAKE_TIMEOUT_MS")]
     pub tls_handshake_timeout_ms: Option<u64>,
+    /// Require `Authorization: Bearer <token>` on every route but /health and /ready.
+    #[arg(long, env = "MIRRORKV_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub auth: Option<bool>,
+    /// A file holding the bootstrap token (at least 32 characters): an admin of this node.
+    #[arg(long, env = "MIRRORKV_AUTH_BOOTSTRAP_TOKEN_FILE")]
+    pub auth_bootstrap_token_file: Option<PathBuf>,
+    /// With --auth, serve /metrics without a token.
+    #[arg(long, env = "MIRRORKV_METRICS_PUBLIC", num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_public: Option<bool>,
     /// Fault injection for tests, never for production: while leading, wait this long before
     /// every fsync of the node's own log appends, as a slow disk would (at most 60000).
     #[arg(long, env = "MIRRORKV_FAULT_LOG_SYNC_DELAY_MS", hide = true)]
@@ -241,6 +250,8 @@ pub struct NodeConfig {
     pub fault_log_sync_delay_ms: u64,
     /// TLS on either port (`security.rs`).
     pub tls: crate::tls::TlsSettings,
+    /// The bootstrap token's text (`--auth-bootstrap-token-file`): `--join` sends it.
+    pub bootstrap_token: Option<security::Secret>,
 }
 
 /// The settings that say how a node finds its cluster.
@@ -302,6 +313,8 @@ impl Flags {
             api_addr: Some(DEFAULT_API_ADDR.into()),
             raft_addr: Some(DEFAULT_RAFT_ADDR.into()),
             tls_handshake_timeout_ms: Some(net.handshake_timeout_ms),
+            auth: Some(false),
+            metrics_public: Some(false),
             ..Flags::default()
         }
     }
@@ -376,6 +389,11 @@ impl Flags {
             tls_handshake_timeout_ms: self
                 .tls_handshake_timeout_ms
                 .or(file.tls_handshake_timeout_ms),
+            auth: self.auth.or(file.auth),
+            auth_bootstrap_token_file: self
+                .auth_bootstrap_token_file
+                .or(file.auth_bootstrap_token_file),
+            metrics_public: self.metrics_public.or(file.metrics_public),
         }
     }
 
@@ -543,6 +561,8 @@ impl Flags {
         };
         let mut api = flags.api_config()?;
         api.https = flags.tls_cert.is_some();
+        let bootstrap_token;
+        (api.auth, bootstrap_token) = security::auth_settings(&flags)?;
         let net = flags.net_config(&api)?;
         let heartbeat_interval_ms = defaulted(flags.heartbeat_interval_ms)?;
         let election_timeout_min_ms = defaulted(flags.election_timeout_min_ms)?;
@@ -605,6 +625,7 @@ impl Flags {
             leases,
             fault_log_sync_delay_ms,
             tls,
+            bootstrap_token,
         })
     }
 }
@@ -699,7 +720,7 @@ pub fn with_defaults_in_help(command: clap::Command) -> clap::Command {
     command.mut_args(|arg| {
         let shown = match defaults.get(arg.get_id().as_str()) {
             Some(serde_json::Value::String(text)) => text.clone(),
-            Some(serde_json::Value::Number(number)) => number.to_string(),
+            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => v.to_string(),
             _ => return arg,
         };
         let help = arg.get_help().map(ToString::to_string).unwrap_or_default();

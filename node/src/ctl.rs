@@ -7,6 +7,7 @@
 //! writes carry an idempotency key. One function per command; output is for people by default
 //! and JSON with `--json`.
 
+mod auth;
 mod lease;
 
 use std::io::Write;
@@ -59,6 +60,10 @@ pub struct CtlArgs {
         requires = "client_cert"
     )]
     pub client_key: Option<std::path::PathBuf>,
+    /// The bearer token of nodes started with --auth (prefer the environment variable: a
+    /// flag shows in the process list).
+    #[arg(long, global = true, env = "MIRRORKV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -122,6 +127,11 @@ pub enum CtlCommand {
     Lease {
         #[command(subcommand)]
         command: lease::LeaseCommand,
+    },
+    /// Roles and tokens (nodes started with --auth; admin only).
+    Auth {
+        #[command(subcommand)]
+        command: auth::AuthCommand,
     },
     /// Hold lock NAME while COMMAND runs (`mirrorkv ctl lock NAME -- COMMAND...`); the command
     /// gets the fencing token in MIRRORKV_FENCING_TOKEN and the lock key in MIRRORKV_LOCK_KEY.
@@ -203,6 +213,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         timeout_ms: args.timeout_ms,
         consistency,
         tls,
+        token: args.token,
         ..ClientOptions::default()
     };
     let client = Client::with_options(args.endpoints, options)?;
@@ -242,6 +253,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             watch(&client, target, options, max_events, json).await
         }
         CtlCommand::Lease { command } => lease::lease(&client, command, json).await,
+        CtlCommand::Auth { command } => auth::auth(&client, command, json).await,
         CtlCommand::Lock {
             name,
             ttl_s,

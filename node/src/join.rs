@@ -55,7 +55,11 @@ pub(crate) async fn ask_to_join(config: &NodeConfig, me: &NodeInfo) -> anyhow::R
     loop {
         for addr in &config.join {
             let url = format!("{scheme}://{addr}/v1/cluster/members");
-            match client.post(&url).json(&body).send().await {
+            let mut request = client.post(&url).json(&body);
+            if let Some(token) = &config.bootstrap_token {
+                request = request.bearer_auth(&token.0);
+            }
+            match request.send().await {
                 Ok(response) if response.status().is_success() => {
                     let joined: Joined = response
                         .json()

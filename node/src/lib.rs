@@ -202,8 +202,18 @@ fn warn_at_start(config: &NodeConfig, listeners: &Listeners, tls: &tls::LiveTls)
             .local_addr()
             .is_ok_and(|addr| !addr.ip().is_loopback())
     };
-    if exposed(&listeners.api) && tls.api.is_none() {
-        tracing::warn!(node = config.id, api_addr = %config.api_addr, "the API listens beyond loopback without TLS: anyone who reaches it reads and writes in clear; see README \"Running securely\" (--tls-cert, --tls-key)");
+    let missing = match (tls.api.is_none(), !config.api.auth.enabled) {
+        (true, true) => {
+            Some("without TLS or --auth: anyone who reaches it reads and writes, in clear")
+        }
+        (true, false) => Some("without TLS: tokens and data cross the network in clear"),
+        (false, true) => {
+            Some("without --auth: anyone who reaches it reads, writes and changes members")
+        }
+        (false, false) => None,
+    };
+    if let (true, Some(missing)) = (exposed(&listeners.api), missing) {
+        tracing::warn!(node = config.id, api_addr = %config.api_addr, "the API listens beyond loopback {missing}; see README \"Running securely\" (--tls-cert, --tls-key, --auth)");
     }
     if exposed(&listeners.raft) && tls.peer.is_none() {
         tracing::warn!(node = config.id, raft_addr = %config.raft_addr, "raft-net listens beyond loopback without TLS: anyone who reaches it can speak Raft to this node; see README \"Running securely\" (--peer-cert, --peer-key, --peer-ca)");

@@ -195,6 +195,7 @@ async fn t101_a_secure_cluster_serves_https_and_refuses_clients_without_a_certif
     let dir = certs(&cluster);
     let file = |name: &str| dir.join(name).display().to_string();
     let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client-key.pem"));
+    let token = cluster.client_access().token.expect("the bootstrap token");
     let (ok, stdout, stderr) = mirrorkv(
         &[
             "ctl",
@@ -206,6 +207,8 @@ async fn t101_a_secure_cluster_serves_https_and_refuses_clients_without_a_certif
             &cert,
             "--key",
             &key,
+            "--token",
+            &token,
             "get",
             "k1",
         ],
@@ -214,7 +217,17 @@ async fn t101_a_secure_cluster_serves_https_and_refuses_clients_without_a_certif
     assert!(ok, "ctl over TLS failed: {stderr}");
     assert_eq!(String::from_utf8_lossy(&stdout).trim(), "v");
     let (ok, _, _) = mirrorkv(
-        &["ctl", "--endpoints", &addr, "--ca", &ca, "get", "k1"],
+        &[
+            "ctl",
+            "--endpoints",
+            &addr,
+            "--ca",
+            &ca,
+            "--token",
+            &token,
+            "get",
+            "k1",
+        ],
         None,
     );
     assert!(!ok, "ctl without a client certificate read a key");

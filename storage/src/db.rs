@@ -8,6 +8,7 @@
 //!   `LeaseRecord`; `k` + lease id (BE) + key bytes → () (the keys of a lease, in key order);
 //!   `i` + idempotency key → encoded
 //!   `IdempotencyRecord`, `t` + issued-at (BE) + idempotency key → expiry index;
+//!   `r` + role name → encoded `Role`; `u` + token id → encoded `TokenRecord`;
 //!   `m:applied`, `m:membership` → encoded values; `m:installing` → the snapshot being
 //!   installed, while one is. Data and the applied index share one column family so one
 //!   `WriteBatch` moves both.
@@ -61,6 +62,11 @@ pub(crate) const IDEMPOTENCY_TIME_TAG: u8 = b't';
 pub(crate) const LEASE_TAG: u8 = b'l';
 /// First byte of the keys attached to leases: `k` + lease id (BE) + key → ().
 pub(crate) const LEASE_KEY_TAG: u8 = b'k';
+/// First byte of roles in `sm`: `r` + role name → encoded `auth::Role`.
+pub(crate) const ROLE_TAG: u8 = b'r';
+/// First byte of tokens in `sm`: `u` + token id → encoded `auth::TokenRecord` (a hash, never
+/// the secret).
+pub(crate) const TOKEN_TAG: u8 = b'u';
 /// Meta keys of `sm` start with this byte; everything else in `sm` is replicated data that a
 /// snapshot carries.
 pub(crate) const META_TAG: u8 = b'm';

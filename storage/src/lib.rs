@@ -15,6 +15,8 @@
 //!   (building and installing snapshots).
 //! - [`changes`]: the change history, what each applied entry changed key by key, kept for a
 //!   window of entries.
+//! - [`auth`]: roles and tokens as the state machine keeps them (hashes, never secrets), and
+//!   `SharedAuth`, the table in memory that every request is checked against.
 //! - [`leases`]: what the state machine keeps of leases, and `LeaseListener`, which tells the
 //!   node's lease timers what apply granted and ended.
 //! - `key_index`: the mod and create indexes of live keys in memory, so applying a write does
@@ -30,6 +32,7 @@
 //!
 //! Why it is shaped this way, and every durability rule, is in `storage/DESIGN.md`.
 
+pub mod auth;
 pub mod backup;
 pub mod changes;
 pub mod codec;
@@ -49,6 +52,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use auth::{AuthCommand, AuthTable, Permission, Role, SharedAuth, TokenAccess, TokenRecord};
 pub use db::StoreOptions;
 pub use error::StorageError;
 pub use leases::{LeaseInfo, LeaseListener};

@@ -119,6 +119,24 @@ pub(crate) fn check_stream_record(
             }
             text(&rest[8..])?;
         }
+        db::ROLE_TAG => {
+            let name = std::str::from_utf8(rest).map_err(|_| "a role name that is not UTF-8")?;
+            if !crate::auth::valid_role_name(name) {
+                return Err(format!("a role with the invalid name {name:?}"));
+            }
+            codec::decode::<crate::auth::Role>(value)
+                .map_err(|e| format!("an undecodable role ({e})"))?;
+        }
+        db::TOKEN_TAG => {
+            let id = std::str::from_utf8(rest).map_err(|_| "a token id that is not UTF-8")?;
+            let token: crate::auth::TokenRecord =
+                codec::decode(value).map_err(|e| format!("an undecodable token ({e})"))?;
+            if token.id != id || !crate::auth::valid_token_id(id) {
+                return Err(format!(
+                    "a token record under the wrong or invalid id {id:?}"
+                ));
+            }
+        }
         _ => return Err("a reserved key".into()),
     }
     Ok(())

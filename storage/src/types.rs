@@ -91,6 +91,8 @@ pub enum Command {
         precondition: Precondition,
         lease: LeaseAttach,
     },
+    /// A change of access control: roles and tokens (`auth`). Goes alone in its entry.
+    Auth(crate::auth::AuthCommand),
 }
 
 /// The lease a put attaches its key to, and the most keys that lease may hold (the limit of
@@ -194,6 +196,7 @@ enum CommandWire {
         precondition: Precondition,
         lease: LeaseAttach,
     },
+    Auth(crate::auth::AuthCommand),
 }
 
 /// The limits a client command must keep, checked by [`Command::validate`] wherever a
@@ -321,6 +324,9 @@ impl Command {
             Command::Batch(_) => Err(InvalidCommand::Invalid(
                 "a client command cannot be a batch".into(),
             )),
+            Command::Auth(auth) => auth
+                .validate(limits.max_key_bytes)
+                .map_err(InvalidCommand::Invalid),
         }
     }
 
@@ -337,7 +343,8 @@ impl Command {
             | Command::LeaseGrant { .. }
             | Command::LeaseRevoke { .. }
             | Command::LeaseExpire { .. }
-            | Command::PutLeased { .. } => 2 * PART_BYTES,
+            | Command::PutLeased { .. }
+            | Command::Auth(_) => 2 * PART_BYTES + 2 * crate::auth::MAX_ROLE_NAME_BYTES,
             Command::Txn(txn) => {
                 let ops = txn.success.len().max(txn.failure.len());
                 let gets: usize = txn
@@ -394,7 +401,8 @@ impl Command {
                     keys.push((b'd', key));
                 }
             }
-            Command::Barrier => {}
+            // Goes alone (`goes_alone`).
+            Command::Barrier | Command::Auth(_) => {}
             Command::Idempotent { key, command, .. } => {
                 keys.push((b'i', key));
                 command.collect_conflict_keys(keys);
@@ -449,6 +457,7 @@ impl Command {
                 PART_BYTES + compares + ops
             }
             Command::Barrier => PART_BYTES,
+            Command::Auth(auth) => PART_BYTES + auth.approx_bytes(),
             Command::Idempotent { key, command, .. } => {
                 PART_BYTES + key.len() + command.approx_bytes()
             }
@@ -465,7 +474,7 @@ impl Command {
     /// could touch them. Apply refuses one inside a batch (`ApplyRefusal::NotAlone`).
     pub fn goes_alone(&self) -> bool {
         match self {
-            Command::LeaseRevoke { .. } | Command::LeaseExpire { .. } => true,
+            Command::LeaseRevoke { .. } | Command::LeaseExpire { .. } | Command::Auth(_) => true,
             Command::Idempotent { command, .. } => command.goes_alone(),
             _ => false,
         }
@@ -582,6 +591,17 @@ pub enum ApplyRefusal {
     /// A lease revoke or expiry inside a batch, or more than `MAX_GRANTS_PER_ENTRY` grants in
     /// one entry (the proposer never forms either).
     NotAlone,
+    /// A token for a role, or a role removal, that names no role.
+    RoleNotFound { name: String },
+    /// A token revoke that names no token.
+    TokenNotFound { id: String },
+    /// `max` roles exist already.
+    TooManyRoles { max: u64 },
+    /// `max` live tokens exist already.
+    TooManyTokens { max: u64 },
+    /// A token of this id or secret exists already (ids and secrets are drawn at random: a
+    /// retry with new ones succeeds).
+    TokenExists { id: String },
 }
 
 impl fmt::Display for ApplyRefusal {
@@ -613,6 +633,22 @@ impl fmt::Display for ApplyRefusal {
             } => write!(
                 f,
                 "the transaction's gets would answer at least {at_least_bytes} bytes, more than the {max_bytes} bytes an answer may carry; nothing was applied (split the gets over several transactions or reads)"
+            ),
+            ApplyRefusal::RoleNotFound { name } => write!(f, "role {name:?} does not exist"),
+            ApplyRefusal::TokenNotFound { id } => {
+                write!(f, "token {id:?} does not exist (never created, revoked or expired)")
+            }
+            ApplyRefusal::TooManyRoles { max } => write!(
+                f,
+                "{max} roles exist, the most a cluster holds; nothing was applied (delete roles first)"
+            ),
+            ApplyRefusal::TooManyTokens { max } => write!(
+                f,
+                "{max} live tokens exist, the most a cluster holds; nothing was applied (revoke tokens first)"
+            ),
+            ApplyRefusal::TokenExists { id } => write!(
+                f,
+                "a token with id {id:?} or the same secret exists already; nothing was applied (retry: a new one is drawn)"
             ),
         }
     }

@@ -1,11 +1,13 @@
 //! Model-based property test: the RocksDB state machine and a `BTreeMap` model receive the same
 //! random puts, deletes, conditional writes, lease grants, leased puts, revokes and expiries,
-//! snapshots, restores into a fresh store and re-opens, and must always hold the same keys with
-//! the same values and indexes, and the same leases with the same keys, whatever the bound of
-//! the store's key index.
+//! role and token changes, snapshots, restores into a fresh store and re-opens, and must always
+//! hold the same keys with the same values and indexes, the same leases with the same keys, and
+//! the same roles and tokens, whatever the bound of the store's key index.
 //!
 //! The seed is printed; set `PROPTEST_RNG_SEED=<seed>` to replay a run exactly.
 
+#[path = "t20_model/auth.rs"]
+mod auth;
 mod common;
 #[path = "t20_model/leases.rs"]
 mod leases;
@@ -16,6 +18,7 @@ use std::collections::HashMap;
 
 use mirrorkv_storage::changes::{Change, ChangeKind, KeyFilter, PageLimit};
 
+use auth::AuthModel;
 use leases::LeaseModel;
 use mirrorkv_storage::{
     Command, CommandResult, Compare, CompareTarget, Entry, KeyRecord, KvReader, LogId, LogStore,
@@ -99,6 +102,13 @@ enum Op {
         keys: Vec<u8>,
         slot: u8,
     },
+    /// A role or token change (`auth::auth_command`).
+    Auth {
+        kind: u8,
+        role: u8,
+        token: u8,
+        ttl_ms: Option<u8>,
+    },
     Snapshot,
     RestoreSnapshotIntoFreshStore,
     Reopen,
@@ -130,6 +140,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => proptest::collection::vec(0u8..6, 1..4).prop_map(|slots| Op::Expire { slots }),
         1 => (proptest::collection::btree_set(0u8..12, 1..4), 0u8..6)
             .prop_map(|(keys, slot)| Op::GrantsInBatch { keys: keys.into_iter().collect(), slot }),
+        2 => (any::<u8>(), 0u8..3, 0u8..4, proptest::option::of(0u8..3))
+            .prop_map(|(kind, role, token, ttl_ms)| Op::Auth { kind, role, token, ttl_ms }),
         1 => Just(Op::Snapshot),
         1 => Just(Op::RestoreSnapshotIntoFreshStore),
         1 => Just(Op::Reopen),
@@ -210,6 +222,7 @@ struct Harness {
     /// The index the history starts after (the store's compact index).
     history_after: u64,
     leases: LeaseModel,
+    auth: AuthModel,
     /// Leases granted by the entry being applied (the low byte of the next grant's id).
     entry_grants: u64,
 }
@@ -237,6 +250,7 @@ impl Harness {
             history: Vec::new(),
             history_after: 0,
             leases: LeaseModel::default(),
+            auth: AuthModel::default(),
             entry_grants: 0,
             idempotency: HashMap::new(),
             now_ms: 1_000,
@@ -295,6 +309,7 @@ impl Harness {
                 }
             },
             Command::Barrier => CommandResult::Nothing,
+            Command::Auth(auth) => self.auth.apply(auth),
             Command::Batch(commands) => CommandResult::Batch(
                 commands
                     .iter()
@@ -461,6 +476,12 @@ impl Harness {
                 }
             }
             Op::Batch { keys, value } => batch_command(keys, value),
+            Op::Auth {
+                kind,
+                role,
+                token,
+                ttl_ms,
+            } => Command::Auth(auth::auth_command(kind, role, token, ttl_ms, self.now_ms)),
             op @ (Op::Grant { .. }
             | Op::PutLeased { .. }
             | Op::TxnLeased { .. }
@@ -668,6 +689,7 @@ impl Harness {
         assert_eq!(stored, self.model, "state machine differs from the model");
         self.check_history(&reader);
         self.leases.check(&reader);
+        self.auth.check(&reader);
         for key in 0..12 {
             let name = key_name(key);
             assert_eq!(

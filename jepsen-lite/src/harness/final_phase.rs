@@ -11,7 +11,7 @@ pub(super) struct FinalState<'a> {
     pub(super) bank_tally: &'a Mutex<BankTally>,
     pub(super) accounts: u64,
     /// HTTPS, for a secure cluster.
-    pub(super) tls: Option<&'a mirrorkv_client::ClientTls>,
+    pub(super) tls: &'a crate::cluster::ClientAccess,
 }
 
 /// The final phase, everything healed: read everything back linearizably and judge the run,

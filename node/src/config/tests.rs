@@ -151,6 +151,8 @@ fn every_default_is_shown_in_help_and_is_what_resolve_uses() {
         api_addr: Some(config.api_addr.clone()),
         raft_addr: Some(config.raft_addr.clone()),
         tls_handshake_timeout_ms: Some(config.tls.handshake_timeout_ms),
+        auth: Some(api.auth.enabled),
+        metrics_public: Some(api.auth.metrics_public),
         ..Flags::default()
     };
     assert_eq!(net.handshake_timeout_ms, config.tls.handshake_timeout_ms);
@@ -238,6 +240,63 @@ fn tls_files_come_in_whole_sets() {
     .unwrap();
     assert!(tls.api.is_some_and(|api| api.client_ca.is_none()));
     assert_eq!(tls.peer.map(|peer| peer.ca), Some("ca.pem".into()));
+}
+
+#[test]
+fn auth_needs_a_long_bootstrap_token_and_its_settings_need_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let long = token_file("long", &format!("{}\n", "ab12".repeat(8)));
+    let short = token_file("short", "tooshort");
+    let spaced = token_file("spaced", &format!("{} {}", "a".repeat(20), "b".repeat(20)));
+    let resolve = |extra: String| {
+        Flags::default()
+            .or(file_with(&extra))
+            .resolve()
+            .map_err(|e| e.to_string())
+    };
+    let config = resolve(format!("auth = true\nauth_bootstrap_token_file = {long:?}")).unwrap();
+    assert!(config.api.auth.enabled && !config.api.auth.metrics_public);
+    // The file's text, trimmed, is the token: its hash is kept, and its text for --join.
+    assert_eq!(
+        config.api.auth.bootstrap_token_sha256,
+        Some(mirrorkv_api::auth::token_sha256(&"ab12".repeat(8)))
+    );
+    assert_eq!(config.bootstrap_token.map(|t| t.0), Some("ab12".repeat(8)));
+    for (extra, error) in [
+        (
+            format!("auth_bootstrap_token_file = {long:?}"),
+            "needs --auth",
+        ),
+        ("metrics_public = true".to_string(), "needs --auth"),
+        (
+            format!("auth = true\nauth_bootstrap_token_file = {short:?}"),
+            "32 to",
+        ),
+        (
+            format!("auth = true\nauth_bootstrap_token_file = {spaced:?}"),
+            "without spaces",
+        ),
+        (
+            "auth = true\nauth_bootstrap_token_file = \"/no/such/file\"".to_string(),
+            "reading the bootstrap token",
+        ),
+    ] {
+        let got = resolve(extra.clone()).unwrap_err();
+        assert!(got.contains(error), "{extra}: {got}");
+    }
+    let open = resolve(String::new()).unwrap();
+    assert!(!open.api.auth.enabled && open.bootstrap_token.is_none());
+    // A token never shows in the configuration's Debug (which a node may log).
+    let debug = format!(
+        "{:?}",
+        resolve(format!("auth = true\nauth_bootstrap_token_file = {long:?}")).unwrap()
+    );
+    assert!(!debug.contains("ab12ab12"), "{debug}");
 }
 
 /// Any value for any setting, from a file (flags and environment variables take the same

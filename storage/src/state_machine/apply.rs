@@ -17,14 +17,16 @@ use crate::key_index::{KeyIndex, KeyMeta};
 use crate::leases::{LeaseEvent, LeaseRecord};
 use crate::records::{decode_idempotency_record, IdempotencyRecord};
 use crate::types::{
-    lease_id, ApplyRefusal, Command, CommandResult, CompareTarget, Entry, KeyRecord, LeaseAttach,
-    Precondition, Response, StoredMembership, Txn, TxnOp, TxnOpResult, MAX_GRANTS_PER_ENTRY,
-    MAX_TXN_RESPONSE_BYTES,
+    lease_id, ApplyRefusal, Command, CommandResult, Entry, KeyRecord, LeaseAttach, Response,
+    StoredMembership, MAX_GRANTS_PER_ENTRY,
 };
 
 /// Most expired idempotency records removed per applied idempotent command: bounds the work of
 /// one apply while keeping the table's size bounded by the writes of one window.
 const MAX_EXPIRED_PRUNED_PER_APPLY: usize = 64;
+
+mod txn;
+use txn::{check, run_txn};
 
 /// What one entry's commands read of the state before the entry: a key's indexes from the
 /// [`KeyIndex`] when it holds them, otherwise its record from RocksDB, looked up once; a
@@ -60,6 +62,8 @@ struct Reads<'a> {
     grants: u64,
     /// Leases granted and ended, for the lease listener once the entry is written.
     lease_events: Vec<LeaseEvent>,
+    /// Role and token writes, for the auth table once the entry is written.
+    auth_writes: Vec<crate::auth::AuthWrite>,
 }
 
 impl<'a> Reads<'a> {
@@ -78,6 +82,7 @@ impl<'a> Reads<'a> {
             lease_keys_delta: 0,
             grants: 0,
             lease_events: Vec::new(),
+            auth_writes: Vec::new(),
         }
     }
 
@@ -527,6 +532,10 @@ impl StateMachine {
                 result => result,
             },
             Command::Barrier => CommandResult::Nothing,
+            Command::Auth(auth) => {
+                let writes = &mut overlay.reads.auth_writes;
+                super::auth_apply::stage(&self.db, &self.auth, &auth, batch, writes)?
+            }
             Command::Idempotent { .. } | Command::Batch(_) => {
                 unreachable!("handled above")
             }
@@ -643,6 +652,7 @@ impl StateMachine {
         let mut batch = WriteBatch::default();
         let mut index_updates = Vec::new();
         let mut lease_events = Vec::new();
+        let mut auth_writes = Vec::new();
         let mut lease_count = self.lease_count;
         let mut lease_keys_delta = 0;
         let nothing = Response {
@@ -668,6 +678,7 @@ impl StateMachine {
                 }
                 index_updates = reads.index_updates;
                 lease_events = reads.lease_events;
+                auth_writes = reads.auth_writes;
                 lease_keys_delta = reads.lease_keys_delta;
                 lease_count = reads
                     .lease_count
@@ -715,6 +726,7 @@ impl StateMachine {
             }
             self.publish_index_size();
         }
+        self.auth.apply(auth_writes);
         self.lease_count = lease_count;
         if lease_keys_delta != 0 {
             let keys = self.counters.lease_keys.load(Ordering::Relaxed);
@@ -726,74 +738,4 @@ impl StateMachine {
         self.applied = Some(log_id);
         Ok(response)
     }
-}
-
-/// `Some(PreconditionFailed)` if `precondition` does not hold for `key`.
-fn check(
-    overlay: &mut Overlay<'_, '_>,
-    key: &str,
-    precondition: Precondition,
-) -> Result<Option<CommandResult>> {
-    let current = overlay.meta(key)?.map(|m| m.mod_index);
-    let holds = match precondition {
-        Precondition::None => true,
-        Precondition::ModIndex(m) => current == Some(m),
-        Precondition::Absent => current.is_none(),
-        Precondition::Exists => current.is_some(),
-    };
-    Ok((!holds).then_some(CommandResult::PreconditionFailed { mod_index: current }))
-}
-
-fn run_txn(overlay: &mut Overlay<'_, '_>, index: u64, txn: Txn) -> Result<CommandResult> {
-    let mut succeeded = true;
-    for compare in &txn.compare {
-        let holds = match &compare.target {
-            CompareTarget::ModIndex(m) => {
-                overlay.meta(&compare.key)?.map_or(0, |c| c.mod_index) == *m
-            }
-            CompareTarget::Value(v) => overlay.record(&compare.key)?.is_some_and(|r| &r.value == v),
-            CompareTarget::Exists(exists) => overlay.meta(&compare.key)?.is_some() == *exists,
-        };
-        if !holds {
-            succeeded = false;
-            break;
-        }
-    }
-    let ops = if succeeded { txn.success } else { txn.failure };
-    let mut results = Vec::with_capacity(ops.len());
-    let mut answer_bytes = 0u64;
-    for op in ops {
-        if let TxnOp::Get { key } = &op {
-            let value_bytes = overlay.record(key)?.map_or(0, |r| r.value.len());
-            answer_bytes += (key.len() + value_bytes) as u64;
-            if answer_bytes > MAX_TXN_RESPONSE_BYTES {
-                return Ok(CommandResult::Refused(ApplyRefusal::ResponseTooLarge {
-                    at_least_bytes: answer_bytes,
-                    max_bytes: MAX_TXN_RESPONSE_BYTES,
-                }));
-            }
-        }
-        results.push(match op {
-            TxnOp::Put { key, value } => TxnOpResult::Put {
-                prev_mod_index: overlay.put(index, &key, value, 0)?,
-            },
-            TxnOp::PutLeased { key, value, lease } => {
-                if let Some(refusal) = overlay.attach_refusal(&key, lease)? {
-                    // Nothing of a refused transaction is staged.
-                    return Ok(CommandResult::Refused(refusal));
-                }
-                TxnOpResult::Put {
-                    prev_mod_index: overlay.put(index, &key, value, lease.id)?,
-                }
-            }
-            TxnOp::Delete { key } => TxnOpResult::Delete {
-                deleted: overlay.delete(&key)?,
-            },
-            TxnOp::Get { key } => {
-                let record = overlay.record(&key)?.cloned();
-                TxnOpResult::Get { key, record }
-            }
-        });
-    }
-    Ok(CommandResult::Txn { succeeded, results })
 }

@@ -2,6 +2,7 @@
 //! and `KvReader`, the read side that the API uses.
 //!
 //! - `apply`: applying entries (commands, transactions, idempotency).
+//! - `auth_apply`: applying role and token changes (`Command::Auth`).
 //! - `reader`: [`KvReader`], point-in-time reads and the store's sizes.
 //! - `snapshot_io`: [`SnapshotBuilder`] and installing a received snapshot file.
 //!
@@ -10,6 +11,7 @@
 //! not fsynced: after a crash the tail is re-applied from the (fsynced) log.
 
 mod apply;
+mod auth_apply;
 mod reader;
 mod snapshot_io;
 #[cfg(test)]
@@ -23,6 +25,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{OptionalSend, StorageIOError};
 use rocksdb::DB;
 
+use crate::auth::SharedAuth;
 use crate::changes::{self, ChangeListener};
 use crate::codec;
 use crate::db::{self, read_applied, read_membership, stored_snapshot, CF_SM, KEY_INSTALLING};
@@ -58,6 +61,9 @@ pub struct StateMachine {
     lease_count: u64,
     /// Told of every lease granted and ended (the node's lease timers), once set.
     lease_listener: Option<Arc<dyn LeaseListener>>,
+    /// Roles and tokens (`auth`), as applied: loaded at open and after an install, changed by
+    /// apply once an entry's batch is written.
+    auth: SharedAuth,
 }
 
 /// The snapshot files and the lock that orders the steps which change which one is current:
@@ -146,6 +152,7 @@ impl StateMachine {
         let counters = Arc::new(StorageCounters::default());
         counters.lease_keys.store(lease_keys, Ordering::Relaxed);
         let membership = read_membership(&db, None)?;
+        let auth = reader::auth_table(&db)?;
         let changes_compact = match changes::read_compact(&db, None)? {
             Some(compact) => compact,
             None => {
@@ -172,6 +179,7 @@ impl StateMachine {
             listener: None,
             lease_count,
             lease_listener: None,
+            auth: SharedAuth::new(auth),
         })
     }
 
@@ -181,6 +189,7 @@ impl StateMachine {
             db: self.db.clone(),
             counters: self.counters.clone(),
             snapshots: self.snapshots.clone(),
+            auth: self.auth.clone(),
         }
     }
 
@@ -301,6 +310,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(listener) = &self.lease_listener {
             listener.reset(leases);
         }
+        self.auth
+            .replace(reader::auth_table(&self.db).map_err(sm_read_err)?);
         self.counters
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);

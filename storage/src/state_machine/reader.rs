@@ -21,9 +21,15 @@ pub struct KvReader {
     pub(super) db: Arc<DB>,
     pub(super) counters: Arc<StorageCounters>,
     pub(super) snapshots: Snapshots,
+    pub(super) auth: crate::auth::SharedAuth,
 }
 
 impl KvReader {
+    /// Roles and tokens as applied here: what the API checks every request against.
+    pub fn auth(&self) -> &crate::auth::SharedAuth {
+        &self.auth
+    }
+
     pub(crate) fn db(&self) -> &DB {
         &self.db
     }
@@ -253,6 +259,32 @@ pub(crate) fn live_leases(db: &DB) -> Result<(Vec<(u64, u64)>, u64)> {
         keys += record.keys;
     }
     Ok((leases, keys))
+}
+
+/// Every role and token of the store (`db::ROLE_TAG`, `db::TOKEN_TAG`), as a table.
+pub(crate) fn auth_table(db: &DB) -> Result<crate::auth::AuthTable> {
+    let records = |tag: u8| {
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(vec![tag + 1]);
+        db.iterator_cf_opt(
+            db::cf(db, CF_SM),
+            read_options,
+            IteratorMode::From(&[tag], Direction::Forward),
+        )
+    };
+    let mut roles = Vec::new();
+    for item in records(db::ROLE_TAG) {
+        let (key, value) = item?;
+        let name = std::str::from_utf8(&key[1..])
+            .map_err(|_| StorageError::Invariant("a role name that is not UTF-8".into()))?;
+        roles.push((name.to_string(), codec::decode(&value)?));
+    }
+    let mut tokens = Vec::new();
+    for item in records(db::TOKEN_TAG) {
+        let (_, value) = item?;
+        tokens.push(codec::decode(&value)?);
+    }
+    Ok(crate::auth::AuthTable::from_records(roles, tokens))
 }
 
 /// What one range read asks for.
