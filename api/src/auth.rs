@@ -14,31 +14,10 @@ use mirrorkv_storage::{Role, TokenAccess};
 
 use crate::error::ApiError;
 use crate::state::ApiState;
+pub use crate::state::AuthSettings;
 
 /// Longest `Authorization` header value looked at, in bytes; longer is refused unread.
 pub const MAX_TOKEN_BYTES: usize = 256;
-
-/// Access control of the API (`--auth`).
-#[derive(Clone, Default)]
-pub struct AuthSettings {
-    /// Require a token on every route but `/health` and `/ready`.
-    pub enabled: bool,
-    /// SHA-256 of the bootstrap token (`--auth-bootstrap-token-file`): an admin known to this
-    /// node alone, from its own configuration, to create the first roles and tokens.
-    pub bootstrap_token_sha256: Option<[u8; 32]>,
-    /// `/metrics` needs no token (`--metrics-public`).
-    pub metrics_public: bool,
-}
-
-impl std::fmt::Debug for AuthSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthSettings")
-            .field("enabled", &self.enabled)
-            .field("bootstrap_token", &self.bootstrap_token_sha256.is_some())
-            .field("metrics_public", &self.metrics_public)
-            .finish()
-    }
-}
 
 /// Who sent a request.
 #[derive(Debug, Clone)]

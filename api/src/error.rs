@@ -48,6 +48,12 @@ pub enum ApiError {
     /// An `Idempotency-Key` reused for a different request within its window.
     #[error("{0}")]
     IdempotencyKeyReused(String),
+    /// A request target (path and query) over `limits::max_uri_bytes` (414).
+    #[error("{0}")]
+    UriTooLong(String),
+    /// Request headers over `limits::MAX_HEADER_BYTES` together (431).
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// The client did not send its request in time (`body_read_timeout_ms`).
     #[error("{0}")]
     RequestTimeout(String),
@@ -183,6 +189,12 @@ impl ApiError {
                 false,
             ),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout", true),
+            ApiError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "too_large", false),
+            ApiError::HeadersTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too_large",
+                false,
+            ),
             // Retrying the same request cannot help: re-read the range, then watch from its
             // index.
             ApiError::Compacted { .. } => (StatusCode::GONE, "compacted", false),

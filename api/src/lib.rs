@@ -139,14 +139,15 @@ async fn front_door(
     } else {
         door.in_flight.admit().map(Some)
     };
-    let principal = match auth::is_public(&door.state.config.auth, request.uri().path()) {
-        true => Ok(auth::Principal::Open),
-        false => auth::authenticate(&door.state, request.headers()),
+    let principal = match limits::head_refusal(&request, door.state.config.max_key_bytes) {
+        Some(refusal) => Err(refusal),
+        None if auth::is_public(&door.state.config.auth, request.uri().path()) => {
+            Ok(auth::Principal::Open)
+        }
+        None => auth::authenticate(&door.state, request.headers()),
     };
     let response = match (principal, removed, admitted) {
-        (Err(unauthenticated), _, _) => {
-            axum::response::IntoResponse::into_response(unauthenticated)
-        }
+        (Err(refused), _, _) => axum::response::IntoResponse::into_response(refused),
         (Ok(_), Some(removed), _) => axum::response::IntoResponse::into_response(removed),
         (Ok(principal), None, Ok(_permit)) => match read_body(&door.state.config, request).await {
             Ok(mut request) => {
@@ -231,6 +232,7 @@ pub async fn serve(
         .header_read_timeout(std::time::Duration::from_millis(
             config.header_read_timeout_ms,
         ))
+        .max_buf_size(limits::MAX_HEAD_BUFFER_BYTES)
         .keep_alive(true);
     let closed = state.metrics.connections_closed.clone();
     let watch = state.node.watch.clone();

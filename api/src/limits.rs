@@ -1,6 +1,7 @@
 //! Bounds on the HTTP side: connections served at once (`LimitedListener`), deadlines on every
-//! connection (`ConnDeadlines`, enforced by `LimitedStream`), and requests in flight (past the
-//! limit a request is shed at once with `429 overloaded`).
+//! connection (`ConnDeadlines`, enforced by `LimitedStream`), the size of a request's head
+//! (`head_refusal`), and requests in flight (past the limit a request is shed at once with
+//! `429 overloaded`).
 //!
 //! When all `max_connections` slots are taken, a new connection takes the slot of the one that
 //! has moved no byte for longest: it is closed as soon as no request of it is in progress (at
@@ -39,6 +40,44 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
+
+/// Most bytes of request headers, names and values together; past it `431 too_large`.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// hyper's read buffer per connection, in bytes: a request head that does not fit gets hyper's
+/// own `431` (no body) and the connection is closed. Above what `MAX_HEADER_BYTES` and
+/// `max_uri_bytes` allow together, so every head within reach of those checks gets the API's
+/// error.
+pub const MAX_HEAD_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Longest request target (path and query), in bytes: a key of `max_key_bytes` with every byte
+/// percent-encoded, plus 4 KiB of query. Past it `414 too_large`.
+pub fn max_uri_bytes(max_key_bytes: usize) -> usize {
+    max_key_bytes * 3 + 4096
+}
+
+/// The refusal of a request whose head is over the limits, if it is.
+pub fn head_refusal(request: &axum::extract::Request, max_key_bytes: usize) -> Option<ApiError> {
+    let uri_bytes = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    let max_uri = max_uri_bytes(max_key_bytes);
+    if uri_bytes > max_uri {
+        return Some(ApiError::UriTooLong(format!(
+            "a request target of {uri_bytes} bytes exceeds {max_uri} (max_key_bytes percent-encoded, plus 4 KiB of query)"
+        )));
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    (header_bytes > MAX_HEADER_BYTES).then(|| {
+        ApiError::HeadersTooLarge(format!(
+            "request headers of {header_bytes} bytes exceed {MAX_HEADER_BYTES}"
+        ))
+    })
+}
 
 /// The deadlines of one API connection (see the module doc).
 #[derive(Debug, Clone)]

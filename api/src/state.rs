@@ -41,7 +41,7 @@ pub struct ApiConfig {
     /// The cluster's APIs serve HTTPS (`--tls-cert`): redirects name `https://`.
     pub https: bool,
     /// Tokens and roles (`--auth`).
-    pub auth: crate::auth::AuthSettings,
+    pub auth: AuthSettings,
 }
 
 impl Default for ApiConfig {
@@ -63,7 +63,7 @@ impl Default for ApiConfig {
             max_range_limit: 10_000,
             max_range_page_bytes: 4 * 1024 * 1024,
             https: false,
-            auth: crate::auth::AuthSettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -100,5 +100,27 @@ impl ApiState {
             config,
             metrics: crate::metrics::Metrics::default(),
         })
+    }
+}
+
+/// Access control of the API (`--auth`).
+#[derive(Clone, Default)]
+pub struct AuthSettings {
+    /// Require a token on every route but `/health` and `/ready`.
+    pub enabled: bool,
+    /// SHA-256 of the bootstrap token (`--auth-bootstrap-token-file`): an admin known to this
+    /// node alone, from its own configuration, to create the first roles and tokens.
+    pub bootstrap_token_sha256: Option<[u8; 32]>,
+    /// `/metrics` needs no token (`--metrics-public`).
+    pub metrics_public: bool,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("enabled", &self.enabled)
+            .field("bootstrap_token", &self.bootstrap_token_sha256.is_some())
+            .field("metrics_public", &self.metrics_public)
+            .finish()
     }
 }

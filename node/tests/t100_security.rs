@@ -192,28 +192,9 @@ async fn t101_a_secure_cluster_serves_https_and_refuses_clients_without_a_certif
     assert!(refused.is_err(), "no client certificate, yet: {refused:?}");
 
     // ctl with the client's files reads; with the CA alone it is refused.
-    let dir = certs(&cluster);
-    let file = |name: &str| dir.join(name).display().to_string();
-    let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client-key.pem"));
+    let ca = certs(&cluster).join("ca.pem").display().to_string();
     let token = cluster.client_access().token.expect("the bootstrap token");
-    let (ok, stdout, stderr) = mirrorkv(
-        &[
-            "ctl",
-            "--endpoints",
-            &addr,
-            "--ca",
-            &ca,
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "--token",
-            &token,
-            "get",
-            "k1",
-        ],
-        None,
-    );
+    let (ok, stdout, stderr) = secure_ctl(&cluster, other, &token, &["get", "k1"]);
     assert!(ok, "ctl over TLS failed: {stderr}");
     assert_eq!(String::from_utf8_lossy(&stdout).trim(), "v");
     let (ok, _, _) = mirrorkv(

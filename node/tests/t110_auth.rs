@@ -61,6 +61,27 @@ async fn put_role(cluster: &Cluster, name: &str, role: Value) {
     assert_eq!(status, 200, "{body}");
 }
 
+/// A secure cluster with a leader and role `app`: read and write under `app/`.
+async fn secure_cluster_with_app_role() -> Cluster {
+    let cluster = Cluster::start_secure(3, &[], false).await;
+    cluster.wait_for_leader().await;
+    put_role(
+        &cluster,
+        "app",
+        json!({"permissions": [{"prefix": "app/", "read": true, "write": true}]}),
+    )
+    .await;
+    cluster
+}
+
+/// `mirrorkv ctl` through node 1 of a secure cluster with `token`, which must succeed: its
+/// standard output.
+fn ctl(cluster: &Cluster, args: &[&str], token: &str) -> String {
+    let (ok, stdout, stderr) = secure_ctl(cluster, 1, token, args);
+    assert!(ok, "mirrorkv ctl {args:?}: {stderr}");
+    String::from_utf8(stdout).unwrap()
+}
+
 /// Wait until `token` reads `key` on node `id` with `status`.
 async fn wait_status(cluster: &Cluster, id: u64, token: &str, key: &str, status: u16) {
     let client = client(cluster, Some(token));
@@ -147,14 +168,7 @@ async fn t110_without_a_token_only_health_and_ready_answer() {
 /// A refusal is the same whether the key exists or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t111_roles_bound_every_key_a_token_touches() {
-    let cluster = Cluster::start_secure(3, &[], false).await;
-    cluster.wait_for_leader().await;
-    put_role(
-        &cluster,
-        "app",
-        json!({"permissions": [{"prefix": "app/", "read": true, "write": true}]}),
-    )
-    .await;
+    let cluster = secure_cluster_with_app_role().await;
     put_role(
         &cluster,
         "viewer",
@@ -244,14 +258,7 @@ async fn t111_roles_bound_every_key_a_token_touches() {
 /// on every node; a deleted role leaves its tokens able to do nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t112_tokens_reach_every_node_and_end_when_revoked_or_expired() {
-    let cluster = Cluster::start_secure(3, &[], false).await;
-    cluster.wait_for_leader().await;
-    put_role(
-        &cluster,
-        "app",
-        json!({"permissions": [{"prefix": "app/", "read": true, "write": true}]}),
-    )
-    .await;
+    let cluster = secure_cluster_with_app_role().await;
     let (id, token) = create_token(&cluster, 1, "app", None).await;
     let (_, short) = create_token(&cluster, 1, "app", Some(1)).await;
     for node in cluster.ids() {
@@ -261,25 +268,18 @@ async fn t112_tokens_reach_every_node_and_end_when_revoked_or_expired() {
     for node in cluster.ids() {
         wait_status(&cluster, node, &short, "app%2Fnone", 401).await;
     }
-    // Revoked: refused on every node.
-    let (status, body) = answer(
-        cluster
-            .http
-            .delete(format!("{}/v1/auth/tokens/{id}", cluster.api(2))),
-    )
-    .await;
+    // Revoked: refused on every node; a second revoke finds no such token.
+    let revoke = cluster
+        .http
+        .delete(format!("{}/v1/auth/tokens/{id}", cluster.api(2)));
+    let (status, body) = answer(revoke.try_clone().unwrap()).await;
     assert_eq!(status, 200, "{body}");
     for node in cluster.ids() {
         wait_status(&cluster, node, &token, "app%2Fnone", 401).await;
     }
-    let (status, body) = answer(
-        cluster
-            .http
-            .delete(format!("{}/v1/auth/tokens/{id}", cluster.api(2))),
-    )
-    .await;
+    let (status, body) = answer(revoke).await;
     assert_eq!((status, &body["error"]["code"]), (404, &json!("not_found")));
-    // A role deleted: its token authenticates but may do nothing; back when the role is.
+    // A role deleted: its token authenticates but may do nothing.
     let (_, other) = create_token(&cluster, 1, "app", None).await;
     let (status, _) = answer(
         cluster
@@ -316,65 +316,27 @@ async fn t113_tokens_survive_restarts_and_reach_a_new_member_by_snapshot() {
     let mut cluster =
         Cluster::start_secure(3, &["--snapshot-threshold-entries", "10"], false).await;
     cluster.wait_for_leader().await;
-    let certs = cluster.certs.clone().unwrap();
-    let file = |name: &str| certs.join(name).display().to_string();
-    let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client-key.pem"));
     let admin = cluster.client_access().token.unwrap();
-    let endpoints = cluster.nodes[&1].api_addr.clone();
-    let ctl = |args: &[&str], token: &str| {
-        let mut all = vec![
-            "ctl",
-            "--endpoints",
-            &endpoints,
-            "--ca",
-            &ca,
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "--token",
-            token,
-        ];
-        all.extend_from_slice(args);
-        let (ok, stdout, stderr) = mirrorkv(&all, None);
-        assert!(ok, "mirrorkv {args:?}: {stderr}");
-        String::from_utf8(stdout).unwrap()
-    };
     ctl(
+        &cluster,
         &["auth", "role", "put", "app", "--read-write", "app/"],
         &admin,
     );
     let created: Value = serde_json::from_str(&ctl(
+        &cluster,
         &["--json", "auth", "token", "create", "--role", "app"],
         &admin,
     ))
     .unwrap();
     let token = created["token"].as_str().unwrap().to_string();
-    ctl(&["put", "app/x", "1"], &token);
-    assert_eq!(ctl(&["get", "app/x"], &token).trim(), "1");
-    let roles = ctl(&["auth", "role", "list"], &admin);
+    ctl(&cluster, &["put", "app/x", "1"], &token);
+    assert_eq!(ctl(&cluster, &["get", "app/x"], &token).trim(), "1");
+    let roles = ctl(&cluster, &["auth", "role", "list"], &admin);
     assert!(
         roles.contains("app") && roles.contains("\"app/\":rw"),
         "{roles}"
     );
-    let (ok, _, stderr) = mirrorkv(
-        &[
-            "ctl",
-            "--endpoints",
-            &endpoints,
-            "--ca",
-            &ca,
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "--token",
-            &token,
-            "get",
-            "secret",
-        ],
-        None,
-    );
+    let (ok, _, stderr) = secure_ctl(&cluster, 1, &token, &["get", "secret"]);
     assert!(!ok && stderr.contains("permission_denied"), "{stderr}");
 
     // Every node snapshots and drops its log: a new member can only catch up by snapshot.
@@ -409,7 +371,7 @@ async fn t113_tokens_survive_restarts_and_reach_a_new_member_by_snapshot() {
     wait_status(&cluster, 1, &token, "secret", 403).await;
     // Revoked through ctl: refused everywhere, the new member included.
     let id = created["id"].as_str().unwrap();
-    ctl(&["auth", "token", "revoke", id], &admin);
+    ctl(&cluster, &["auth", "token", "revoke", id], &admin);
     for node in cluster.ids() {
         wait_status(&cluster, node, &token, "app%2Fx", 401).await;
     }

@@ -190,6 +190,35 @@ pub fn http() -> reqwest::Client {
         .expect("http client")
 }
 
+/// Run `mirrorkv ctl` against node `id` of a secure cluster, with its CA, the client
+/// certificate and `token`, then `args`; returns (success, stdout, stderr).
+pub fn secure_ctl(
+    cluster: &Cluster,
+    id: u64,
+    token: &str,
+    args: &[&str],
+) -> (bool, Vec<u8>, String) {
+    let certs = cluster.certs.clone().expect("a secure cluster");
+    let file = |name: &str| certs.join(name).display().to_string();
+    let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client-key.pem"));
+    let endpoint = cluster.nodes[&id].api_addr.clone();
+    let mut all = vec![
+        "ctl",
+        "--endpoints",
+        &endpoint,
+        "--ca",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--token",
+        token,
+    ];
+    all.extend_from_slice(args);
+    mirrorkv(&all, None)
+}
+
 /// Run `mirrorkv` with `args` (e.g. `ctl ...`, `restore ...`); returns (success, stdout,
 /// stderr).
 pub fn mirrorkv(args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {
