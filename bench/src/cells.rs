@@ -163,10 +163,13 @@ pub struct Stores {
 
 impl Stores {
     /// Start the stores asked for, 3 nodes each.
+    /// With `tls` (`--tls`, the `mirrorkv` binary that makes certificates): TLS on both ports
+    /// of both (`tls.rs`).
     pub async fn start(
         mirrorkv_bin: Option<&Path>,
         etcd_bin: Option<&Path>,
         extra_args: &[String],
+        tls: Option<&Path>,
     ) -> anyhow::Result<Stores> {
         let mirrorkv = match mirrorkv_bin {
             Some(bin) => {
@@ -178,10 +181,16 @@ impl Stores {
                     proxies: false,
                     dir: None,
                     clock_rates: BTreeMap::new(),
-                    secure: false,
+                    secure: tls.is_some(),
                     env: Vec::new(),
                 })
                 .await?;
+                if let Some(certs) = &cluster.certs {
+                    let access = crate::tls::mirror_tls(certs, cluster.client_access().token)?;
+                    for id in cluster.ids() {
+                        crate::tls::register_mirror(&cluster.api(id), access.clone());
+                    }
+                }
                 cluster.wait_for_leader().await?;
                 for id in cluster.ids() {
                     cluster.wait_ready(id).await?;
@@ -191,7 +200,19 @@ impl Stores {
             None => None,
         };
         let etcd = match etcd_bin {
-            Some(bin) => Some(EtcdCluster::start(bin, 3).await?),
+            Some(bin) => {
+                // The certificates of the mirrorkv cluster (they name 127.0.0.1 and localhost
+                // too), or a set of its own.
+                let certs = match (tls, mirrorkv.as_ref().and_then(|c| c.certs.clone())) {
+                    (None, _) => None,
+                    (Some(_), Some(certs)) => Some(certs),
+                    (Some(bin), None) => {
+                        let dir = tempfile::tempdir()?.keep();
+                        Some(jepsen_lite::cluster::make_certs(bin, &dir, 3)?)
+                    }
+                };
+                Some(EtcdCluster::start(bin, 3, certs.as_deref()).await?)
+            }
             None => None,
         };
         Ok(Stores { mirrorkv, etcd })

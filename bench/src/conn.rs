@@ -21,14 +21,21 @@ use crate::cells::{bench_key, bench_value, OpKind, Store, REQUEST_TIMEOUT_MS};
 /// handling. etcd is driven through etcd-client, a thin layer over tonic's gRPC channel.
 pub(crate) struct Http1 {
     addr: String,
+    /// With `--tls`: the node's TLS and token (`tls`).
+    tls: Option<crate::tls::MirrorTls>,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
 impl Http1 {
     /// A client for the node at `base`, which connects on its first request.
     pub(crate) fn new(base: &str) -> Http1 {
+        let addr = base
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_string();
         Http1 {
-            addr: base.trim_start_matches("http://").to_string(),
+            tls: crate::tls::mirror(&addr),
+            addr,
             sender: None,
         }
     }
@@ -37,7 +44,7 @@ impl Http1 {
     async fn open(base: &str) -> Result<Http1, String> {
         let mut http = Http1::new(base);
         let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
-        let connected = tokio::time::timeout(timeout, Self::connect(&http.addr))
+        let connected = tokio::time::timeout(timeout, Self::connect(&http.addr, http.tls.as_ref()))
             .await
             .map_err(|_| {
                 format!(
@@ -49,16 +56,40 @@ impl Http1 {
         Ok(http)
     }
 
-    async fn connect(addr: &str) -> Result<SendRequest<Full<Bytes>>, String> {
+    async fn connect(
+        addr: &str,
+        tls: Option<&crate::tls::MirrorTls>,
+    ) -> Result<SendRequest<Full<Bytes>>, String> {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connecting to {addr}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
-        // Drives the connection; ends when the sender is dropped or the connection fails.
-        tokio::spawn(connection);
+        let handshake_error = |e: hyper::Error| format!("HTTP handshake with {addr}: {e}");
+        // The connection task drives the connection; it ends when the sender is dropped or the
+        // connection fails.
+        let sender = match tls {
+            None => {
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(handshake_error)?;
+                tokio::spawn(connection);
+                sender
+            }
+            Some(tls) => {
+                let stream = tls
+                    .connector
+                    .connect(crate::tls::MirrorTls::server_name(), stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(handshake_error)?;
+                tokio::spawn(connection);
+                sender
+            }
+        };
         Ok(sender)
     }
 
@@ -73,10 +104,16 @@ impl Http1 {
         let work = async {
             let sender = match &mut self.sender {
                 Some(sender) if !sender.is_closed() => sender,
-                _ => self.sender.insert(Self::connect(&self.addr).await?),
+                _ => self
+                    .sender
+                    .insert(Self::connect(&self.addr, self.tls.as_ref()).await?),
             };
             sender.ready().await.map_err(|e| e.to_string())?;
-            let request = Request::builder()
+            let mut request = Request::builder();
+            if let Some(token) = self.tls.as_ref().and_then(|tls| tls.token.as_deref()) {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let request = request
                 .method(method)
                 .uri(path_and_query)
                 .header(header::HOST, &self.addr)
@@ -179,9 +216,12 @@ impl Conn {
 /// An etcd client of the one member at `endpoint`, each request bounded by
 /// `REQUEST_TIMEOUT_MS`.
 pub(crate) async fn etcd_connect(endpoint: &str) -> anyhow::Result<etcd_client::Client> {
-    let options = etcd_client::ConnectOptions::new()
+    let mut options = etcd_client::ConnectOptions::new()
         .with_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
         .with_connect_timeout(Duration::from_secs(5));
+    if let Some(tls) = crate::tls::etcd(endpoint) {
+        options = options.with_tls(tls);
+    }
     Ok(etcd_client::Client::connect([endpoint], Some(options)).await?)
 }
 

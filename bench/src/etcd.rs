@@ -10,6 +10,8 @@ use jepsen_lite::cluster::wait_for;
 /// A running 3-member etcd cluster on loopback, stopped on drop.
 pub struct EtcdCluster {
     etcd: PathBuf,
+    /// With `--tls`: the certificates (`tls::etcd_flags`).
+    certs: Option<PathBuf>,
     dir: tempfile::TempDir,
     peers: Vec<String>,
     pub client_urls: Vec<String>,
@@ -27,11 +29,15 @@ impl EtcdCluster {
     /// are found by binding port 0 and letting go, so another process (an outgoing connection of
     /// the other clusters) can take one before etcd binds it: then it starts again on new ports,
     /// at most three times.
-    pub async fn start(etcd: &Path, members: usize) -> anyhow::Result<EtcdCluster> {
+    pub async fn start(
+        etcd: &Path,
+        members: usize,
+        certs: Option<&Path>,
+    ) -> anyhow::Result<EtcdCluster> {
         const ATTEMPTS: usize = 3;
         let mut attempt = 1;
         loop {
-            match Self::start_once(etcd, members).await {
+            match Self::start_once(etcd, members, certs).await {
                 Ok(cluster) => return Ok(cluster),
                 Err(e) if attempt < ATTEMPTS => {
                     eprintln!("etcd did not start ({e:#}); starting it again on new ports");
@@ -44,16 +50,28 @@ impl EtcdCluster {
         }
     }
 
-    async fn start_once(etcd: &Path, members: usize) -> anyhow::Result<EtcdCluster> {
+    async fn start_once(
+        etcd: &Path,
+        members: usize,
+        certs: Option<&Path>,
+    ) -> anyhow::Result<EtcdCluster> {
         let dir = tempfile::tempdir()?;
+        let scheme = if certs.is_some() { "https" } else { "http" };
         let mut peers = Vec::new();
         let mut clients = Vec::new();
         for _ in 0..members {
-            peers.push(format!("http://127.0.0.1:{}", free_port()?));
-            clients.push(format!("http://127.0.0.1:{}", free_port()?));
+            peers.push(format!("{scheme}://127.0.0.1:{}", free_port()?));
+            clients.push(format!("{scheme}://127.0.0.1:{}", free_port()?));
+        }
+        if let Some(certs) = certs {
+            let tls = crate::tls::etcd_tls(certs)?;
+            for url in &clients {
+                crate::tls::register_etcd(url, tls.clone());
+            }
         }
         let mut cluster = EtcdCluster {
             etcd: etcd.to_path_buf(),
+            certs: certs.map(Path::to_path_buf),
             dir,
             peers,
             client_urls: clients,
@@ -113,6 +131,11 @@ impl EtcdCluster {
             // Room for the 1M-key scale run (the default quota is 2 GiB).
             .arg("--quota-backend-bytes")
             .arg((8u64 << 30).to_string())
+            .args(
+                self.certs
+                    .as_deref()
+                    .map_or_else(Vec::new, |certs| crate::tls::etcd_flags(certs, i)),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -126,9 +149,12 @@ impl EtcdCluster {
         wait_for(&format!("etcd at {url}"), Duration::from_secs(60), || {
             let url = url.clone();
             async move {
-                let options = etcd_client::ConnectOptions::new()
+                let mut options = etcd_client::ConnectOptions::new()
                     .with_timeout(Duration::from_secs(2))
                     .with_connect_timeout(Duration::from_secs(1));
+                if let Some(tls) = crate::tls::etcd(&url) {
+                    options = options.with_tls(tls);
+                }
                 let mut client = etcd_client::Client::connect([url], Some(options))
                     .await
                     .ok()?;
@@ -142,7 +168,7 @@ impl EtcdCluster {
     /// Index of the member that is leader now.
     pub(crate) async fn leader(&self) -> anyhow::Result<usize> {
         for (i, url) in self.client_urls.iter().enumerate() {
-            let mut client = etcd_client::Client::connect([url.clone()], None).await?;
+            let mut client = crate::conn::etcd_connect(url).await?;
             let status = client.status().await?;
             let is_leader = status
                 .header()

@@ -8,6 +8,7 @@
 //! - `etcd`: the 3-member etcd cluster, started from the `etcd` binary.
 //! - `watch`: the watch cell (one writer, N watchers of its prefix; delay and memory).
 //! - `leases`: the lease cells (keepalives of N leases; a mass expiry under other writes).
+//! - `tls`: `--tls`, TLS on both ports of both stores, looked up by endpoint.
 //! - this file: the flags, and the run over every key space, store and round.
 //!
 //! Why: `bench/DESIGN.md`.
@@ -16,6 +17,7 @@ mod cells;
 mod conn;
 mod etcd;
 mod leases;
+mod tls;
 mod watch;
 
 use std::path::PathBuf;
@@ -90,6 +92,10 @@ struct Args {
     /// 10 keys each running out together while 16 clients put other keys).
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     leases: Vec<usize>,
+    /// TLS on both ports of both stores (mirrorkv also with --auth; `tls.rs`). Not with
+    /// --watch.
+    #[arg(long)]
+    tls: bool,
 }
 
 fn main() -> ExitCode {
@@ -112,7 +118,12 @@ fn main() -> ExitCode {
         watch,
         watch_rate,
         leases,
+        tls,
     } = Args::parse();
+    if tls && !watch.is_empty() {
+        eprintln!("mirrorkv-bench: --tls does not apply to the watch cells");
+        return ExitCode::from(2);
+    }
     let bin = bin.unwrap_or_else(default_mirrorkv_bin);
     let cells: Vec<(BenchWorkload, String, usize)> = if matrix {
         let mut cells = Vec::new();
@@ -161,6 +172,7 @@ fn main() -> ExitCode {
         restart,
         json,
         seed,
+        tls,
     };
     let Some(runtime) = runtime("mirrorkv-bench") else {
         return ExitCode::from(3);
@@ -193,6 +205,8 @@ struct BenchRun {
     restart: bool,
     json: Option<PathBuf>,
     seed: u64,
+    /// TLS on both ports of both stores (`--tls`).
+    tls: bool,
 }
 
 /// Start the stores (a pair of clusters for each key space), preload them, then run every cell
@@ -263,6 +277,7 @@ async fn run_watch_bench(run: &BenchRun, counts: &[usize], rate: u64) -> anyhow:
         run.mirrorkv.then_some(run.bin.as_path()),
         run.etcd.as_deref(),
         &[],
+        run.tls.then_some(run.bin.as_path()),
     )
     .await?;
     let mut measured = Vec::new();
@@ -315,6 +330,7 @@ async fn run_lease_bench(run: &BenchRun, counts: &[usize], clients: usize) -> an
                     run.mirrorkv.then_some(run.bin.as_path()),
                     run.etcd.as_deref(),
                     &["--max-leases".to_string(), "1000000".to_string()],
+                    run.tls.then_some(run.bin.as_path()),
                 )
                 .await?;
                 let result =
@@ -329,6 +345,7 @@ async fn run_lease_bench(run: &BenchRun, counts: &[usize], clients: usize) -> an
                 run.mirrorkv.then_some(run.bin.as_path()),
                 run.etcd.as_deref(),
                 &[],
+                run.tls.then_some(run.bin.as_path()),
             )
             .await?;
             let result = leases::expiry_cell(&stores, store, round).await?;
@@ -356,6 +373,7 @@ async fn start_and_preload(
             run.mirrorkv.then_some(run.bin.as_path()),
             run.etcd.as_deref(),
             &[],
+            run.tls.then_some(run.bin.as_path()),
         )
         .await?;
         pairs.push((shape, stores));

@@ -16,7 +16,7 @@ use mirrorkv_client::{Client, ClientError, ClientOptions, ReadOptions};
 
 #[path = "cluster_secure.rs"]
 mod secure;
-pub use secure::{ClientAccess, BOOTSTRAP_TOKEN_FILE};
+pub use secure::{make_certs, ClientAccess, BOOTSTRAP_TOKEN_FILE};
 use serde_json::Value;
 
 pub use crate::proxy::{Delay, Proxy};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::ClusterError;
 
 /// Certificates for a secure cluster of `nodes` in `dir/certs` (`mirrorkv certs init`).
-pub(super) fn make_certs(bin: &Path, dir: &Path, nodes: u64) -> Result<PathBuf, ClusterError> {
+pub fn make_certs(bin: &Path, dir: &Path, nodes: u64) -> Result<PathBuf, ClusterError> {
     let certs = dir.join("certs");
     let output = Command::new(bin)
         .args([

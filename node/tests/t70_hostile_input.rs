@@ -713,17 +713,28 @@ async fn t81_a_wiped_voter_cannot_rejoin_under_its_old_id() {
 
 /// Issue 19's two confirmed attacks, as `jepsen-lite attack` runs them against a fresh 3-node
 /// cluster with default settings (a poison-pill transaction then a snapshot on every node;
-/// 1,100 idle API connections), each followed by a write through every node on a new
-/// connection. On 5d09809 11 of its 13 checks fail: the snapshots time out, no node takes a
-/// write, and the idle connections stay open.
+/// idle API connections, 10,000 here), each followed by a write through every node on a new
+/// connection. On 5d09809 11 of its 13 checks fail (with 1,100 idle connections): the
+/// snapshots time out, no node takes a write, and the idle connections stay open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t82_jepsen_lite_attack_leaves_the_cluster_taking_writes() {
-    // 1,100 sockets here, and the soft limit may be 1024.
-    mirrorkv_node::open_files::raise_open_files_limit().expect("raise the open-files limit");
+    // 10,000 sockets here, and the soft limit may be 1024.
+    let limit = mirrorkv_node::open_files::raise_open_files_limit()
+        .expect("raise the open-files limit");
+    let idle_connections = 10_000.min(limit.saturating_sub(1024) as usize);
+    println!("{idle_connections} idle connections (open-files limit {limit})");
+    assert!(
+        idle_connections > 1100,
+        "an open-files limit of {limit} leaves room for only {idle_connections} idle connections"
+    );
     let bin = std::env::var_os("MIRRORKV_TEST_BIN")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_BIN_EXE_mirrorkv")));
-    let report = jepsen_lite::attack::run(jepsen_lite::attack::AttackOptions::new(bin))
+    let options = jepsen_lite::attack::AttackOptions {
+        idle_connections,
+        ..jepsen_lite::attack::AttackOptions::new(bin)
+    };
+    let report = jepsen_lite::attack::run(options)
         .await
         .unwrap_or_else(|e| panic!("harness: {e}"));
     let failed: Vec<_> = report.findings.iter().filter(|f| !f.passed).collect();
