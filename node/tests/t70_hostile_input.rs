@@ -719,8 +719,8 @@ async fn t81_a_wiped_voter_cannot_rejoin_under_its_old_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t82_jepsen_lite_attack_leaves_the_cluster_taking_writes() {
     // 10,000 sockets here, and the soft limit may be 1024.
-    let limit = mirrorkv_node::open_files::raise_open_files_limit()
-        .expect("raise the open-files limit");
+    let limit =
+        mirrorkv_node::open_files::raise_open_files_limit().expect("raise the open-files limit");
     let idle_connections = 10_000.min(limit.saturating_sub(1024) as usize);
     println!("{idle_connections} idle connections (open-files limit {limit})");
     assert!(
