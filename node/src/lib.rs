@@ -202,21 +202,44 @@ fn warn_at_start(config: &NodeConfig, listeners: &Listeners, tls: &tls::LiveTls)
             .local_addr()
             .is_ok_and(|addr| !addr.ip().is_loopback())
     };
-    let missing = match (tls.api.is_none(), !config.api.auth.enabled) {
-        (true, true) => {
-            Some("without TLS or --auth: anyone who reaches it reads and writes, in clear")
-        }
-        (true, false) => Some("without TLS: tokens and data cross the network in clear"),
-        (false, true) => {
-            Some("without --auth: anyone who reaches it reads, writes and changes members")
-        }
-        (false, false) => None,
+    let exposure = Exposure {
+        api_beyond_loopback: exposed(&listeners.api),
+        raft_beyond_loopback: exposed(&listeners.raft),
+        api_tls: tls.api.is_some(),
+        peer_tls: tls.peer.is_some(),
+        auth: config.api.auth.enabled,
     };
-    if let (true, Some(missing)) = (exposed(&listeners.api), missing) {
-        tracing::warn!(node = config.id, api_addr = %config.api_addr, "the API listens beyond loopback {missing}; see README \"Running securely\" (--tls-cert, --tls-key, --auth)");
+    for warning in exposure.warnings() {
+        tracing::warn!(node = config.id, api_addr = %config.api_addr, raft_addr = %config.raft_addr, "{warning}; see README \"Running securely\"");
     }
-    if exposed(&listeners.raft) && tls.peer.is_none() {
-        tracing::warn!(node = config.id, raft_addr = %config.raft_addr, "raft-net listens beyond loopback without TLS: anyone who reaches it can speak Raft to this node; see README \"Running securely\" (--peer-cert, --peer-key, --peer-ca)");
+}
+
+/// How a node's ports are exposed and protected, for the warnings at start.
+#[derive(Debug, Clone, Copy)]
+struct Exposure {
+    api_beyond_loopback: bool,
+    raft_beyond_loopback: bool,
+    api_tls: bool,
+    peer_tls: bool,
+    auth: bool,
+}
+
+impl Exposure {
+    /// What an operator must be told: a port beyond loopback without what protects it.
+    fn warnings(self) -> Vec<&'static str> {
+        let mut warnings = Vec::new();
+        if self.api_beyond_loopback {
+            match (self.api_tls, self.auth) {
+                (false, false) => warnings.push("the API listens beyond loopback without TLS or --auth: anyone who reaches it reads and writes, in clear (--tls-cert, --tls-key, --auth)"),
+                (false, true) => warnings.push("the API listens beyond loopback without TLS: tokens and data cross the network in clear (--tls-cert, --tls-key)"),
+                (true, false) => warnings.push("the API listens beyond loopback without --auth: anyone who reaches it reads, writes and changes members (--auth)"),
+                (true, true) => {}
+            }
+        }
+        if self.raft_beyond_loopback && !self.peer_tls {
+            warnings.push("raft-net listens beyond loopback without TLS: anyone who reaches it can speak Raft to this node (--peer-cert, --peer-key, --peer-ca)");
+        }
+        warnings
     }
 }
 
@@ -406,4 +429,35 @@ pub(crate) fn write_cluster_id(data_dir: &std::path::Path, id: &str) -> anyhow::
     std::fs::rename(&tmp, data_dir.join(CLUSTER_ID_FILE))?;
     std::fs::File::open(data_dir)?.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Exposure;
+
+    #[test]
+    fn a_port_beyond_loopback_without_its_protection_is_warned_of() {
+        let exposure = |api_beyond_loopback, raft_beyond_loopback, api_tls, peer_tls, auth| {
+            Exposure {
+                api_beyond_loopback,
+                raft_beyond_loopback,
+                api_tls,
+                peer_tls,
+                auth,
+            }
+            .warnings()
+        };
+        // Loopback only: nothing to say, whatever is on.
+        assert!(exposure(false, false, false, false, false).is_empty());
+        // Beyond loopback with everything on: nothing either.
+        assert!(exposure(true, true, true, true, true).is_empty());
+        let api = |tls, auth| exposure(true, false, tls, false, auth);
+        assert!(api(false, false)[0].contains("without TLS or --auth"));
+        assert!(api(false, true)[0].contains("without TLS:"));
+        assert!(api(true, false)[0].contains("without --auth"));
+        let raft = exposure(false, true, false, false, false);
+        assert_eq!(raft.len(), 1);
+        assert!(raft[0].starts_with("raft-net listens beyond loopback without TLS"));
+        assert_eq!(exposure(true, true, false, false, false).len(), 2);
+    }
 }

@@ -10,6 +10,7 @@
 //! - [`server`]: accepts peer connections and serves requests against the local Raft node.
 //! - [`tls`]: mutual TLS between nodes: the certificate names the node (`mirrorkv-node-<id>`).
 //! - [`network`]: openraft's `RaftNetworkFactory` on top of the pool.
+//! - `warn_budget`: at most so many warnings of one kind a minute (refused peers).
 //! - [`error`]: `NetError`, the error of this layer.
 //!
 //! Why it is shaped this way: `raft-net/DESIGN.md`.
@@ -22,6 +23,7 @@ pub mod message;
 pub mod network;
 pub mod server;
 pub mod tls;
+mod warn_budget;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

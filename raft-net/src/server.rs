@@ -18,7 +18,13 @@ use crate::message::{
     ForwardError, LeaseTimes, MembershipChange, NodeStatus, ReadIndexKind, RpcRequest, RpcResponse,
 };
 use crate::tls::{certificate_names_node, node_name, PeerTls};
+use crate::warn_budget::WarnBudget;
 use crate::{LeaderContact, NetConfig};
+
+/// Warnings about refused peers and failed connections, at most 20 a minute each: a peer
+/// connecting in a loop cannot flood the log (`WarnBudget`).
+static REFUSED_WARNINGS: WarnBudget = WarnBudget::new(20);
+static CLOSED_WARNINGS: WarnBudget = WarnBudget::new(20);
 
 /// The two halves of a connection, plain or TLS.
 pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
@@ -117,9 +123,15 @@ pub async fn serve<H: AppHandler>(
             };
             match result {
                 Err(NetError::Refused(why)) => {
-                    tracing::warn!(%peer, reason = %why, "refused a raft-net peer");
+                    if let Some(held_back) = REFUSED_WARNINGS.admit() {
+                        tracing::warn!(%peer, reason = %why, held_back, "refused a raft-net peer");
+                    }
                 }
-                Err(e) => tracing::warn!(%peer, error = %e, "closed raft-net connection"),
+                Err(e) => {
+                    if let Some(held_back) = CLOSED_WARNINGS.admit() {
+                        tracing::warn!(%peer, error = %e, held_back, "closed raft-net connection");
+                    }
+                }
                 Ok(()) => {}
             }
             drop(permit);
