@@ -64,32 +64,29 @@ impl Http1 {
             .await
             .map_err(|e| format!("connecting to {addr}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let handshake_error = |e: hyper::Error| format!("HTTP handshake with {addr}: {e}");
-        // The connection task drives the connection; it ends when the sender is dropped or the
-        // connection fails.
-        let sender = match tls {
-            None => {
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(handshake_error)?;
-                tokio::spawn(connection);
-                sender
-            }
+        match tls {
+            None => Self::http1_over(stream, addr).await,
             Some(tls) => {
                 let stream = tls
                     .connector
                     .connect(crate::tls::MirrorTls::server_name(), stream)
                     .await
                     .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(handshake_error)?;
-                tokio::spawn(connection);
-                sender
+                Self::http1_over(stream, addr).await
             }
-        };
+        }
+    }
+
+    /// HTTP/1.1 over `io`; a task drives the connection until the sender is dropped or the
+    /// connection fails.
+    async fn http1_over<I>(io: I, addr: &str) -> Result<SendRequest<Full<Bytes>>, String>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
+        tokio::spawn(connection);
         Ok(sender)
     }
 
