@@ -153,10 +153,10 @@ impl Principal {
             Principal::Open => "anyone".into(),
             Principal::Bootstrap => "the bootstrap token".into(),
             Principal::Token(access) => match &access.role {
-                Some(_) => format!("token {} (role {})", access.id, access.role_name),
+                Some(_) => format!("token {} (role {})", access.token.id, access.token.role),
                 None => format!(
                     "token {} (role {}, which does not exist)",
-                    access.id, access.role_name
+                    access.token.id, access.token.role
                 ),
             },
         }

@@ -91,6 +91,18 @@ async fn change(state: &ApiState, command: AuthCommand) -> Result<u64, ApiError>
     Ok(response.index)
 }
 
+/// `change`, answered as `{"<field>": value, "index": I}` for `finish`.
+async fn change_named(
+    state: &ApiState,
+    command: AuthCommand,
+    field: &str,
+    value: String,
+) -> Result<(Option<u64>, Response), ApiError> {
+    let index = change(state, command).await?;
+    let body = json!({ field: value, "index": index });
+    Ok((Some(index), Json(body).into_response()))
+}
+
 /// `PUT /v1/auth/roles/{name}` → `{"name", "index"}`.
 pub async fn put_role(
     State(state): State<Arc<ApiState>>,
@@ -118,18 +130,11 @@ pub async fn put_role(
                 })
                 .collect(),
         };
-        let index = change(
-            &state,
-            AuthCommand::PutRole {
-                name: name.clone(),
-                role,
-            },
-        )
-        .await?;
-        Ok((
-            Some(index),
-            Json(json!({"name": name, "index": index})).into_response(),
-        ))
+        let command = AuthCommand::PutRole {
+            name: name.clone(),
+            role,
+        };
+        change_named(&state, command, "name", name).await
     }
     .await;
     finish(&state, WRITE_LEVEL, result)
@@ -144,11 +149,8 @@ pub async fn delete_role(
     let result = async {
         principal.require_admin("change roles")?;
         let name = path_text(path, "role name")?;
-        let index = change(&state, AuthCommand::DeleteRole { name: name.clone() }).await?;
-        Ok((
-            Some(index),
-            Json(json!({"name": name, "index": index})).into_response(),
-        ))
+        let command = AuthCommand::DeleteRole { name: name.clone() };
+        change_named(&state, command, "name", name).await
     }
     .await;
     finish(&state, WRITE_LEVEL, result)
@@ -266,11 +268,8 @@ pub async fn delete_token(
     let result = async {
         principal.require_admin("revoke tokens")?;
         let id = path_text(path, "token id")?;
-        let index = change(&state, AuthCommand::DeleteToken { id: id.clone() }).await?;
-        Ok((
-            Some(index),
-            Json(json!({"id": id, "index": index})).into_response(),
-        ))
+        let command = AuthCommand::DeleteToken { id: id.clone() };
+        change_named(&state, command, "id", id).await
     }
     .await;
     finish(&state, WRITE_LEVEL, result)

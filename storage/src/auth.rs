@@ -209,16 +209,17 @@ pub(crate) enum AuthWrite {
 #[derive(Debug, Default, Clone)]
 pub struct AuthTable {
     roles: BTreeMap<String, Arc<Role>>,
-    tokens: BTreeMap<String, TokenRecord>,
+    /// Shared with each request's `TokenAccess`, so a lookup copies no strings.
+    tokens: BTreeMap<String, Arc<TokenRecord>>,
     /// Token hash → token id.
     by_hash: HashMap<[u8; 32], String>,
 }
 
 /// The token a hash names, and what its role allows (`None`: the role does not exist now).
+/// Two reference counts, no copies: it is made once per request.
 #[derive(Debug, Clone)]
 pub struct TokenAccess {
-    pub id: String,
-    pub role_name: String,
+    pub token: Arc<TokenRecord>,
     pub role: Option<Arc<Role>>,
 }
 
@@ -295,7 +296,7 @@ impl AuthTable {
             }
             AuthWrite::PutToken(token) => {
                 self.by_hash.insert(token.hash, token.id.clone());
-                self.tokens.insert(token.id.clone(), token);
+                self.tokens.insert(token.id.clone(), Arc::new(token));
             }
             AuthWrite::DeleteToken(id) => {
                 if let Some(token) = self.tokens.remove(&id) {
@@ -312,8 +313,7 @@ impl AuthTable {
             return None;
         }
         Some(TokenAccess {
-            id: token.id.clone(),
-            role_name: token.role.clone(),
+            token: Arc::clone(token),
             role: self.roles.get(&token.role).cloned(),
         })
     }
@@ -327,7 +327,7 @@ impl AuthTable {
 
     /// Every token (expired ones included until they are dropped), by id.
     pub fn tokens(&self) -> impl Iterator<Item = &TokenRecord> {
-        self.tokens.values()
+        self.tokens.values().map(|token| &**token)
     }
 }
 
@@ -432,7 +432,10 @@ mod tests {
             Err(ApplyRefusal::TokenExists { id: "a1".into() })
         );
         let found = table.token(&[1; 32], 4999).expect("live token");
-        assert_eq!((found.id.as_str(), found.role_name.as_str()), ("a1", "app"));
+        assert_eq!(
+            (found.token.id.as_str(), found.token.role.as_str()),
+            ("a1", "app")
+        );
         assert!(table.token(&[1; 32], 5000).is_none(), "expired at its time");
         assert!(table.token(&[2; 32], 0).is_none(), "unknown hash");
         // A token created after a1 expired drops it in the same entry.

@@ -94,13 +94,7 @@ async fn role(client: &Client, command: RoleCommand, json: bool) -> anyhow::Resu
             let index = client
                 .put_role(&name, admin, &permissions(read, write, read_write))
                 .await?;
-            match json {
-                true => print_json(&json!({"name": name, "index": index})),
-                false => {
-                    println!("role {name} set at index {index}");
-                    Ok(())
-                }
-            }
+            print_changed(json, "name", &name, index, &format!("role {name} set"))
         }
         RoleCommand::List => {
             let roles = client.roles().await?;
@@ -126,13 +120,7 @@ async fn role(client: &Client, command: RoleCommand, json: bool) -> anyhow::Resu
         }
         RoleCommand::Delete { name } => {
             let index = client.delete_role(&name).await?;
-            match json {
-                true => print_json(&json!({"name": name, "index": index})),
-                false => {
-                    println!("role {name} deleted at index {index}");
-                    Ok(())
-                }
-            }
+            print_changed(json, "name", &name, index, &format!("role {name} deleted"))
         }
     }
 }
@@ -180,13 +168,22 @@ async fn token(client: &Client, command: TokenCommand, json: bool) -> anyhow::Re
         }
         TokenCommand::Revoke { id } => {
             let index = client.revoke_token(&id).await?;
-            match json {
-                true => print_json(&json!({"id": id, "index": index})),
-                false => {
-                    println!("token {id} revoked at index {index}");
-                    Ok(())
-                }
-            }
+            print_changed(json, "id", &id, index, &format!("token {id} revoked"))
         }
     }
+}
+
+/// What a change printed: `{"<field>": value, "index": I}` with `--json`, else `<done> at index I`.
+fn print_changed(
+    json: bool,
+    field: &str,
+    value: &str,
+    index: u64,
+    done: &str,
+) -> anyhow::Result<()> {
+    if json {
+        return print_json(&json!({ field: value, "index": index }));
+    }
+    println!("{done} at index {index}");
+    Ok(())
 }

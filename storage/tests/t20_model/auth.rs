@@ -99,7 +99,7 @@ impl AuthModel {
             match found {
                 Some(access) => {
                     assert!(live, "an expired token {} was found", token.id);
-                    assert_eq!(access.id, token.id);
+                    assert_eq!(access.token.id, token.id);
                     assert_eq!(access.role.as_deref(), self.roles.get(&token.role));
                 }
                 None => assert!(!live, "token {} not found by its hash", token.id),
