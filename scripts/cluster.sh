@@ -14,6 +14,7 @@
 # Everything lives in one run folder: $MIRRORKV_RUN_DIR, default ./run/cluster. Ports are asked
 # of the OS on the first `up` and kept in the folder, so `up` again on the same folder restarts
 # the same cluster with its data (and, for a secure one, its certificates).
+# $MIRRORKV_NODE_FLAGS: more flags for every node (e.g. "--max-wait-s 1"), split on spaces.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -60,9 +61,9 @@ tls_flags() { # id: the TLS flags of that node when secure (its certificate serv
 
 start_node() { # id, then the flags that say how it finds its cluster
   local id=$1; shift
-  # shellcheck disable=SC2046 # the flags are paths without spaces, split on purpose
+  # shellcheck disable=SC2046,SC2086 # the flags are paths without spaces, split on purpose
   nohup "$bin" --id "$id" --data-dir "$run_dir/node$id" \
-    --api-addr "$(api_of "$id")" --raft-addr "$(raft_of "$id")" $(tls_flags "$id") "$@" \
+    --api-addr "$(api_of "$id")" --raft-addr "$(raft_of "$id")" $(tls_flags "$id") ${MIRRORKV_NODE_FLAGS:-} "$@" \
     >> "$run_dir/node$id.log" 2>&1 &
   echo $! > "$run_dir/node$id.pid"
 }

@@ -56,6 +56,7 @@ pub fn is_public(settings: &AuthSettings, path: &str) -> bool {
     !settings.enabled
         || path == "/health"
         || path == "/ready"
+        || path == "/v1/openapi.json"
         || (settings.metrics_public && path == "/metrics")
 }
 

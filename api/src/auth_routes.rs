@@ -20,18 +20,21 @@ use axum::{Extension, Json};
 use mirrorkv_storage::auth::{MAX_TOKEN_ID_BYTES, MAX_TOKEN_TTL_S};
 use mirrorkv_storage::{AuthCommand, Command, CommandResult, Permission, Role, TokenRecord};
 use serde::Deserialize;
-use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::auth::{now_ms, token_sha256, Principal};
 use crate::error::ApiError;
 use crate::kv::{body_error, finish, WRITE_LEVEL};
+use crate::schema::{
+    PermissionView, RoleChanged, RoleList, RoleView, TokenCreated, TokenList, TokenRevoked,
+    TokenView,
+};
 use crate::state::ApiState;
 
 /// The read level label of the list routes: this node's applied state.
 const LOCAL_LEVEL: &str = "stale";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PermissionBody {
     prefix: String,
@@ -41,7 +44,7 @@ struct PermissionBody {
     write: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RoleBody {
     #[serde(default)]
@@ -50,9 +53,10 @@ struct RoleBody {
     permissions: Vec<PermissionBody>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenBody {
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     role: String,
     ttl_s: Option<u64>,
 }
@@ -91,19 +95,28 @@ async fn change(state: &ApiState, command: AuthCommand) -> Result<u64, ApiError>
     Ok(response.index)
 }
 
-/// `change`, answered as `{"<field>": value, "index": I}` for `finish`.
-async fn change_named(
+/// `change`, answered with the body `answer` makes of its index, for `finish`.
+async fn change_answered<T: serde::Serialize>(
     state: &ApiState,
     command: AuthCommand,
-    field: &str,
-    value: String,
+    answer: impl FnOnce(u64) -> T,
 ) -> Result<(Option<u64>, Response), ApiError> {
     let index = change(state, command).await?;
-    let body = json!({ field: value, "index": index });
-    Ok((Some(index), Json(body).into_response()))
+    Ok((Some(index), Json(answer(index)).into_response()))
 }
 
 /// `PUT /v1/auth/roles/{name}` → `{"name", "index"}`.
+#[utoipa::path(
+    put,
+    path = "/v1/auth/roles/{name}",
+    tag = "auth",
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$", description = "1 to 64 bytes of letters, digits, `_`, `-`, `.`")),
+    request_body(content = RoleBody),
+    responses(
+        (status = 200, description = "Set (created or replaced)", body = crate::schema::RoleChanged),
+        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
+    ),
+)]
 pub async fn put_role(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
@@ -134,13 +147,24 @@ pub async fn put_role(
             name: name.clone(),
             role,
         };
-        change_named(&state, command, "name", name).await
+        change_answered(&state, command, |index| RoleChanged { name, index }).await
     }
     .await;
     finish(&state, WRITE_LEVEL, result)
 }
 
 /// `DELETE /v1/auth/roles/{name}` → `{"name", "index"}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/auth/roles/{name}",
+    tag = "auth",
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$")),
+    responses(
+        (status = 200, description = "Deleted; its tokens allow nothing until a role of that name exists again", body = crate::schema::RoleChanged),
+        (status = 404, description = "not_found: no such role", body = crate::schema::ErrorBody),
+        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
+    ),
+)]
 pub async fn delete_role(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
@@ -150,30 +174,42 @@ pub async fn delete_role(
         principal.require_admin("change roles")?;
         let name = path_text(path, "role name")?;
         let command = AuthCommand::DeleteRole { name: name.clone() };
-        change_named(&state, command, "name", name).await
+        change_answered(&state, command, |index| RoleChanged { name, index }).await
     }
     .await;
     finish(&state, WRITE_LEVEL, result)
 }
 
-fn role_json(name: &str, role: &Role) -> Value {
-    let permissions: Vec<Value> = role
-        .permissions
-        .iter()
-        .map(|p| json!({"prefix": p.prefix, "read": p.read, "write": p.write}))
+fn role_json(name: &str, role: &Role) -> RoleView {
+    let permissions = (role.permissions.iter())
+        .map(|p| PermissionView {
+            prefix: p.prefix.clone(),
+            read: p.read,
+            write: p.write,
+        })
         .collect();
-    json!({"name": name, "admin": role.admin, "permissions": permissions})
+    RoleView {
+        name: name.to_string(),
+        admin: role.admin,
+        permissions,
+    }
 }
 
 /// `GET /v1/auth/roles` → `{"roles": [{"name", "admin", "permissions"}]}`.
+#[utoipa::path(
+    get,
+    path = "/v1/auth/roles",
+    tag = "auth",
+    responses((status = 200, description = "Every role (this node's applied state)", body = crate::schema::RoleList)),
+)]
 pub async fn list_roles(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
 ) -> Response {
     let result = principal.require_admin("list roles").map(|()| {
         let table = state.node.reader.auth().read();
-        let roles: Vec<Value> = table.roles().map(|(n, r)| role_json(n, r)).collect();
-        (None, Json(json!({"roles": roles})).into_response())
+        let roles = table.roles().map(|(n, r)| role_json(n, r)).collect();
+        (None, Json(RoleList { roles }).into_response())
     });
     finish(&state, LOCAL_LEVEL, result)
 }
@@ -194,6 +230,17 @@ const _: () = assert!(2 * TOKEN_ID_BYTES <= MAX_TOKEN_ID_BYTES);
 
 /// `POST /v1/auth/tokens {"role", "ttl_s"?}` → 201 `{"id", "token", "role", "expires_at_ms",
 /// "index"}`. The only answer that ever holds the secret.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/tokens",
+    tag = "auth",
+    request_body(content = TokenBody),
+    responses(
+        (status = 201, description = "Created; the secret is in this answer only", body = crate::schema::TokenCreated),
+        (status = 404, description = "not_found: no such role", body = crate::schema::ErrorBody),
+        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
+    ),
+)]
 pub async fn create_token(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
@@ -219,13 +266,13 @@ pub async fn create_token(
         };
         let expires_at_ms = record.expires_at_ms;
         let index = change(&state, AuthCommand::CreateToken(record)).await?;
-        let body = json!({
-            "id": id,
-            "token": token,
-            "role": body.role,
-            "expires_at_ms": expires_at_ms,
-            "index": index,
-        });
+        let body = TokenCreated {
+            id,
+            token,
+            role: body.role,
+            expires_at_ms,
+            index,
+        };
         Ok((Some(index), (StatusCode::CREATED, Json(body)).into_response()))
     }
     .await;
@@ -234,6 +281,12 @@ pub async fn create_token(
 
 /// `GET /v1/auth/tokens` → `{"tokens": [{"id", "role", "created_at_ms", "expires_at_ms",
 /// "expired"}]}`: never a secret (none is kept).
+#[utoipa::path(
+    get,
+    path = "/v1/auth/tokens",
+    tag = "auth",
+    responses((status = 200, description = "Every token, never a secret", body = crate::schema::TokenList)),
+)]
 pub async fn list_tokens(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
@@ -241,25 +294,33 @@ pub async fn list_tokens(
     let result = principal.require_admin("list tokens").map(|()| {
         let now_ms = now_ms();
         let table = state.node.reader.auth().read();
-        let tokens: Vec<Value> = table
-            .tokens()
-            .map(|t| {
-                json!({
-                    "id": t.id,
-                    "role": t.role,
-                    "created_at_ms": t.created_at_ms,
-                    "expires_at_ms": t.expires_at_ms,
-                    "expired": t.expired_at(now_ms),
-                })
+        let tokens = (table.tokens())
+            .map(|t| TokenView {
+                id: t.id.clone(),
+                role: t.role.clone(),
+                created_at_ms: t.created_at_ms,
+                expires_at_ms: t.expires_at_ms,
+                expired: t.expired_at(now_ms),
             })
             .collect();
-        (None, Json(json!({"tokens": tokens})).into_response())
+        (None, Json(TokenList { tokens }).into_response())
     });
     finish(&state, LOCAL_LEVEL, result)
 }
 
 /// `DELETE /v1/auth/tokens/{id}` → `{"id", "index"}`: the token is refused by this node now,
 /// and by every other once it applies `index`.
+#[utoipa::path(
+    delete,
+    path = "/v1/auth/tokens/{id}",
+    tag = "auth",
+    params(("id" = String, Path, pattern = r"^[0-9a-f]{1,32}$")),
+    responses(
+        (status = 200, description = "Revoked", body = crate::schema::TokenRevoked),
+        (status = 404, description = "not_found: no such token", body = crate::schema::ErrorBody),
+        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
+    ),
+)]
 pub async fn delete_token(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
@@ -269,7 +330,7 @@ pub async fn delete_token(
         principal.require_admin("revoke tokens")?;
         let id = path_text(path, "token id")?;
         let command = AuthCommand::DeleteToken { id: id.clone() };
-        change_named(&state, command, "id", id).await
+        change_answered(&state, command, |index| TokenRevoked { id, index }).await
     }
     .await;
     finish(&state, WRITE_LEVEL, result)

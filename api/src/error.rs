@@ -2,10 +2,11 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use mirrorkv_coordinator::CoordError;
 use mirrorkv_storage::StorageError;
+
+use crate::schema::{ErrorBody, ErrorDetail};
 
 /// Everything a request can fail with. The message is safe to show a client; internals go to
 /// the log only.
@@ -212,15 +213,20 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
         }
-        let mut body = json!({
-            "error": { "code": code, "message": self.to_string(), "retryable": retryable }
-        });
+        let mut body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+                retryable,
+            },
+            mod_index: None,
+            outcome: None,
+            compact_index: None,
+        };
         match &self {
-            ApiError::PreconditionFailed { mod_index } => body["mod_index"] = json!(mod_index),
-            ApiError::OutcomeUnknown(_) => body["outcome"] = json!("unknown"),
-            ApiError::Compacted { compact_index, .. } => {
-                body["compact_index"] = json!(compact_index)
-            }
+            ApiError::PreconditionFailed { mod_index } => body.mod_index = Some(*mod_index),
+            ApiError::OutcomeUnknown(_) => body.outcome = Some("unknown".into()),
+            ApiError::Compacted { compact_index, .. } => body.compact_index = Some(*compact_index),
             _ => {}
         }
         let mut response = (status, axum::Json(body)).into_response();

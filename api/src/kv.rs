@@ -10,12 +10,12 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use mirrorkv_storage::{Command, CommandResult, LeaseAttach, Precondition, RangeRequest};
-use serde_json::json;
 use tokio::time::Instant;
 
 use crate::auth::Principal;
 use crate::blocking;
 use crate::error::ApiError;
+use crate::schema::{RangePage, WriteAnswer};
 use crate::state::ApiState;
 use crate::values;
 use mirrorkv_coordinator::watch::interval::prefix_end;
@@ -157,6 +157,19 @@ pub fn finish(
     response
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/kv/{*key}",
+    tag = "kv",
+    params(("key" = String, Path, description = "The key (it may hold `/`)"), crate::schema::ReadParams, crate::schema::BlockingParams),
+    responses(
+        (status = 200, description = "The value's bytes; `ETag` is its mod_index", content_type = "application/octet-stream", body = Vec<u8>,
+         headers(("ETag" = String), ("X-Mirrorkv-Index" = u64), ("X-Mirrorkv-Create-Index" = u64))),
+        (status = 404, description = "not_found: no such key", body = crate::schema::ErrorBody),
+        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
+        (status = 412, description = "precondition_failed: this node has not caught up to min_index", body = crate::schema::ErrorBody),
+    ),
+)]
 pub async fn get_key(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
@@ -340,21 +353,23 @@ async fn run_write(
     Ok((Some(response.index), body.into_response()))
 }
 
-/// The body of an acknowledged put or delete (`shared/API.md`). Fields in alphabetical order,
-/// as the JSON map this replaced wrote them.
-#[derive(serde::Serialize)]
-#[serde(untagged)]
-enum WriteAnswer {
-    Put {
-        index: u64,
-        prev_mod_index: Option<u64>,
-    },
-    Delete {
-        deleted: bool,
-        index: u64,
-    },
-}
-
+#[utoipa::path(
+    put,
+    path = "/v1/kv/{*key}",
+    tag = "kv",
+    params(("key" = String, Path, description = "The key (it may hold `/`)"), crate::schema::PutParams, crate::schema::WriteHeaders,
+        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]+"?)$"#, description = "Put only if the key's mod_index is this, or `*`: if it exists (not with If-None-Match)"),
+        ("If-None-Match" = Option<String>, Header, pattern = r"^\*$", description = "`*`: put only if the key does not exist")),
+    request_body(content = Option<Vec<u8>>, content_type = "application/octet-stream", description = "The value's bytes (none: the empty value)"),
+    responses(
+        (status = 200, description = "Put, on a quorum's disks", body = crate::schema::WriteAnswer),
+        (status = 307, description = "redirect=true on a follower: the leader's address in Location"),
+        (status = 404, description = "not_found: the lease does not exist", body = crate::schema::ErrorBody),
+        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
+        (status = 412, description = "precondition_failed: If-Match / If-None-Match did not hold", body = crate::schema::ErrorBody),
+        (status = 422, description = "idempotency_key_reused: the key came with another request", body = crate::schema::ErrorBody),
+    ),
+)]
 pub async fn put_key(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
@@ -368,9 +383,6 @@ pub async fn put_key(
         let key = path_key(&state, path)?;
         principal.require_write(&key)?;
         let params = params(query)?;
-        if let Some(response) = redirect(&state, &params, &uri)? {
-            return Ok((None, response));
-        }
         let value = body.map_err(|e| body_error(&state, e))?;
         if value.len() > state.config.max_value_bytes {
             return Err(ApiError::TooLarge(format!(
@@ -394,12 +406,30 @@ pub async fn put_key(
             },
         };
         let command = with_idempotency(&state, &headers, put)?;
+        // Only a request that is valid here is redirected.
+        if let Some(response) = redirect(&state, &params, &uri)? {
+            return Ok((None, response));
+        }
         run_write(&state, command).await
     }
     .await;
     finish(&state, WRITE_LEVEL, result)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/kv/{*key}",
+    tag = "kv",
+    params(("key" = String, Path, description = "The key (it may hold `/`)"), crate::schema::WriteParams, crate::schema::WriteHeaders,
+        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]+"?)$"#, description = "Delete only if the key's mod_index is this, or `*`: if it exists")),
+    responses(
+        (status = 200, description = "Deleted (or it did not exist: deleted=false)", body = crate::schema::WriteAnswer),
+        (status = 307, description = "redirect=true on a follower: the leader's address in Location"),
+        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
+        (status = 412, description = "precondition_failed: If-Match did not hold", body = crate::schema::ErrorBody),
+        (status = 422, description = "idempotency_key_reused: the key came with another request", body = crate::schema::ErrorBody),
+    ),
+)]
 pub async fn delete_key(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
@@ -412,11 +442,11 @@ pub async fn delete_key(
         let key = path_key(&state, path)?;
         principal.require_write(&key)?;
         let params = params(query)?;
+        let precondition = precondition(&headers, false)?;
+        let command = with_idempotency(&state, &headers, Command::Delete { key, precondition })?;
         if let Some(response) = redirect(&state, &params, &uri)? {
             return Ok((None, response));
         }
-        let precondition = precondition(&headers, false)?;
-        let command = with_idempotency(&state, &headers, Command::Delete { key, precondition })?;
         run_write(&state, command).await
     }
     .await;
@@ -424,6 +454,12 @@ pub async fn delete_key(
 }
 
 /// `/v1/kv/` with nothing after it: the key is empty.
+#[utoipa::path(
+    method(get, put, delete),
+    path = "/v1/kv/",
+    tag = "kv",
+    responses((status = 400, description = "invalid_argument: the key is empty", body = crate::schema::ErrorBody)),
+)]
 pub async fn empty_key(State(state): State<Arc<ApiState>>) -> Response {
     finish(
         &state,
@@ -450,6 +486,17 @@ pub fn body_error(state: &ApiState, rejection: BytesRejection) -> ApiError {
 /// A page holds only the keys the principal may read (`next` still moves past the others); a
 /// blocking range needs the right to read the whole range, as its answer tells of any change
 /// in it.
+#[utoipa::path(
+    get,
+    path = "/v1/kv",
+    tag = "kv",
+    params(crate::schema::RangeParams, crate::schema::ReadParams, crate::schema::BlockingParams),
+    responses(
+        (status = 200, description = "A page of keys in order", body = crate::schema::RangePage, headers(("X-Mirrorkv-Index" = u64))),
+        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
+        (status = 412, description = "precondition_failed: this node has not caught up to min_index", body = crate::schema::ErrorBody),
+    ),
+)]
 pub async fn range(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
@@ -525,14 +572,18 @@ pub async fn range(
         let read = tokio::task::spawn_blocking(move || reader.range(&range))
             .await
             .map_err(|e| ApiError::Internal(format!("the range read failed: {e}")))??;
-        let items: Vec<serde_json::Value> = read
+        let items = read
             .value
             .items
             .iter()
             .filter(|(key, _)| principal.may_read(key))
             .map(|(key, record)| values::item(key, record, keys_only))
             .collect();
-        let body = json!({"index": read.index, "items": items, "next": read.value.next});
+        let body = RangePage {
+            index: read.index,
+            items,
+            next: read.value.next,
+        };
         Ok((Some(read.index), Json(body).into_response()))
     }
     .await;

@@ -11,18 +11,18 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use mirrorkv_storage::{Command, CommandResult};
 use serde::Deserialize;
-use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::kv::{self, finish, with_idempotency, WRITE_LEVEL};
+use crate::schema::{LeaseGranted, LeaseInfo, LeaseKept, LeaseRevoked};
 use crate::state::ApiState;
 
 /// The level label of lease routes in the request metrics: every one goes through the leader.
 const LEASE_LEVEL: &str = "linearizable";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GrantBody {
     ttl_s: u64,
@@ -47,11 +47,11 @@ fn not_found(id: u64) -> ApiError {
 
 /// Apply a lease `command` (with the request's `Idempotency-Key`) and answer what `body` makes
 /// of its result; a refusal is its error, any other result a bug.
-async fn write(
+async fn write<T: serde::Serialize>(
     state: &ApiState,
     headers: &HeaderMap,
     command: Command,
-    body: impl FnOnce(u64, CommandResult) -> Result<Value, CommandResult>,
+    body: impl FnOnce(u64, CommandResult) -> Result<T, CommandResult>,
 ) -> Result<(Option<u64>, Response), ApiError> {
     let command = with_idempotency(state, headers, command)?;
     let deadline = Instant::now() + state.config.request_timeout();
@@ -66,6 +66,18 @@ async fn write(
 }
 
 /// `POST /v1/lease {"ttl_s": T}` → `{"id", "ttl_s", "index"}`.
+#[utoipa::path(
+    post,
+    path = "/v1/lease",
+    tag = "leases",
+    params(crate::schema::WriteHeaders),
+    request_body(content = GrantBody),
+    responses(
+        (status = 200, description = "Granted", body = crate::schema::LeaseGranted),
+        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
+        (status = 422, description = "idempotency_key_reused: the key came with another request", body = crate::schema::ErrorBody),
+    ),
+)]
 pub async fn grant(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -88,9 +100,11 @@ pub async fn grant(
             max_leases: config.max_leases,
         };
         write(&state, &headers, command, |index, result| match result {
-            CommandResult::LeaseGranted { id, ttl_ms } => {
-                Ok(json!({"id": id, "ttl_s": ttl_ms / 1000, "index": index}))
-            }
+            CommandResult::LeaseGranted { id, ttl_ms } => Ok(LeaseGranted {
+                id,
+                ttl_s: ttl_ms / 1000,
+                index,
+            }),
             other => Err(other),
         })
         .await
@@ -100,6 +114,16 @@ pub async fn grant(
 }
 
 /// `POST /v1/lease/{id}/keepalive` → `{"id", "ttl_s"}`: the lease lives `ttl_s` from now.
+#[utoipa::path(
+    post,
+    path = "/v1/lease/{id}/keepalive",
+    tag = "leases",
+    params(("id" = u64, Path, minimum = 1)),
+    responses(
+        (status = 200, description = "Renewed: it lives ttl_s from now", body = crate::schema::LeaseKept),
+        (status = 404, description = "not_found: never granted, revoked or expired", body = crate::schema::ErrorBody),
+    ),
+)]
 pub async fn keepalive(
     State(state): State<Arc<ApiState>>,
     path: Result<Path<String>, PathRejection>,
@@ -109,7 +133,10 @@ pub async fn keepalive(
         let deadline = Instant::now() + state.config.request_timeout();
         match state.node.keepalive(id, deadline).await? {
             Some(time) => {
-                let body = json!({"id": id, "ttl_s": time.remaining_ms / 1000});
+                let body = LeaseKept {
+                    id,
+                    ttl_s: time.remaining_ms / 1000,
+                };
                 Ok((None, Json(body).into_response()))
             }
             None => Err(not_found(id)),
@@ -121,6 +148,17 @@ pub async fn keepalive(
 
 /// `DELETE /v1/lease/{id}` → `{"index", "keys_deleted"}`: the lease and its keys are gone at
 /// `index`.
+#[utoipa::path(
+    delete,
+    path = "/v1/lease/{id}",
+    tag = "leases",
+    params(("id" = u64, Path, minimum = 1), crate::schema::WriteHeaders),
+    responses(
+        (status = 200, description = "Revoked with its keys", body = crate::schema::LeaseRevoked),
+        (status = 404, description = "not_found: never granted, revoked or expired", body = crate::schema::ErrorBody),
+        (status = 422, description = "idempotency_key_reused: the key came with another request", body = crate::schema::ErrorBody),
+    ),
+)]
 pub async fn revoke(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
@@ -142,9 +180,10 @@ pub async fn revoke(
         }
         let command = Command::LeaseRevoke { id };
         write(&state, &headers, command, |index, result| match result {
-            CommandResult::LeasesEnded { keys_deleted, .. } => {
-                Ok(json!({"index": index, "keys_deleted": keys_deleted}))
-            }
+            CommandResult::LeasesEnded { keys_deleted, .. } => Ok(LeaseRevoked {
+                index,
+                keys_deleted,
+            }),
             other => Err(other),
         })
         .await
@@ -155,6 +194,16 @@ pub async fn revoke(
 
 /// `GET /v1/lease/{id}` → `{"id", "ttl_s", "remaining_ms", "keys"}` (at most
 /// `max_keys_per_lease` keys, in key order).
+#[utoipa::path(
+    get,
+    path = "/v1/lease/{id}",
+    tag = "leases",
+    params(("id" = u64, Path, minimum = 1)),
+    responses(
+        (status = 200, description = "The lease and its keys", body = crate::schema::LeaseInfo),
+        (status = 404, description = "not_found: never granted, revoked or expired", body = crate::schema::ErrorBody),
+    ),
+)]
 pub async fn get(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
@@ -166,12 +215,14 @@ pub async fn get(
         let max_keys = state.node.leases.config.max_keys_per_lease as usize;
         match state.node.lease_info(id, max_keys, deadline).await? {
             Some((info, time)) => {
-                let body = json!({
-                    "id": id,
-                    "ttl_s": info.ttl_ms / 1000,
-                    "remaining_ms": time.remaining_ms,
-                    "keys": info.keys.iter().filter(|k| principal.may_read(k)).collect::<Vec<_>>(),
-                });
+                let body = LeaseInfo {
+                    id,
+                    ttl_s: info.ttl_ms / 1000,
+                    remaining_ms: time.remaining_ms,
+                    keys: (info.keys.into_iter())
+                        .filter(|k| principal.may_read(k))
+                        .collect(),
+                };
                 Ok((None, Json(body).into_response()))
             }
             None => Err(not_found(id)),

@@ -15,6 +15,8 @@
 //! - [`cluster`]: `/v1/cluster` (with every member's own progress), `/health`, `/ready`.
 //! - [`membership`]: the routes that add mirrors, promote and remove members.
 //! - [`ops`]: `POST /v1/snapshot`, the streamed `GET /v1/backup`, `GET /metrics`.
+//! - [`schema`]: the JSON bodies the API answers, as types with their schemas.
+//! - [`openapi`]: every route, registered with its OpenAPI entry; `GET /v1/openapi.json`.
 //! - [`metrics`]: the node's metrics (Prometheus text) and `RequestTimer`, which counts requests.
 //! - [`tls`]: HTTPS (`ApiTls`), reloadable, with a handshake deadline.
 //! - [`limits`]: bounded connections and requests in flight (429 past the limit).
@@ -33,7 +35,9 @@ pub mod lease;
 pub mod limits;
 pub mod membership;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
+pub mod schema;
 pub mod state;
 pub mod tls;
 pub mod txn;
@@ -43,7 +47,6 @@ pub mod watch;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 pub use error::ApiError;
@@ -54,46 +57,8 @@ pub use tls::ApiTls;
 pub fn router(state: Arc<ApiState>) -> Router {
     let max_body_bytes = state.config.max_body_bytes;
     let in_flight = limits::InFlight::new(state.config.max_in_flight_requests);
-    Router::new()
-        .route(
-            "/v1/kv/{*key}",
-            get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
-        )
-        .route(
-            "/v1/kv/",
-            get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key),
-        )
-        .route("/v1/kv", get(kv::range))
-        .route("/v1/txn", post(txn::txn))
-        .route("/v1/watch", get(watch::watch))
-        .route("/v1/lease", post(lease::grant))
-        .route("/v1/lease/{id}", get(lease::get).delete(lease::revoke))
-        .route("/v1/lease/{id}/keepalive", post(lease::keepalive))
-        .route("/v1/cluster", get(cluster::cluster))
-        .route("/v1/cluster/members", post(membership::add_member))
-        .route(
-            "/v1/cluster/members/{id}/promote",
-            post(membership::promote_member),
-        )
-        .route(
-            "/v1/cluster/members/{id}",
-            delete(membership::remove_member),
-        )
-        .route("/v1/auth/roles", get(auth_routes::list_roles))
-        .route(
-            "/v1/auth/roles/{name}",
-            put(auth_routes::put_role).delete(auth_routes::delete_role),
-        )
-        .route(
-            "/v1/auth/tokens",
-            get(auth_routes::list_tokens).post(auth_routes::create_token),
-        )
-        .route("/v1/auth/tokens/{id}", delete(auth_routes::delete_token))
-        .route("/v1/snapshot", post(ops::snapshot))
-        .route("/v1/backup", get(ops::backup))
-        .route("/metrics", get(ops::metrics))
-        .route("/health", get(cluster::health))
-        .route("/ready", get(cluster::ready))
+    let (router, _) = openapi::routes().split_for_parts();
+    router
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             FrontDoor {

@@ -8,19 +8,25 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::kv::{self, Params};
+use crate::schema::SnapshotTaken;
 use crate::state::ApiState;
 
 /// Backup pieces buffered between the reading thread and the HTTP body.
 const BACKUP_BUFFERED_CHUNKS: usize = 4;
 
 /// `GET /metrics`: every metric in the Prometheus text format (`metrics::Metrics`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Every metric, Prometheus text format", content_type = "text/plain", body = String)),
+)]
 pub async fn metrics(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
@@ -35,19 +41,25 @@ pub async fn metrics(
 /// `POST /v1/snapshot`: build a snapshot of this node's applied state now and purge the log
 /// behind it (`Coordinator::snapshot_now`). Acts on the node that receives it (like `etcdctl
 /// defrag` per endpoint).
+#[utoipa::path(
+    post,
+    path = "/v1/snapshot",
+    tag = "operations",
+    responses((status = 200, description = "A snapshot of this node, and its log purged behind it", body = crate::schema::SnapshotTaken)),
+)]
 pub async fn snapshot(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Response, ApiError> {
     principal.require_admin("build snapshots")?;
     let taken = state.node.snapshot_now().await?;
-    Ok(Json(json!({
-        "index": taken.index,
-        "purged_index": taken.purged_index,
-        "kept_entries": taken.kept_entries,
-        "snapshot_bytes": taken.snapshot_bytes,
-        "took_ms": taken.took_ms,
-    }))
+    Ok(Json(SnapshotTaken {
+        index: taken.index,
+        purged_index: taken.purged_index,
+        kept_entries: taken.kept_entries,
+        snapshot_bytes: taken.snapshot_bytes,
+        took_ms: taken.took_ms,
+    })
     .into_response())
 }
 
@@ -55,6 +67,18 @@ pub async fn snapshot(
 /// the format of `mirrorkv_storage::backup`. The default level, `linearizable`, makes the copy
 /// contain every write acknowledged before the request was made. Writes go on meanwhile; the
 /// copy is read from one RocksDB view. `X-Mirrorkv-Index` is the copy's log index.
+#[utoipa::path(
+    get,
+    path = "/v1/backup",
+    tag = "operations",
+    params(crate::schema::ReadParams),
+    responses(
+        (status = 200, description = "A consistent copy of the data (mirrorkv backup format)", content_type = "application/octet-stream", body = Vec<u8>,
+         headers(("X-Mirrorkv-Index" = u64))),
+        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
+        (status = 412, description = "precondition_failed: this node has not caught up to min_index", body = crate::schema::ErrorBody),
+    ),
+)]
 pub async fn backup(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,

@@ -10,16 +10,16 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use mirrorkv_storage::{Command, CommandResult, Compare, CompareTarget, Txn, TxnOp, TxnOpResult};
 use serde::Deserialize;
-use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::kv::{self, check_key};
+use crate::schema::{TxnAnswer, TxnOpAnswer};
 use crate::state::ApiState;
 use crate::values;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TxnBody {
     #[serde(default)]
@@ -30,7 +30,7 @@ struct TxnBody {
     failure: Vec<OpBody>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CompareBody {
     key: String,
@@ -40,7 +40,7 @@ struct CompareBody {
     exists: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OpBody {
     put: Option<PutBody>,
@@ -48,7 +48,7 @@ struct OpBody {
     get: Option<KeyBody>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PutBody {
     key: String,
@@ -58,7 +58,7 @@ struct PutBody {
     lease: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct KeyBody {
     key: String,
@@ -165,15 +165,15 @@ fn parse_txn(state: &ApiState, body: &[u8]) -> Result<Txn, ApiError> {
     })
 }
 
-fn result_json(result: &TxnOpResult) -> Value {
+fn result_json(result: &TxnOpResult) -> TxnOpAnswer {
     match result {
-        TxnOpResult::Put { prev_mod_index } => json!({"put": {"prev_mod_index": prev_mod_index}}),
-        TxnOpResult::Delete { deleted } => json!({"delete": {"deleted": deleted}}),
-        TxnOpResult::Get {
-            key,
-            record: Some(record),
-        } => json!({"get": values::item(key, record, false)}),
-        TxnOpResult::Get { record: None, .. } => json!({"get": null}),
+        TxnOpResult::Put { prev_mod_index } => TxnOpAnswer::Put {
+            prev_mod_index: *prev_mod_index,
+        },
+        TxnOpResult::Delete { deleted } => TxnOpAnswer::Delete { deleted: *deleted },
+        TxnOpResult::Get { key, record } => {
+            TxnOpAnswer::Get(record.as_ref().map(|r| values::item(key, r, false)))
+        }
     }
 }
 
@@ -195,6 +195,19 @@ fn authorize(principal: &Principal, txn: &Txn) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/txn",
+    tag = "kv",
+    params(crate::schema::WriteHeaders),
+    request_body(content = TxnBody, description = "Compares, then the success or the failure ops, at one index"),
+    responses(
+        (status = 200, description = "Applied; `succeeded` says which branch ran", body = crate::schema::TxnAnswer),
+        (status = 404, description = "not_found: a lease a put names does not exist", body = crate::schema::ErrorBody),
+        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
+        (status = 422, description = "idempotency_key_reused: the key came with another request", body = crate::schema::ErrorBody),
+    ),
+)]
 pub async fn txn(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
@@ -217,8 +230,11 @@ pub async fn txn(
                 response.result
             )));
         };
-        let results: Vec<Value> = results.iter().map(result_json).collect();
-        let body = json!({"succeeded": succeeded, "index": response.index, "results": results});
+        let body = TxnAnswer {
+            succeeded,
+            index: response.index,
+            results: results.iter().map(result_json).collect(),
+        };
         Ok((Some(response.index), Json(body).into_response()))
     }
     .await;

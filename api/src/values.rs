@@ -4,28 +4,31 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use mirrorkv_storage::KeyRecord;
-use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
+use crate::schema::Item;
 
-/// Put `bytes` into `object` under `value` or `value_base64`.
-pub fn insert_value(object: &mut Map<String, Value>, bytes: &[u8]) {
+/// `bytes` as `(value, value_base64)`: exactly one is `Some`.
+pub fn split_value(bytes: &[u8]) -> (Option<String>, Option<String>) {
     match std::str::from_utf8(bytes) {
-        Ok(text) => object.insert("value".into(), Value::String(text.to_string())),
-        Err(_) => object.insert("value_base64".into(), Value::String(STANDARD.encode(bytes))),
-    };
+        Ok(text) => (Some(text.to_string()), None),
+        Err(_) => (None, Some(STANDARD.encode(bytes))),
+    }
 }
 
 /// The JSON item of a key: `key`, the value (unless `keys_only`), `mod_index`, `create_index`.
-pub fn item(key: &str, record: &KeyRecord, keys_only: bool) -> Value {
-    let mut object = Map::new();
-    object.insert("key".into(), json!(key));
-    if !keys_only {
-        insert_value(&mut object, &record.value);
+pub fn item(key: &str, record: &KeyRecord, keys_only: bool) -> Item {
+    let (value, value_base64) = match keys_only {
+        true => (None, None),
+        false => split_value(&record.value),
+    };
+    Item {
+        key: key.to_string(),
+        value,
+        value_base64,
+        mod_index: record.mod_index,
+        create_index: record.create_index,
     }
-    object.insert("mod_index".into(), json!(record.mod_index));
-    object.insert("create_index".into(), json!(record.create_index));
-    Value::Object(object)
 }
 
 /// The bytes of an input value given as `value` or `value_base64` (exactly one).
@@ -59,13 +62,13 @@ mod tests {
             mod_index: 3,
             create_index: 2,
         };
-        let binary = item("k", &record, false);
+        let binary = serde_json::to_value(item("k", &record, false)).unwrap();
         assert_eq!(binary["value_base64"], "/wBB");
         assert!(binary.get("value").is_none());
         let decoded = decode_value(None, Some("/wBB".into()), "t").unwrap();
         assert_eq!(decoded, record.value);
 
-        let text = item(
+        let text = serde_json::to_value(item(
             "k",
             &KeyRecord {
                 value: "héllo".into(),
@@ -73,9 +76,11 @@ mod tests {
                 create_index: 1,
             },
             false,
-        );
+        ))
+        .unwrap();
         assert_eq!(text["value"], "héllo");
-        assert!(item("k", &record, true).get("value_base64").is_none());
+        let bare = item("k", &record, true);
+        assert!(bare.value_base64.is_none() && bare.value.is_none());
         assert!(decode_value(Some("a".into()), Some("YQ==".into()), "t").is_err());
         assert!(decode_value(None, None, "t").is_err());
         assert!(decode_value(None, Some("!!".into()), "t").is_err());

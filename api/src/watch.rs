@@ -14,12 +14,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use mirrorkv_coordinator::watch::{StreamEnd, WatchEvent, WatchItem, WatchStream};
 use mirrorkv_storage::changes::{Change, ChangeKind, KeyFilter};
-use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::kv::{self, Params};
+use crate::schema::{ErrorDetail, WatchChange, WatchLine};
 use crate::state::ApiState;
 use crate::values;
 
@@ -70,6 +70,19 @@ pub fn filter(state: &ApiState, params: &HashMap<String, String>) -> Result<KeyF
 }
 
 /// `GET /v1/watch?key=K | prefix=P | start=A&end=B [&from_index=N] [&consistency=...]`.
+#[utoipa::path(
+    get,
+    path = "/v1/watch",
+    tag = "watch",
+    params(crate::schema::WatchParams, crate::schema::ReadParams,
+        ("Last-Event-ID" = Option<u64>, Header, description = "SSE: resume after this index")),
+    responses(
+        (status = 200, description = "A stream of changes that does not end on its own: one JSON object a line (application/x-ndjson), or SSE with Accept: text/event-stream",
+         content((crate::schema::WatchLine = "application/x-ndjson"), (String = "text/event-stream"))),
+        (status = 410, description = "compacted: from_index is older than the kept history; re-read, then watch from the read's index + 1", body = crate::schema::ErrorBody),
+        (status = 412, description = "precondition_failed: this node has not caught up to min_index", body = crate::schema::ErrorBody),
+    ),
+)]
 pub async fn watch(
     State(state): State<Arc<ApiState>>,
     Extension(principal): Extension<Principal>,
@@ -169,7 +182,11 @@ fn stream_response(
                     (encode_events(&events, format), false)
                 }
                 Ok(WatchItem::Progress(index)) => (
-                    encode_line(&json!({ "progress": index }), Some(index), format),
+                    encode_line(
+                        &WatchLine::Progress { progress: index },
+                        Some(index),
+                        format,
+                    ),
                     false,
                 ),
                 Ok(WatchItem::End(end)) => (encode_end(end, stream.resume_index(), format), true),
@@ -227,32 +244,34 @@ fn encode_events(events: &[Arc<WatchEvent>], format: Format) -> Bytes {
 }
 
 /// One change as the contract writes it.
-fn event_json(change: &Change) -> Value {
-    let mut object = Map::new();
-    object.insert("index".into(), json!(change.index));
-    match &change.kind {
+fn event_json(change: &Change) -> WatchChange {
+    let (kind, (value, value_base64), mod_index, create_index) = match &change.kind {
         ChangeKind::Put {
             value,
             mod_index,
             create_index,
-        } => {
-            object.insert("type".into(), json!("put"));
-            object.insert("key".into(), json!(change.key));
-            values::insert_value(&mut object, value);
-            object.insert("mod_index".into(), json!(mod_index));
-            object.insert("create_index".into(), json!(create_index));
-        }
-        ChangeKind::Delete => {
-            object.insert("type".into(), json!("delete"));
-            object.insert("key".into(), json!(change.key));
-        }
+        } => (
+            "put",
+            values::split_value(value),
+            Some(*mod_index),
+            Some(*create_index),
+        ),
+        ChangeKind::Delete => ("delete", (None, None), None, None),
+    };
+    WatchChange {
+        index: change.index,
+        kind,
+        key: change.key.clone(),
+        value,
+        value_base64,
+        mod_index,
+        create_index,
+        prev_mod_index: change.prev_mod_index,
     }
-    object.insert("prev_mod_index".into(), json!(change.prev_mod_index));
-    Value::Object(object)
 }
 
-fn encode_line(value: &Value, id: Option<u64>, format: Format) -> Bytes {
-    let json = value.to_string();
+fn encode_line(line: &WatchLine, id: Option<u64>, format: Format) -> Bytes {
+    let json = serde_json::to_string(line).unwrap_or_default();
     Bytes::from(match format {
         Format::Ndjson => format!("{json}\n"),
         Format::Sse => match id {
@@ -284,22 +303,38 @@ fn encode_end(end: StreamEnd, resume_index: u64, format: Format) -> Bytes {
             ("resume_index", resume_index),
         ),
     };
-    let mut line = json!({"error": {"code": code, "message": message, "retryable": retryable}});
-    line[extra.0] = json!(extra.1);
+    let (resume_index, compact_index) = match extra {
+        ("compact_index", index) => (None, Some(index)),
+        (_, index) => (Some(index), None),
+    };
+    let line = WatchLine::Error {
+        error: ErrorDetail {
+            code,
+            message,
+            retryable,
+        },
+        resume_index,
+        compact_index,
+    };
     encode_line(&line, None, format)
 }
 
-fn error_line(error: &ApiError, resume_index: u64) -> Value {
-    let response =
-        json!({"error": {"code": "internal", "message": error.to_string(), "retryable": true}});
-    let mut line = response;
-    line["resume_index"] = json!(resume_index);
-    line
+fn error_line(error: &ApiError, resume_index: u64) -> WatchLine {
+    WatchLine::Error {
+        error: ErrorDetail {
+            code: "internal",
+            message: error.to_string(),
+            retryable: true,
+        },
+        resume_index: Some(resume_index),
+        compact_index: None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     #[test]
     fn sse_marks_only_whole_indexes_with_an_id() {
