@@ -11,6 +11,8 @@ kubernetes_validate_version=1.37.0
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# systemd-analyze verify looks up the unit's Documentation=man: page.
+command -v man >/dev/null 2>&1 || missing+=(man-db)
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || { echo "tools.sh: run: sudo apt-get install -y ${missing[*]}" >&2; exit 1; }
   echo "tools.sh: installing ${missing[*]}" >&2

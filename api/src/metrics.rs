@@ -152,6 +152,8 @@ struct StorageGauges {
     log_bytes: IntGauge,
     state_bytes: IntGauge,
     db_dir_bytes: IntGauge,
+    fs_available_bytes: IntGauge,
+    fs_capacity_bytes: IntGauge,
 }
 
 /// Register `metric` (built from constant, valid names) and return a handle to it.
@@ -334,6 +336,16 @@ impl StorageGauges {
                 r,
                 "mirrorkv_db_size_bytes",
                 "Size of the RocksDB directory on disk, WAL included.",
+            ),
+            fs_available_bytes: gauge(
+                r,
+                "mirrorkv_data_fs_available_bytes",
+                "Bytes still free for the node on the filesystem of its data directory (statvfs f_bavail; -1: unknown).",
+            ),
+            fs_capacity_bytes: gauge(
+                r,
+                "mirrorkv_data_fs_capacity_bytes",
+                "Size of the filesystem of the data directory (-1: unknown).",
             ),
         }
     }
@@ -540,6 +552,12 @@ impl Metrics {
         m.log_bytes.set(usage.log_bytes as i64);
         m.state_bytes.set(usage.state_bytes as i64);
         m.db_dir_bytes.set(usage.db_dir_bytes as i64);
+        let gauge_value =
+            |bytes: Option<u64>| bytes.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        m.fs_available_bytes
+            .set(gauge_value(usage.fs_available_bytes));
+        m.fs_capacity_bytes
+            .set(gauge_value(usage.fs_capacity_bytes));
         Ok(())
     }
 }

@@ -188,7 +188,7 @@ pub struct Flags {
     /// A TLS handshake (either port) not finished within this closes the connection.
     #[arg(long, env = "MIRRORKV_TLS_HANDSHAKE_TIMEOUT_MS")]
     pub tls_handshake_timeout_ms: Option<u64>,
-    /// Require `Authorization: Bearer <token>` on every route but /health and /ready.
+    /// Require `Authorization: Bearer <token>` on every route but /health, /ready, /v1/openapi.json.
     #[arg(long, env = "MIRRORKV_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub auth: Option<bool>,
     /// A file holding the bootstrap token (at least 32 characters): an admin of this node.

@@ -1,6 +1,6 @@
 //! `mirrorkv`: run a node (the default), or `mirrorkv ctl ...` (the command-line client), or
 //! `mirrorkv restore ...` (a new data dir from a backup), or `mirrorkv certs ...` (certificates
-//! for a dev or test cluster). One binary, so the client and the
+//! for a dev or test cluster), or `mirrorkv completions SHELL` / `mirrorkv man`. One binary, so the client and the
 //! restore tool always match the server's version.
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -36,6 +36,13 @@ enum Command {
     Restore(RestoreArgs),
     /// Certificates for a dev or test cluster: `certs init`, `certs node`.
     Certs(mirrorkv_node::certs::CertsArgs),
+    /// Print a shell completion script: `mirrorkv completions bash > /etc/bash_completion.d/mirrorkv`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `mirrorkv man > /usr/share/man/man1/mirrorkv.1`.
+    Man,
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +53,20 @@ fn main() -> std::process::ExitCode {
         Err(e) => e.exit(),
     };
     let result = match cli.command {
+        Some(Command::Completions { shell }) => {
+            let mut command = mirrorkv_node::config::with_defaults_in_help(Cli::command());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "mirrorkv", &mut script);
+            print_bytes(&script)
+        }
+        Some(Command::Man) => {
+            let command = mirrorkv_node::config::with_defaults_in_help(Cli::command());
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command)
+                .render(&mut page)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| print_bytes(&page))
+        }
         Some(Command::Ctl(args)) => run_ctl(args),
         Some(Command::Restore(args)) => mirrorkv_node::restore::run(args),
         Some(Command::Certs(args)) => mirrorkv_node::certs::run(args),
@@ -58,6 +79,15 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Write `bytes` to standard output; a closed pipe (`| head`) is an error, not a panic.
+fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()?;
+    Ok(())
 }
 
 fn run_ctl(args: CtlArgs) -> anyhow::Result<()> {

@@ -127,6 +127,10 @@ pub struct DiskUsage {
     pub state_bytes: u64,
     /// Every file of the RocksDB directory (WAL and manifests included): the size on disk.
     pub db_dir_bytes: u64,
+    /// The filesystem holding the directory: bytes an unprivileged writer may still use, and
+    /// its size (`statvfs`; `None` where that fails).
+    pub fs_available_bytes: Option<u64>,
+    pub fs_capacity_bytes: Option<u64>,
 }
 
 impl StateMachine {

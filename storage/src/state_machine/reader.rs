@@ -102,10 +102,16 @@ impl KvReader {
                 }
             }
         }
+        let (fs_available_bytes, fs_capacity_bytes) = match filesystem_room(self.db.path()) {
+            Some((available, capacity)) => (Some(available), Some(capacity)),
+            None => (None, None),
+        };
         Ok(DiskUsage {
             log_bytes: cf_bytes(db::CF_LOG)?,
             state_bytes: cf_bytes(CF_SM)?,
             db_dir_bytes,
+            fs_available_bytes,
+            fs_capacity_bytes,
         })
     }
 
@@ -324,4 +330,21 @@ pub struct RangePage {
     pub items: Vec<(String, KeyRecord)>,
     /// The first key after this page: the `start` of the next one.
     pub next: Option<String>,
+}
+
+/// `(available, capacity)` in bytes of the filesystem holding `path`, by `statvfs`.
+fn filesystem_room(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and `stat` is a
+    // plain struct statvfs fills in (all-zero bytes are a valid value of it).
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    let fragment = stat.f_frsize as u64;
+    Some((
+        (stat.f_bavail as u64).saturating_mul(fragment),
+        (stat.f_blocks as u64).saturating_mul(fragment),
+    ))
 }
