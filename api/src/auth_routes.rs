@@ -114,7 +114,6 @@ async fn change_answered<T: serde::Serialize>(
     request_body(content = RoleBody),
     responses(
         (status = 200, description = "Set (created or replaced)", body = crate::schema::RoleChanged),
-        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
     ),
 )]
 pub async fn put_role(
@@ -162,7 +161,6 @@ pub async fn put_role(
     responses(
         (status = 200, description = "Deleted; its tokens allow nothing until a role of that name exists again", body = crate::schema::RoleChanged),
         (status = 404, description = "not_found: no such role", body = crate::schema::ErrorBody),
-        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
     ),
 )]
 pub async fn delete_role(
@@ -238,7 +236,6 @@ const _: () = assert!(2 * TOKEN_ID_BYTES <= MAX_TOKEN_ID_BYTES);
     responses(
         (status = 201, description = "Created; the secret is in this answer only", body = crate::schema::TokenCreated),
         (status = 404, description = "not_found: no such role", body = crate::schema::ErrorBody),
-        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
     ),
 )]
 pub async fn create_token(
@@ -318,7 +315,6 @@ pub async fn list_tokens(
     responses(
         (status = 200, description = "Revoked", body = crate::schema::TokenRevoked),
         (status = 404, description = "not_found: no such token", body = crate::schema::ErrorBody),
-        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
     ),
 )]
 pub async fn delete_token(

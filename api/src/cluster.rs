@@ -75,7 +75,6 @@ pub async fn health() -> Response {
     tag = "operations",
     responses(
         (status = 200, description = "Ready to serve: a leader is known and this node caught up", body = crate::schema::Health),
-        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
     ),
 )]
 pub async fn ready(State(state): State<Arc<ApiState>>) -> Response {

@@ -166,7 +166,6 @@ pub fn finish(
         (status = 200, description = "The value's bytes; `ETag` is its mod_index", content_type = "application/octet-stream", body = Vec<u8>,
          headers(("ETag" = String), ("X-Mirrorkv-Index" = u64), ("X-Mirrorkv-Create-Index" = u64))),
         (status = 404, description = "not_found: no such key", body = crate::schema::ErrorBody),
-        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
         (status = 412, description = "precondition_failed: this node has not caught up to min_index", body = crate::schema::ErrorBody),
     ),
 )]
@@ -365,7 +364,6 @@ async fn run_write(
         (status = 200, description = "Put, on a quorum's disks", body = crate::schema::WriteAnswer),
         (status = 307, description = "redirect=true on a follower: the leader's address in Location"),
         (status = 404, description = "not_found: the lease does not exist", body = crate::schema::ErrorBody),
-        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
         (status = 412, description = "precondition_failed: If-Match / If-None-Match did not hold", body = crate::schema::ErrorBody),
         (status = 422, description = "idempotency_key_reused: the key came with another request", body = crate::schema::ErrorBody),
     ),
@@ -425,7 +423,6 @@ pub async fn put_key(
     responses(
         (status = 200, description = "Deleted (or it did not exist: deleted=false)", body = crate::schema::WriteAnswer),
         (status = 307, description = "redirect=true on a follower: the leader's address in Location"),
-        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
         (status = 412, description = "precondition_failed: If-Match did not hold", body = crate::schema::ErrorBody),
         (status = 422, description = "idempotency_key_reused: the key came with another request", body = crate::schema::ErrorBody),
     ),
@@ -493,7 +490,6 @@ pub fn body_error(state: &ApiState, rejection: BytesRejection) -> ApiError {
     params(crate::schema::RangeParams, crate::schema::ReadParams, crate::schema::BlockingParams),
     responses(
         (status = 200, description = "A page of keys in order", body = crate::schema::RangePage, headers(("X-Mirrorkv-Index" = u64))),
-        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
         (status = 412, description = "precondition_failed: this node has not caught up to min_index", body = crate::schema::ErrorBody),
     ),
 )]

@@ -74,7 +74,6 @@ async fn write<T: serde::Serialize>(
     request_body(content = GrantBody),
     responses(
         (status = 200, description = "Granted", body = crate::schema::LeaseGranted),
-        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
         (status = 422, description = "idempotency_key_reused: the key came with another request", body = crate::schema::ErrorBody),
     ),
 )]

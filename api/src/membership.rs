@@ -47,7 +47,6 @@ const MAX_ADDR_BYTES: usize = 256;
     request_body(content = AddMember),
     responses(
         (status = 200, description = "Added as a mirror (a non-voting member)", body = crate::schema::MemberChanged),
-        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
     ),
 )]
 pub async fn add_member(
@@ -99,7 +98,6 @@ pub async fn add_member(
     responses(
         (status = 200, description = "Now a voter", body = crate::schema::MemberChanged),
         (status = 404, description = "not_found: no such member", body = crate::schema::ErrorBody),
-        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
         (status = 412, description = "precondition_failed: the mirror has not caught up; retry", body = crate::schema::ErrorBody),
     ),
 )]
@@ -136,7 +134,6 @@ pub async fn promote_member(
     responses(
         (status = 200, description = "Removed", body = crate::schema::MemberRemoved),
         (status = 404, description = "not_found: no such member", body = crate::schema::ErrorBody),
-        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
     ),
 )]
 pub async fn remove_member(

@@ -1,9 +1,9 @@
 //! The OpenAPI 3.1 document of the API, served at `GET /v1/openapi.json`. It is not kept by
-//! hand: `router` registers every route through utoipa-axum's `routes!`, which takes each
+//! hand: `routes` registers every route through utoipa-axum's `routes!`, which takes each
 //! handler's `#[utoipa::path]` (method, path, parameters, answers) and the schemas of the
 //! types the handler answers with (`schema.rs`), so a route cannot exist without its entry.
 //! What every route may answer whatever it does (the front door's 401, 413, 414, 429, 431,
-//! and the cluster's 503/504) is added to each operation here, once.
+//! a removed node's 410, and the cluster's 503/504) is added to each operation here, once.
 
 use std::sync::{Arc, LazyLock};
 
@@ -35,6 +35,10 @@ const EVERY_ROUTE_ANSWERS: &[(&str, &str)] = &[
         "permission_denied: the token's role does not allow it",
     ),
     ("408", "request_timeout: the body did not arrive in time"),
+    (
+        "410",
+        "removed: this node left the cluster; the message names members to ask",
+    ),
     ("413", "too_large: a body, key or value over its limit"),
     ("414", "too_large: the request line is over its limit"),
     (

@@ -75,7 +75,6 @@ pub async fn snapshot(
     responses(
         (status = 200, description = "A consistent copy of the data (mirrorkv backup format)", content_type = "application/octet-stream", body = Vec<u8>,
          headers(("X-Mirrorkv-Index" = u64))),
-        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
         (status = 412, description = "precondition_failed: this node has not caught up to min_index", body = crate::schema::ErrorBody),
     ),
 )]

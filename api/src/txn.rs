@@ -204,7 +204,6 @@ fn authorize(principal: &Principal, txn: &Txn) -> Result<(), ApiError> {
     responses(
         (status = 200, description = "Applied; `succeeded` says which branch ran", body = crate::schema::TxnAnswer),
         (status = 404, description = "not_found: a lease a put names does not exist", body = crate::schema::ErrorBody),
-        (status = 410, description = "removed: this node left the cluster", body = crate::schema::ErrorBody),
         (status = 422, description = "idempotency_key_reused: the key came with another request", body = crate::schema::ErrorBody),
     ),
 )]
