@@ -348,3 +348,19 @@ fn filesystem_room(path: &std::path::Path) -> Option<(u64, u64)> {
         (stat.f_blocks as u64).saturating_mul(fragment),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::filesystem_room;
+
+    #[test]
+    fn the_room_of_a_filesystem_is_what_statvfs_says_and_a_missing_path_is_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (available, capacity) = filesystem_room(dir.path()).expect("statvfs of a directory");
+        assert!(
+            capacity > 0 && available <= capacity,
+            "{available} of {capacity}"
+        );
+        assert!(filesystem_room(&dir.path().join("missing/deeper")).is_none());
+    }
+}
