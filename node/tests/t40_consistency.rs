@@ -178,6 +178,22 @@ async fn t41_missing_keys_conditional_writes_and_redirect(
         location,
         format!("{}/v1/kv/promise?redirect=true", cluster.api(leader))
     );
+    only_a_valid_write_is_redirected(&no_redirects, &url).await;
+}
+
+/// A malformed If-Match with `?redirect=true` on a follower is refused there, not sent on.
+async fn only_a_valid_write_is_redirected(no_redirects: &reqwest::Client, url: &str) {
+    for request in [
+        no_redirects.put(format!("{url}?redirect=true")).body("r"),
+        no_redirects.delete(format!("{url}?redirect=true")),
+    ] {
+        let response = request
+            .header("if-match", "not-a-version")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{:?}", response.headers());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
