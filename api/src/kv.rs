@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::auth::Principal;
 use crate::blocking;
 use crate::error::ApiError;
-use crate::schema::{RangePage, WriteAnswer};
+use crate::schema::{RangePage, WriteAnswer, FLAG_NO, FLAG_YES};
 use crate::state::ApiState;
 use crate::values;
 use mirrorkv_coordinator::watch::interval::prefix_end;
@@ -49,8 +49,9 @@ pub fn parse_u64(params: &HashMap<String, String>, name: &str) -> Result<Option<
 
 fn parse_bool(params: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
     match params.get(name).map(String::as_str) {
-        None | Some("false") | Some("0") => Ok(false),
-        Some("true") | Some("1") | Some("") => Ok(true),
+        None => Ok(false),
+        Some(text) if FLAG_NO.contains(&text) => Ok(false),
+        Some(text) if FLAG_YES.contains(&text) => Ok(true),
         Some(other) => Err(ApiError::InvalidArgument(format!(
             "{name} must be true or false, got {other:?}"
         ))),

@@ -3,8 +3,11 @@
 //! definitions, so the document and the answers cannot drift apart; and the query and header
 //! parameters the handlers read (`ReadParams`, ...), described for the document.
 
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use mirrorkv_coordinator::ReadLevel;
+use serde::Serialize;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 
 /// The body of every error answer (`shared/API.md`, "Errors").
 #[derive(Debug, Serialize, ToSchema)]
@@ -318,34 +321,44 @@ pub struct WatchChange {
     pub prev_mod_index: Option<u64>,
 }
 
-/// The read level of a read (`shared/API.md`, "Consistency levels").
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Consistency {
-    Strong,
-    Linearizable,
-    Lease,
-    Leader,
-    Stale,
+/// A string parameter that takes one of `values`, for the document.
+fn one_of(values: impl IntoIterator<Item = &'static str>) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values))
+        .into()
 }
 
-/// A yes/no query parameter: `true`, `1` or empty (present) for yes; `false` or `0` for no.
-#[derive(Debug, Deserialize, ToSchema)]
-pub enum Flag {
-    #[serde(rename = "true")]
-    True,
-    #[serde(rename = "1")]
-    One,
-    #[serde(rename = "")]
-    Present,
-    #[serde(rename = "false")]
-    False,
-    #[serde(rename = "0")]
-    Zero,
+/// The read level of a read (`shared/API.md`, "Consistency levels"): the names
+/// `ReadLevel` parses, from `ReadLevel::ALL`.
+pub struct Consistency;
+
+impl PartialSchema for Consistency {
+    fn schema() -> RefOr<Schema> {
+        one_of(ReadLevel::ALL.map(ReadLevel::as_str))
+    }
 }
+
+impl ToSchema for Consistency {}
+
+/// What a yes/no query parameter (`kv::parse_bool`) takes for yes: present, empty or not.
+pub const FLAG_YES: [&str; 3] = ["true", "1", ""];
+/// What it takes for no.
+pub const FLAG_NO: [&str; 2] = ["false", "0"];
+
+/// A yes/no query parameter: `FLAG_YES` or `FLAG_NO`.
+pub struct Flag;
+
+impl PartialSchema for Flag {
+    fn schema() -> RefOr<Schema> {
+        one_of(FLAG_YES.into_iter().chain(FLAG_NO))
+    }
+}
+
+impl ToSchema for Flag {}
 
 /// When a read may be served.
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ReadParams {
     /// Default `linearizable`.
@@ -357,7 +370,7 @@ pub struct ReadParams {
 }
 
 /// A blocking read (Consul-style): first wait for a change past `wait_index`.
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct BlockingParams {
     /// The `X-Mirrorkv-Index` of the previous answer.
@@ -368,7 +381,7 @@ pub struct BlockingParams {
 }
 
 /// A write's options.
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct WriteParams {
     /// On a node that is not the leader: answer 307 to the leader instead of forwarding.
@@ -376,7 +389,7 @@ pub struct WriteParams {
 }
 
 /// A put's options.
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PutParams {
     /// Attach the key to this lease (deleted when the lease ends).
@@ -387,7 +400,7 @@ pub struct PutParams {
 }
 
 /// The keys of a range: `prefix` (with an optional `start` inside it) or `start`/`end`.
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RangeParams {
     pub prefix: Option<String>,
@@ -403,7 +416,7 @@ pub struct RangeParams {
 }
 
 /// The keys a watch follows (exactly one of `key`, `prefix`, `start`), and from where.
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct WatchParams {
     pub key: Option<String>,
@@ -416,12 +429,11 @@ pub struct WatchParams {
 }
 
 /// A write's headers.
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
 pub struct WriteHeaders {
     /// Retries with the same key within the node's window apply once (1 to
     /// `max_idempotency_key_bytes` bytes).
-    #[serde(rename = "Idempotency-Key")]
     #[param(rename = "Idempotency-Key", min_length = 1, max_length = 128)]
     pub idempotency_key: Option<String>,
 }

@@ -16,6 +16,15 @@ pub enum ReadLevel {
 }
 
 impl ReadLevel {
+    /// Every level, strongest first.
+    pub const ALL: [ReadLevel; 5] = [
+        ReadLevel::Strong,
+        ReadLevel::Linearizable,
+        ReadLevel::Lease,
+        ReadLevel::Leader,
+        ReadLevel::Stale,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ReadLevel::Strong => "strong",
@@ -63,6 +72,15 @@ pub struct ReadRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_level_is_listed_once_and_its_name_parses_back() {
+        for level in ReadLevel::ALL {
+            assert_eq!(level.as_str().parse::<ReadLevel>(), Ok(level));
+        }
+        let names: std::collections::BTreeSet<_> = ReadLevel::ALL.map(ReadLevel::as_str).into();
+        assert_eq!(names.len(), ReadLevel::ALL.len());
+    }
 
     #[test]
     fn parses_every_level_and_rejects_others() {
